@@ -1,0 +1,687 @@
+//! Configuration of every UniLink service, read from environment variables.
+//!
+//! One loader for the whole fleet: [`Settings::from_env`] in `main`, and
+//! [`Settings::from_vars`] in tests (so tests never touch the process
+//! environment and can run in parallel). Names follow the original UniLink
+//! (`DATABASE_URL`, `SECRET_KEY`, `ALLOWED_ORIGINS`, …); see README.md for the
+//! full table with defaults.
+//!
+//! Every error names the variable it is about. Secrets live in [`Secret`],
+//! whose `Debug` and `Display` print `[redacted]`. In production
+//! ([`Environment::Production`]) the loader refuses a weak `SECRET_KEY`, a
+//! wildcard CORS origin and a missing SMTP server.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration value that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Call only where the value is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// What went wrong, always naming the variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var} is required but not set")]
+    Missing { var: &'static str },
+    #[error("{var} is invalid: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error("{var} is not safe for production: {reason}")]
+    Insecure { var: &'static str, reason: String },
+}
+
+/// Deployment environment (`ENVIRONMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Test,
+    Staging,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Test => "test",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        }
+    }
+
+    pub fn is_production(self) -> bool {
+        self == Environment::Production
+    }
+}
+
+impl FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" | "local" => Ok(Environment::Development),
+            "test" | "testing" | "ci" => Ok(Environment::Test),
+            "staging" => Ok(Environment::Staging),
+            "production" | "prod" => Ok(Environment::Production),
+            other => Err(format!(
+                "unknown environment {other:?} (expected development, test, staging or production)"
+            )),
+        }
+    }
+}
+
+/// JWT signing algorithm (`ALGORITHM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    EdDsa,
+}
+
+impl FromStr for JwtAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "HS256" => Ok(JwtAlgorithm::Hs256),
+            "RS256" => Ok(JwtAlgorithm::Rs256),
+            "EDDSA" => Ok(JwtAlgorithm::EdDsa),
+            other => Err(format!("unsupported algorithm {other:?} (expected HS256, RS256 or EdDSA)")),
+        }
+    }
+}
+
+/// PostgreSQL connection settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`.
+    pub url: Secret,
+    /// `DATABASE_READ_URL`: an optional read replica.
+    pub read_url: Option<Secret>,
+    /// `DATABASE_POOL_SIZE`: connections kept for steady load.
+    pub pool_size: usize,
+    /// `DATABASE_MAX_OVERFLOW`: extra connections allowed in bursts.
+    pub max_overflow: usize,
+    /// `DATABASE_CONNECT_TIMEOUT_SECONDS`: connect and checkout deadline.
+    pub connect_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: server-side deadline per statement.
+    pub statement_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// Largest number of connections the pool opens (steady size plus overflow).
+    pub fn max_connections(&self) -> usize {
+        self.pool_size + self.max_overflow
+    }
+}
+
+/// Redis settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `REDIS_URL`.
+    pub url: Secret,
+    /// `REDIS_KEY_PREFIX`: prepended to every key and channel (tests use a unique one).
+    pub key_prefix: String,
+}
+
+/// Access-token settings.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// `SECRET_KEY`.
+    pub secret_key: Secret,
+    /// `ALGORITHM`.
+    pub algorithm: JwtAlgorithm,
+    /// `ACCESS_TOKEN_EXPIRE_MINUTES`.
+    pub access_token_ttl: Duration,
+}
+
+/// Outgoing mail settings.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// `SMTP_SERVER`: none means mails are logged and written to `EMAIL_OUTBOX_DIR`.
+    pub server: Option<String>,
+    /// `SMTP_PORT`.
+    pub port: u16,
+    /// `SMTP_USER`.
+    pub user: Option<String>,
+    /// `SMTP_PASSWORD`.
+    pub password: Option<Secret>,
+    /// `EMAIL_FROM`.
+    pub from: String,
+}
+
+/// Logs, traces and error tracking.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// `LOG_LEVEL`: a level (`INFO`) or a full filter (`info,tower=warn`).
+    pub log_level: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// `SENTRY_DSN`.
+    pub sentry_dsn: Option<Secret>,
+}
+
+/// Where the other services answer gRPC: each a list of endpoints (several
+/// replicas, or one headless-Service DNS name that resolves to all of them).
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// `AUTH_GRPC_URL`.
+    pub auth: Vec<String>,
+    /// `PROFILE_GRPC_URL`.
+    pub profile: Vec<String>,
+    /// `SIGNALING_GRPC_URL`.
+    pub signaling: Vec<String>,
+    /// `NOTIFICATION_GRPC_URL`.
+    pub notification: Vec<String>,
+    /// `GRPC_CONNECT_TIMEOUT_MS`.
+    pub connect_timeout: Duration,
+    /// `GRPC_REQUEST_TIMEOUT_MS`: the deadline of every call.
+    pub request_timeout: Duration,
+}
+
+/// Where this process listens.
+#[derive(Debug, Clone)]
+pub struct ListenSettings {
+    /// `GRPC_ADDR`: the gRPC port of a backend service.
+    pub grpc_addr: SocketAddr,
+    /// `HTTP_ADDR`: the public port of the gateway, or the metrics/probe port of a backend service.
+    pub http_addr: SocketAddr,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight work may take after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// Everything a UniLink process may need.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub environment: Environment,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub jwt: JwtSettings,
+    pub smtp: SmtpSettings,
+    /// `BACKEND_URL`.
+    pub backend_url: String,
+    /// `FRONTEND_URL`.
+    pub frontend_url: String,
+    /// `ALLOWED_ORIGINS`: JSON list or comma list; `https://*.example.dev` allows subdomains.
+    pub allowed_origins: Vec<String>,
+    /// `RATE_LIMIT_AUTH`: requests per minute per client IP on `/auth/*`.
+    pub rate_limit_auth: u32,
+    /// `RATE_LIMIT_API`: requests per minute per user elsewhere.
+    pub rate_limit_api: u32,
+    /// `ALLOWED_EMAIL_DOMAINS`: lower-cased.
+    pub allowed_email_domains: Vec<String>,
+    pub telemetry: TelemetrySettings,
+    pub upstreams: UpstreamSettings,
+    pub listen: ListenSettings,
+}
+
+/// Where variables come from.
+trait Source {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// Reads typed values; an empty value counts as unset.
+struct Reader<'a>(&'a dyn Source);
+
+impl Reader<'_> {
+    fn opt(&self, var: &'static str) -> Option<String> {
+        self.0
+            .get(var)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.opt(var).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parse<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: fmt::Display,
+    {
+        match self.opt(var) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e: T::Err| ConfigError::Invalid {
+                var,
+                reason: format!("{raw:?}: {e}"),
+            }),
+        }
+    }
+
+    fn bounded<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let value = self.parse(var, default)?;
+        if value < min || value > max {
+            return Err(ConfigError::Invalid {
+                var,
+                reason: format!("{value} is outside {min}..={max}"),
+            });
+        }
+        Ok(value)
+    }
+
+    fn millis(&self, var: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        self.bounded(var, default, min, max).map(Duration::from_millis)
+    }
+
+    fn url(&self, var: &'static str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+        let value = self.string(var, default);
+        check_url(var, &value, schemes)?;
+        Ok(value)
+    }
+
+    fn list(&self, var: &'static str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
+        match self.opt(var) {
+            None => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
+            Some(raw) => parse_list(var, &raw),
+        }
+    }
+}
+
+fn check_url(var: &'static str, value: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let scheme_ok = schemes
+        .iter()
+        .any(|s| value.len() > s.len() + 3 && value.starts_with(&format!("{s}://")));
+    if !scheme_ok {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: format!("expected a URL starting with {}", schemes.join(":// or ") + "://"),
+        });
+    }
+    Ok(())
+}
+
+/// A JSON list (`["a", "b"]`) or a comma list (`a,b`), entries trimmed, empties dropped.
+fn parse_list(var: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
+    let items: Vec<String> = if raw.starts_with('[') {
+        serde_json::from_str::<Vec<String>>(raw).map_err(|e| ConfigError::Invalid {
+            var,
+            reason: format!("not a JSON list of strings: {e}"),
+        })?
+    } else {
+        raw.split(',').map(str::to_owned).collect()
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// Development secret used when `SECRET_KEY` is unset outside production.
+const DEV_SECRET_KEY: &str = "unilink-development-secret-key-not-for-production";
+/// Shortest `SECRET_KEY` accepted in production (the seed's rule: 32+ characters).
+pub const MIN_SECRET_KEY_LEN: usize = 32;
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Self::load(&ProcessEnv)
+    }
+
+    /// Reads the given variables only (tests).
+    pub fn from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Settings, ConfigError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let map: HashMap<String, String> = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        Self::load(&map)
+    }
+
+    fn load(source: &dyn Source) -> Result<Settings, ConfigError> {
+        let r = Reader(source);
+        let environment: Environment = r.parse("ENVIRONMENT", Environment::Development)?;
+
+        let database = DatabaseSettings {
+            url: Secret::new(r.url(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/unilink",
+                &["postgres", "postgresql"],
+            )?),
+            read_url: match r.opt("DATABASE_READ_URL") {
+                Some(url) => {
+                    check_url("DATABASE_READ_URL", &url, &["postgres", "postgresql"])?;
+                    Some(Secret::new(url))
+                }
+                None => None,
+            },
+            pool_size: r.bounded("DATABASE_POOL_SIZE", 20, 1, 1000)?,
+            max_overflow: r.bounded("DATABASE_MAX_OVERFLOW", 40, 0, 1000)?,
+            connect_timeout: Duration::from_secs(r.bounded("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, 1, 120)?),
+            statement_timeout: r.millis("DATABASE_STATEMENT_TIMEOUT_MS", 10_000, 100, 600_000)?,
+        };
+
+        let redis = RedisSettings {
+            url: Secret::new(r.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"])?),
+            key_prefix: r.string("REDIS_KEY_PREFIX", "unilink:"),
+        };
+
+        let algorithm: JwtAlgorithm = r.parse("ALGORITHM", JwtAlgorithm::Hs256)?;
+        let secret_key = match r.opt("SECRET_KEY") {
+            Some(key) => key,
+            None if environment.is_production() => return Err(ConfigError::Missing { var: "SECRET_KEY" }),
+            None => DEV_SECRET_KEY.to_owned(),
+        };
+        if environment.is_production() && secret_key.chars().count() < MIN_SECRET_KEY_LEN {
+            return Err(ConfigError::Insecure {
+                var: "SECRET_KEY",
+                reason: format!(
+                    "it has {} characters; use at least {MIN_SECRET_KEY_LEN} random characters",
+                    secret_key.chars().count()
+                ),
+            });
+        }
+        if environment.is_production() && secret_key == DEV_SECRET_KEY {
+            return Err(ConfigError::Insecure {
+                var: "SECRET_KEY",
+                reason: "it is the published development key".to_owned(),
+            });
+        }
+        let jwt = JwtSettings {
+            secret_key: Secret::new(secret_key),
+            algorithm,
+            access_token_ttl: Duration::from_secs(60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?),
+        };
+
+        let smtp = SmtpSettings {
+            server: r.opt("SMTP_SERVER"),
+            port: r.bounded("SMTP_PORT", 587, 1, 65535)?,
+            user: r.opt("SMTP_USER"),
+            password: r.opt("SMTP_PASSWORD").map(Secret::new),
+            from: r.string("EMAIL_FROM", "noreply@unilink.app"),
+        };
+        if !smtp.from.contains('@') {
+            return Err(ConfigError::Invalid {
+                var: "EMAIL_FROM",
+                reason: format!("{:?} is not an email address", smtp.from),
+            });
+        }
+        if environment.is_production() && smtp.server.is_none() {
+            return Err(ConfigError::Insecure {
+                var: "SMTP_SERVER",
+                reason: "production needs a real SMTP server; mails would only be logged".to_owned(),
+            });
+        }
+
+        let allowed_origins = r.list(
+            "ALLOWED_ORIGINS",
+            &["http://localhost:5173", "http://localhost:3000", "http://127.0.0.1:8000"],
+        )?;
+        for origin in &allowed_origins {
+            if origin == "*" {
+                if environment.is_production() {
+                    return Err(ConfigError::Insecure {
+                        var: "ALLOWED_ORIGINS",
+                        reason: "a wildcard origin (*) lets any site call the API; list the frontend's origins".to_owned(),
+                    });
+                }
+                continue;
+            }
+            check_url("ALLOWED_ORIGINS", origin, &["http", "https"])?;
+        }
+
+        let allowed_email_domains: Vec<String> = r
+            .list("ALLOWED_EMAIL_DOMAINS", &["kiit.ac.in"])?
+            .into_iter()
+            .map(|d| d.trim_start_matches('@').to_ascii_lowercase())
+            .collect();
+        if allowed_email_domains.is_empty() {
+            return Err(ConfigError::Invalid {
+                var: "ALLOWED_EMAIL_DOMAINS",
+                reason: "at least one domain is needed".to_owned(),
+            });
+        }
+        if let Some(bad) = allowed_email_domains
+            .iter()
+            .find(|d| !d.contains('.') || d.contains(|c: char| c.is_whitespace() || c == '@'))
+        {
+            return Err(ConfigError::Invalid {
+                var: "ALLOWED_EMAIL_DOMAINS",
+                reason: format!("{bad:?} is not a domain"),
+            });
+        }
+
+        let telemetry = TelemetrySettings {
+            log_level: r.string("LOG_LEVEL", "info"),
+            otlp_endpoint: match r.opt("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some(url) => {
+                    check_url("OTEL_EXPORTER_OTLP_ENDPOINT", &url, &["http", "https"])?;
+                    Some(url)
+                }
+                None => None,
+            },
+            sentry_dsn: r.opt("SENTRY_DSN").map(Secret::new),
+        };
+
+        let upstreams = UpstreamSettings {
+            auth: endpoints(&r, "AUTH_GRPC_URL", "http://127.0.0.1:50051")?,
+            profile: endpoints(&r, "PROFILE_GRPC_URL", "http://127.0.0.1:50052")?,
+            signaling: endpoints(&r, "SIGNALING_GRPC_URL", "http://127.0.0.1:50053")?,
+            notification: endpoints(&r, "NOTIFICATION_GRPC_URL", "http://127.0.0.1:50054")?,
+            connect_timeout: r.millis("GRPC_CONNECT_TIMEOUT_MS", 1_000, 10, 60_000)?,
+            request_timeout: r.millis("GRPC_REQUEST_TIMEOUT_MS", 5_000, 10, 300_000)?,
+        };
+
+        let listen = ListenSettings {
+            grpc_addr: r.parse("GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
+            http_addr: r.parse("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
+            shutdown_grace: Duration::from_secs(r.bounded("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?),
+        };
+
+        Ok(Settings {
+            environment,
+            database,
+            redis,
+            jwt,
+            smtp,
+            backend_url: r.url("BACKEND_URL", "http://127.0.0.1:8000", &["http", "https"])?,
+            frontend_url: r.url("FRONTEND_URL", "http://localhost:5173", &["http", "https"])?,
+            allowed_origins,
+            rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
+            rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
+            allowed_email_domains,
+            telemetry,
+            upstreams,
+            listen,
+        })
+    }
+}
+
+fn endpoints(r: &Reader<'_>, var: &'static str, default: &str) -> Result<Vec<String>, ConfigError> {
+    let list = r.list(var, &[default])?;
+    if list.is_empty() {
+        return Err(ConfigError::Invalid {
+            var,
+            reason: "at least one endpoint is needed".to_owned(),
+        });
+    }
+    for url in &list {
+        check_url(var, url, &["http", "https"])?;
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_vars(vars.iter().copied())
+    }
+
+    #[test]
+    fn defaults_need_no_variables_outside_production() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.environment, Environment::Development);
+        assert_eq!(s.database.pool_size, 20);
+        assert_eq!(s.database.max_connections(), 60);
+        assert_eq!(s.jwt.algorithm, JwtAlgorithm::Hs256);
+        assert_eq!(s.jwt.access_token_ttl, Duration::from_secs(30 * 60));
+        assert_eq!(s.allowed_email_domains, vec!["kiit.ac.in"]);
+        assert_eq!(s.rate_limit_auth, 10);
+        assert_eq!(s.rate_limit_api, 60);
+        assert!(s.smtp.server.is_none());
+    }
+
+    #[test]
+    fn reads_the_seed_variables() {
+        let s = load(&[
+            ("DATABASE_URL", "postgresql://u:p@db:5432/unilink"),
+            ("DATABASE_POOL_SIZE", "5"),
+            ("DATABASE_MAX_OVERFLOW", "2"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "15"),
+            ("ALLOWED_ORIGINS", r#"["https://unilink.app", "https://www.unilink.app"]"#),
+            ("ALLOWED_EMAIL_DOMAINS", "KIIT.ac.in, @iitb.ac.in"),
+            ("AUTH_GRPC_URL", "http://10.0.0.1:50051,http://10.0.0.2:50051"),
+            ("RATE_LIMIT_AUTH", "5"),
+            ("SMTP_SERVER", "smtp.example.com"),
+            ("SMTP_PORT", "2525"),
+        ])
+        .unwrap();
+        assert_eq!(s.database.url.expose(), "postgresql://u:p@db:5432/unilink");
+        assert_eq!(s.database.max_connections(), 7);
+        assert_eq!(s.jwt.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(s.allowed_origins, vec!["https://unilink.app", "https://www.unilink.app"]);
+        assert_eq!(s.allowed_email_domains, vec!["kiit.ac.in", "iitb.ac.in"]);
+        assert_eq!(s.upstreams.auth.len(), 2);
+        assert_eq!(s.rate_limit_auth, 5);
+        assert_eq!(s.smtp.server.as_deref(), Some("smtp.example.com"));
+        assert_eq!(s.smtp.port, 2525);
+    }
+
+    #[test]
+    fn comma_list_origins_are_accepted() {
+        let s = load(&[("ALLOWED_ORIGINS", "https://a.dev, https://*.b.pages.dev")]).unwrap();
+        assert_eq!(s.allowed_origins, vec!["https://a.dev", "https://*.b.pages.dev"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("DATABASE_POOL_SIZE", "lots", "DATABASE_POOL_SIZE is invalid: \"lots\""),
+            ("DATABASE_POOL_SIZE", "0", "DATABASE_POOL_SIZE is invalid: 0 is outside 1..=1000"),
+            ("DATABASE_URL", "mysql://x", "DATABASE_URL is invalid: expected a URL starting with postgres://"),
+            ("REDIS_URL", "localhost:6379", "REDIS_URL is invalid"),
+            ("ALGORITHM", "HS999", "ALGORITHM is invalid: \"HS999\": unsupported algorithm"),
+            ("ENVIRONMENT", "moon", "ENVIRONMENT is invalid"),
+            ("ALLOWED_ORIGINS", "[1,2]", "ALLOWED_ORIGINS is invalid: not a JSON list of strings"),
+            ("ALLOWED_ORIGINS", "unilink.app", "ALLOWED_ORIGINS is invalid: expected a URL"),
+            ("ALLOWED_EMAIL_DOMAINS", "localhost", "ALLOWED_EMAIL_DOMAINS is invalid: \"localhost\" is not a domain"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "-5", "ACCESS_TOKEN_EXPIRE_MINUTES is invalid"),
+            ("SMTP_PORT", "70000", "SMTP_PORT is invalid"),
+            ("GRPC_ADDR", "nowhere", "GRPC_ADDR is invalid"),
+            ("EMAIL_FROM", "noreply", "EMAIL_FROM is invalid"),
+            ("AUTH_GRPC_URL", "auth:50051", "AUTH_GRPC_URL is invalid"),
+        ];
+        for (var, value, expected) in cases {
+            let err = load(&[(var, value)]).expect_err(var).to_string();
+            assert!(err.starts_with(expected), "{var}={value}: got {err:?}, want prefix {expected:?}");
+        }
+    }
+
+    const STRONG: &str = "0123456789abcdef0123456789abcdef";
+
+    fn production(extra: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+        let mut vars = vec![
+            ("ENVIRONMENT", "production"),
+            ("SECRET_KEY", STRONG),
+            ("SMTP_SERVER", "smtp.sendgrid.net"),
+            ("ALLOWED_ORIGINS", "https://unilink.app"),
+        ];
+        vars.extend_from_slice(extra);
+        // later entries win, like a shell's last assignment
+        load(&vars)
+    }
+
+    #[test]
+    fn production_accepts_a_strong_setup() {
+        let s = production(&[]).unwrap();
+        assert!(s.environment.is_production());
+    }
+
+    #[test]
+    fn production_refuses_a_weak_secret() {
+        let err = production(&[("SECRET_KEY", "short-secret")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SECRET_KEY is not safe for production: it has 12 characters; use at least 32 random characters"
+        );
+        let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")]).unwrap_err();
+        assert_eq!(err, ConfigError::Missing { var: "SECRET_KEY" });
+        assert_eq!(err.to_string(), "SECRET_KEY is required but not set");
+    }
+
+    #[test]
+    fn a_weak_secret_is_fine_outside_production() {
+        let s = load(&[("SECRET_KEY", "short")]).unwrap();
+        assert_eq!(s.jwt.secret_key.expose(), "short");
+    }
+
+    #[test]
+    fn production_refuses_wildcard_cors_and_missing_smtp() {
+        let err = production(&[("ALLOWED_ORIGINS", "*")]).unwrap_err().to_string();
+        assert!(err.starts_with("ALLOWED_ORIGINS is not safe for production"), "{err}");
+        let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SECRET_KEY", STRONG)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("SMTP_SERVER is not safe for production"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_hidden_from_debug() {
+        let s = load(&[
+            ("SECRET_KEY", "super-secret-value-1234567890-abcdef"),
+            ("DATABASE_URL", "postgres://user:dbpass-xyz@db/unilink"),
+            ("SMTP_PASSWORD", "SG.smtp-pass-xyz"),
+            ("SENTRY_DSN", "https://key-xyz@sentry.example/1"),
+        ])
+        .unwrap();
+        let printed = format!("{s:?}");
+        for secret in ["super-secret-value", "dbpass-xyz", "smtp-pass-xyz", "key-xyz"] {
+            assert!(!printed.contains(secret), "{secret} leaked in Debug output");
+        }
+        assert!(printed.contains("[redacted]"));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let s = load(&[("DATABASE_POOL_SIZE", "  "), ("SMTP_SERVER", "")]).unwrap();
+        assert_eq!(s.database.pool_size, 20);
+        assert!(s.smtp.server.is_none());
+    }
+}

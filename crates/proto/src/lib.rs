@@ -1,0 +1,35 @@
+//! The wire contract between UniLink services, generated from `proto/`.
+//!
+//! Each service's API lives in `unilink::<service>::v1`; re-exported here as
+//! `auth`, `profile`, `signaling` and `notification`. No other crate writes a
+//! copy of these types.
+
+#![allow(missing_debug_implementations, clippy::large_enum_variant)]
+
+pub mod unilink {
+    pub mod auth {
+        pub mod v1 {
+            tonic::include_proto!("unilink.auth.v1");
+        }
+    }
+    pub mod profile {
+        pub mod v1 {
+            tonic::include_proto!("unilink.profile.v1");
+        }
+    }
+    pub mod signaling {
+        pub mod v1 {
+            tonic::include_proto!("unilink.signaling.v1");
+        }
+    }
+    pub mod notification {
+        pub mod v1 {
+            tonic::include_proto!("unilink.notification.v1");
+        }
+    }
+}
+
+pub use unilink::{auth::v1 as auth, notification::v1 as notification, profile::v1 as profile, signaling::v1 as signaling};
+
+/// Converts between `chrono` and protobuf timestamps without a dependency on chrono here.
+pub use prost_types::Timestamp;
