@@ -1,0 +1,183 @@
+//! Test harness shared by the integration tests of every crate.
+//!
+//! * [`TestDatabase::create`] makes a brand-new PostgreSQL database per test
+//!   (dropped when the value is dropped), so tests run in parallel without
+//!   seeing each other's rows.
+//! * [`unique_prefix`] gives each test its own Redis key prefix.
+//! * [`settings`] builds [`Settings`] pointing at both, with every listener on
+//!   port 0.
+//! * [`eventually`] polls a condition instead of sleeping for a fixed time.
+//!
+//! The admin URL comes from `TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), Redis from
+//! `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); `scripts/test.sh`
+//! makes sure both answer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+use unilink_config::Settings;
+
+/// The PostgreSQL URL tests use to create and drop their databases.
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis URL tests use.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A Redis key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// A database created for one test and dropped after it.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates `unilink_test_<random>` on the test server.
+    pub async fn create() -> TestDatabase {
+        let name = format!("unilink_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = admin_client().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        let url = with_database(&admin_database_url(), &name);
+        TestDatabase { name, url }
+    }
+
+    /// Connection URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A plain client on this database (for assertions and fixtures).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name));
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Dropping needs async I/O; do it on a private runtime in a helper
+        // thread so it works from inside or outside a Tokio runtime.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, conn)) = tokio_postgres::connect(&admin_database_url(), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = admin_database_url();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to TEST_DATABASE_URL {url}: {e} (is PostgreSQL running? scripts/test.sh starts it)"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Replaces the database name (the URL path) of a PostgreSQL URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Settings for a service under test: its own database and Redis prefix,
+/// listeners on 127.0.0.1 port 0, short timeouts, plus `extra` overrides
+/// (later entries win).
+pub fn settings(db: &TestDatabase, redis_prefix: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut vars: Vec<(String, String)> = vec![
+        ("ENVIRONMENT".into(), "test".into()),
+        ("DATABASE_URL".into(), db.url().to_owned()),
+        ("DATABASE_POOL_SIZE".into(), "4".into()),
+        ("DATABASE_MAX_OVERFLOW".into(), "4".into()),
+        ("DATABASE_CONNECT_TIMEOUT_SECONDS".into(), "2".into()),
+        ("REDIS_URL".into(), redis_url()),
+        ("REDIS_KEY_PREFIX".into(), redis_prefix.to_owned()),
+        ("GRPC_ADDR".into(), "127.0.0.1:0".into()),
+        ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
+        ("GRPC_CONNECT_TIMEOUT_MS".into(), "500".into()),
+        ("GRPC_REQUEST_TIMEOUT_MS".into(), "2000".into()),
+        ("SHUTDOWN_GRACE_SECONDS".into(), "5".into()),
+        ("LOG_LEVEL".into(), "warn".into()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    Settings::from_vars(vars).expect("test settings are valid")
+}
+
+/// A loopback address where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "y"), "postgres://u:p@h/y?sslmode=disable");
+        assert_eq!(with_database("postgres://h:5432", "z"), "postgres://h:5432/z");
+    }
+}
