@@ -1,0 +1,391 @@
+//! Redis, the fleet's shared bus. The only crate that talks to Redis.
+//!
+//! * [`Redis`] — a command connection that reconnects by itself, with every key
+//!   and channel name prefixed by `REDIS_KEY_PREFIX` (tests use a unique
+//!   prefix each). [`Redis::ping`] is the readiness probe.
+//! * [`Subscriber`] — a dedicated pub/sub connection whose subscriptions are
+//!   restored after Redis comes back; used by the cross-replica relay.
+//! * Streams ([`Redis::append`], [`StreamConsumer`]) — durable events read
+//!   through consumer groups: `XREADGROUP`, `XACK`, and `XAUTOCLAIM` to take
+//!   over entries a dead consumer left pending. A consumer blocks on its own
+//!   connection so it never stalls other commands.
+//!
+//! Redis keeps only what may be lost or rebuilt (see ARCHITECTURE.md): the
+//! durable copy of every event is the producing service's outbox table.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, StreamsInterface};
+use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::streams::XID;
+use fred::types::{Builder, Expiration};
+use tokio::sync::broadcast;
+use unilink_config::RedisSettings;
+use unilink_errors::{ErrorCode, HasErrorCode};
+
+/// Failures talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid REDIS_URL: {0}")]
+    Config(String),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl HasErrorCode for BusError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            BusError::Config(_) => ErrorCode::Internal,
+            BusError::Redis(_) | BusError::Timeout(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// How long a command may wait, including while reconnecting.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`Redis::connect`] waits for the first connection before going on
+/// without one (the client keeps retrying in the background).
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
+    let mut config = Config::from_url(settings.url.expose()).map_err(|e| BusError::Config(e.to_string()))?;
+    // Keep retrying the first connection too: a service must start (not ready)
+    // while Redis is down and become ready when it returns.
+    config.fail_fast = false;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 2;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+    Ok(builder)
+}
+
+async fn start<C: ClientLike>(client: &C, what: &str) {
+    client.connect();
+    match tokio::time::timeout(FIRST_CONNECT_WAIT, client.wait_for_connect()).await {
+        Ok(Ok(())) => tracing::debug!(what, "redis connected"),
+        Ok(Err(e)) => tracing::warn!(what, error = %e, "redis not reachable yet; retrying in the background"),
+        Err(_) => tracing::warn!(what, "redis not reachable yet; retrying in the background"),
+    }
+}
+
+/// A prefixed Redis command connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+    settings: RedisSettings,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis").field("prefix", &self.settings.key_prefix).finish()
+    }
+}
+
+impl Redis {
+    /// Connects (waiting briefly for the first connection; never failing
+    /// because Redis is down, only on a malformed URL).
+    pub async fn connect(settings: &RedisSettings) -> Result<Redis, BusError> {
+        let client = builder(settings)?.build()?;
+        start(&client, "commands").await;
+        Ok(Redis {
+            client,
+            settings: settings.clone(),
+        })
+    }
+
+    /// `name` with this deployment's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.settings.key_prefix)
+    }
+
+    /// `PING` within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), BusError> {
+        let probe = self.client.ping::<String>(None);
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BusError::Timeout(timeout)),
+        }
+    }
+
+    /// Publishes `payload` on the prefixed `channel`; returns how many
+    /// subscribers received it.
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<u64, BusError> {
+        Ok(self.client.publish(self.key(channel), payload).await?)
+    }
+
+    /// Sets a prefixed key with a time to live.
+    pub async fn set_with_ttl(&self, key: &str, value: &str, ttl: Duration) -> Result<(), BusError> {
+        let secs = ttl.as_secs().max(1) as i64;
+        self.client
+            .set::<(), _, _>(self.key(key), value, Some(Expiration::EX(secs)), None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Reads a prefixed key.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, BusError> {
+        Ok(self.client.get(self.key(key)).await?)
+    }
+
+    /// Appends an event to the prefixed `stream`, trimming it to about
+    /// `max_len` entries; returns the entry id.
+    pub async fn append(&self, stream: &str, fields: &[(&str, &str)], max_len: u64) -> Result<String, BusError> {
+        let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let cap = ("MAXLEN", "~", max_len as i64);
+        Ok(self.client.xadd(self.key(stream), false, cap, "*", pairs).await?)
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+}
+
+/// One message received on a subscribed channel (prefix removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    pub channel: String,
+    pub payload: String,
+}
+
+/// A pub/sub connection. Subscriptions survive reconnects.
+#[derive(Clone)]
+pub struct Subscriber {
+    client: SubscriberClient,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Subscriber {
+    /// Opens the pub/sub connection and starts the task that re-subscribes
+    /// after a reconnect; the task ends when [`Subscriber::close`] is called.
+    pub async fn connect(redis: &Redis) -> Result<Subscriber, BusError> {
+        let client = builder(redis.settings())?.build_subscriber_client()?;
+        start(&client, "subscriber").await;
+        let _resubscriber = client.manage_subscriptions();
+        Ok(Subscriber {
+            client,
+            prefix: redis.settings().key_prefix.clone(),
+        })
+    }
+
+    /// Subscribes to the prefixed `channel`.
+    pub async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.client.subscribe(format!("{}{channel}", self.prefix)).await?;
+        Ok(())
+    }
+
+    /// Unsubscribes from the prefixed `channel`.
+    pub async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
+        self.client.unsubscribe(format!("{}{channel}", self.prefix)).await?;
+        Ok(())
+    }
+
+    /// Messages of every channel this connection subscribes to. Receivers that
+    /// fall behind lose the oldest messages (`RecvError::Lagged`).
+    pub fn messages(&self) -> MessageStream {
+        MessageStream {
+            rx: self.client.message_rx(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// Yields the server every time the connection comes back (after which
+    /// subscriptions are restored).
+    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
+        self.client.reconnect_rx()
+    }
+
+    pub async fn close(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+/// See [`Subscriber::messages`].
+#[derive(Debug)]
+pub struct MessageStream {
+    rx: broadcast::Receiver<fred::types::Message>,
+    prefix: String,
+}
+
+impl MessageStream {
+    /// The next message; `None` once the connection is closed for good.
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        loop {
+            match self.rx.recv().await {
+                Ok(message) => {
+                    let channel = message.channel.to_string();
+                    let Some(channel) = channel.strip_prefix(&self.prefix) else {
+                        continue;
+                    };
+                    let payload = message.value.as_string().unwrap_or_default();
+                    return Some(BusMessage {
+                        channel: channel.to_owned(),
+                        payload,
+                    });
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "pub/sub receiver fell behind");
+                    metrics::counter!("bus_messages_lagged_total").increment(n);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// One stream entry delivered to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// Redis's id of the entry, used to acknowledge it.
+    pub id: String,
+    pub fields: HashMap<String, String>,
+}
+
+/// A member of a consumer group on one stream, on its own connection (its
+/// blocking reads never hold up other commands).
+#[derive(Clone)]
+pub struct StreamConsumer {
+    client: Client,
+    stream: String,
+    group: String,
+    consumer: String,
+}
+
+impl std::fmt::Debug for StreamConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamConsumer")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+type Entries = HashMap<String, Vec<(String, HashMap<String, String>)>>;
+
+impl StreamConsumer {
+    /// Joins `group` on the prefixed `stream` as `consumer`, creating the
+    /// stream and the group (reading from the start) when missing.
+    pub async fn join(redis: &Redis, stream: &str, group: &str, consumer: &str) -> Result<StreamConsumer, BusError> {
+        let client = builder(redis.settings())?.build()?;
+        start(&client, "stream consumer").await;
+        let this = StreamConsumer {
+            client,
+            stream: redis.key(stream),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+        };
+        this.ensure_group().await?;
+        Ok(this)
+    }
+
+    /// Creates the group if it does not exist (also after Redis lost it).
+    pub async fn ensure_group(&self) -> Result<(), BusError> {
+        match self
+            .client
+            .xgroup_create::<(), _, _, _>(&self.stream, &self.group, XID::Manual("0".into()), true)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// New entries for this consumer, waiting up to `block` for some.
+    pub async fn read(&self, count: u64, block: Duration) -> Result<Vec<StreamEntry>, BusError> {
+        let read = self.client.xreadgroup::<fred::types::Value, _, _, _, _>(
+            &self.group,
+            &self.consumer,
+            Some(count),
+            Some(block.as_millis() as u64),
+            false,
+            &self.stream,
+            XID::NewInGroup,
+        );
+        // The blocking read may legitimately take `block`; allow that plus the command timeout.
+        // A read that times out answers nil rather than an empty map.
+        let entries: Entries = match tokio::time::timeout(block + COMMAND_TIMEOUT, read).await {
+            Ok(Ok(value)) if value.is_null() => return Ok(Vec::new()),
+            Ok(Ok(value)) => value.into_xread_response()?,
+            Ok(Err(e)) if e.details().contains("NOGROUP") => {
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(BusError::Timeout(block + COMMAND_TIMEOUT)),
+        };
+        Ok(flatten(entries))
+    }
+
+    /// Takes over entries pending for longer than `min_idle` (their consumer
+    /// died or hung); they are delivered to this consumer.
+    pub async fn claim_stale(&self, min_idle: Duration, count: u64) -> Result<Vec<StreamEntry>, BusError> {
+        let (_next, values): (String, Vec<(String, HashMap<String, String>)>) = self
+            .client
+            .xautoclaim_values(
+                &self.stream,
+                &self.group,
+                &self.consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                Some(count),
+                false,
+            )
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|(id, fields)| StreamEntry { id, fields })
+            .collect())
+    }
+
+    /// Acknowledges a processed entry.
+    pub async fn ack(&self, id: &str) -> Result<(), BusError> {
+        self.client.xack::<i64, _, _, _>(&self.stream, &self.group, id).await?;
+        Ok(())
+    }
+
+    /// How many entries are delivered but not yet acknowledged in the group.
+    pub async fn pending_count(&self) -> Result<u64, BusError> {
+        let summary: fred::types::Value = self.client.xpending(&self.stream, &self.group, ()).await?;
+        let count = match summary {
+            fred::types::Value::Array(items) => items.first().and_then(|v| v.as_u64()).unwrap_or(0),
+            _ => 0,
+        };
+        Ok(count)
+    }
+
+    pub async fn close(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+fn flatten(entries: Entries) -> Vec<StreamEntry> {
+    entries
+        .into_values()
+        .flatten()
+        .map(|(id, fields)| StreamEntry { id, fields })
+        .collect()
+}
