@@ -259,6 +259,7 @@ _as_pg() {
 }
 
 # Serialize private-instance setup between concurrent dev.sh/test.sh runs.
+# Daemons started while holding it must be started with fd 9 closed.
 _with_dev_lock() {
   local lockfile
   lockfile="$(_dev_dir)/.deps.lock"
@@ -342,7 +343,8 @@ EOF
   fi
 
   log "starting private PostgreSQL on $host:$port (data: $data, log: $logf)"
-  _as_pg "$bindir/pg_ctl" -D "$data" -l "$logf" -w -t 60 start >/dev/null 2>&1 || {
+  # 9>&- : the daemon must not inherit the lock fd (see _with_dev_lock)
+  _as_pg "$bindir/pg_ctl" -D "$data" -l "$logf" -w -t 60 start >/dev/null 2>&1 9>&- || {
     tail -n 30 "$logf" >&2 2>/dev/null || true
     die "could not start private PostgreSQL (is port $port taken by something else?); see $logf"
   }
@@ -434,7 +436,7 @@ _start_private_redis() {
   [[ "$host" == "::1" ]] && bind="::1"
   log "starting private Redis on $host:$port (dir: $dir, log: $logf)"
   "$bin" --save "" --appendonly no --daemonize yes --port "$port" \
-    --bind "$bind" --dir "$dir" --pidfile "$pidf" --logfile "$logf" ||
+    --bind "$bind" --dir "$dir" --pidfile "$pidf" --logfile "$logf" 9>&- ||
     die "could not start redis-server; see $logf"
   wait_until 15 redis_ping "$host" "$port" || {
     tail -n 20 "$logf" >&2 2>/dev/null || true
