@@ -19,6 +19,8 @@ use unilink_errors::{ErrorCode, HasErrorCode};
 
 pub use deadpool_postgres::{Client, Pool as PgPool, Transaction};
 pub use tokio_postgres::{Row, error::SqlState, types::ToSql};
+/// The UUID type stored in `uuid` columns.
+pub use uuid::Uuid;
 
 /// One embedded migration. `version`s start at 1 and increase by one.
 #[derive(Debug, Clone, Copy)]

@@ -70,6 +70,8 @@ pub struct ServiceHost {
 impl ServiceHost {
     /// Binds the gRPC (`GRPC_ADDR`) and HTTP (`HTTP_ADDR`) listeners; port 0 picks free ports.
     pub async fn bind(name: &'static str, listen: &ListenSettings) -> std::io::Result<ServiceHost> {
+        // Install the recorder before the first request records anything.
+        let _ = unilink_telemetry::metrics_handle();
         let grpc = TcpListener::bind(listen.grpc_addr).await?;
         let http = TcpListener::bind(listen.http_addr).await?;
         Ok(ServiceHost {

@@ -33,3 +33,25 @@ pub use unilink::{auth::v1 as auth, notification::v1 as notification, profile::v
 
 /// Converts between `chrono` and protobuf timestamps without a dependency on chrono here.
 pub use prost_types::Timestamp;
+
+/// Protobuf timestamp of a UTC time.
+pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// UTC time of a protobuf timestamp; `None` when out of range.
+pub fn from_timestamp(ts: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(ts.seconds, ts.nanos.max(0) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_round_trip() {
+        let now = chrono::Utc::now();
+        assert_eq!(super::from_timestamp(&super::timestamp(now)), Some(now));
+    }
+}

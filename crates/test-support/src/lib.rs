@@ -181,3 +181,182 @@ mod tests {
         assert_eq!(with_database("postgres://h:5432", "z"), "postgres://h:5432/z");
     }
 }
+
+pub mod service {
+    //! Starting services for a test: in-process on port 0, or as the real binary.
+
+    use std::net::SocketAddr;
+    use std::process::{Child, Stdio};
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use unilink_config::Settings;
+    use unilink_runtime::{Application, BackendService};
+
+    /// A backend service running inside the test process.
+    #[derive(Debug)]
+    pub struct RunningService {
+        pub grpc_addr: SocketAddr,
+        pub http_port: u16,
+        stop: Option<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), unilink_runtime::StartupError>>,
+    }
+
+    impl RunningService {
+        /// `http://127.0.0.1:<port>`, the form `*_GRPC_URL` takes.
+        pub fn url(&self) -> String {
+            format!("http://{}", self.grpc_addr)
+        }
+
+        /// Triggers graceful shutdown and waits for it.
+        pub async fn stop(mut self) -> Result<(), unilink_runtime::StartupError> {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            (&mut self.task).await.expect("service task panicked")
+        }
+    }
+
+    /// Builds and starts `S` with `settings`; returns once it reports `SERVING`.
+    pub async fn spawn<S: BackendService>(settings: Settings) -> RunningService {
+        let app = Application::<S>::build(settings)
+            .await
+            .unwrap_or_else(|e| panic!("starting {}: {e}", S::NAME));
+        let grpc_addr = app.grpc_addr();
+        let http_port = app.http_port();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        wait_serving(grpc_addr, Duration::from_secs(20)).await;
+        RunningService {
+            grpc_addr,
+            http_port,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The overall `grpc.health.v1` status of the server at `addr`.
+    pub async fn health(addr: SocketAddr, service: &str) -> Option<ServingStatus> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    /// Waits until the server at `addr` reports `SERVING`.
+    pub async fn wait_serving(addr: SocketAddr, timeout: Duration) {
+        crate::eventually(&format!("{addr} to report SERVING"), timeout, || async move {
+            (health(addr, "").await == Some(ServingStatus::Serving)).then_some(())
+        })
+        .await
+    }
+
+    /// A service binary started as a child process; killed if dropped.
+    #[derive(Debug)]
+    pub struct ChildService {
+        child: Option<Child>,
+    }
+
+    impl ChildService {
+        /// Starts `binary` with exactly `env` (plus `PATH`).
+        pub fn start(binary: &str, env: &[(String, String)]) -> ChildService {
+            let child = std::process::Command::new(binary)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+            ChildService { child: Some(child) }
+        }
+
+        pub fn id(&self) -> u32 {
+            self.child.as_ref().map_or(0, Child::id)
+        }
+
+        /// Sends SIGTERM and waits up to `timeout` for the exit; returns its status.
+        pub async fn terminate(mut self, timeout: Duration) -> std::process::ExitStatus {
+            let mut child = self.child.take().expect("child present");
+            let status = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -TERM failed");
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                if let Some(status) = child.try_wait().expect("wait for child") {
+                    return status;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    panic!("process {} did not exit within {timeout:?} of SIGTERM", child.id());
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+
+    impl Drop for ChildService {
+        fn drop(&mut self) {
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Environment for a service binary under test: the test database and
+    /// Redis prefix, fixed free ports for gRPC and HTTP.
+    pub fn child_env(database_url: &str, redis_prefix: &str, grpc_port: u16, http_port: u16) -> Vec<(String, String)> {
+        [
+            ("ENVIRONMENT", "test".to_owned()),
+            ("DATABASE_URL", database_url.to_owned()),
+            ("DATABASE_POOL_SIZE", "2".to_owned()),
+            ("DATABASE_MAX_OVERFLOW", "0".to_owned()),
+            ("REDIS_URL", crate::redis_url()),
+            ("REDIS_KEY_PREFIX", redis_prefix.to_owned()),
+            ("GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("SHUTDOWN_GRACE_SECONDS", "5".to_owned()),
+            ("LOG_LEVEL", "warn".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts the real binary, waits for it to serve, sends SIGTERM and
+    /// asserts a clean exit within `within`.
+    pub async fn assert_stops_cleanly_on_sigterm(binary: &str, database_url: &str, within: Duration) {
+        let grpc_port = crate::closed_port();
+        let http_port = crate::closed_port();
+        let env = child_env(database_url, &crate::unique_prefix(), grpc_port, http_port);
+        let child = ChildService::start(binary, &env);
+        wait_serving(SocketAddr::from(([127, 0, 0, 1], grpc_port)), Duration::from_secs(30)).await;
+        let started = std::time::Instant::now();
+        let status = child.terminate(within).await;
+        assert!(status.success(), "{binary} exited with {status} after SIGTERM");
+        assert!(started.elapsed() <= within, "took {:?}", started.elapsed());
+        // The port is released.
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", grpc_port)).await.is_err(),
+            "port {grpc_port} still accepting after exit"
+        );
+    }
+}
