@@ -1,0 +1,44 @@
+//! `unilink.notification.v1.NotificationService`: converts, calls the core, converts back.
+
+use tonic::{Request, Response, Status};
+use unilink_domain::EventId;
+use unilink_proto::notification::notification_service_server::{NotificationService, NotificationServiceServer};
+use unilink_proto::notification::{
+    Delivery as DeliveryMessage, DeliveryStatus as DeliveryStatusMessage, GetDeliveryRequest,
+};
+
+use crate::error::NotificationError;
+use crate::repo::{Delivery, DeliveryStatus};
+use crate::service::DeliveryService;
+
+pub fn server(core: DeliveryService) -> NotificationServiceServer<DeliveryService> {
+    NotificationServiceServer::new(core)
+}
+
+impl From<Delivery> for DeliveryMessage {
+    fn from(d: Delivery) -> Self {
+        let status = match d.status {
+            DeliveryStatus::Pending => DeliveryStatusMessage::Pending,
+            DeliveryStatus::Delivered => DeliveryStatusMessage::Delivered,
+            DeliveryStatus::Failed => DeliveryStatusMessage::Failed,
+        };
+        DeliveryMessage {
+            event_id: d.event_id.to_string(),
+            event_type: d.event_type,
+            channel: d.channel,
+            status: status as i32,
+            attempts: d.attempts,
+            created_at: Some(unilink_proto::timestamp(d.created_at)),
+            delivered_at: d.delivered_at.map(unilink_proto::timestamp),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NotificationService for DeliveryService {
+    #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id))]
+    async fn get_delivery(&self, request: Request<GetDeliveryRequest>) -> Result<Response<DeliveryMessage>, Status> {
+        let id = EventId::parse(&request.get_ref().event_id).map_err(NotificationError::from)?;
+        Ok(Response::new(self.get_delivery(id).await?.into()))
+    }
+}

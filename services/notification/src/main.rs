@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    unilink_runtime::main::<unilink_notification::Notification>(env!("CARGO_PKG_VERSION")).await
+}

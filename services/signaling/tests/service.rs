@@ -1,0 +1,73 @@
+//! The signaling service started on port 0 against a fresh database.
+
+use std::time::Duration;
+
+use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
+use unilink_proto::signaling::{CallStatus, GetCallRequest};
+use unilink_signaling::Signaling;
+use unilink_test_support::service::{assert_stops_cleanly_on_sigterm, spawn};
+use unilink_test_support::{TestDatabase, settings, unique_prefix};
+
+#[tokio::test]
+async fn serves_calls_on_port_zero() {
+    let db = TestDatabase::create().await;
+    let service = spawn::<Signaling>(settings(&db, &unique_prefix(), &[])).await;
+    let (id, a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO signaling.calls (id, initiator_id, receiver_id, status, call_token, started_at, ended_at, duration_seconds)
+             VALUES ($1, $2, $3, 'completed', 'tok', now() - interval '90 seconds', now(), 90)",
+            &[&id, &a, &b],
+        )
+        .await
+        .unwrap();
+    let mut client = SignalingServiceClient::connect(service.url()).await.unwrap();
+    let call = client
+        .get_call(GetCallRequest { call_id: id.to_string() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(call.status(), CallStatus::Completed);
+    assert_eq!(call.initiator_id, a.to_string());
+    assert_eq!(call.duration_seconds, Some(90));
+    assert!(call.started_at.is_some() && call.ended_at.is_some());
+
+    let missing = client
+        .get_call(GetCallRequest {
+            call_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_database_refuses_calls_to_yourself_and_unknown_states() {
+    let db = TestDatabase::create().await;
+    let service = spawn::<Signaling>(settings(&db, &unique_prefix(), &[])).await;
+    let client = db.client().await;
+    let a = uuid::Uuid::new_v4();
+    let selfcall = client
+        .execute(
+            "INSERT INTO signaling.calls (id, initiator_id, receiver_id, call_token) VALUES ($1, $2, $2, 't')",
+            &[&uuid::Uuid::new_v4(), &a],
+        )
+        .await;
+    assert!(selfcall.is_err());
+    let bad_state = client
+        .execute(
+            "INSERT INTO signaling.calls (id, initiator_id, receiver_id, status, call_token) VALUES ($1, $2, $3, 'ringing', 't')",
+            &[&uuid::Uuid::new_v4(), &a, &uuid::Uuid::new_v4()],
+        )
+        .await;
+    assert!(bad_state.is_err());
+    service.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_cleanly() {
+    let db = TestDatabase::create().await;
+    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-signaling"), db.url(), Duration::from_secs(5)).await;
+}
