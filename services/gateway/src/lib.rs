@@ -1,0 +1,20 @@
+//! The edge gateway: the only public UniLink service.
+//!
+//! It terminates HTTP (and, later, WebSockets), and talks gRPC to the
+//! backend services through load-balanced channels ([`clients`]). It holds
+//! no business rules and no data of its own.
+//!
+//! * [`startup`] — `Application::build(settings)`, port 0 in tests,
+//!   graceful shutdown;
+//! * [`rest`] — the public routes (`/`, `/health`, `/metrics`, …);
+//! * [`error`] — the one mapping of failures to `{"detail": …}` answers.
+
+pub mod clients;
+pub mod error;
+pub mod rest;
+pub mod startup;
+
+pub use startup::{Application, main};
+
+/// The gateway's name in logs, traces and metrics.
+pub const SERVICE: &str = "gateway";

@@ -1,0 +1,28 @@
+//! The public REST routes.
+
+pub mod health;
+pub mod index;
+
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use unilink_errors::ErrorCode;
+
+use crate::error::ApiError;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index::index))
+        .route("/health", web::get().to(health::health))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Prometheus text of this process.
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(unilink_telemetry::metrics_handle().render())
+}
+
+/// Unknown routes (and wrong methods) answer JSON like every other error.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
+}
