@@ -18,8 +18,14 @@ async fn keys_are_prefixed_and_expire() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
     redis.ping(Duration::from_secs(1)).await.unwrap();
-    redis.set_with_ttl("greeting", "hello", Duration::from_secs(30)).await.unwrap();
-    assert_eq!(redis.get("greeting").await.unwrap().as_deref(), Some("hello"));
+    redis
+        .set_with_ttl("greeting", "hello", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        redis.get("greeting").await.unwrap().as_deref(),
+        Some("hello")
+    );
 
     // Another prefix does not see it.
     let other = Redis::connect(&settings(&unique_prefix())).await.unwrap();
@@ -38,9 +44,14 @@ async fn published_messages_reach_subscribers_of_the_same_prefix_only() {
     let stranger = Redis::connect(&settings(&unique_prefix())).await.unwrap();
     assert_eq!(stranger.publish("user:42", "not for you").await.unwrap(), 0);
 
-    let receivers = redis.publish("user:42", r#"{"type":"ping"}"#).await.unwrap();
+    let receivers = redis
+        .publish("user:42", r#"{"type":"ping"}"#)
+        .await
+        .unwrap();
     assert_eq!(receivers, 1);
-    let got = tokio::time::timeout(Duration::from_secs(2), messages.next()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), messages.next())
+        .await
+        .unwrap();
     assert_eq!(
         got,
         Some(BusMessage {
@@ -58,12 +69,20 @@ async fn published_messages_reach_subscribers_of_the_same_prefix_only() {
 async fn stream_entries_are_delivered_once_per_group_and_acknowledged() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
-    let a = StreamConsumer::join(&redis, "events", "mailer", "a").await.unwrap();
-    let b = StreamConsumer::join(&redis, "events", "mailer", "b").await.unwrap();
+    let a = StreamConsumer::join(&redis, "events", "mailer", "a")
+        .await
+        .unwrap();
+    let b = StreamConsumer::join(&redis, "events", "mailer", "b")
+        .await
+        .unwrap();
 
     for i in 0..10 {
         redis
-            .append("events", &[("event_id", &i.to_string()), ("type", "user.registered")], 10_000)
+            .append(
+                "events",
+                &[("event_id", &i.to_string()), ("type", "user.registered")],
+                10_000,
+            )
             .await
             .unwrap();
     }
@@ -75,30 +94,66 @@ async fn stream_entries_are_delivered_once_per_group_and_acknowledged() {
         }
     }
     seen.sort_by_key(|s| s.parse::<u32>().unwrap());
-    assert_eq!(seen, (0..10).map(|i| i.to_string()).collect::<Vec<_>>(), "each entry exactly once");
+    assert_eq!(
+        seen,
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "each entry exactly once"
+    );
     assert_eq!(a.pending_count().await.unwrap(), 0);
 
     // A second group sees everything again.
-    let audit = StreamConsumer::join(&redis, "events", "audit", "x").await.unwrap();
-    assert_eq!(audit.read(100, Duration::from_millis(200)).await.unwrap().len(), 10);
+    let audit = StreamConsumer::join(&redis, "events", "audit", "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        audit
+            .read(100, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
 }
 
 #[tokio::test]
 async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
-    let dead = StreamConsumer::join(&redis, "events", "mailer", "dead").await.unwrap();
-    let alive = StreamConsumer::join(&redis, "events", "mailer", "alive").await.unwrap();
-    redis.append("events", &[("event_id", "e1")], 1000).await.unwrap();
+    let dead = StreamConsumer::join(&redis, "events", "mailer", "dead")
+        .await
+        .unwrap();
+    let alive = StreamConsumer::join(&redis, "events", "mailer", "alive")
+        .await
+        .unwrap();
+    redis
+        .append("events", &[("event_id", "e1")], 1000)
+        .await
+        .unwrap();
 
     let taken = dead.read(10, Duration::from_millis(200)).await.unwrap();
     assert_eq!(taken.len(), 1);
     dead.close().await; // dies without acknowledging
 
-    assert!(alive.read(10, Duration::from_millis(100)).await.unwrap().is_empty());
-    assert!(alive.claim_stale(Duration::from_secs(60), 10).await.unwrap().is_empty(), "not idle long enough yet");
+    assert!(
+        alive
+            .read(10, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        alive
+            .claim_stale(Duration::from_secs(60), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not idle long enough yet"
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let reclaimed = alive.claim_stale(Duration::from_millis(100), 10).await.unwrap();
+    let reclaimed = alive
+        .claim_stale(Duration::from_millis(100), 10)
+        .await
+        .unwrap();
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].fields["event_id"], "e1");
     alive.ack(&reclaimed[0].id).await.unwrap();
@@ -109,11 +164,22 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
 async fn a_missing_group_is_recreated_after_redis_lost_it() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
-    let consumer = StreamConsumer::join(&redis, "events", "mailer", "c").await.unwrap();
+    let consumer = StreamConsumer::join(&redis, "events", "mailer", "c")
+        .await
+        .unwrap();
     // Simulate Redis losing its data: delete the stream (and with it the group).
     redis_del(&format!("{prefix}events")).await;
-    assert!(consumer.read(10, Duration::from_millis(50)).await.unwrap().is_empty());
-    redis.append("events", &[("event_id", "after")], 1000).await.unwrap();
+    assert!(
+        consumer
+            .read(10, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    redis
+        .append("events", &[("event_id", "after")], 1000)
+        .await
+        .unwrap();
     let got = consumer.read(10, Duration::from_millis(200)).await.unwrap();
     assert_eq!(got.len(), 1);
 }
@@ -121,13 +187,20 @@ async fn a_missing_group_is_recreated_after_redis_lost_it() {
 async fn redis_del(key: &str) {
     // Plain RESP over TCP: the test's own view of Redis, independent of the crate under test.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = redis_url().trim_start_matches("redis://").trim_end_matches('/').to_owned();
+    let addr = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let cmd = format!("*2\r\n$3\r\nDEL\r\n${}\r\n{key}\r\n", key.len());
     stream.write_all(cmd.as_bytes()).await.unwrap();
     let mut buf = [0u8; 16];
     let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b":"), "DEL answered {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b":"),
+        "DEL answered {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 #[tokio::test]
@@ -141,7 +214,14 @@ async fn an_unreachable_redis_fails_fast_instead_of_hanging() {
     .await
     .expect("connect does not fail because Redis is down");
     let err = redis.ping(Duration::from_millis(500)).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    assert_eq!(unilink_errors::HasErrorCode::code(&err), unilink_errors::ErrorCode::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        unilink_errors::HasErrorCode::code(&err),
+        unilink_errors::ErrorCode::Unavailable
+    );
     redis.close().await;
 }

@@ -103,7 +103,9 @@ impl FromStr for JwtAlgorithm {
             "HS256" => Ok(JwtAlgorithm::Hs256),
             "RS256" => Ok(JwtAlgorithm::Rs256),
             "EDDSA" => Ok(JwtAlgorithm::EdDsa),
-            other => Err(format!("unsupported algorithm {other:?} (expected HS256, RS256 or EdDSA)")),
+            other => Err(format!(
+                "unsupported algorithm {other:?} (expected HS256, RS256 or EdDSA)"
+            )),
         }
     }
 }
@@ -294,11 +296,23 @@ impl Reader<'_> {
         Ok(value)
     }
 
-    fn millis(&self, var: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
-        self.bounded(var, default, min, max).map(Duration::from_millis)
+    fn millis(
+        &self,
+        var: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.bounded(var, default, min, max)
+            .map(Duration::from_millis)
     }
 
-    fn url(&self, var: &'static str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+    fn url(
+        &self,
+        var: &'static str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<String, ConfigError> {
         let value = self.string(var, default);
         check_url(var, &value, schemes)?;
         Ok(value)
@@ -319,7 +333,10 @@ fn check_url(var: &'static str, value: &str, schemes: &[&str]) -> Result<(), Con
     if !scheme_ok {
         return Err(ConfigError::Invalid {
             var,
-            reason: format!("expected a URL starting with {}", schemes.join(":// or ") + "://"),
+            reason: format!(
+                "expected a URL starting with {}",
+                schemes.join(":// or ") + "://"
+            ),
         });
     }
     Ok(())
@@ -359,7 +376,10 @@ impl Settings {
         K: Into<String>,
         V: Into<String>,
     {
-        let map: HashMap<String, String> = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let map: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         Self::load(&map)
     }
 
@@ -382,7 +402,12 @@ impl Settings {
             },
             pool_size: r.bounded("DATABASE_POOL_SIZE", 20, 1, 1000)?,
             max_overflow: r.bounded("DATABASE_MAX_OVERFLOW", 40, 0, 1000)?,
-            connect_timeout: Duration::from_secs(r.bounded("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, 1, 120)?),
+            connect_timeout: Duration::from_secs(r.bounded(
+                "DATABASE_CONNECT_TIMEOUT_SECONDS",
+                5,
+                1,
+                120,
+            )?),
             statement_timeout: r.millis("DATABASE_STATEMENT_TIMEOUT_MS", 10_000, 100, 600_000)?,
         };
 
@@ -394,7 +419,9 @@ impl Settings {
         let algorithm: JwtAlgorithm = r.parse("ALGORITHM", JwtAlgorithm::Hs256)?;
         let secret_key = match r.opt("SECRET_KEY") {
             Some(key) => key,
-            None if environment.is_production() => return Err(ConfigError::Missing { var: "SECRET_KEY" }),
+            None if environment.is_production() => {
+                return Err(ConfigError::Missing { var: "SECRET_KEY" });
+            }
             None => DEV_SECRET_KEY.to_owned(),
         };
         if environment.is_production() && secret_key.chars().count() < MIN_SECRET_KEY_LEN {
@@ -415,7 +442,9 @@ impl Settings {
         let jwt = JwtSettings {
             secret_key: Secret::new(secret_key),
             algorithm,
-            access_token_ttl: Duration::from_secs(60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?),
+            access_token_ttl: Duration::from_secs(
+                60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?,
+            ),
         };
 
         let smtp = SmtpSettings {
@@ -434,13 +463,18 @@ impl Settings {
         if environment.is_production() && smtp.server.is_none() {
             return Err(ConfigError::Insecure {
                 var: "SMTP_SERVER",
-                reason: "production needs a real SMTP server; mails would only be logged".to_owned(),
+                reason: "production needs a real SMTP server; mails would only be logged"
+                    .to_owned(),
             });
         }
 
         let allowed_origins = r.list(
             "ALLOWED_ORIGINS",
-            &["http://localhost:5173", "http://localhost:3000", "http://127.0.0.1:8000"],
+            &[
+                "http://localhost:5173",
+                "http://localhost:3000",
+                "http://127.0.0.1:8000",
+            ],
         )?;
         for origin in &allowed_origins {
             if origin == "*" {
@@ -500,7 +534,12 @@ impl Settings {
         let listen = ListenSettings {
             grpc_addr: r.parse("GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
             http_addr: r.parse("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
-            shutdown_grace: Duration::from_secs(r.bounded("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?),
+            shutdown_grace: Duration::from_secs(r.bounded(
+                "SHUTDOWN_GRACE_SECONDS",
+                20,
+                0,
+                3600,
+            )?),
         };
 
         Ok(Settings {
@@ -565,9 +604,15 @@ mod tests {
             ("DATABASE_POOL_SIZE", "5"),
             ("DATABASE_MAX_OVERFLOW", "2"),
             ("ACCESS_TOKEN_EXPIRE_MINUTES", "15"),
-            ("ALLOWED_ORIGINS", r#"["https://unilink.app", "https://www.unilink.app"]"#),
+            (
+                "ALLOWED_ORIGINS",
+                r#"["https://unilink.app", "https://www.unilink.app"]"#,
+            ),
             ("ALLOWED_EMAIL_DOMAINS", "KIIT.ac.in, @iitb.ac.in"),
-            ("AUTH_GRPC_URL", "http://10.0.0.1:50051,http://10.0.0.2:50051"),
+            (
+                "AUTH_GRPC_URL",
+                "http://10.0.0.1:50051,http://10.0.0.2:50051",
+            ),
             ("RATE_LIMIT_AUTH", "5"),
             ("SMTP_SERVER", "smtp.example.com"),
             ("SMTP_PORT", "2525"),
@@ -576,7 +621,10 @@ mod tests {
         assert_eq!(s.database.url.expose(), "postgresql://u:p@db:5432/unilink");
         assert_eq!(s.database.max_connections(), 7);
         assert_eq!(s.jwt.access_token_ttl, Duration::from_secs(900));
-        assert_eq!(s.allowed_origins, vec!["https://unilink.app", "https://www.unilink.app"]);
+        assert_eq!(
+            s.allowed_origins,
+            vec!["https://unilink.app", "https://www.unilink.app"]
+        );
         assert_eq!(s.allowed_email_domains, vec!["kiit.ac.in", "iitb.ac.in"]);
         assert_eq!(s.upstreams.auth.len(), 2);
         assert_eq!(s.rate_limit_auth, 5);
@@ -587,22 +635,57 @@ mod tests {
     #[test]
     fn comma_list_origins_are_accepted() {
         let s = load(&[("ALLOWED_ORIGINS", "https://a.dev, https://*.b.pages.dev")]).unwrap();
-        assert_eq!(s.allowed_origins, vec!["https://a.dev", "https://*.b.pages.dev"]);
+        assert_eq!(
+            s.allowed_origins,
+            vec!["https://a.dev", "https://*.b.pages.dev"]
+        );
     }
 
     #[test]
     fn bad_values_name_their_variable() {
         let cases: &[(&str, &str, &str)] = &[
-            ("DATABASE_POOL_SIZE", "lots", "DATABASE_POOL_SIZE is invalid: \"lots\""),
-            ("DATABASE_POOL_SIZE", "0", "DATABASE_POOL_SIZE is invalid: 0 is outside 1..=1000"),
-            ("DATABASE_URL", "mysql://x", "DATABASE_URL is invalid: expected a URL starting with postgres://"),
+            (
+                "DATABASE_POOL_SIZE",
+                "lots",
+                "DATABASE_POOL_SIZE is invalid: \"lots\"",
+            ),
+            (
+                "DATABASE_POOL_SIZE",
+                "0",
+                "DATABASE_POOL_SIZE is invalid: 0 is outside 1..=1000",
+            ),
+            (
+                "DATABASE_URL",
+                "mysql://x",
+                "DATABASE_URL is invalid: expected a URL starting with postgres://",
+            ),
             ("REDIS_URL", "localhost:6379", "REDIS_URL is invalid"),
-            ("ALGORITHM", "HS999", "ALGORITHM is invalid: \"HS999\": unsupported algorithm"),
+            (
+                "ALGORITHM",
+                "HS999",
+                "ALGORITHM is invalid: \"HS999\": unsupported algorithm",
+            ),
             ("ENVIRONMENT", "moon", "ENVIRONMENT is invalid"),
-            ("ALLOWED_ORIGINS", "[1,2]", "ALLOWED_ORIGINS is invalid: not a JSON list of strings"),
-            ("ALLOWED_ORIGINS", "unilink.app", "ALLOWED_ORIGINS is invalid: expected a URL"),
-            ("ALLOWED_EMAIL_DOMAINS", "localhost", "ALLOWED_EMAIL_DOMAINS is invalid: \"localhost\" is not a domain"),
-            ("ACCESS_TOKEN_EXPIRE_MINUTES", "-5", "ACCESS_TOKEN_EXPIRE_MINUTES is invalid"),
+            (
+                "ALLOWED_ORIGINS",
+                "[1,2]",
+                "ALLOWED_ORIGINS is invalid: not a JSON list of strings",
+            ),
+            (
+                "ALLOWED_ORIGINS",
+                "unilink.app",
+                "ALLOWED_ORIGINS is invalid: expected a URL",
+            ),
+            (
+                "ALLOWED_EMAIL_DOMAINS",
+                "localhost",
+                "ALLOWED_EMAIL_DOMAINS is invalid: \"localhost\" is not a domain",
+            ),
+            (
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+                "-5",
+                "ACCESS_TOKEN_EXPIRE_MINUTES is invalid",
+            ),
             ("SMTP_PORT", "70000", "SMTP_PORT is invalid"),
             ("GRPC_ADDR", "nowhere", "GRPC_ADDR is invalid"),
             ("EMAIL_FROM", "noreply", "EMAIL_FROM is invalid"),
@@ -610,7 +693,10 @@ mod tests {
         ];
         for (var, value, expected) in cases {
             let err = load(&[(var, value)]).expect_err(var).to_string();
-            assert!(err.starts_with(expected), "{var}={value}: got {err:?}, want prefix {expected:?}");
+            assert!(
+                err.starts_with(expected),
+                "{var}={value}: got {err:?}, want prefix {expected:?}"
+            );
         }
     }
 
@@ -641,7 +727,9 @@ mod tests {
             err.to_string(),
             "SECRET_KEY is not safe for production: it has 12 characters; use at least 32 random characters"
         );
-        let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")]).unwrap_err();
+        let err =
+            Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")])
+                .unwrap_err();
         assert_eq!(err, ConfigError::Missing { var: "SECRET_KEY" });
         assert_eq!(err.to_string(), "SECRET_KEY is required but not set");
     }
@@ -654,12 +742,20 @@ mod tests {
 
     #[test]
     fn production_refuses_wildcard_cors_and_missing_smtp() {
-        let err = production(&[("ALLOWED_ORIGINS", "*")]).unwrap_err().to_string();
-        assert!(err.starts_with("ALLOWED_ORIGINS is not safe for production"), "{err}");
+        let err = production(&[("ALLOWED_ORIGINS", "*")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("ALLOWED_ORIGINS is not safe for production"),
+            "{err}"
+        );
         let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SECRET_KEY", STRONG)])
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("SMTP_SERVER is not safe for production"), "{err}");
+        assert!(
+            err.starts_with("SMTP_SERVER is not safe for production"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -672,7 +768,12 @@ mod tests {
         ])
         .unwrap();
         let printed = format!("{s:?}");
-        for secret in ["super-secret-value", "dbpass-xyz", "smtp-pass-xyz", "key-xyz"] {
+        for secret in [
+            "super-secret-value",
+            "dbpass-xyz",
+            "smtp-pass-xyz",
+            "key-xyz",
+        ] {
             assert!(!printed.contains(secret), "{secret} leaked in Debug output");
         }
         assert!(printed.contains("[redacted]"));

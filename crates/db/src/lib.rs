@@ -58,7 +58,11 @@ pub enum DbError {
         embedded: String,
     },
     #[error("schema {schema} is at version {applied}, newer than this build knows ({known})")]
-    SchemaTooNew { schema: String, applied: i32, known: i32 },
+    SchemaTooNew {
+        schema: String,
+        applied: i32,
+        known: i32,
+    },
     #[error("could not take the migration lock of schema {0} within {1:?}")]
     LockTimeout(String, Duration),
 }
@@ -84,7 +88,9 @@ impl HasErrorCode for DbError {
         match self {
             DbError::Pool(_) | DbError::Timeout(_) => ErrorCode::Unavailable,
             DbError::Postgres(e) if e.is_closed() || e.code().is_none() => ErrorCode::Unavailable,
-            DbError::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => ErrorCode::Timeout,
+            DbError::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => {
+                ErrorCode::Timeout
+            }
             DbError::Postgres(_)
             | DbError::Config(_)
             | DbError::Migration { .. }
@@ -104,11 +110,18 @@ fn check_schema(schema: &str) -> Result<(), DbError> {
     if ok {
         Ok(())
     } else {
-        Err(DbError::Config(format!("{schema:?} is not a valid schema name")))
+        Err(DbError::Config(format!(
+            "{schema:?} is not a valid schema name"
+        )))
     }
 }
 
-fn pg_config(url: &str, settings: &DatabaseSettings, schema: &str, app: &str) -> Result<tokio_postgres::Config, DbError> {
+fn pg_config(
+    url: &str,
+    settings: &DatabaseSettings,
+    schema: &str,
+    app: &str,
+) -> Result<tokio_postgres::Config, DbError> {
     check_schema(schema)?;
     let mut config: tokio_postgres::Config = url
         .parse()
@@ -137,7 +150,12 @@ pub fn connect_read(settings: &DatabaseSettings, schema: &str, app: &str) -> Res
     pool_for(url.expose(), settings, schema, app)
 }
 
-fn pool_for(url: &str, settings: &DatabaseSettings, schema: &str, app: &str) -> Result<Pool, DbError> {
+fn pool_for(
+    url: &str,
+    settings: &DatabaseSettings,
+    schema: &str,
+    app: &str,
+) -> Result<Pool, DbError> {
     let config = pg_config(url, settings, schema, app)?;
     let manager = Manager::from_config(
         config,
@@ -172,9 +190,12 @@ pub async fn ping(pool: &Pool, timeout: Duration) -> Result<(), DbError> {
 pub fn record_pool_metrics(pool: &Pool, schema: &'static str) {
     let status = pool.status();
     let in_use = status.size.saturating_sub(status.available);
-    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "open").set(status.size as f64);
-    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use").set(in_use as f64);
-    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "max").set(status.max_size as f64);
+    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "open")
+        .set(status.size as f64);
+    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use")
+        .set(in_use as f64);
+    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "max")
+        .set(status.max_size as f64);
     metrics::gauge!("db_pool_waiting", "schema" => schema).set(status.waiting as f64);
 }
 
@@ -217,7 +238,12 @@ pub async fn migrate(
             )));
         }
     }
-    let config = pg_config(settings.url.expose(), settings, schema, &format!("unilink-migrate-{schema}"))?;
+    let config = pg_config(
+        settings.url.expose(),
+        settings,
+        schema,
+        &format!("unilink-migrate-{schema}"),
+    )?;
     let (mut client, connection) = config.connect(NoTls).await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -264,7 +290,9 @@ async fn migrate_locked(
         .await?;
     let rows = client
         .query(
-            &format!("SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"),
+            &format!(
+                "SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"
+            ),
             &[],
         )
         .await?;
@@ -310,7 +338,12 @@ async fn migrate_locked(
         .await
         .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
-        tracing::info!(schema, version = m.version, name = m.name, "migration applied");
+        tracing::info!(
+            schema,
+            version = m.version,
+            name = m.name,
+            "migration applied"
+        );
         applied.push(m.version);
         version = m.version;
     }

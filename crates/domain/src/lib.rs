@@ -91,7 +91,10 @@ mod tests {
         assert_eq!(UserId::parse(&id.to_string()), Ok(id));
         assert_eq!(UserId::parse(&format!(" {id} ")), Ok(id));
         let err = CallId::parse("42; DROP TABLE calls").unwrap_err();
-        assert_eq!(err.to_string(), "call id must be a UUID, got \"42; DROP TABLE calls\"");
+        assert_eq!(
+            err.to_string(),
+            "call id must be a UUID, got \"42; DROP TABLE calls\""
+        );
     }
 
     #[test]

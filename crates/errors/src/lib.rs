@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn server_errors_hide_their_message() {
-        let status = to_status(&Broken("password=hunter2 connection refused", ErrorCode::Internal));
+        let status = to_status(&Broken(
+            "password=hunter2 connection refused",
+            ErrorCode::Internal,
+        ));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert_eq!(status.message(), "internal server error");
         let status = to_status(&Broken("username taken", ErrorCode::Conflict));

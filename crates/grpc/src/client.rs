@@ -74,7 +74,13 @@ pub fn balanced_channel(
         .map(|u| parse_target(service, u))
         .collect::<Result<Vec<_>, _>>()?;
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(1024);
-    tokio::spawn(resolve_forever(service, targets, changes, connect_timeout, request_timeout));
+    tokio::spawn(resolve_forever(
+        service,
+        targets,
+        changes,
+        connect_timeout,
+        request_timeout,
+    ));
     Ok(InterceptedService::new(
         Deadline {
             inner: channel,
@@ -116,7 +122,12 @@ async fn resolve_forever(
         }
         // A failed lookup keeps the last known addresses rather than dropping them all.
         if !found.is_empty() {
-            for gone in current.iter().filter(|a| !found.contains_key(a)).copied().collect::<Vec<_>>() {
+            for gone in current
+                .iter()
+                .filter(|a| !found.contains_key(a))
+                .copied()
+                .collect::<Vec<_>>()
+            {
                 tracing::info!(service, addr = %gone, "upstream endpoint removed");
                 if changes.send(Change::Remove(gone)).await.is_err() {
                     return;
@@ -177,7 +188,8 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Readiness is awaited inside the deadline below, not here.
@@ -198,7 +210,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let call = async {
-                std::future::poll_fn(|cx| inner.poll_ready(cx)).await.map_err(Into::into)?;
+                std::future::poll_fn(|cx| inner.poll_ready(cx))
+                    .await
+                    .map_err(Into::into)?;
                 inner.call(request).await.map_err(Into::into)
             };
             match tokio::time::timeout(timeout, call).await {
@@ -217,7 +231,10 @@ where
 pub struct TracePropagation;
 
 impl tonic::service::Interceptor for TracePropagation {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         for (key, value) in unilink_telemetry::inject() {
             let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
             let value = tonic::metadata::MetadataValue::try_from(value.as_str());
@@ -239,7 +256,13 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("auth.default.svc", 50051));
         let t = parse_target("auth", "http://[::1]:50051/").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 50051));
-        for bad in ["auth:50051", "http://auth", "ftp://auth:1", "http://:1", "http://a:1/x"] {
+        for bad in [
+            "auth:50051",
+            "http://auth",
+            "ftp://auth:1",
+            "http://:1",
+            "http://a:1/x",
+        ] {
             assert!(parse_target("auth", bad).is_err(), "{bad}");
         }
     }

@@ -24,7 +24,9 @@ pub fn parse_command(args: &[String]) -> Result<Command, String> {
         [] => Ok(Command::Serve),
         [one] if one == "serve" => Ok(Command::Serve),
         [one] if one == "migrate" => Ok(Command::Migrate),
-        other => Err(format!("unknown arguments {other:?}; expected nothing, `serve` or `migrate`")),
+        other => Err(format!(
+            "unknown arguments {other:?}; expected nothing, `serve` or `migrate`"
+        )),
     }
 }
 
@@ -82,7 +84,13 @@ where
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(service, version, environment = settings.environment.as_str(), ?command, "starting");
+    tracing::info!(
+        service,
+        version,
+        environment = settings.environment.as_str(),
+        ?command,
+        "starting"
+    );
     match body(settings, command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,7 +110,11 @@ mod tests {
         assert_eq!(parse_command(&[]), Ok(Command::Serve));
         assert_eq!(parse_command(&["migrate".into()]), Ok(Command::Migrate));
         assert_eq!(parse_command(&["serve".into()]), Ok(Command::Serve));
-        assert!(parse_command(&["migrat".into()]).unwrap_err().contains("expected nothing"));
+        assert!(
+            parse_command(&["migrat".into()])
+                .unwrap_err()
+                .contains("expected nothing")
+        );
         assert!(parse_command(&["migrate".into(), "x".into()]).is_err());
     }
 }

@@ -83,11 +83,15 @@ impl ServiceHost {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().expect("bound listener has an address")
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves `routes` until `shutdown` resolves, then stops taking requests,
@@ -99,15 +103,30 @@ impl ServiceHost {
         probes: Vec<Probe>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
-        let ServiceHost { name, grpc, http, grace } = self;
+        let ServiceHost {
+            name,
+            grpc,
+            http,
+            grace,
+        } = self;
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_service_status("", ServingStatus::NotServing).await;
-        reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (probe_tx, probe_rx) = watch::channel::<ProbeState>(None);
 
-        let probing = tokio::spawn(run_probes(name, probes, reporter.clone(), probe_tx, stop_rx.clone()));
+        let probing = tokio::spawn(run_probes(
+            name,
+            probes,
+            reporter.clone(),
+            probe_tx,
+            stop_rx.clone(),
+        ));
         let http_server = tokio::spawn(serve_http(http, probe_rx, stop_rx.clone()));
 
         let mut grpc_stop = stop_rx.clone();
@@ -197,7 +216,11 @@ async fn run_probes(
     }
 }
 
-async fn serve_http(listener: TcpListener, probes: watch::Receiver<ProbeState>, mut stop: watch::Receiver<bool>) {
+async fn serve_http(
+    listener: TcpListener,
+    probes: watch::Receiver<ProbeState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render_metrics))
         .route("/livez", axum::routing::get(|| async { "ok" }))
@@ -218,15 +241,23 @@ async fn serve_http(listener: TcpListener, probes: watch::Receiver<ProbeState>, 
 
 async fn render_metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         unilink_telemetry::metrics_handle().render(),
     )
 }
 
 fn readiness_answer(state: ProbeState) -> (StatusCode, String) {
     match state {
-        None => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#.to_owned()),
-        Some(failures) if failures.is_empty() => (StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"starting"}"#.to_owned(),
+        ),
+        Some(failures) if failures.is_empty() => {
+            (StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
+        }
         Some(failures) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "status": "not ready", "failing": failures }).to_string(),
@@ -252,7 +283,10 @@ pub struct ServerTelemetry<S> {
 
 /// The gRPC code name of a numeric `grpc-status`.
 fn code_name(status: &str) -> &'static str {
-    let code = status.parse::<i32>().map(tonic::Code::from_i32).unwrap_or(tonic::Code::Unknown);
+    let code = status
+        .parse::<i32>()
+        .map(tonic::Code::from_i32)
+        .unwrap_or(tonic::Code::Unknown);
     match code {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "Canceled",
@@ -341,7 +375,8 @@ mod tests {
 
     #[test]
     fn readiness_lists_failing_dependencies() {
-        let (status, body) = readiness_answer(Some(HashMap::from([("database", "refused".to_owned())])));
+        let (status, body) =
+            readiness_answer(Some(HashMap::from([("database", "refused".to_owned())])));
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains(r#""database":"refused""#), "{body}");
         assert_eq!(readiness_answer(Some(HashMap::new())).0, StatusCode::OK);

@@ -68,7 +68,16 @@ impl Drop for TelemetryGuard {
 }
 
 /// Noisy dependencies kept at `warn` unless `LOG_LEVEL` names them.
-const QUIET: &[&str] = &["h2", "hyper", "hyper_util", "tower", "tonic", "fred", "tokio_postgres", "actix_server"];
+const QUIET: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tower",
+    "tonic",
+    "fred",
+    "tokio_postgres",
+    "actix_server",
+];
 
 /// Builds the log filter from `LOG_LEVEL`.
 pub fn log_filter(log_level: &str) -> Result<EnvFilter, TelemetryError> {
@@ -88,7 +97,11 @@ pub fn log_filter(log_level: &str) -> Result<EnvFilter, TelemetryError> {
 
 /// Sets up logs, traces, Sentry and the metrics recorder for `service`.
 /// Call once, early in `main`, from inside the Tokio runtime.
-pub fn init(service: &'static str, version: &'static str, settings: &Settings) -> Result<TelemetryGuard, TelemetryError> {
+pub fn init(
+    service: &'static str,
+    version: &'static str,
+    settings: &Settings,
+) -> Result<TelemetryGuard, TelemetryError> {
     let t = &settings.telemetry;
     let filter = log_filter(&t.log_level)?;
 
@@ -261,8 +274,14 @@ mod tests {
         metrics::counter!("telemetry_test_total", "kind" => "x").increment(3);
         metrics::histogram!("telemetry_test_duration_seconds").record(0.02);
         let text = handle.render();
-        assert!(text.contains("telemetry_test_total{kind=\"x\"} 3"), "{text}");
-        assert!(text.contains("telemetry_test_duration_seconds_bucket{le=\"0.025\"} 1"), "{text}");
+        assert!(
+            text.contains("telemetry_test_total{kind=\"x\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("telemetry_test_duration_seconds_bucket{le=\"0.025\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ impl From<Account> for AccountMessage {
 #[tonic::async_trait]
 impl AuthService for AccountService {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
-    async fn get_account(&self, request: Request<GetAccountRequest>) -> Result<Response<AccountMessage>, Status> {
+    async fn get_account(
+        &self,
+        request: Request<GetAccountRequest>,
+    ) -> Result<Response<AccountMessage>, Status> {
         let id = UserId::parse(&request.get_ref().user_id).map_err(AuthError::from)?;
         let account = self.get_account(id).await?;
         Ok(Response::new(account.into()))

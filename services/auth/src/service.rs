@@ -17,6 +17,9 @@ impl AccountService {
 
     /// The account with this id.
     pub async fn get_account(&self, id: UserId) -> Result<Account, AuthError> {
-        self.accounts.find(id).await?.ok_or(AuthError::AccountNotFound)
+        self.accounts
+            .find(id)
+            .await?
+            .ok_or(AuthError::AccountNotFound)
     }
 }

@@ -27,7 +27,9 @@ async fn serves_health_and_accounts_on_port_zero() {
 
     let mut client = AuthServiceClient::connect(service.url()).await.unwrap();
     let account = client
-        .get_account(GetAccountRequest { user_id: id.to_string() })
+        .get_account(GetAccountRequest {
+            user_id: id.to_string(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -52,7 +54,11 @@ async fn serves_health_and_accounts_on_port_zero() {
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
-    assert!(invalid.message().contains("user id must be a UUID"), "{}", invalid.message());
+    assert!(
+        invalid.message().contains("user id must be a UUID"),
+        "{}",
+        invalid.message()
+    );
 
     service.stop().await.unwrap();
 }
@@ -68,19 +74,44 @@ async fn exposes_prometheus_metrics_and_probes() {
         })
         .await;
     let base = format!("http://127.0.0.1:{}", service.http_port);
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains(r#"grpc_server_handled_total{grpc_method="/unilink.auth.v1.AuthService/GetAccount",grpc_code="NotFound"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains("grpc_server_handling_seconds_bucket"), "{metrics}");
-    assert_eq!(reqwest::get(format!("{base}/livez")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
+    assert!(
+        metrics.contains("grpc_server_handling_seconds_bucket"),
+        "{metrics}"
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/livez"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     service.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
-    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-auth"), db.url(), Duration::from_secs(5)).await;
+    assert_stops_cleanly_on_sigterm(
+        env!("CARGO_BIN_EXE_unilink-auth"),
+        db.url(),
+        Duration::from_secs(5),
+    )
+    .await;
 }

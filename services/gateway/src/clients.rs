@@ -23,7 +23,12 @@ impl Upstreams {
     /// Builds every channel (connections are made lazily, in the background).
     pub fn connect(settings: &UpstreamSettings) -> Result<Upstreams, ChannelError> {
         let channel = |name, urls: &[String]| {
-            balanced_channel(name, urls, settings.connect_timeout, settings.request_timeout)
+            balanced_channel(
+                name,
+                urls,
+                settings.connect_timeout,
+                settings.request_timeout,
+            )
         };
         Ok(Upstreams {
             auth: channel("auth", &settings.auth)?,

@@ -66,6 +66,12 @@ mod tests {
         let e = ApiError::from(tonic::Status::unavailable("x"));
         assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
         let e = ApiError::new(ErrorCode::Unauthenticated, "missing token");
-        assert_eq!(e.error_response().headers().get("WWW-Authenticate").unwrap(), "Bearer");
+        assert_eq!(
+            e.error_response()
+                .headers()
+                .get("WWW-Authenticate")
+                .unwrap(),
+            "Bearer"
+        );
     }
 }

@@ -38,7 +38,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("addr", &self.addr).finish()
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -94,7 +96,11 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
         .run();
-        Ok(Application { server, addr, redis })
+        Ok(Application {
+            server,
+            addr,
+            redis,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -107,7 +113,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (up to `SHUTDOWN_GRACE_SECONDS`) and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let Application { server, redis, .. } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
@@ -134,7 +143,9 @@ pub async fn main(version: &'static str) -> ExitCode {
                 Ok(())
             }
             Command::Serve => {
-                let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+                let app = Application::build(settings)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(addr = %app.addr(), "gateway listening");
                 app.run_until_stopped(unilink_grpc::shutdown_signal())
                     .await

@@ -33,7 +33,11 @@ async fn health_is_degraded_naming_the_database_when_postgres_is_unreachable() {
     let gateway = fleet.gateway(&[("DATABASE_URL", &url)]).await;
     let started = Instant::now();
     let (status, body) = gateway.get("/health").await;
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["database"], "disconnected");
@@ -48,7 +52,11 @@ async fn health_is_degraded_naming_a_service_that_is_unreachable() {
     let gateway = fleet.gateway(&[("AUTH_GRPC_URL", &url)]).await;
     let started = Instant::now();
     let (status, body) = gateway.get("/health").await;
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["database"], "connected");
@@ -88,7 +96,15 @@ async fn index_metrics_and_unknown_routes() {
     assert_eq!(body["detail"], "no route for GET /no/such/route");
 
     let _ = gateway.get("/health").await;
-    let metrics = gateway.http.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = gateway
+        .http
+        .get(gateway.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
         "{metrics}"

@@ -33,7 +33,8 @@ impl BackendService for Notification {
     }];
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
-        let core = service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
+        let core =
+            service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
         Ok(tonic::service::Routes::new(grpc::server(core)))
     }
 }

@@ -22,9 +22,13 @@ async fn serves_deliveries_on_port_zero() {
         )
         .await
         .unwrap();
-    let mut client = NotificationServiceClient::connect(service.url()).await.unwrap();
+    let mut client = NotificationServiceClient::connect(service.url())
+        .await
+        .unwrap();
     let delivery = client
-        .get_delivery(GetDeliveryRequest { event_id: id.to_string() })
+        .get_delivery(GetDeliveryRequest {
+            event_id: id.to_string(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -56,5 +60,10 @@ async fn serves_deliveries_on_port_zero() {
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
-    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-notification"), db.url(), Duration::from_secs(5)).await;
+    assert_stops_cleanly_on_sigterm(
+        env!("CARGO_BIN_EXE_unilink-notification"),
+        db.url(),
+        Duration::from_secs(5),
+    )
+    .await;
 }

@@ -23,12 +23,17 @@ async fn serves_profiles_on_port_zero() {
         .unwrap();
     let mut client = ProfileServiceClient::connect(service.url()).await.unwrap();
     let profile = client
-        .get_profile(GetProfileRequest { user_id: id.to_string() })
+        .get_profile(GetProfileRequest {
+            user_id: id.to_string(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(profile.username, "ada");
-    assert_eq!(profile.bio, "<script>x</script>", "stored text comes back verbatim");
+    assert_eq!(
+        profile.bio, "<script>x</script>",
+        "stored text comes back verbatim"
+    );
     assert_eq!(profile.profile_picture, None);
 
     let missing = client
@@ -39,7 +44,9 @@ async fn serves_profiles_on_port_zero() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     let invalid = client
-        .get_profile(GetProfileRequest { user_id: String::new() })
+        .get_profile(GetProfileRequest {
+            user_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
@@ -49,5 +56,10 @@ async fn serves_profiles_on_port_zero() {
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
-    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-profile"), db.url(), Duration::from_secs(5)).await;
+    assert_stops_cleanly_on_sigterm(
+        env!("CARGO_BIN_EXE_unilink-profile"),
+        db.url(),
+        Duration::from_secs(5),
+    )
+    .await;
 }

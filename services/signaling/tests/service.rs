@@ -12,7 +12,11 @@ use unilink_test_support::{TestDatabase, settings, unique_prefix};
 async fn serves_calls_on_port_zero() {
     let db = TestDatabase::create().await;
     let service = spawn::<Signaling>(settings(&db, &unique_prefix(), &[])).await;
-    let (id, a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let (id, a, b) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
     db.client()
         .await
         .execute(
@@ -22,9 +26,13 @@ async fn serves_calls_on_port_zero() {
         )
         .await
         .unwrap();
-    let mut client = SignalingServiceClient::connect(service.url()).await.unwrap();
+    let mut client = SignalingServiceClient::connect(service.url())
+        .await
+        .unwrap();
     let call = client
-        .get_call(GetCallRequest { call_id: id.to_string() })
+        .get_call(GetCallRequest {
+            call_id: id.to_string(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -69,5 +77,10 @@ async fn the_database_refuses_calls_to_yourself_and_unknown_states() {
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
-    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-signaling"), db.url(), Duration::from_secs(5)).await;
+    assert_stops_cleanly_on_sigterm(
+        env!("CARGO_BIN_EXE_unilink-signaling"),
+        db.url(),
+        Duration::from_secs(5),
+    )
+    .await;
 }

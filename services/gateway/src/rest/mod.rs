@@ -24,5 +24,9 @@ async fn metrics() -> HttpResponse {
 
 /// Unknown routes (and wrong methods) answer JSON like every other error.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
 }

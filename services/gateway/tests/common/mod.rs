@@ -22,11 +22,16 @@ impl Fleet {
         let db = TestDatabase::create().await;
         let prefix = unique_prefix();
         let s = settings(&db, &prefix, &[]);
-        let (auth, profile, signaling, notification) = tokio::join!(
-            spawn::<unilink_auth::Auth>(s.clone()),
-            spawn::<unilink_profile::Profiles>(s.clone()),
-            spawn::<unilink_signaling::Signaling>(s.clone()),
-            spawn::<unilink_notification::Notification>(s.clone()),
+        // Started as tasks, concurrently; awaiting them keeps this future small.
+        let auth = tokio::spawn(spawn::<unilink_auth::Auth>(s.clone()));
+        let profile = tokio::spawn(spawn::<unilink_profile::Profiles>(s.clone()));
+        let signaling = tokio::spawn(spawn::<unilink_signaling::Signaling>(s.clone()));
+        let notification = tokio::spawn(spawn::<unilink_notification::Notification>(s));
+        let (auth, profile, signaling, notification) = (
+            auth.await.expect("auth starts"),
+            profile.await.expect("profile starts"),
+            signaling.await.expect("signaling starts"),
+            notification.await.expect("notification starts"),
         );
         Fleet {
             db,
@@ -46,7 +51,11 @@ impl Fleet {
             ("SIGNALING_GRPC_URL".into(), self.signaling.url()),
             ("NOTIFICATION_GRPC_URL".into(), self.notification.url()),
         ];
-        vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        vars.extend(
+            overrides
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         vars
     }
 
@@ -64,7 +73,10 @@ impl Fleet {
         }));
         Gateway {
             base,
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
             stop: Some(stop),
             task,
         }
