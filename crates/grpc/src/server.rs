@@ -141,7 +141,7 @@ impl ServiceHost {
             });
         let mut grpc_server = Box::pin(grpc_server);
 
-        tracing::info!(service = name, "serving");
+        tracing::info!(service = name, %grpc_addr, %http_addr, "serving");
         let result = tokio::select! {
             result = &mut grpc_server => result,
             () = shutdown => {

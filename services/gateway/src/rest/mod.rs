@@ -12,7 +12,14 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index::index))
         .route("/health", web::get().to(health::health))
+        .route("/livez", web::get().to(livez))
         .route("/metrics", web::get().to(metrics));
+}
+
+/// Liveness: the process answers. Never depends on PostgreSQL or Redis, so
+/// an outage of either does not get gateways restarted.
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
 /// Prometheus text of this process.
