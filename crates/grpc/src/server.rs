@@ -103,6 +103,8 @@ impl ServiceHost {
         probes: Vec<Probe>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
+        let grpc_addr = self.grpc_addr();
+        let http_addr = self.http_addr();
         let ServiceHost {
             name,
             grpc,
