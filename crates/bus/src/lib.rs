@@ -382,6 +382,28 @@ impl StreamConsumer {
         Ok(flatten(entries))
     }
 
+    /// Entries already delivered to this consumer but not acknowledged (to retry them).
+    pub async fn read_own_pending(&self, count: u64) -> Result<Vec<StreamEntry>, BusError> {
+        let value: fred::types::Value = self
+            .client
+            .xreadgroup(
+                &self.group,
+                &self.consumer,
+                Some(count),
+                None,
+                false,
+                &self.stream,
+                XID::Manual("0".into()),
+            )
+            .await?;
+        if value.is_null() {
+            return Ok(Vec::new());
+        }
+        let entries: Entries = value.into_xread_response()?;
+        // Entries deleted from the stream come back with no fields; they cannot be retried.
+        Ok(flatten(entries).into_iter().filter(|e| !e.fields.is_empty()).collect())
+    }
+
     /// Takes over entries pending for longer than `min_idle` (their consumer
     /// died or hung); they are delivered to this consumer.
     pub async fn claim_stale(

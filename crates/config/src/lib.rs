@@ -167,6 +167,11 @@ pub struct SmtpSettings {
     pub password: Option<Secret>,
     /// `EMAIL_FROM`.
     pub from: String,
+    /// `EMAIL_OUTBOX_DIR`: where mails are written when no SMTP server is set
+    /// (development only).
+    pub outbox_dir: Option<std::path::PathBuf>,
+    /// `SMTP_TIMEOUT_SECONDS`: deadline of one SMTP delivery.
+    pub timeout: Duration,
 }
 
 /// Logs, traces and error tracking.
@@ -453,6 +458,8 @@ impl Settings {
             user: r.opt("SMTP_USER"),
             password: r.opt("SMTP_PASSWORD").map(Secret::new),
             from: r.string("EMAIL_FROM", "noreply@unilink.app"),
+            outbox_dir: r.opt("EMAIL_OUTBOX_DIR").map(std::path::PathBuf::from),
+            timeout: Duration::from_secs(r.bounded("SMTP_TIMEOUT_SECONDS", 10, 1, 300)?),
         };
         if !smtp.from.contains('@') {
             return Err(ConfigError::Invalid {

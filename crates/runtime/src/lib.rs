@@ -13,6 +13,8 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use unilink_bus::{BusError, Redis};
 use unilink_config::Settings;
@@ -47,6 +49,14 @@ pub trait BackendService: Send + 'static {
 
     /// Builds the gRPC routes over the service's resources.
     fn routes(resources: &Resources) -> Result<Routes, StartupError>;
+
+    /// Starts the service's background tasks (outbox relay, event consumers,
+    /// timers). Each must end soon after `stop` is cancelled; the runtime
+    /// cancels it when the server has drained and waits for them.
+    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
+        let _ = (resources, stop);
+        Vec::new()
+    }
 }
 
 /// The connections and settings a service's core is built from.
@@ -65,6 +75,26 @@ pub async fn migrate<S: BackendService>(
     let report = unilink_db::migrate(&settings.database, S::SCHEMA, S::MIGRATIONS).await?;
     tracing::info!(service = S::NAME, schema = S::SCHEMA, version = report.version, applied = ?report.applied, "schema up to date");
     Ok(report)
+}
+
+/// How long background tasks get to finish after the server stopped.
+const WORKER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The outbox relay of a producer service, publishing to `events:<name>`.
+pub fn outbox_relay<S: BackendService>(resources: &Resources) -> unilink_events::outbox::OutboxRelay {
+    unilink_events::outbox::OutboxRelay {
+        db: resources.db.clone(),
+        redis: resources.redis.clone(),
+        stream: unilink_events::stream_of(S::NAME),
+        listen_url: resources.settings.database.url.expose().to_owned(),
+        schema: S::SCHEMA,
+    }
+}
+
+/// A name for this process's stream consumers: unique per replica.
+pub fn consumer_name(service: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+    format!("{service}-{host}-{}", std::process::id())
 }
 
 /// A built, not yet running, backend service.
@@ -149,7 +179,15 @@ impl<S: BackendService> Application<S> {
                 unilink_db::record_pool_metrics(&pool, S::SCHEMA);
             }
         });
+        let stop_workers = CancellationToken::new();
+        let workers = S::spawn_workers(&resources, stop_workers.clone());
         let result = host.serve(routes, probes, shutdown).await;
+        stop_workers.cancel();
+        for worker in workers {
+            if tokio::time::timeout(WORKER_STOP_WAIT, worker).await.is_err() {
+                tracing::warn!(service = S::NAME, "a background task did not stop in time");
+            }
+        }
         metrics.abort();
         resources.redis.close().await;
         resources.db.close();
