@@ -152,6 +152,21 @@ pub struct JwtSettings {
     pub algorithm: JwtAlgorithm,
     /// `ACCESS_TOKEN_EXPIRE_MINUTES`.
     pub access_token_ttl: Duration,
+    /// `REFRESH_TOKEN_EXPIRE_DAYS`.
+    pub refresh_token_ttl: Duration,
+    /// `JWT_ISSUER`.
+    pub issuer: String,
+    /// `JWT_AUDIENCE`.
+    pub audience: String,
+    /// `JWT_PREVIOUS_SECRET_KEYS`: older HS256 secrets still accepted while
+    /// tokens signed with them live (key rotation without logging anyone out).
+    pub previous_secret_keys: Vec<Secret>,
+    /// `JWT_PRIVATE_KEY_FILE`: PEM signing key for RS256/EdDSA.
+    pub private_key_file: Option<std::path::PathBuf>,
+    /// `JWT_PUBLIC_KEY_FILE`: PEM public key matching the signing key.
+    pub public_key_file: Option<std::path::PathBuf>,
+    /// `JWT_PREVIOUS_PUBLIC_KEY_FILES`: older public keys still accepted.
+    pub previous_public_key_files: Vec<std::path::PathBuf>,
 }
 
 /// Outgoing mail settings.
@@ -234,6 +249,8 @@ pub struct Settings {
     pub rate_limit_api: u32,
     /// `ALLOWED_EMAIL_DOMAINS`: lower-cased.
     pub allowed_email_domains: Vec<String>,
+    /// `TRUSTED_PROXIES`: addresses or CIDR ranges whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
     pub telemetry: TelemetrySettings,
     pub upstreams: UpstreamSettings,
     pub listen: ListenSettings,
@@ -450,7 +467,32 @@ impl Settings {
             access_token_ttl: Duration::from_secs(
                 60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?,
             ),
+            refresh_token_ttl: Duration::from_secs(
+                24 * 3600 * r.bounded("REFRESH_TOKEN_EXPIRE_DAYS", 30u64, 1, 365)?,
+            ),
+            issuer: r.string("JWT_ISSUER", "unilink-auth"),
+            audience: r.string("JWT_AUDIENCE", "unilink-api"),
+            previous_secret_keys: r
+                .list("JWT_PREVIOUS_SECRET_KEYS", &[])?
+                .into_iter()
+                .map(Secret::new)
+                .collect(),
+            private_key_file: r.opt("JWT_PRIVATE_KEY_FILE").map(std::path::PathBuf::from),
+            public_key_file: r.opt("JWT_PUBLIC_KEY_FILE").map(std::path::PathBuf::from),
+            previous_public_key_files: r
+                .list("JWT_PREVIOUS_PUBLIC_KEY_FILES", &[])?
+                .into_iter()
+                .map(std::path::PathBuf::from)
+                .collect(),
         };
+        if algorithm != JwtAlgorithm::Hs256 {
+            if jwt.private_key_file.is_none() {
+                return Err(ConfigError::Missing { var: "JWT_PRIVATE_KEY_FILE" });
+            }
+            if jwt.public_key_file.is_none() {
+                return Err(ConfigError::Missing { var: "JWT_PUBLIC_KEY_FILE" });
+            }
+        }
 
         let smtp = SmtpSettings {
             server: r.opt("SMTP_SERVER"),
@@ -561,6 +603,7 @@ impl Settings {
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
             allowed_email_domains,
+            trusted_proxies: r.list("TRUSTED_PROXIES", &[])?,
             telemetry,
             upstreams,
             listen,
