@@ -5,11 +5,185 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Why a value was refused.
+/// Why a value was refused. Messages are written for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
     #[error("{what} must be a UUID, got {value:?}")]
     InvalidId { what: &'static str, value: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> DomainError {
+    DomainError::Invalid(message.into())
+}
+
+/// An email address: trimmed, at most 254 characters, one `@`, a dotted
+/// domain; the domain is lower-cased (the local part is kept as typed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(value: &str) -> Result<Email, DomainError> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(invalid("email is required"));
+        }
+        if value.chars().count() > 254 {
+            return Err(invalid("email must be at most 254 characters"));
+        }
+        let shape = || invalid("email must look like name@university.edu");
+        let (local, domain) = value.rsplit_once('@').ok_or_else(shape)?;
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        let domain_ok = domain.contains('.')
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !local_ok || !domain_ok {
+            return Err(shape());
+        }
+        Ok(Email(format!("{local}@{}", domain.to_ascii_lowercase())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The lower-cased domain.
+    pub fn domain(&self) -> &str {
+        self.0.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A username: 3–32 characters of `[a-z0-9_.]`, stored lower-case (input is
+/// lower-cased, so `Ada` and `ada` are the same name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(value: &str) -> Result<Username, DomainError> {
+        let value = value.trim().to_lowercase();
+        let len = value.chars().count();
+        if !(3..=32).contains(&len) {
+            return Err(invalid("username must be 3 to 32 characters long"));
+        }
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.';
+        if !value.chars().all(allowed) {
+            return Err(invalid("username may contain only letters, digits, '_' and '.'"));
+        }
+        Ok(Username(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A display name: 1–100 printable characters after trimming (no control
+/// characters), stored verbatim otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullName(String);
+
+impl FullName {
+    pub fn parse(value: &str) -> Result<FullName, DomainError> {
+        let value = value.trim();
+        let len = value.chars().count();
+        if len == 0 {
+            return Err(invalid("full name is required"));
+        }
+        if len > 100 {
+            return Err(invalid("full name must be at most 100 characters"));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(invalid("full name must not contain control characters"));
+        }
+        Ok(FullName(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A new password: at least 8 characters, at most [`MAX_PASSWORD_BYTES`]
+/// (hashing cost stays bounded), and not the email or username.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewPassword(String);
+
+impl fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewPassword([redacted])")
+    }
+}
+
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 256;
+
+impl NewPassword {
+    pub fn parse(value: &str, email: &Email, username: &Username) -> Result<NewPassword, DomainError> {
+        if value.chars().count() < 8 {
+            return Err(invalid("password must be at least 8 characters long"));
+        }
+        if value.len() > MAX_PASSWORD_BYTES {
+            return Err(invalid("password must be at most 256 bytes long"));
+        }
+        let lower = value.to_lowercase();
+        if lower == email.as_str().to_lowercase() || lower == username.as_str() {
+            return Err(invalid("password must not be your email or username"));
+        }
+        Ok(NewPassword(value.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A 6-digit one-time login code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Otp(String);
+
+impl fmt::Debug for Otp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Otp([redacted])")
+    }
+}
+
+impl Otp {
+    pub fn parse(value: &str) -> Result<Otp, DomainError> {
+        let value = value.trim();
+        if value.len() != 6 || !value.chars().all(|c| c.is_ascii_digit()) {
+            return Err(invalid("the code must be the 6 digits from the email"));
+        }
+        Ok(Otp(value.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 macro_rules! uuid_id {
@@ -95,6 +269,49 @@ mod tests {
             err.to_string(),
             "call id must be a UUID, got \"42; DROP TABLE calls\""
         );
+    }
+
+    #[test]
+    fn emails_are_checked_and_domains_lowered() {
+        let e = Email::parse("  Ada.Lovelace@KIIT.ac.in ").unwrap();
+        assert_eq!(e.as_str(), "Ada.Lovelace@kiit.ac.in");
+        assert_eq!(e.domain(), "kiit.ac.in");
+        for bad in ["", "ada", "ada@", "@kiit.ac.in", "ada@localhost", "a b@kiit.ac.in", "ada@kiit..ac.in", "a\0@x.io"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Email::parse(&format!("{}@kiit.ac.in", "a".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn usernames_are_lowercased_and_limited() {
+        assert_eq!(Username::parse("Ada_L.99").unwrap().as_str(), "ada_l.99");
+        assert!(Username::parse("ab").is_err());
+        assert!(Username::parse(&"a".repeat(33)).is_err());
+        for bad in ["ada lovelace", "ada-l", "ädä", "ada'--"] {
+            assert_eq!(
+                Username::parse(bad).unwrap_err().to_string(),
+                "username may contain only letters, digits, '_' and '.'"
+            );
+        }
+    }
+
+    #[test]
+    fn names_passwords_and_codes() {
+        assert_eq!(FullName::parse(" Ada  Lovelace ").unwrap().as_str(), "Ada  Lovelace");
+        assert_eq!(FullName::parse("Robert'); DROP TABLE--").unwrap().as_str(), "Robert'); DROP TABLE--");
+        assert!(FullName::parse("").is_err());
+        assert!(FullName::parse("nul\0inside").is_err());
+        assert!(FullName::parse("bell\u{7}").is_err());
+        assert!(FullName::parse(&"x".repeat(101)).is_err());
+        let email = Email::parse("ada@kiit.ac.in").unwrap();
+        let user = Username::parse("ada").unwrap();
+        assert!(NewPassword::parse("short", &email, &user).is_err());
+        assert!(NewPassword::parse("ADA@kiit.ac.in", &email, &user).is_err());
+        assert!(NewPassword::parse("correct horse", &email, &user).is_ok());
+        assert!(NewPassword::parse(&"p".repeat(300), &email, &user).is_err());
+        assert!(Otp::parse("123456").is_ok());
+        assert!(Otp::parse("12345").is_err());
+        assert!(Otp::parse("12345a").is_err());
     }
 
     #[test]
