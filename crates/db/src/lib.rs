@@ -17,7 +17,7 @@ use tokio_postgres::NoTls;
 use unilink_config::DatabaseSettings;
 use unilink_errors::{ErrorCode, HasErrorCode};
 
-pub use deadpool_postgres::{Client, Pool as PgPool, Transaction};
+pub use deadpool_postgres::{Client, GenericClient, Pool as PgPool, Transaction};
 pub use tokio_postgres::{Row, error::SqlState, types::ToSql};
 /// The UUID type stored in `uuid` columns.
 pub use uuid::Uuid;

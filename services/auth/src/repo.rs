@@ -1,10 +1,10 @@
 //! SQL on the `auth` schema (the pool's `search_path`).
 
 use chrono::{DateTime, Utc};
-use unilink_db::{DbError, PgPool, Row, Uuid};
+use unilink_db::{DbError, GenericClient, PgPool, Row, Transaction, Uuid};
 use unilink_domain::UserId;
 
-/// An account as stored (the password hash never leaves this crate).
+/// An account as stored (the password hash is read only where it is checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub id: UserId,
@@ -16,6 +16,8 @@ pub struct Account {
     pub role: String,
     pub created_at: DateTime<Utc>,
 }
+
+const ACCOUNT_COLUMNS: &str = "id, email, username, full_name, is_verified, is_active, role, created_at";
 
 impl Account {
     fn from_row(row: &Row) -> Self {
@@ -32,6 +34,47 @@ impl Account {
     }
 }
 
+/// Which unique rule an insert broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Email,
+    Username,
+}
+
+/// Reads `DbError` of a failed account insert.
+pub fn taken(err: &DbError) -> Option<Taken> {
+    if !err.is_unique_violation() {
+        return None;
+    }
+    let constraint = match err {
+        DbError::Postgres(e) => e.as_db_error().and_then(|d| d.constraint()).unwrap_or_default(),
+        _ => "",
+    };
+    Some(if constraint.contains("username") {
+        Taken::Username
+    } else {
+        Taken::Email
+    })
+}
+
+/// A stored refresh token, locked for rotation.
+#[derive(Debug, Clone)]
+pub struct RefreshRow {
+    pub family_id: Uuid,
+    pub user_id: UserId,
+    pub expires_at: DateTime<Utc>,
+    pub used: bool,
+    pub revoked: bool,
+}
+
+/// A stored login code.
+#[derive(Debug, Clone)]
+pub struct OtpRow {
+    pub code_hash: String,
+    pub expires_at: DateTime<Utc>,
+    pub attempts: i32,
+}
+
 #[derive(Debug, Clone)]
 pub struct AccountRepository {
     db: PgPool,
@@ -42,15 +85,205 @@ impl AccountRepository {
         AccountRepository { db }
     }
 
+    pub fn pool(&self) -> &PgPool {
+        &self.db
+    }
+
     pub async fn find(&self, id: UserId) -> Result<Option<Account>, DbError> {
         let client = self.db.get().await?;
         let row = client
             .query_opt(
-                "SELECT id, email, username, full_name, is_verified, is_active, role, created_at
-                 FROM accounts WHERE id = $1",
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"),
                 &[&id.as_uuid()],
             )
             .await?;
         Ok(row.as_ref().map(Account::from_row))
     }
+
+    /// The account with this email (case-insensitive) and its password hash.
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<(Account, String)>, DbError> {
+        let client = self.db.get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE lower(email) = lower($1)"),
+                &[&email],
+            )
+            .await?;
+        Ok(row.map(|r| (Account::from_row(&r), r.get("password_hash"))))
+    }
+
+    pub async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<(), DbError> {
+        let client = self.db.get().await?;
+        client
+            .execute(
+                "UPDATE accounts SET password_hash = $2, updated_at = now() WHERE id = $1",
+                &[&id.as_uuid(), &hash],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+pub async fn insert_account(
+    tx: &Transaction<'_>,
+    id: UserId,
+    email: &str,
+    username: &str,
+    full_name: &str,
+    password_hash: &str,
+) -> Result<Account, DbError> {
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO accounts (id, email, username, full_name, password_hash)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {ACCOUNT_COLUMNS}"
+            ),
+            &[&id.as_uuid(), &email, &username, &full_name, &password_hash],
+        )
+        .await?;
+    Ok(Account::from_row(&row))
+}
+
+/// Replaces every live verification token of the user with a new one.
+pub async fn replace_verification_token(
+    tx: &Transaction<'_>,
+    user: UserId,
+    token_hash: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    tx.execute(
+        "DELETE FROM verification_tokens WHERE user_id = $1 AND used_at IS NULL",
+        &[&user.as_uuid()],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO verification_tokens (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+        &[&token_hash, &user.as_uuid(), &expires_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Uses a live verification token: marks it used and the account verified;
+/// returns the account, or `None` when the token is unknown, used or expired.
+pub async fn use_verification_token(tx: &Transaction<'_>, token_hash: &str) -> Result<Option<Account>, DbError> {
+    let Some(row) = tx
+        .query_opt(
+            "UPDATE verification_tokens SET used_at = now()
+             WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()
+             RETURNING user_id",
+            &[&token_hash],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let user: Uuid = row.get(0);
+    let row = tx
+        .query_one(
+            &format!("UPDATE accounts SET is_verified = true, updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"),
+            &[&user],
+        )
+        .await?;
+    Ok(Some(Account::from_row(&row)))
+}
+
+pub async fn replace_otp(tx: &Transaction<'_>, user: UserId, code_hash: &str, expires_at: DateTime<Utc>) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO login_otps (user_id, code_hash, expires_at) VALUES ($1, $2, $3)
+         ON CONFLICT (user_id) DO UPDATE SET code_hash = $2, expires_at = $3, attempts = 0, created_at = now()",
+        &[&user.as_uuid(), &code_hash, &expires_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The user's login code, locked until the transaction ends.
+pub async fn lock_otp(tx: &Transaction<'_>, user: UserId) -> Result<Option<OtpRow>, DbError> {
+    let row = tx
+        .query_opt(
+            "SELECT code_hash, expires_at, attempts FROM login_otps WHERE user_id = $1 FOR UPDATE",
+            &[&user.as_uuid()],
+        )
+        .await?;
+    Ok(row.map(|r| OtpRow {
+        code_hash: r.get(0),
+        expires_at: r.get(1),
+        attempts: r.get(2),
+    }))
+}
+
+pub async fn count_failed_otp(tx: &Transaction<'_>, user: UserId) -> Result<i32, DbError> {
+    let row = tx
+        .query_one(
+            "UPDATE login_otps SET attempts = attempts + 1 WHERE user_id = $1 RETURNING attempts",
+            &[&user.as_uuid()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn delete_otp(tx: &Transaction<'_>, user: UserId) -> Result<(), DbError> {
+    tx.execute("DELETE FROM login_otps WHERE user_id = $1", &[&user.as_uuid()])
+        .await?;
+    Ok(())
+}
+
+pub async fn account_in_tx(tx: &Transaction<'_>, user: UserId) -> Result<Option<Account>, DbError> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"),
+            &[&user.as_uuid()],
+        )
+        .await?;
+    Ok(row.as_ref().map(Account::from_row))
+}
+
+pub async fn insert_refresh_token(
+    tx: &Transaction<'_>,
+    token_hash: &str,
+    family: Uuid,
+    user: UserId,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)",
+        &[&token_hash, &family, &user.as_uuid(), &expires_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A refresh token locked for rotation.
+pub async fn lock_refresh_token(tx: &Transaction<'_>, token_hash: &str) -> Result<Option<RefreshRow>, DbError> {
+    let row = tx
+        .query_opt(
+            "SELECT family_id, user_id, expires_at, used_at IS NOT NULL, revoked_at IS NOT NULL
+             FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+            &[&token_hash],
+        )
+        .await?;
+    Ok(row.map(|r| RefreshRow {
+        family_id: r.get(0),
+        user_id: UserId::from(r.get::<_, Uuid>(1)),
+        expires_at: r.get(2),
+        used: r.get(3),
+        revoked: r.get(4),
+    }))
+}
+
+pub async fn mark_refresh_used(tx: &Transaction<'_>, token_hash: &str) -> Result<(), DbError> {
+    tx.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", &[&token_hash])
+        .await?;
+    Ok(())
+}
+
+/// Revokes every token of a family; returns how many were still live.
+pub async fn revoke_family(client: &impl GenericClient, family: Uuid) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+            &[&family],
+        )
+        .await?)
 }

@@ -1,25 +1,378 @@
-//! The auth core: rules about accounts, independent of transport.
+//! The auth core: registration, verification, login with an emailed code,
+//! sessions (access token + rotating refresh token) and logout. Transport
+//! agnostic: the gRPC adapter only converts.
 
-use unilink_domain::UserId;
+use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::Utc;
+use unilink_bus::Redis;
+use unilink_config::Settings;
+use unilink_db::{DbError, Uuid};
+use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
+use unilink_events::payload::{
+    LoginOtpRequested, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED, UserRegistered,
+    VerificationRequested,
+};
+use unilink_events::{Event, outbox};
+use unilink_tokens::SigningKeys;
+
+use crate::crypto::{self, PasswordHasher};
 use crate::error::AuthError;
-use crate::repo::{Account, AccountRepository};
+use crate::repo::{self, Account, AccountRepository, Taken};
 
+/// How long a verification link works.
+pub const VERIFICATION_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a login code works.
+pub const OTP_TTL: Duration = Duration::from_secs(10 * 60);
+/// Wrong codes allowed before the code is locked.
+pub const OTP_MAX_ATTEMPTS: i32 = 5;
+
+/// A logged-in session.
 #[derive(Debug, Clone)]
-pub struct AccountService {
-    accounts: AccountRepository,
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+    pub account: Account,
 }
 
-impl AccountService {
-    pub fn new(accounts: AccountRepository) -> Self {
-        AccountService { accounts }
+/// Registration input, as received.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub email: String,
+    pub username: String,
+    pub full_name: String,
+    pub password: String,
+}
+
+/// The verified claims of the access token being logged out.
+#[derive(Debug, Clone)]
+pub struct LogoutClaims {
+    pub user_id: UserId,
+    pub token_id: String,
+    pub family_id: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService {
+    accounts: AccountRepository,
+    redis: Redis,
+    hasher: PasswordHasher,
+    keys: Arc<SigningKeys>,
+    allowed_domains: Arc<[String]>,
+    otp_secret: Arc<str>,
+    refresh_ttl: Duration,
+}
+
+fn chrono_after(ttl: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_else(|_| chrono::Duration::days(1))
+}
+
+impl AuthService {
+    pub fn new(accounts: AccountRepository, redis: Redis, settings: &Settings) -> Result<AuthService, AuthError> {
+        Ok(AuthService {
+            accounts,
+            redis,
+            hasher: PasswordHasher::new()?,
+            keys: Arc::new(SigningKeys::from_settings(&settings.jwt)?),
+            allowed_domains: settings.allowed_email_domains.clone().into(),
+            otp_secret: settings.jwt.secret_key.expose().into(),
+            refresh_ttl: settings.jwt.refresh_token_ttl,
+        })
     }
 
-    /// The account with this id.
-    pub async fn get_account(&self, id: UserId) -> Result<Account, AuthError> {
-        self.accounts
-            .find(id)
-            .await?
-            .ok_or(AuthError::AccountNotFound)
+    pub fn keys(&self) -> &SigningKeys {
+        &self.keys
     }
+
+    pub async fn get_account(&self, id: UserId) -> Result<Account, AuthError> {
+        self.accounts.find(id).await?.ok_or(AuthError::AccountNotFound)
+    }
+
+    /// Creates an unverified account and queues the verification email, in one transaction.
+    pub async fn register(&self, input: Registration) -> Result<Account, AuthError> {
+        let email = Email::parse(&input.email)?;
+        if !self.allowed_domains.iter().any(|d| d == email.domain()) {
+            return Err(AuthError::DomainNotAllowed(self.allowed_domains.join(", ")));
+        }
+        let username = Username::parse(&input.username)?;
+        let full_name = FullName::parse(&input.full_name)?;
+        let password = NewPassword::parse(&input.password, &email, &username)?;
+        let hash = self.hasher.hash(password.expose()).await?;
+
+        let token = crypto::random_token()?;
+        let expires_at = chrono_after(VERIFICATION_TTL);
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let account = match repo::insert_account(
+            &tx,
+            UserId::new(),
+            email.as_str(),
+            username.as_str(),
+            full_name.as_str(),
+            &hash,
+        )
+        .await
+        {
+            Ok(account) => account,
+            Err(e) => {
+                return Err(match repo::taken(&e) {
+                    Some(Taken::Email) => AuthError::EmailTaken,
+                    Some(Taken::Username) => AuthError::UsernameTaken,
+                    None => e.into(),
+                });
+            }
+        };
+        repo::replace_verification_token(&tx, account.id, &crypto::token_hash(&token), expires_at).await?;
+        let registered = UserRegistered {
+            user_id: account.id.to_string(),
+            email: account.email.clone(),
+            username: account.username.clone(),
+            full_name: account.full_name.clone(),
+        };
+        outbox::enqueue(&tx, &Event::new(USER_REGISTERED, json(&registered)?)).await?;
+        self.enqueue_verification(&tx, &account, token, expires_at).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        tracing::info!(audit = true, action = "user.registered", user_id = %account.id, "account created");
+        metrics::counter!("signups_total").increment(1);
+        Ok(account)
+    }
+
+    async fn enqueue_verification(
+        &self,
+        tx: &unilink_db::Transaction<'_>,
+        account: &Account,
+        token: String,
+        expires_at: chrono::DateTime<Utc>,
+    ) -> Result<(), AuthError> {
+        let payload = VerificationRequested {
+            user_id: account.id.to_string(),
+            email: account.email.clone(),
+            username: account.username.clone(),
+            full_name: account.full_name.clone(),
+            token,
+            expires_at,
+        };
+        outbox::enqueue(tx, &Event::new(USER_VERIFICATION_REQUESTED, json(&payload)?)).await?;
+        Ok(())
+    }
+
+    /// Uses a verification token and logs the user in.
+    pub async fn verify_email(&self, token: &str) -> Result<Session, AuthError> {
+        let token = token.trim();
+        if token.is_empty() || token.len() > 256 {
+            return Err(AuthError::InvalidVerificationToken);
+        }
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let account = repo::use_verification_token(&tx, &crypto::token_hash(token))
+            .await?
+            .ok_or(AuthError::InvalidVerificationToken)?;
+        if !account.is_active {
+            return Err(AuthError::Inactive);
+        }
+        let session = self.open_session(&tx, account, None).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        tracing::info!(audit = true, action = "user.verified", user_id = %session.account.id, "email verified");
+        Ok(session)
+    }
+
+    /// Sends a new verification email when the account exists and is not
+    /// verified yet; silent otherwise (the caller answers the same either way).
+    pub async fn resend_verification(&self, email: &str) -> Result<(), AuthError> {
+        let Ok(email) = Email::parse(email) else {
+            return Ok(());
+        };
+        let Some((account, _)) = self.accounts.find_by_email(email.as_str()).await? else {
+            return Ok(());
+        };
+        if account.is_verified || !account.is_active {
+            return Ok(());
+        }
+        let token = crypto::random_token()?;
+        let expires_at = chrono_after(VERIFICATION_TTL);
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        repo::replace_verification_token(&tx, account.id, &crypto::token_hash(&token), expires_at).await?;
+        self.enqueue_verification(&tx, &account, token, expires_at).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(())
+    }
+
+    /// Checks the password and emails a login code.
+    pub async fn login(&self, email: &str, password: &str) -> Result<(), AuthError> {
+        // A malformed email is simply an unknown one: same answer, same work.
+        let found = match Email::parse(email) {
+            Ok(email) => self.accounts.find_by_email(email.as_str()).await?,
+            Err(_) => None,
+        };
+        let password = if password.len() > unilink_domain::MAX_PASSWORD_BYTES {
+            ""
+        } else {
+            password
+        };
+        let check = self
+            .hasher
+            .verify(password, found.as_ref().map(|(_, hash)| hash.as_str()))
+            .await?;
+        let Some((account, _)) = found.filter(|_| check.matches) else {
+            tracing::info!(audit = true, action = "login.failed", "bad credentials");
+            metrics::counter!("logins_total", "outcome" => "bad_credentials").increment(1);
+            return Err(AuthError::BadCredentials);
+        };
+        if !account.is_active {
+            return Err(AuthError::Inactive);
+        }
+        if !account.is_verified {
+            return Err(AuthError::NotVerified);
+        }
+        if check.needs_rehash {
+            let hash = self.hasher.hash(password).await?;
+            self.accounts.set_password_hash(account.id, &hash).await?;
+            tracing::info!(user_id = %account.id, "password hash upgraded to current parameters");
+        }
+        let otp = crypto::random_otp()?;
+        let expires_at = chrono_after(OTP_TTL);
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let code_hash = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), &otp);
+        repo::replace_otp(&tx, account.id, &code_hash, expires_at).await?;
+        let payload = LoginOtpRequested {
+            user_id: account.id.to_string(),
+            email: account.email.clone(),
+            username: account.username.clone(),
+            otp,
+            expires_at,
+        };
+        outbox::enqueue(&tx, &Event::new(USER_LOGIN_OTP_REQUESTED, json(&payload)?)).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        tracing::info!(audit = true, action = "login.password_ok", user_id = %account.id, "login code sent");
+        Ok(())
+    }
+
+    /// Exchanges the emailed code for a session.
+    pub async fn verify_login_otp(&self, email: &str, otp: &str) -> Result<Session, AuthError> {
+        let otp = Otp::parse(otp)?;
+        let email = Email::parse(email).map_err(|_| AuthError::InvalidOtp)?;
+        let (account, _) = self
+            .accounts
+            .find_by_email(email.as_str())
+            .await?
+            .ok_or(AuthError::InvalidOtp)?;
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let stored = repo::lock_otp(&tx, account.id).await?.ok_or(AuthError::InvalidOtp)?;
+        if stored.attempts >= OTP_MAX_ATTEMPTS {
+            return Err(AuthError::OtpLocked);
+        }
+        if stored.expires_at <= Utc::now() {
+            return Err(AuthError::InvalidOtp);
+        }
+        let given = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), otp.expose());
+        if !crypto::same_hash(&given, &stored.code_hash) {
+            let attempts = repo::count_failed_otp(&tx, account.id).await?;
+            tx.commit().await.map_err(DbError::from)?;
+            if attempts >= OTP_MAX_ATTEMPTS {
+                tracing::warn!(audit = true, action = "otp.locked", user_id = %account.id, "login code locked");
+                return Err(AuthError::OtpLocked);
+            }
+            return Err(AuthError::InvalidOtp);
+        }
+        repo::delete_otp(&tx, account.id).await?;
+        let account = repo::account_in_tx(&tx, account.id).await?.ok_or(AuthError::InvalidOtp)?;
+        if !account.is_active {
+            return Err(AuthError::Inactive);
+        }
+        let session = self.open_session(&tx, account, None).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        tracing::info!(audit = true, action = "login.succeeded", user_id = %session.account.id, "logged in");
+        metrics::counter!("logins_total", "outcome" => "succeeded").increment(1);
+        Ok(session)
+    }
+
+    /// Rotates a refresh token. A token that was already rotated means it was
+    /// stolen or replayed: the whole family is revoked.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, AuthError> {
+        let refresh_token = refresh_token.trim();
+        if refresh_token.is_empty() || refresh_token.len() > 256 {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let hash = crypto::token_hash(refresh_token);
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let stored = repo::lock_refresh_token(&tx, &hash)
+            .await?
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        if stored.revoked {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        if stored.used {
+            repo::revoke_family(&tx, stored.family_id).await?;
+            tx.commit().await.map_err(DbError::from)?;
+            tracing::warn!(audit = true, action = "token.reuse_detected", user_id = %stored.user_id, family = %stored.family_id, "refresh token reused; family revoked");
+            return Err(AuthError::RefreshReuse);
+        }
+        if stored.expires_at <= Utc::now() {
+            return Err(AuthError::InvalidRefreshToken);
+        }
+        let account = repo::account_in_tx(&tx, stored.user_id)
+            .await?
+            .filter(|a| a.is_active)
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        repo::mark_refresh_used(&tx, &hash).await?;
+        let session = self.open_session(&tx, account, Some(stored.family_id)).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(session)
+    }
+
+    /// Revokes the refresh family and the access token (until it would expire).
+    pub async fn logout(&self, claims: LogoutClaims) -> Result<(), AuthError> {
+        if let Ok(family) = Uuid::parse_str(&claims.family_id) {
+            let client = self.accounts.pool().get().await.map_err(DbError::from)?;
+            repo::revoke_family(&client, family).await?;
+        }
+        let remaining = claims.expires_at.saturating_sub(unilink_tokens::now());
+        if remaining > 0 {
+            self.redis
+                .set_with_ttl(
+                    &unilink_tokens::revoked_jti_key(&claims.token_id),
+                    "1",
+                    Duration::from_secs(remaining + 5),
+                )
+                .await?;
+        }
+        tracing::info!(audit = true, action = "logout", user_id = %claims.user_id, "logged out");
+        Ok(())
+    }
+
+    async fn open_session(
+        &self,
+        tx: &unilink_db::Transaction<'_>,
+        account: Account,
+        family: Option<Uuid>,
+    ) -> Result<Session, AuthError> {
+        let family = family.unwrap_or_else(Uuid::new_v4);
+        let refresh_token = crypto::random_token()?;
+        repo::insert_refresh_token(
+            tx,
+            &crypto::token_hash(&refresh_token),
+            family,
+            account.id,
+            chrono_after(self.refresh_ttl),
+        )
+        .await?;
+        let (access_token, _) = self.keys.issue(account.id, &account.role, &family.to_string())?;
+        Ok(Session {
+            access_token,
+            refresh_token,
+            expires_in: self.keys.ttl().as_secs(),
+            account,
+        })
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, AuthError> {
+    serde_json::to_value(value).map_err(|e| AuthError::Internal(format!("event payload: {e}")))
 }
