@@ -31,7 +31,11 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
   yaml        yamllint -c .yamllint deploy k8s .github
   prometheus  promtool check config / check rules / test rules, alert coverage
   nginx       nginx -t on a copy of deploy/nginx (self-signed certificate from
-              scripts/setup-ssl.sh --self-signed, upstream hosts -> 127.0.0.1)
+              scripts/setup-ssl.sh --self-signed, upstream hosts -> 127.0.0.1);
+              then that config really runs (loopback, high ports) in front of
+              two stub gateways: HTTP->HTTPS redirect, HSTS and other headers,
+              X-Forwarded-For/-Proto, both replicas used, /metrics hidden,
+              WebSocket 101 on /calls/ws/ and /ws/, 429 from the /auth/ zone
   grafana     dashboard JSON shape; every query checked by promtool
   compose     check-jsonschema (compose-spec) + wiring checks
   scripts     --help of every operations script
@@ -73,8 +77,12 @@ export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:543
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/unilink-validate.XXXXXX")"
 SCRATCH_DBS=()
+BG_PIDS=()
 cleanup() {
   local db
+  if [[ ${#BG_PIDS[@]} -gt 0 ]]; then
+    kill "${BG_PIDS[@]}" 2>/dev/null || true
+  fi
   for db in "${SCRATCH_DBS[@]}"; do
     psql -X -q -d "$TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
       warn "could not drop scratch database $db"
@@ -285,6 +293,99 @@ check_nginx() {
       return 1
     }
   done
+}
+
+# Stub gateway replica for the nginx behaviour test: answers JSON describing
+# the request it got, and completes WebSocket handshakes (101).
+stub_gateway_py() {
+  cat <<'EOF_PY'
+import base64, hashlib, json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+NAME, PORT = sys.argv[1], int(sys.argv[2])
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            key = self.headers.get("Sec-WebSocket-Key", "")
+            acc = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", acc)
+            self.send_header("X-Replica", NAME)
+            self.end_headers()
+            self.close_connection = True
+            return
+        body = json.dumps({"replica": NAME, "path": self.path,
+                           "xff": self.headers.get("X-Forwarded-For"),
+                           "proto": self.headers.get("X-Forwarded-Proto")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_POST = do_GET
+
+ThreadingHTTPServer(("127.0.0.1", PORT), H).serve_forever()
+EOF_PY
+}
+
+# Run the real nginx config (ports moved) in front of two stub replicas.
+check_nginx_behaviour() {
+  have curl || { log "curl missing"; return 1; }
+  local d="$WORK/nginx-run" base http https s1 s2 rc=0
+  rm -rf "$d" && cp -R "$WORK/nginx" "$d"
+  base=$((20000 + RANDOM % 20000))
+  http=$base https=$((base + 1)) s1=$((base + 2)) s2=$((base + 3))
+  sed -i -E "s/127\.0\.0\.1:18001/127.0.0.1:$s1/; s/127\.0\.0\.1:18002/127.0.0.1:$s2/" "$d/nginx.conf"
+  sed -i -E "/listen \[::\]/d; s/listen 80 /listen 127.0.0.1:$http /; s/listen 443 /listen 127.0.0.1:$https /" "$d/conf.d/unilink.conf"
+  stub_gateway_py >"$WORK/stub.py"
+  "$PY" "$WORK/stub.py" gateway-1 "$s1" & BG_PIDS+=($!)
+  "$PY" "$WORK/stub.py" gateway-2 "$s2" & BG_PIDS+=($!)
+  for _ in $(seq 1 50); do
+    curl -sf -o /dev/null "http://127.0.0.1:$s1/" && curl -sf -o /dev/null "http://127.0.0.1:$s2/" && break
+    sleep 0.1
+  done
+  nginx -e stderr -p "$d/" -c "$d/nginx.conf" -g 'daemon off;' >"$WORK/nginx-run.log" 2>&1 & BG_PIDS+=($!)
+  for _ in $(seq 1 50); do
+    curl -skf -o /dev/null "https://127.0.0.1:$https/health" && break
+    sleep 0.1
+  done
+  _nginx_expect() { # DESCRIPTION COMMAND... (the command must succeed)
+    local what="$1"
+    shift
+    if "$@"; then log "  ok: $what"; else log "  FAILED: $what"; rc=1; fi
+  }
+  local out
+  out="$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$http/users/me")"
+  _nginx_expect "HTTP redirects to HTTPS ($out)" test "$out" = "301 https://127.0.0.1/users/me"
+  out="$(curl -sk -D "$WORK/h.txt" "https://127.0.0.1:$https/health")"
+  _nginx_expect "HSTS on HTTPS answers" grep -qi '^strict-transport-security: max-age=' "$WORK/h.txt"
+  _nginx_expect "X-Content-Type-Options nosniff" grep -qi '^x-content-type-options: nosniff' "$WORK/h.txt"
+  _nginx_expect "X-Forwarded-For and X-Forwarded-Proto reach the gateway ($out)" \
+    grep -q '"xff": "127.0.0.1", "proto": "https"' <<<"$out"
+  out="$(for _ in 1 2 3 4; do curl -sk "https://127.0.0.1:$https/calls/history"; echo; done | sort -u | grep -o 'gateway-[12]' | sort -u | tr '\n' ' ')"
+  _nginx_expect "requests spread over both replicas ($out)" test "$out" = "gateway-1 gateway-2 "
+  out="$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$https/metrics")"
+  _nginx_expect "/metrics is not public ($out)" test "$out" = 404
+  local path
+  for path in /calls/ws/user-1 /ws/webrtc/call-1; do
+    out="$(curl -sk --http1.1 -i --max-time 3 -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
+      -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
+      "https://127.0.0.1:$https$path" 2>/dev/null | head -n 1 | tr -d '\r')" || true
+    _nginx_expect "WebSocket upgrade on $path ($out)" grep -q ' 101' <<<"$out"
+  done
+  out="$(for _ in $(seq 1 30); do curl -sk -o /dev/null -w '%{http_code}\n' -X POST "https://127.0.0.1:$https/auth/login"; done | sort | uniq -c | tr -s ' \n' ' ')"
+  _nginx_expect "rate limit on /auth/ answers 429 to a burst ($out)" grep -q ' 429' <<<"$out"
+  kill "${BG_PIDS[@]}" 2>/dev/null || true
+  wait "${BG_PIDS[@]}" 2>/dev/null || true
+  BG_PIDS=()
+  [[ $rc -eq 0 ]] || cat "$WORK/nginx-run.log" >&2
+  return $rc
 }
 
 check_grafana() {
@@ -526,6 +627,7 @@ check "shell (shellcheck)" check_shell
 check "yaml (yamllint)" check_yaml
 check "prometheus (promtool)" check_prometheus
 check "nginx (nginx -t)" check_nginx
+check "nginx behaviour (redirect, headers, WebSocket, rate limit)" check_nginx_behaviour
 check "grafana dashboard" check_grafana
 check "docker compose" check_compose
 check "operations scripts" check_scripts
