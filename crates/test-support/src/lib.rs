@@ -200,6 +200,8 @@ mod tests {
     }
 }
 
+pub mod smtp;
+
 pub mod service {
     //! Starting services for a test: in-process on port 0, or as the real binary.
 

@@ -76,3 +76,126 @@ impl DeliveryRepository {
         row.as_ref().map(Delivery::from_row).transpose()
     }
 }
+
+/// The ledger row a delivery starts from.
+#[derive(Debug, Clone)]
+pub struct NewDelivery<'a> {
+    pub event_id: EventId,
+    pub event_type: &'a str,
+    pub channel: &'a str,
+    pub recipient: Option<&'a str>,
+}
+
+/// What [`DeliveryRepository::deliver_once`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Sent now and recorded as delivered.
+    Delivered,
+    /// The ledger says it was delivered before: nothing was sent.
+    AlreadyDelivered,
+    /// Another consumer holds the row (it is sending right now): try later.
+    InProgress,
+    /// Sending failed; the attempt and its error were recorded.
+    Failed(String),
+}
+
+impl DeliveryRepository {
+    /// Sends at most once per event id: creates (or finds) the ledger row,
+    /// locks it for the duration of `send` (another consumer of the same
+    /// event gets [`DeliveryOutcome::InProgress`]), skips it when already
+    /// delivered, and records the attempt: `delivered` + `delivered_at` when
+    /// `send` succeeded, `last_error` when it failed.
+    pub async fn deliver_once<F, Fut>(
+        &self,
+        delivery: NewDelivery<'_>,
+        send: F,
+    ) -> Result<DeliveryOutcome, NotificationError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let id = delivery.event_id.as_uuid();
+        let mut client = self.db.get().await.map_err(DbError::from)?;
+        client
+            .execute(
+                "INSERT INTO deliveries (event_id, event_type, channel, recipient)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+                &[
+                    &id,
+                    &delivery.event_type,
+                    &delivery.channel,
+                    &delivery.recipient,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let row = tx
+            .query_opt(
+                "SELECT status FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
+                &[&id],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let Some(row) = row else {
+            return Ok(DeliveryOutcome::InProgress);
+        };
+        let status: String = row.get("status");
+        if DeliveryStatus::parse(&status) == Some(DeliveryStatus::Delivered) {
+            return Ok(DeliveryOutcome::AlreadyDelivered);
+        }
+        let outcome = match send().await {
+            Ok(()) => {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,
+                            last_error = NULL, delivered_at = now()
+                     WHERE event_id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(DbError::from)?;
+                DeliveryOutcome::Delivered
+            }
+            Err(error) => {
+                tx.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, last_error = $2
+                     WHERE event_id = $1",
+                    &[&id, &error],
+                )
+                .await
+                .map_err(DbError::from)?;
+                DeliveryOutcome::Failed(error)
+            }
+        };
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(outcome)
+    }
+
+    /// Records an event that can never be delivered (malformed payload,
+    /// invalid address), unless it was delivered already.
+    pub async fn mark_failed(
+        &self,
+        delivery: NewDelivery<'_>,
+        error: &str,
+    ) -> Result<(), NotificationError> {
+        let client = self.db.get().await.map_err(DbError::from)?;
+        client
+            .execute(
+                "INSERT INTO deliveries (event_id, event_type, channel, recipient, status, attempts, last_error)
+                 VALUES ($1, $2, $3, $4, 'failed', 1, $5)
+                 ON CONFLICT (event_id) DO UPDATE
+                   SET status = 'failed', attempts = deliveries.attempts + 1, last_error = EXCLUDED.last_error
+                   WHERE deliveries.status <> 'delivered'",
+                &[
+                    &delivery.event_id.as_uuid(),
+                    &delivery.event_type,
+                    &delivery.channel,
+                    &delivery.recipient,
+                    &error,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        Ok(())
+    }
+}
