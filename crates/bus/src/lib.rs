@@ -17,9 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{
-    ClientLike, EventInterface, KeysInterface, PubsubInterface, StreamsInterface,
-};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, StreamsInterface};
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::streams::XID;
 use fred::types::{Builder, Expiration};
@@ -54,8 +52,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
-    let mut config =
-        Config::from_url(settings.url.expose()).map_err(|e| BusError::Config(e.to_string()))?;
+    let mut config = Config::from_url(settings.url.expose()).map_err(|e| BusError::Config(e.to_string()))?;
     // Keep retrying the first connection too: a service must start (not ready)
     // while Redis is down and become ready when it returns.
     config.fail_fast = false;
@@ -133,23 +130,40 @@ impl Redis {
     }
 
     /// Sets a prefixed key with a time to live.
-    pub async fn set_with_ttl(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<(), BusError> {
+    pub async fn set_with_ttl(&self, key: &str, value: &str, ttl: Duration) -> Result<(), BusError> {
         let secs = ttl.as_secs().max(1) as i64;
         self.client
-            .set::<(), _, _>(
-                self.key(key),
-                value,
-                Some(Expiration::EX(secs)),
-                None,
-                false,
-            )
+            .set::<(), _, _>(self.key(key), value, Some(Expiration::EX(secs)), None, false)
             .await?;
         Ok(())
+    }
+
+    /// Counts one hit in a fixed window: `INCR` the prefixed key and give it
+    /// `ttl` when it is new (one round trip); returns the count so far.
+    pub async fn incr_window(&self, key: &str, ttl: Duration, timeout: Duration) -> Result<i64, BusError> {
+        let key = self.key(key);
+        let pipeline = self.client.pipeline();
+        let work = async {
+            let _: () = pipeline.incr(&key).await?;
+            let _: () = pipeline
+                .expire(&key, ttl.as_secs().max(1) as i64, Some(fred::types::ExpireOptions::NX))
+                .await?;
+            pipeline.all::<(i64, i64)>().await
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok((count, _))) => Ok(count),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BusError::Timeout(timeout)),
+        }
+    }
+
+    /// Whether a prefixed key exists, within `timeout`.
+    pub async fn exists(&self, key: &str, timeout: Duration) -> Result<bool, BusError> {
+        match tokio::time::timeout(timeout, self.client.exists::<i64, _>(self.key(key))).await {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BusError::Timeout(timeout)),
+        }
     }
 
     /// Reads a prefixed key.
@@ -159,21 +173,10 @@ impl Redis {
 
     /// Appends an event to the prefixed `stream`, trimming it to about
     /// `max_len` entries; returns the entry id.
-    pub async fn append(
-        &self,
-        stream: &str,
-        fields: &[(&str, &str)],
-        max_len: u64,
-    ) -> Result<String, BusError> {
-        let pairs: Vec<(String, String)> = fields
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+    pub async fn append(&self, stream: &str, fields: &[(&str, &str)], max_len: u64) -> Result<String, BusError> {
+        let pairs: Vec<(String, String)> = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let cap = ("MAXLEN", "~", max_len as i64);
-        Ok(self
-            .client
-            .xadd(self.key(stream), false, cap, "*", pairs)
-            .await?)
+        Ok(self.client.xadd(self.key(stream), false, cap, "*", pairs).await?)
     }
 
     /// Closes the connection.
@@ -202,9 +205,7 @@ pub struct Subscriber {
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber")
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("Subscriber").field("prefix", &self.prefix).finish()
     }
 }
 
@@ -223,17 +224,13 @@ impl Subscriber {
 
     /// Subscribes to the prefixed `channel`.
     pub async fn subscribe(&self, channel: &str) -> Result<(), BusError> {
-        self.client
-            .subscribe(format!("{}{channel}", self.prefix))
-            .await?;
+        self.client.subscribe(format!("{}{channel}", self.prefix)).await?;
         Ok(())
     }
 
     /// Unsubscribes from the prefixed `channel`.
     pub async fn unsubscribe(&self, channel: &str) -> Result<(), BusError> {
-        self.client
-            .unsubscribe(format!("{}{channel}", self.prefix))
-            .await?;
+        self.client.unsubscribe(format!("{}{channel}", self.prefix)).await?;
         Ok(())
     }
 
@@ -325,12 +322,7 @@ type Entries = HashMap<String, Vec<RawEntry>>;
 impl StreamConsumer {
     /// Joins `group` on the prefixed `stream` as `consumer`, creating the
     /// stream and the group (reading from the start) when missing.
-    pub async fn join(
-        redis: &Redis,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-    ) -> Result<StreamConsumer, BusError> {
+    pub async fn join(redis: &Redis, stream: &str, group: &str, consumer: &str) -> Result<StreamConsumer, BusError> {
         let client = builder(redis.settings())?.build()?;
         start(&client, "stream consumer").await;
         let this = StreamConsumer {
@@ -406,11 +398,7 @@ impl StreamConsumer {
 
     /// Takes over entries pending for longer than `min_idle` (their consumer
     /// died or hung); they are delivered to this consumer.
-    pub async fn claim_stale(
-        &self,
-        min_idle: Duration,
-        count: u64,
-    ) -> Result<Vec<StreamEntry>, BusError> {
+    pub async fn claim_stale(&self, min_idle: Duration, count: u64) -> Result<Vec<StreamEntry>, BusError> {
         let (_next, values): (String, Vec<RawEntry>) = self
             .client
             .xautoclaim_values(
@@ -431,16 +419,13 @@ impl StreamConsumer {
 
     /// Acknowledges a processed entry.
     pub async fn ack(&self, id: &str) -> Result<(), BusError> {
-        self.client
-            .xack::<i64, _, _, _>(&self.stream, &self.group, id)
-            .await?;
+        self.client.xack::<i64, _, _, _>(&self.stream, &self.group, id).await?;
         Ok(())
     }
 
     /// How many entries are delivered but not yet acknowledged in the group.
     pub async fn pending_count(&self) -> Result<u64, BusError> {
-        let summary: fred::types::Value =
-            self.client.xpending(&self.stream, &self.group, ()).await?;
+        let summary: fred::types::Value = self.client.xpending(&self.stream, &self.group, ()).await?;
         let count = match summary {
             fred::types::Value::Array(items) => items.first().and_then(|v| v.as_u64()).unwrap_or(0),
             _ => 0,

@@ -22,10 +22,7 @@ async fn keys_are_prefixed_and_expire() {
         .set_with_ttl("greeting", "hello", Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(
-        redis.get("greeting").await.unwrap().as_deref(),
-        Some("hello")
-    );
+    assert_eq!(redis.get("greeting").await.unwrap().as_deref(), Some("hello"));
 
     // Another prefix does not see it.
     let other = Redis::connect(&settings(&unique_prefix())).await.unwrap();
@@ -44,10 +41,7 @@ async fn published_messages_reach_subscribers_of_the_same_prefix_only() {
     let stranger = Redis::connect(&settings(&unique_prefix())).await.unwrap();
     assert_eq!(stranger.publish("user:42", "not for you").await.unwrap(), 0);
 
-    let receivers = redis
-        .publish("user:42", r#"{"type":"ping"}"#)
-        .await
-        .unwrap();
+    let receivers = redis.publish("user:42", r#"{"type":"ping"}"#).await.unwrap();
     assert_eq!(receivers, 1);
     let got = tokio::time::timeout(Duration::from_secs(2), messages.next())
         .await
@@ -69,12 +63,8 @@ async fn published_messages_reach_subscribers_of_the_same_prefix_only() {
 async fn stream_entries_are_delivered_once_per_group_and_acknowledged() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
-    let a = StreamConsumer::join(&redis, "events", "mailer", "a")
-        .await
-        .unwrap();
-    let b = StreamConsumer::join(&redis, "events", "mailer", "b")
-        .await
-        .unwrap();
+    let a = StreamConsumer::join(&redis, "events", "mailer", "a").await.unwrap();
+    let b = StreamConsumer::join(&redis, "events", "mailer", "b").await.unwrap();
 
     for i in 0..10 {
         redis
@@ -102,58 +92,29 @@ async fn stream_entries_are_delivered_once_per_group_and_acknowledged() {
     assert_eq!(a.pending_count().await.unwrap(), 0);
 
     // A second group sees everything again.
-    let audit = StreamConsumer::join(&redis, "events", "audit", "x")
-        .await
-        .unwrap();
-    assert_eq!(
-        audit
-            .read(100, Duration::from_millis(200))
-            .await
-            .unwrap()
-            .len(),
-        10
-    );
+    let audit = StreamConsumer::join(&redis, "events", "audit", "x").await.unwrap();
+    assert_eq!(audit.read(100, Duration::from_millis(200)).await.unwrap().len(), 10);
 }
 
 #[tokio::test]
 async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
-    let dead = StreamConsumer::join(&redis, "events", "mailer", "dead")
-        .await
-        .unwrap();
-    let alive = StreamConsumer::join(&redis, "events", "mailer", "alive")
-        .await
-        .unwrap();
-    redis
-        .append("events", &[("event_id", "e1")], 1000)
-        .await
-        .unwrap();
+    let dead = StreamConsumer::join(&redis, "events", "mailer", "dead").await.unwrap();
+    let alive = StreamConsumer::join(&redis, "events", "mailer", "alive").await.unwrap();
+    redis.append("events", &[("event_id", "e1")], 1000).await.unwrap();
 
     let taken = dead.read(10, Duration::from_millis(200)).await.unwrap();
     assert_eq!(taken.len(), 1);
     dead.close().await; // dies without acknowledging
 
+    assert!(alive.read(10, Duration::from_millis(100)).await.unwrap().is_empty());
     assert!(
-        alive
-            .read(10, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        alive
-            .claim_stale(Duration::from_secs(60), 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        alive.claim_stale(Duration::from_secs(60), 10).await.unwrap().is_empty(),
         "not idle long enough yet"
     );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let reclaimed = alive
-        .claim_stale(Duration::from_millis(100), 10)
-        .await
-        .unwrap();
+    let reclaimed = alive.claim_stale(Duration::from_millis(100), 10).await.unwrap();
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].fields["event_id"], "e1");
     alive.ack(&reclaimed[0].id).await.unwrap();
@@ -164,22 +125,11 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
 async fn a_missing_group_is_recreated_after_redis_lost_it() {
     let prefix = unique_prefix();
     let redis = Redis::connect(&settings(&prefix)).await.unwrap();
-    let consumer = StreamConsumer::join(&redis, "events", "mailer", "c")
-        .await
-        .unwrap();
+    let consumer = StreamConsumer::join(&redis, "events", "mailer", "c").await.unwrap();
     // Simulate Redis losing its data: delete the stream (and with it the group).
     redis_del(&format!("{prefix}events")).await;
-    assert!(
-        consumer
-            .read(10, Duration::from_millis(50))
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    redis
-        .append("events", &[("event_id", "after")], 1000)
-        .await
-        .unwrap();
+    assert!(consumer.read(10, Duration::from_millis(50)).await.unwrap().is_empty());
+    redis.append("events", &[("event_id", "after")], 1000).await.unwrap();
     let got = consumer.read(10, Duration::from_millis(200)).await.unwrap();
     assert_eq!(got.len(), 1);
 }

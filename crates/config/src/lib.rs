@@ -280,10 +280,7 @@ struct Reader<'a>(&'a dyn Source);
 
 impl Reader<'_> {
     fn opt(&self, var: &'static str) -> Option<String> {
-        self.0
-            .get(var)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
+        self.0.get(var).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
     }
 
     fn string(&self, var: &'static str, default: &str) -> String {
@@ -318,23 +315,11 @@ impl Reader<'_> {
         Ok(value)
     }
 
-    fn millis(
-        &self,
-        var: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Result<Duration, ConfigError> {
-        self.bounded(var, default, min, max)
-            .map(Duration::from_millis)
+    fn millis(&self, var: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        self.bounded(var, default, min, max).map(Duration::from_millis)
     }
 
-    fn url(
-        &self,
-        var: &'static str,
-        default: &str,
-        schemes: &[&str],
-    ) -> Result<String, ConfigError> {
+    fn url(&self, var: &'static str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
         let value = self.string(var, default);
         check_url(var, &value, schemes)?;
         Ok(value)
@@ -355,10 +340,7 @@ fn check_url(var: &'static str, value: &str, schemes: &[&str]) -> Result<(), Con
     if !scheme_ok {
         return Err(ConfigError::Invalid {
             var,
-            reason: format!(
-                "expected a URL starting with {}",
-                schemes.join(":// or ") + "://"
-            ),
+            reason: format!("expected a URL starting with {}", schemes.join(":// or ") + "://"),
         });
     }
     Ok(())
@@ -398,10 +380,7 @@ impl Settings {
         K: Into<String>,
         V: Into<String>,
     {
-        let map: HashMap<String, String> = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+        let map: HashMap<String, String> = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         Self::load(&map)
     }
 
@@ -424,12 +403,7 @@ impl Settings {
             },
             pool_size: r.bounded("DATABASE_POOL_SIZE", 20, 1, 1000)?,
             max_overflow: r.bounded("DATABASE_MAX_OVERFLOW", 40, 0, 1000)?,
-            connect_timeout: Duration::from_secs(r.bounded(
-                "DATABASE_CONNECT_TIMEOUT_SECONDS",
-                5,
-                1,
-                120,
-            )?),
+            connect_timeout: Duration::from_secs(r.bounded("DATABASE_CONNECT_TIMEOUT_SECONDS", 5, 1, 120)?),
             statement_timeout: r.millis("DATABASE_STATEMENT_TIMEOUT_MS", 10_000, 100, 600_000)?,
         };
 
@@ -464,12 +438,8 @@ impl Settings {
         let jwt = JwtSettings {
             secret_key: Secret::new(secret_key),
             algorithm,
-            access_token_ttl: Duration::from_secs(
-                60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?,
-            ),
-            refresh_token_ttl: Duration::from_secs(
-                24 * 3600 * r.bounded("REFRESH_TOKEN_EXPIRE_DAYS", 30u64, 1, 365)?,
-            ),
+            access_token_ttl: Duration::from_secs(60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?),
+            refresh_token_ttl: Duration::from_secs(24 * 3600 * r.bounded("REFRESH_TOKEN_EXPIRE_DAYS", 30u64, 1, 365)?),
             issuer: r.string("JWT_ISSUER", "unilink-auth"),
             audience: r.string("JWT_AUDIENCE", "unilink-api"),
             previous_secret_keys: r
@@ -487,10 +457,14 @@ impl Settings {
         };
         if algorithm != JwtAlgorithm::Hs256 {
             if jwt.private_key_file.is_none() {
-                return Err(ConfigError::Missing { var: "JWT_PRIVATE_KEY_FILE" });
+                return Err(ConfigError::Missing {
+                    var: "JWT_PRIVATE_KEY_FILE",
+                });
             }
             if jwt.public_key_file.is_none() {
-                return Err(ConfigError::Missing { var: "JWT_PUBLIC_KEY_FILE" });
+                return Err(ConfigError::Missing {
+                    var: "JWT_PUBLIC_KEY_FILE",
+                });
             }
         }
 
@@ -512,8 +486,7 @@ impl Settings {
         if environment.is_production() && smtp.server.is_none() {
             return Err(ConfigError::Insecure {
                 var: "SMTP_SERVER",
-                reason: "production needs a real SMTP server; mails would only be logged"
-                    .to_owned(),
+                reason: "production needs a real SMTP server; mails would only be logged".to_owned(),
             });
         }
 
@@ -530,7 +503,8 @@ impl Settings {
                 if environment.is_production() {
                     return Err(ConfigError::Insecure {
                         var: "ALLOWED_ORIGINS",
-                        reason: "a wildcard origin (*) lets any site call the API; list the frontend's origins".to_owned(),
+                        reason: "a wildcard origin (*) lets any site call the API; list the frontend's origins"
+                            .to_owned(),
                     });
                 }
                 continue;
@@ -583,12 +557,7 @@ impl Settings {
         let listen = ListenSettings {
             grpc_addr: r.parse("GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
             http_addr: r.parse("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
-            shutdown_grace: Duration::from_secs(r.bounded(
-                "SHUTDOWN_GRACE_SECONDS",
-                20,
-                0,
-                3600,
-            )?),
+            shutdown_grace: Duration::from_secs(r.bounded("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?),
         };
 
         Ok(Settings {
@@ -659,10 +628,7 @@ mod tests {
                 r#"["https://unilink.app", "https://www.unilink.app"]"#,
             ),
             ("ALLOWED_EMAIL_DOMAINS", "KIIT.ac.in, @iitb.ac.in"),
-            (
-                "AUTH_GRPC_URL",
-                "http://10.0.0.1:50051,http://10.0.0.2:50051",
-            ),
+            ("AUTH_GRPC_URL", "http://10.0.0.1:50051,http://10.0.0.2:50051"),
             ("RATE_LIMIT_AUTH", "5"),
             ("SMTP_SERVER", "smtp.example.com"),
             ("SMTP_PORT", "2525"),
@@ -685,20 +651,13 @@ mod tests {
     #[test]
     fn comma_list_origins_are_accepted() {
         let s = load(&[("ALLOWED_ORIGINS", "https://a.dev, https://*.b.pages.dev")]).unwrap();
-        assert_eq!(
-            s.allowed_origins,
-            vec!["https://a.dev", "https://*.b.pages.dev"]
-        );
+        assert_eq!(s.allowed_origins, vec!["https://a.dev", "https://*.b.pages.dev"]);
     }
 
     #[test]
     fn bad_values_name_their_variable() {
         let cases: &[(&str, &str, &str)] = &[
-            (
-                "DATABASE_POOL_SIZE",
-                "lots",
-                "DATABASE_POOL_SIZE is invalid: \"lots\"",
-            ),
+            ("DATABASE_POOL_SIZE", "lots", "DATABASE_POOL_SIZE is invalid: \"lots\""),
             (
                 "DATABASE_POOL_SIZE",
                 "0",
@@ -777,9 +736,7 @@ mod tests {
             err.to_string(),
             "SECRET_KEY is not safe for production: it has 12 characters; use at least 32 random characters"
         );
-        let err =
-            Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")])
-                .unwrap_err();
+        let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")]).unwrap_err();
         assert_eq!(err, ConfigError::Missing { var: "SECRET_KEY" });
         assert_eq!(err.to_string(), "SECRET_KEY is required but not set");
     }
@@ -792,20 +749,12 @@ mod tests {
 
     #[test]
     fn production_refuses_wildcard_cors_and_missing_smtp() {
-        let err = production(&[("ALLOWED_ORIGINS", "*")])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("ALLOWED_ORIGINS is not safe for production"),
-            "{err}"
-        );
+        let err = production(&[("ALLOWED_ORIGINS", "*")]).unwrap_err().to_string();
+        assert!(err.starts_with("ALLOWED_ORIGINS is not safe for production"), "{err}");
         let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SECRET_KEY", STRONG)])
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("SMTP_SERVER is not safe for production"),
-            "{err}"
-        );
+        assert!(err.starts_with("SMTP_SERVER is not safe for production"), "{err}");
     }
 
     #[test]
@@ -818,12 +767,7 @@ mod tests {
         ])
         .unwrap();
         let printed = format!("{s:?}");
-        for secret in [
-            "super-secret-value",
-            "dbpass-xyz",
-            "smtp-pass-xyz",
-            "key-xyz",
-        ] {
+        for secret in ["super-secret-value", "dbpass-xyz", "smtp-pass-xyz", "key-xyz"] {
             assert!(!printed.contains(secret), "{secret} leaked in Debug output");
         }
         assert!(printed.contains("[redacted]"));

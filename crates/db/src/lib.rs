@@ -58,11 +58,7 @@ pub enum DbError {
         embedded: String,
     },
     #[error("schema {schema} is at version {applied}, newer than this build knows ({known})")]
-    SchemaTooNew {
-        schema: String,
-        applied: i32,
-        known: i32,
-    },
+    SchemaTooNew { schema: String, applied: i32, known: i32 },
     #[error("could not take the migration lock of schema {0} within {1:?}")]
     LockTimeout(String, Duration),
 }
@@ -88,9 +84,7 @@ impl HasErrorCode for DbError {
         match self {
             DbError::Pool(_) | DbError::Timeout(_) => ErrorCode::Unavailable,
             DbError::Postgres(e) if e.is_closed() || e.code().is_none() => ErrorCode::Unavailable,
-            DbError::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => {
-                ErrorCode::Timeout
-            }
+            DbError::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => ErrorCode::Timeout,
             DbError::Postgres(_)
             | DbError::Config(_)
             | DbError::Migration { .. }
@@ -110,9 +104,7 @@ fn check_schema(schema: &str) -> Result<(), DbError> {
     if ok {
         Ok(())
     } else {
-        Err(DbError::Config(format!(
-            "{schema:?} is not a valid schema name"
-        )))
+        Err(DbError::Config(format!("{schema:?} is not a valid schema name")))
     }
 }
 
@@ -123,9 +115,7 @@ fn pg_config(
     app: &str,
 ) -> Result<tokio_postgres::Config, DbError> {
     check_schema(schema)?;
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| DbError::Config(format!("DATABASE_URL: {e}")))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| DbError::Config(format!("DATABASE_URL: {e}")))?;
     config
         .connect_timeout(settings.connect_timeout)
         .application_name(app)
@@ -150,12 +140,7 @@ pub fn connect_read(settings: &DatabaseSettings, schema: &str, app: &str) -> Res
     pool_for(url.expose(), settings, schema, app)
 }
 
-fn pool_for(
-    url: &str,
-    settings: &DatabaseSettings,
-    schema: &str,
-    app: &str,
-) -> Result<Pool, DbError> {
+fn pool_for(url: &str, settings: &DatabaseSettings, schema: &str, app: &str) -> Result<Pool, DbError> {
     let config = pg_config(url, settings, schema, app)?;
     let manager = Manager::from_config(
         config,
@@ -190,12 +175,9 @@ pub async fn ping(pool: &Pool, timeout: Duration) -> Result<(), DbError> {
 pub fn record_pool_metrics(pool: &Pool, schema: &'static str) {
     let status = pool.status();
     let in_use = status.size.saturating_sub(status.available);
-    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "open")
-        .set(status.size as f64);
-    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use")
-        .set(in_use as f64);
-    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "max")
-        .set(status.max_size as f64);
+    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "open").set(status.size as f64);
+    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "max").set(status.max_size as f64);
     metrics::gauge!("db_pool_waiting", "schema" => schema).set(status.waiting as f64);
 }
 
@@ -290,9 +272,7 @@ async fn migrate_locked(
         .await?;
     let rows = client
         .query(
-            &format!(
-                "SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"
-            ),
+            &format!("SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"),
             &[],
         )
         .await?;
@@ -338,12 +318,7 @@ async fn migrate_locked(
         .await
         .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
-        tracing::info!(
-            schema,
-            version = m.version,
-            name = m.name,
-            "migration applied"
-        );
+        tracing::info!(schema, version = m.version, name = m.name, "migration applied");
         applied.push(m.version);
         version = m.version;
     }

@@ -48,9 +48,7 @@ async fn migrations_apply_once_and_twice_is_a_no_op() {
 
     // The pool's connections see the schema's tables unqualified.
     let pool = connect(&s.database, "alpha", "test").unwrap();
-    ping(&pool, std::time::Duration::from_secs(2))
-        .await
-        .unwrap();
+    ping(&pool, std::time::Duration::from_secs(2)).await.unwrap();
     let client = pool.get().await.unwrap();
     client
         .execute("INSERT INTO items (name) VALUES ('a')", &[])
@@ -89,21 +87,14 @@ async fn replicas_of_one_service_migrating_at_once_apply_each_migration_once() {
         applied.extend(run.await.unwrap().unwrap().applied);
     }
     applied.sort();
-    assert_eq!(
-        applied,
-        vec![1, 2],
-        "each migration applied by exactly one replica"
-    );
+    assert_eq!(applied, vec![1, 2], "each migration applied by exactly one replica");
 }
 
 #[tokio::test]
 async fn two_services_migrating_at_once_do_not_collide() {
     let db = TestDatabase::create().await;
     let s = settings(&db, &unique_prefix(), &[]);
-    let (a, b) = tokio::join!(
-        migrate(&s.database, "alpha", ALPHA),
-        migrate(&s.database, "beta", BETA)
-    );
+    let (a, b) = tokio::join!(migrate(&s.database, "alpha", ALPHA), migrate(&s.database, "beta", BETA));
     assert_eq!(a.unwrap().version, 2);
     assert_eq!(b.unwrap().version, 1);
     let client = db.client().await;
@@ -131,13 +122,8 @@ async fn an_edited_migration_is_refused() {
         },
     ];
     let err = migrate(&s.database, "alpha", &edited).await.unwrap_err();
-    assert!(
-        matches!(err, DbError::ChecksumMismatch { version: 2, .. }),
-        "{err}"
-    );
-    let err = migrate(&s.database, "alpha", &ALPHA[..1])
-        .await
-        .unwrap_err();
+    assert!(matches!(err, DbError::ChecksumMismatch { version: 2, .. }), "{err}");
+    let err = migrate(&s.database, "alpha", &ALPHA[..1]).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -164,10 +150,7 @@ async fn a_failing_migration_leaves_nothing_half_applied() {
         },
     ];
     let err = migrate(&s.database, "alpha", &broken).await.unwrap_err();
-    assert!(
-        matches!(err, DbError::Migration { version: 2, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, DbError::Migration { version: 2, .. }), "{err}");
     let client = db.client().await;
     let half: i64 = client
         .query_one(
@@ -179,10 +162,7 @@ async fn a_failing_migration_leaves_nothing_half_applied() {
         .get(0);
     assert_eq!(half, 0, "the failed migration's table was rolled back");
     // The good migration stays applied and the fixed list completes.
-    assert_eq!(
-        migrate(&s.database, "alpha", ALPHA).await.unwrap().applied,
-        vec![2]
-    );
+    assert_eq!(migrate(&s.database, "alpha", ALPHA).await.unwrap().applied, vec![2]);
 }
 
 #[tokio::test]
@@ -193,9 +173,7 @@ async fn ping_fails_fast_when_the_database_is_unreachable() {
     let s = settings(&db, &unique_prefix(), &[("DATABASE_URL", &url)]);
     let pool = connect(&s.database, "alpha", "test").unwrap();
     let started = std::time::Instant::now();
-    let err = ping(&pool, std::time::Duration::from_secs(1))
-        .await
-        .unwrap_err();
+    let err = ping(&pool, std::time::Duration::from_secs(1)).await.unwrap_err();
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(
         unilink_errors::HasErrorCode::code(&err),

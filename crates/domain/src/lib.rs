@@ -265,10 +265,7 @@ mod tests {
         assert_eq!(UserId::parse(&id.to_string()), Ok(id));
         assert_eq!(UserId::parse(&format!(" {id} ")), Ok(id));
         let err = CallId::parse("42; DROP TABLE calls").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "call id must be a UUID, got \"42; DROP TABLE calls\""
-        );
+        assert_eq!(err.to_string(), "call id must be a UUID, got \"42; DROP TABLE calls\"");
     }
 
     #[test]
@@ -276,7 +273,16 @@ mod tests {
         let e = Email::parse("  Ada.Lovelace@KIIT.ac.in ").unwrap();
         assert_eq!(e.as_str(), "Ada.Lovelace@kiit.ac.in");
         assert_eq!(e.domain(), "kiit.ac.in");
-        for bad in ["", "ada", "ada@", "@kiit.ac.in", "ada@localhost", "a b@kiit.ac.in", "ada@kiit..ac.in", "a\0@x.io"] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@kiit.ac.in",
+            "ada@localhost",
+            "a b@kiit.ac.in",
+            "ada@kiit..ac.in",
+            "a\0@x.io",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
         assert!(Email::parse(&format!("{}@kiit.ac.in", "a".repeat(300))).is_err());
@@ -298,7 +304,10 @@ mod tests {
     #[test]
     fn names_passwords_and_codes() {
         assert_eq!(FullName::parse(" Ada  Lovelace ").unwrap().as_str(), "Ada  Lovelace");
-        assert_eq!(FullName::parse("Robert'); DROP TABLE--").unwrap().as_str(), "Robert'); DROP TABLE--");
+        assert_eq!(
+            FullName::parse("Robert'); DROP TABLE--").unwrap().as_str(),
+            "Robert'); DROP TABLE--"
+        );
         assert!(FullName::parse("").is_err());
         assert!(FullName::parse("nul\0inside").is_err());
         assert!(FullName::parse("bell\u{7}").is_err());

@@ -97,9 +97,7 @@ impl ErrorCode {
             tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => ErrorCode::Conflict,
             tonic::Code::OutOfRange => ErrorCode::PayloadTooLarge,
             tonic::Code::ResourceExhausted => ErrorCode::RateLimited,
-            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted => {
-                ErrorCode::Unavailable
-            }
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Aborted => ErrorCode::Unavailable,
             tonic::Code::DeadlineExceeded => ErrorCode::Timeout,
             tonic::Code::Ok
             | tonic::Code::Unknown
@@ -186,10 +184,7 @@ mod tests {
 
     #[test]
     fn server_errors_hide_their_message() {
-        let status = to_status(&Broken(
-            "password=hunter2 connection refused",
-            ErrorCode::Internal,
-        ));
+        let status = to_status(&Broken("password=hunter2 connection refused", ErrorCode::Internal));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert_eq!(status.message(), "internal server error");
         let status = to_status(&Broken("username taken", ErrorCode::Conflict));

@@ -57,7 +57,14 @@ where
     Fut: Future<Output = Result<(), HandlerError>> + Send,
 {
     let consumer = loop {
-        match StreamConsumer::join(&redis, &subscription.stream, &subscription.group, &subscription.consumer).await {
+        match StreamConsumer::join(
+            &redis,
+            &subscription.stream,
+            &subscription.group,
+            &subscription.consumer,
+        )
+        .await
+        {
             Ok(consumer) => break consumer,
             Err(e) => {
                 tracing::warn!(stream = %subscription.stream, error = %e, "cannot join consumer group; retrying");
@@ -79,9 +86,11 @@ where
                 Ok(pending) => {
                     let pending_ids: std::collections::HashSet<&str> = pending.iter().map(|e| e.id.as_str()).collect();
                     retries.retain(|id, _| pending_ids.contains(id.as_str()));
-                    batch.extend(pending.into_iter().filter(|e| {
-                        retries.get(&e.id).is_none_or(|r| r.next <= now)
-                    }));
+                    batch.extend(
+                        pending
+                            .into_iter()
+                            .filter(|e| retries.get(&e.id).is_none_or(|r| r.next <= now)),
+                    );
                 }
                 Err(e) => tracing::warn!(error = %e, "reading pending entries failed"),
             }

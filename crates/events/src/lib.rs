@@ -118,11 +118,7 @@ mod tests {
     fn events_round_trip_through_stream_fields() {
         let mut event = Event::new("user.registered", serde_json::json!({"user_id": "u1", "n": 3}));
         event.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
-        let fields: HashMap<String, String> = event
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let fields: HashMap<String, String> = event.to_fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let back = Event::from_fields(&fields).unwrap();
         assert_eq!(back, event);
     }

@@ -174,7 +174,10 @@ impl OutboxRelay {
     pub async fn replay_all(&self) -> Result<u64, DbError> {
         let client = self.db.get().await?;
         Ok(client
-            .execute("UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL", &[])
+            .execute(
+                "UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL",
+                &[],
+            )
             .await?)
     }
 }

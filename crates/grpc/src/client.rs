@@ -188,8 +188,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Readiness is awaited inside the deadline below, not here.
@@ -231,10 +230,7 @@ where
 pub struct TracePropagation;
 
 impl tonic::service::Interceptor for TracePropagation {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         for (key, value) in unilink_telemetry::inject() {
             let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
             let value = tonic::metadata::MetadataValue::try_from(value.as_str());
@@ -256,13 +252,7 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("auth.default.svc", 50051));
         let t = parse_target("auth", "http://[::1]:50051/").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 50051));
-        for bad in [
-            "auth:50051",
-            "http://auth",
-            "ftp://auth:1",
-            "http://:1",
-            "http://a:1/x",
-        ] {
+        for bad in ["auth:50051", "http://auth", "ftp://auth:1", "http://:1", "http://a:1/x"] {
             assert!(parse_target("auth", bad).is_err(), "{bad}");
         }
     }

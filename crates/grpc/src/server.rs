@@ -83,15 +83,11 @@ impl ServiceHost {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc
-            .local_addr()
-            .expect("bound listener has an address")
+        self.grpc.local_addr().expect("bound listener has an address")
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http
-            .local_addr()
-            .expect("bound listener has an address")
+        self.http.local_addr().expect("bound listener has an address")
     }
 
     /// Serves `routes` until `shutdown` resolves, then stops taking requests,
@@ -112,9 +108,7 @@ impl ServiceHost {
             grace,
         } = self;
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        reporter.set_service_status("", ServingStatus::NotServing).await;
         reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
@@ -122,13 +116,7 @@ impl ServiceHost {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (probe_tx, probe_rx) = watch::channel::<ProbeState>(None);
 
-        let probing = tokio::spawn(run_probes(
-            name,
-            probes,
-            reporter.clone(),
-            probe_tx,
-            stop_rx.clone(),
-        ));
+        let probing = tokio::spawn(run_probes(name, probes, reporter.clone(), probe_tx, stop_rx.clone()));
         let http_server = tokio::spawn(serve_http(http, probe_rx, stop_rx.clone()));
 
         let mut grpc_stop = stop_rx.clone();
@@ -218,11 +206,7 @@ async fn run_probes(
     }
 }
 
-async fn serve_http(
-    listener: TcpListener,
-    probes: watch::Receiver<ProbeState>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_http(listener: TcpListener, probes: watch::Receiver<ProbeState>, mut stop: watch::Receiver<bool>) {
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render_metrics))
         .route("/livez", axum::routing::get(|| async { "ok" }))
@@ -243,23 +227,15 @@ async fn serve_http(
 
 async fn render_metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         unilink_telemetry::metrics_handle().render(),
     )
 }
 
 fn readiness_answer(state: ProbeState) -> (StatusCode, String) {
     match state {
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"starting"}"#.to_owned(),
-        ),
-        Some(failures) if failures.is_empty() => {
-            (StatusCode::OK, r#"{"status":"ready"}"#.to_owned())
-        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"starting"}"#.to_owned()),
+        Some(failures) if failures.is_empty() => (StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
         Some(failures) => (
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "status": "not ready", "failing": failures }).to_string(),
@@ -377,8 +353,7 @@ mod tests {
 
     #[test]
     fn readiness_lists_failing_dependencies() {
-        let (status, body) =
-            readiness_answer(Some(HashMap::from([("database", "refused".to_owned())])));
+        let (status, body) = readiness_answer(Some(HashMap::from([("database", "refused".to_owned())])));
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains(r#""database":"refused""#), "{body}");
         assert_eq!(readiness_answer(Some(HashMap::new())).0, StatusCode::OK);

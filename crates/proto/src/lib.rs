@@ -30,8 +30,7 @@ pub mod unilink {
 }
 
 pub use unilink::{
-    auth::v1 as auth, notification::v1 as notification, profile::v1 as profile,
-    signaling::v1 as signaling,
+    auth::v1 as auth, notification::v1 as notification, profile::v1 as profile, signaling::v1 as signaling,
 };
 
 /// Converts between `chrono` and protobuf timestamps without a dependency on chrono here.

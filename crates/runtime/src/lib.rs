@@ -69,9 +69,7 @@ pub struct Resources {
 
 /// Applies the service's migrations (the `migrate` command; also run by
 /// [`Application::build`]).
-pub async fn migrate<S: BackendService>(
-    settings: &Settings,
-) -> Result<MigrationReport, StartupError> {
+pub async fn migrate<S: BackendService>(settings: &Settings) -> Result<MigrationReport, StartupError> {
     let report = unilink_db::migrate(&settings.database, S::SCHEMA, S::MIGRATIONS).await?;
     tracing::info!(service = S::NAME, schema = S::SCHEMA, version = report.version, applied = ?report.applied, "schema up to date");
     Ok(report)
@@ -112,11 +110,7 @@ impl<S: BackendService> Application<S> {
         let db = unilink_db::connect(&settings.database, S::SCHEMA, S::NAME)?;
         let redis = Redis::connect(&settings.redis).await?;
         let host = ServiceHost::bind(S::NAME, &settings.listen).await?;
-        let resources = Resources {
-            settings,
-            db,
-            redis,
-        };
+        let resources = Resources { settings, db, redis };
         let routes = S::routes(&resources)?;
         Ok(Application {
             resources,
@@ -160,11 +154,7 @@ impl<S: BackendService> Application<S> {
         let probes = vec![
             Probe::new("database", move || {
                 let db = db.clone();
-                async move {
-                    unilink_db::ping(&db, PROBE_TIMEOUT)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
+                async move { unilink_db::ping(&db, PROBE_TIMEOUT).await.map_err(|e| e.to_string()) }
             }),
             Probe::new("redis", move || {
                 let redis = redis.clone();

@@ -274,10 +274,7 @@ mod tests {
         metrics::counter!("telemetry_test_total", "kind" => "x").increment(3);
         metrics::histogram!("telemetry_test_duration_seconds").record(0.02);
         let text = handle.render();
-        assert!(
-            text.contains("telemetry_test_total{kind=\"x\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("telemetry_test_total{kind=\"x\"} 3"), "{text}");
         assert!(
             text.contains("telemetry_test_duration_seconds_bucket{le=\"0.025\"} 1"),
             "{text}"

@@ -21,8 +21,7 @@ use unilink_config::Settings;
 
 /// The PostgreSQL URL tests use to create and drop their databases.
 pub fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// The Redis URL tests use.
@@ -80,16 +79,11 @@ impl Drop for TestDatabase {
         // thread so it works from inside or outside a Tokio runtime.
         let name = self.name.clone();
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             rt.block_on(async {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&admin_database_url(), NoTls).await
-                {
+                if let Ok((client, conn)) = tokio_postgres::connect(&admin_database_url(), NoTls).await {
                     tokio::spawn(conn);
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -103,9 +97,9 @@ impl Drop for TestDatabase {
 
 async fn admin_client() -> tokio_postgres::Client {
     let url = admin_database_url();
-    let (client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to TEST_DATABASE_URL {url}: {e} (is PostgreSQL running? scripts/test.sh starts it)"));
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap_or_else(|e| {
+        panic!("connecting to TEST_DATABASE_URL {url}: {e} (is PostgreSQL running? scripts/test.sh starts it)")
+    });
     tokio::spawn(connection);
     client
 }
@@ -117,9 +111,7 @@ pub fn with_database(url: &str, database: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{database}", &base[..host_end]);
     if let Some(q) = query {
         out.push('?');
@@ -147,11 +139,7 @@ pub fn settings(db: &TestDatabase, redis_prefix: &str, extra: &[(&str, &str)]) -
         ("SHUTDOWN_GRACE_SECONDS".into(), "5".into()),
         ("LOG_LEVEL".into(), "warn".into()),
     ];
-    vars.extend(
-        extra
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-    );
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Settings::from_vars(vars).expect("test settings are valid")
 }
 
@@ -193,10 +181,7 @@ mod tests {
             with_database("postgres://u:p@h/db?sslmode=disable", "y"),
             "postgres://u:p@h/y?sslmode=disable"
         );
-        assert_eq!(
-            with_database("postgres://h:5432", "z"),
-            "postgres://h:5432/z"
-        );
+        assert_eq!(with_database("postgres://h:5432", "z"), "postgres://h:5432/z");
     }
 }
 
@@ -325,10 +310,7 @@ pub mod service {
                 }
                 if tokio::time::Instant::now() >= deadline {
                     let _ = child.kill();
-                    panic!(
-                        "process {} did not exit within {timeout:?} of SIGTERM",
-                        child.id()
-                    );
+                    panic!("process {} did not exit within {timeout:?} of SIGTERM", child.id());
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
@@ -346,12 +328,7 @@ pub mod service {
 
     /// Environment for a service binary under test: the test database and
     /// Redis prefix, fixed free ports for gRPC and HTTP.
-    pub fn child_env(
-        database_url: &str,
-        redis_prefix: &str,
-        grpc_port: u16,
-        http_port: u16,
-    ) -> Vec<(String, String)> {
+    pub fn child_env(database_url: &str, redis_prefix: &str, grpc_port: u16, http_port: u16) -> Vec<(String, String)> {
         [
             ("ENVIRONMENT", "test".to_owned()),
             ("DATABASE_URL", database_url.to_owned()),
@@ -371,32 +348,19 @@ pub mod service {
 
     /// Starts the real binary, waits for it to serve, sends SIGTERM and
     /// asserts a clean exit within `within`.
-    pub async fn assert_stops_cleanly_on_sigterm(
-        binary: &str,
-        database_url: &str,
-        within: Duration,
-    ) {
+    pub async fn assert_stops_cleanly_on_sigterm(binary: &str, database_url: &str, within: Duration) {
         let grpc_port = crate::closed_port();
         let http_port = crate::closed_port();
         let env = child_env(database_url, &crate::unique_prefix(), grpc_port, http_port);
         let child = ChildService::start(binary, &env);
-        wait_serving(
-            SocketAddr::from(([127, 0, 0, 1], grpc_port)),
-            Duration::from_secs(30),
-        )
-        .await;
+        wait_serving(SocketAddr::from(([127, 0, 0, 1], grpc_port)), Duration::from_secs(30)).await;
         let started = std::time::Instant::now();
         let status = child.terminate(within).await;
-        assert!(
-            status.success(),
-            "{binary} exited with {status} after SIGTERM"
-        );
+        assert!(status.success(), "{binary} exited with {status} after SIGTERM");
         assert!(started.elapsed() <= within, "took {:?}", started.elapsed());
         // The port is released.
         assert!(
-            tokio::net::TcpStream::connect(("127.0.0.1", grpc_port))
-                .await
-                .is_err(),
+            tokio::net::TcpStream::connect(("127.0.0.1", grpc_port)).await.is_err(),
             "port {grpc_port} still accepting after exit"
         );
     }

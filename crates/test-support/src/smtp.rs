@@ -58,9 +58,7 @@ struct Running {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -216,10 +214,7 @@ enum Line {
     Eof,
 }
 
-async fn read_line<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    max: usize,
-) -> std::io::Result<Line> {
+async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, max: usize) -> std::io::Result<Line> {
     let mut buf = Vec::new();
     loop {
         let available = reader.fill_buf().await?;
@@ -354,9 +349,7 @@ impl Session {
                     if self.from.is_none() || self.recipients.is_empty() {
                         "503 5.5.1 Need MAIL and RCPT first\r\n".into()
                     } else {
-                        write
-                            .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                            .await?;
+                        write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
                         match self.read_data(&mut reader).await? {
                             None => return Ok(()),
                             Some(data) if data.len() > MAX_MESSAGE => {
@@ -403,10 +396,7 @@ impl Session {
 
     /// Reads the message after `354` up to `CRLF.CRLF`, undoing dot-stuffing.
     /// `None` when the client went away first.
-    async fn read_data<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut BufReader<R>,
-    ) -> std::io::Result<Option<String>> {
+    async fn read_data<R: AsyncRead + Unpin>(&mut self, reader: &mut BufReader<R>) -> std::io::Result<Option<String>> {
         let mut data = String::new();
         loop {
             let line = match read_line(reader, MAX_MESSAGE).await? {
@@ -439,17 +429,14 @@ impl Session {
         let mut words = rest.split_whitespace();
         let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
         let initial = words.next().map(str::to_owned);
-        let mut next_line =
-            async |prompt: &str, reader: &mut BufReader<R>| -> std::io::Result<Option<String>> {
-                write
-                    .write_all(format!("334 {prompt}\r\n").as_bytes())
-                    .await?;
-                Ok(match read_line(reader, MAX_COMMAND).await? {
-                    Line::Text(line) => Some(line.trim_end_matches(['\r', '\n']).to_owned()),
-                    Line::TooLong => Some(String::new()),
-                    Line::Eof => None,
-                })
-            };
+        let mut next_line = async |prompt: &str, reader: &mut BufReader<R>| -> std::io::Result<Option<String>> {
+            write.write_all(format!("334 {prompt}\r\n").as_bytes()).await?;
+            Ok(match read_line(reader, MAX_COMMAND).await? {
+                Line::Text(line) => Some(line.trim_end_matches(['\r', '\n']).to_owned()),
+                Line::TooLong => Some(String::new()),
+                Line::Eof => None,
+            })
+        };
         let user = match mechanism.as_str() {
             "PLAIN" => {
                 let response = match initial.filter(|i| i != "=") {
@@ -480,9 +467,7 @@ impl Session {
                 Some(String::from_utf8_lossy(&decode_base64(user.as_bytes())).into_owned())
             }
             _ => {
-                return Ok(Some(
-                    "504 5.5.4 Unrecognized authentication type\r\n".into(),
-                ));
+                return Ok(Some("504 5.5.4 Unrecognized authentication type\r\n".into()));
             }
         };
         self.auth_user = user;
@@ -593,19 +578,14 @@ impl<'a> Entity<'a> {
             }
             offset += line.len();
         }
-        parts
-            .into_iter()
-            .flat_map(|part| parse_entity(part).leaves())
-            .collect()
+        parts.into_iter().flat_map(|part| parse_entity(part).leaves()).collect()
     }
 }
 
 impl ReceivedMail {
     /// A top-level header, unfolded and with RFC 2047 encoded words decoded.
     pub fn header(&self, name: &str) -> Option<String> {
-        parse_entity(&self.data)
-            .header(name)
-            .map(decode_encoded_words)
+        parse_entity(&self.data).header(name).map(decode_encoded_words)
     }
 
     /// A top-level header as sent (unfolded, encoded words left alone).
@@ -621,16 +601,12 @@ impl ReceivedMail {
     /// The addresses of the `To` header (lower-case not applied), e.g.
     /// `["alice@kiit.ac.in"]` for `To: "Alice" <alice@kiit.ac.in>`.
     pub fn to(&self) -> Vec<String> {
-        self.raw_header("To")
-            .map(|v| addresses(&v))
-            .unwrap_or_default()
+        self.raw_header("To").map(|v| addresses(&v)).unwrap_or_default()
     }
 
     /// The addresses of the `From` header.
     pub fn from_header(&self) -> Vec<String> {
-        self.raw_header("From")
-            .map(|v| addresses(&v))
-            .unwrap_or_default()
+        self.raw_header("From").map(|v| addresses(&v)).unwrap_or_default()
     }
 
     /// The decoded `text/plain` part (the whole decoded body of a
@@ -683,9 +659,7 @@ pub fn token_after(text: &str, marker: &str) -> Option<String> {
     let start = text.find(marker)? + marker.len();
     let token: String = text[start..]
         .chars()
-        .take_while(|c| {
-            !c.is_whitespace() && !matches!(c, '"' | '\'' | '<' | '>' | '&' | ')' | ']')
-        })
+        .take_while(|c| !c.is_whitespace() && !matches!(c, '"' | '\'' | '<' | '>' | '&' | ')' | ']'))
         .collect();
     (!token.is_empty()).then(|| percent_decode(&token))
 }
@@ -892,10 +866,7 @@ mod tests {
             .from("UniLink <noreply@unilink.test>".parse::<Mailbox>().unwrap())
             .to(to.parse::<Mailbox>().unwrap())
             .subject(subject)
-            .multipart(MultiPart::alternative_plain_html(
-                text.to_owned(),
-                html.to_owned(),
-            ))
+            .multipart(MultiPart::alternative_plain_html(text.to_owned(), html.to_owned()))
             .unwrap()
     }
 
@@ -905,9 +876,7 @@ mod tests {
         let token = "AbC-123_xyz".repeat(8);
         let long_link = format!("http://localhost:5173/verify?token={token}");
         // Non-ASCII text and a long line force quoted-printable or base64.
-        let text = format!(
-            "Grüße, Zoë!\n\nOpen {long_link}\n\nYour code: 042917 (valid 10 minutes)\n.leading dot\n"
-        );
+        let text = format!("Grüße, Zoë!\n\nOpen {long_link}\n\nYour code: 042917 (valid 10 minutes)\n.leading dot\n");
         let html = format!("<p>Grüße &amp; hello</p><a href=\"{long_link}\">verify</a>");
         transport(&sink)
             .send(message(
@@ -929,10 +898,7 @@ mod tests {
         assert_eq!(mail.part_types(), vec!["text/plain", "text/html"]);
         assert_eq!(mail.text(), text);
         assert_eq!(mail.html().as_deref(), Some(html.as_str()));
-        assert_eq!(
-            mail.token_after("verify?token=").as_deref(),
-            Some(token.as_str())
-        );
+        assert_eq!(mail.token_after("verify?token=").as_deref(), Some(token.as_str()));
         assert_eq!(mail.digits(6).as_deref(), Some("042917"));
         assert_eq!(mail.auth_user, None);
         assert_eq!(sink.messages_to("ZOE@kiit.ac.in").len(), 1);
@@ -993,9 +959,7 @@ mod tests {
         // An idle connection that is open when the sink stops.
         let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut greeting = [0u8; 64];
-        let n = tokio::io::AsyncReadExt::read(&mut idle, &mut greeting)
-            .await
-            .unwrap();
+        let n = tokio::io::AsyncReadExt::read(&mut idle, &mut greeting).await.unwrap();
         assert!(greeting[..n].starts_with(b"220 "));
 
         sink.stop().await;
@@ -1027,9 +991,7 @@ mod tests {
     #[tokio::test]
     async fn speaks_the_protocol_by_hand() {
         let sink = SmtpSink::start().await;
-        let stream = TcpStream::connect(("127.0.0.1", sink.port()))
-            .await
-            .unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", sink.port())).await.unwrap();
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
         let mut expect = async |send: &str, code: &str| {
@@ -1040,10 +1002,7 @@ mod tests {
                 let Line::Text(line) = read_line(&mut reader, 4096).await.unwrap() else {
                     panic!("connection closed");
                 };
-                assert!(
-                    line.starts_with(code),
-                    "{send:?} answered {line:?}, expected {code}"
-                );
+                assert!(line.starts_with(code), "{send:?} answered {line:?}, expected {code}");
                 if line.as_bytes().get(3) != Some(&b'-') {
                     return line;
                 }
@@ -1073,10 +1032,7 @@ mod tests {
         let mails = sink.messages();
         assert_eq!(mails.len(), 1);
         assert_eq!(mails[0].from, "");
-        assert_eq!(
-            mails[0].recipients,
-            vec!["x@y".to_owned(), "z@y".to_owned()]
-        );
+        assert_eq!(mails[0].recipients, vec!["x@y".to_owned(), "z@y".to_owned()]);
         assert_eq!(mails[0].data, "Subject: hi\r\n\r\n.dot\r\nline\r\n");
         assert_eq!(mails[0].text(), ".dot\nline\n");
     }
@@ -1085,14 +1041,8 @@ mod tests {
     fn helpers_decode_and_extract() {
         assert_eq!(decode_base64(b"aGVsbG8gd29ybGQ="), b"hello world");
         assert_eq!(decode_quoted_printable("a=3Db=\r\nc\r\nd"), b"a=bc\r\nd");
-        assert_eq!(
-            decode_encoded_words("=?utf-8?b?w6k=?= =?utf-8?q?t=C3=A9?= x"),
-            "été x"
-        );
-        assert_eq!(
-            addresses("\"Doe, J\" <j@x.org>, k@y.org"),
-            vec!["j@x.org", "k@y.org"]
-        );
+        assert_eq!(decode_encoded_words("=?utf-8?b?w6k=?= =?utf-8?q?t=C3=A9?= x"), "été x");
+        assert_eq!(addresses("\"Doe, J\" <j@x.org>, k@y.org"), vec!["j@x.org", "k@y.org"]);
         assert_eq!(
             token_after("see http://h/verify?token=a%2Bb_c.\nnext", "verify?token=").as_deref(),
             Some("a+b_c.")

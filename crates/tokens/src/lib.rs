@@ -81,7 +81,10 @@ pub struct PublicKey {
 }
 
 fn kid_of(algorithm: &str, material: &[u8]) -> String {
-    let digest = Sha256::new().chain_update(algorithm.as_bytes()).chain_update(material).finalize();
+    let digest = Sha256::new()
+        .chain_update(algorithm.as_bytes())
+        .chain_update(material)
+        .finalize();
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -213,7 +216,8 @@ impl SigningKeys {
         };
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| TokenError::Key(e.to_string()))?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| TokenError::Key(e.to_string()))?;
         Ok((token, claims))
     }
 
@@ -245,7 +249,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("kids", &self.keys.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Verifier")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -289,7 +295,10 @@ impl Verifier {
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let (algorithm, key) = self.keys.get(&kid).ok_or(TokenError::UnknownKey)?;
         if header.alg != *algorithm {
-            return Err(TokenError::Invalid(format!("algorithm {:?} does not match the key", header.alg)));
+            return Err(TokenError::Invalid(format!(
+                "algorithm {:?} does not match the key",
+                header.alg
+            )));
         }
         let mut validation = Validation::new(*algorithm);
         validation.set_issuer(&[&self.issuer]);

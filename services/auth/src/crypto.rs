@@ -84,7 +84,12 @@ impl PasswordHasher {
             .map_err(|e| AuthError::Internal(format!("argon2: {e}")))?
             .to_string();
         let parsed = PasswordHash::new(&dummy).map_err(|e| AuthError::Internal(format!("argon2: {e}")))?;
-        let prefix = format!("${}$v={}${}", parsed.algorithm, parsed.version.unwrap_or(19), parsed.params);
+        let prefix = format!(
+            "${}$v={}${}",
+            parsed.algorithm,
+            parsed.version.unwrap_or(19),
+            parsed.params
+        );
         Ok(PasswordHasher {
             permits: Arc::new(Semaphore::new(cores)),
             current_prefix: prefix.into(),
@@ -105,9 +110,13 @@ impl PasswordHasher {
 
     pub async fn hash(&self, password: &str) -> Result<String, AuthError> {
         let password = password.to_owned();
-        self.blocking(move || Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()))
-            .await?
-            .map_err(|e| AuthError::Internal(format!("argon2: {e}")))
+        self.blocking(move || {
+            Argon2::default()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+        })
+        .await?
+        .map_err(|e| AuthError::Internal(format!("argon2: {e}")))
     }
 
     /// Checks `password` against `stored` (or, with no account, against a
@@ -118,7 +127,11 @@ impl PasswordHasher {
         let needs_rehash = exists && !hash.starts_with(&format!("{}$", self.current_prefix));
         let password = password.to_owned();
         let matches = self
-            .blocking(move || Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok())
+            .blocking(move || {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), hash.as_str())
+                    .is_ok()
+            })
             .await?;
         Ok(PasswordCheck {
             matches: matches && exists,
@@ -160,7 +173,13 @@ mod tests {
         let hash = hasher.hash("correct horse").await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         let ok = hasher.verify("correct horse", Some(&hash)).await.unwrap();
-        assert_eq!(ok, PasswordCheck { matches: true, needs_rehash: false });
+        assert_eq!(
+            ok,
+            PasswordCheck {
+                matches: true,
+                needs_rehash: false
+            }
+        );
         let bad = hasher.verify("wrong horse", Some(&hash)).await.unwrap();
         assert!(!bad.matches);
         let none = hasher.verify("correct horse", None).await.unwrap();
@@ -175,6 +194,12 @@ mod tests {
         .unwrap()
         .to_string();
         let old = hasher.verify("correct horse", Some(&weak)).await.unwrap();
-        assert_eq!(old, PasswordCheck { matches: true, needs_rehash: true });
+        assert_eq!(
+            old,
+            PasswordCheck {
+                matches: true,
+                needs_rehash: true
+            }
+        );
     }
 }

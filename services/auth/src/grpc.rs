@@ -96,14 +96,19 @@ impl AuthApi for AuthService {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn verify_login_otp(&self, request: Request<VerifyLoginOtpRequest>) -> Result<Response<SessionMessage>, Status> {
+    async fn verify_login_otp(
+        &self,
+        request: Request<VerifyLoginOtpRequest>,
+    ) -> Result<Response<SessionMessage>, Status> {
         let r = request.get_ref();
         Ok(Response::new(self.verify_login_otp(&r.email, &r.otp).await?.into()))
     }
 
     #[tracing::instrument(skip_all)]
     async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<SessionMessage>, Status> {
-        Ok(Response::new(self.refresh(&request.get_ref().refresh_token).await?.into()))
+        Ok(Response::new(
+            self.refresh(&request.get_ref().refresh_token).await?.into(),
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]

@@ -181,14 +181,21 @@ pub async fn use_verification_token(tx: &Transaction<'_>, token_hash: &str) -> R
     let user: Uuid = row.get(0);
     let row = tx
         .query_one(
-            &format!("UPDATE accounts SET is_verified = true, updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"),
+            &format!(
+                "UPDATE accounts SET is_verified = true, updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+            ),
             &[&user],
         )
         .await?;
     Ok(Some(Account::from_row(&row)))
 }
 
-pub async fn replace_otp(tx: &Transaction<'_>, user: UserId, code_hash: &str, expires_at: DateTime<Utc>) -> Result<(), DbError> {
+pub async fn replace_otp(
+    tx: &Transaction<'_>,
+    user: UserId,
+    code_hash: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO login_otps (user_id, code_hash, expires_at) VALUES ($1, $2, $3)
          ON CONFLICT (user_id) DO UPDATE SET code_hash = $2, expires_at = $3, attempts = 0, created_at = now()",
@@ -273,8 +280,11 @@ pub async fn lock_refresh_token(tx: &Transaction<'_>, token_hash: &str) -> Resul
 }
 
 pub async fn mark_refresh_used(tx: &Transaction<'_>, token_hash: &str) -> Result<(), DbError> {
-    tx.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", &[&token_hash])
-        .await?;
+    tx.execute(
+        "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
+        &[&token_hash],
+    )
+    .await?;
     Ok(())
 }
 

@@ -281,7 +281,9 @@ impl AuthService {
             return Err(AuthError::InvalidOtp);
         }
         repo::delete_otp(&tx, account.id).await?;
-        let account = repo::account_in_tx(&tx, account.id).await?.ok_or(AuthError::InvalidOtp)?;
+        let account = repo::account_in_tx(&tx, account.id)
+            .await?
+            .ok_or(AuthError::InvalidOtp)?;
         if !account.is_active {
             return Err(AuthError::Inactive);
         }

@@ -81,37 +81,19 @@ async fn exposes_prometheus_metrics_and_probes() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"grpc_server_handled_total{grpc_method="/unilink.auth.v1.AuthService/GetAccount",grpc_code="NotFound"}"#),
+        metrics.contains(
+            r#"grpc_server_handled_total{grpc_method="/unilink.auth.v1.AuthService/GetAccount",grpc_code="NotFound"}"#
+        ),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("grpc_server_handling_seconds_bucket"),
-        "{metrics}"
-    );
-    assert_eq!(
-        reqwest::get(format!("{base}/livez"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        reqwest::get(format!("{base}/readyz"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert!(metrics.contains("grpc_server_handling_seconds_bucket"), "{metrics}");
+    assert_eq!(reqwest::get(format!("{base}/livez")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{base}/readyz")).await.unwrap().status(), 200);
     service.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
-    assert_stops_cleanly_on_sigterm(
-        env!("CARGO_BIN_EXE_unilink-auth"),
-        db.url(),
-        Duration::from_secs(5),
-    )
-    .await;
+    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-auth"), db.url(), Duration::from_secs(5)).await;
 }

@@ -22,14 +22,8 @@ impl std::fmt::Debug for Upstreams {
 impl Upstreams {
     /// Builds every channel (connections are made lazily, in the background).
     pub fn connect(settings: &UpstreamSettings) -> Result<Upstreams, ChannelError> {
-        let channel = |name, urls: &[String]| {
-            balanced_channel(
-                name,
-                urls,
-                settings.connect_timeout,
-                settings.request_timeout,
-            )
-        };
+        let channel =
+            |name, urls: &[String]| balanced_channel(name, urls, settings.connect_timeout, settings.request_timeout);
         Ok(Upstreams {
             auth: channel("auth", &settings.auth)?,
             profile: channel("profile", &settings.profile)?,

@@ -20,6 +20,12 @@ impl ApiError {
             detail: detail.into(),
         }
     }
+
+    /// A bug on our side: logged, answered with the generic sentence.
+    pub fn internal(what: &str) -> Self {
+        tracing::error!(what, "internal error");
+        ApiError::new(ErrorCode::Internal, ErrorCode::Internal.public_message())
+    }
 }
 
 impl From<tonic::Status> for ApiError {
@@ -66,12 +72,6 @@ mod tests {
         let e = ApiError::from(tonic::Status::unavailable("x"));
         assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
         let e = ApiError::new(ErrorCode::Unauthenticated, "missing token");
-        assert_eq!(
-            e.error_response()
-                .headers()
-                .get("WWW-Authenticate")
-                .unwrap(),
-            "Bearer"
-        );
+        assert_eq!(e.error_response().headers().get("WWW-Authenticate").unwrap(), "Bearer");
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod clients;
 pub mod error;
+pub mod identity;
+pub mod middleware;
 pub mod rest;
 pub mod startup;
 

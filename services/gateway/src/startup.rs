@@ -3,16 +3,27 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::dev::{Server, Service as _};
-use actix_web::{App, HttpServer, web};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers, from_fn};
+use actix_web::{App, HttpResponse, HttpServer, web};
 use futures_util::FutureExt;
 use unilink_bus::Redis;
 use unilink_config::{DatabaseSettings, Settings};
+use unilink_errors::ErrorCode;
 use unilink_grpc::process::Command;
 
 use crate::clients::Upstreams;
+use crate::error::ApiError;
+use crate::identity::KeyStore;
+use crate::middleware::client_ip::TrustedProxies;
+use crate::middleware::cors::OriginPolicy;
+use crate::middleware::edge::Edge;
+use crate::middleware::rate_limit::RateLimiter;
 use crate::rest;
 use crate::rest::health::HealthChecker;
 
@@ -27,6 +38,110 @@ pub enum GatewayError {
     Database(#[from] unilink_db::DbError),
     #[error(transparent)]
     Redis(#[from] unilink_bus::BusError),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// JSON bodies: at most [`MAX_BODY_BYTES`], every failure a `{"detail"}` answer.
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(|err, _req| {
+            use actix_web::error::JsonPayloadError;
+            let api = match &err {
+                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than 1 MiB")
+                }
+                JsonPayloadError::ContentType => ApiError::new(
+                    ErrorCode::BadRequest,
+                    "expected a JSON body (Content-Type: application/json)",
+                ),
+                JsonPayloadError::Deserialize(e) => {
+                    ApiError::new(ErrorCode::BadRequest, format!("invalid JSON body: {e}"))
+                }
+                other => ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {other}")),
+            };
+            api.into()
+        })
+}
+
+/// Headers every answer carries.
+fn security_headers(production: bool) -> DefaultHeaders {
+    let headers = DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"))
+        .add(("Permissions-Policy", "camera=(), microphone=(), geolocation=()"))
+        .add(("Cache-Control", "no-store"));
+    if production {
+        headers.add(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
+    } else {
+        headers
+    }
+}
+
+/// Turns any error answer that is not JSON yet (405, 413 from the payload
+/// limit, …) into `{"detail": …}`, keeping its status and headers.
+fn json_error_body<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let detail = match status.as_u16() {
+        405 => "method not allowed".to_owned(),
+        413 => "request body is larger than 1 MiB".to_owned(),
+        _ => status.canonical_reason().unwrap_or("request failed").to_lowercase(),
+    };
+    let (req, original) = res.into_parts();
+    let mut response: HttpResponse<BoxBody> = HttpResponse::build(status).json(serde_json::json!({ "detail": detail }));
+    for (name, value) in original.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(req, response).map_into_right_body(),
+    ))
+}
+
+/// `http_requests_total{method,route,status}` and `http_request_duration_seconds`
+/// by route template (never raw ids).
+fn record_http_metrics<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> impl Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + use<S, B>
+where
+    S: actix_web::dev::Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+{
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    srv.call(req).map(move |result| {
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        metrics::counter!(
+            "http_requests_total",
+            "method" => method.clone(),
+            "route" => route.clone(),
+            "status" => status.to_string()
+        )
+        .increment(1);
+        metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
+            .record(started.elapsed().as_secs_f64());
+        result
+    })
 }
 
 /// The gateway, bound and ready to run.
@@ -38,9 +153,7 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("Application").field("addr", &self.addr).finish()
     }
 }
 
@@ -60,47 +173,54 @@ impl Application {
         let checker = web::Data::new(HealthChecker {
             db,
             redis: redis.clone(),
-            upstreams,
+            upstreams: upstreams.clone(),
         });
+        let keys = Arc::new(KeyStore::new(upstreams.auth.clone(), redis.clone()));
+        if let Err(e) = keys.refresh().await {
+            // Not fatal: keys are fetched on the first authenticated request.
+            tracing::warn!(detail = %e.detail, "verification keys not loaded yet");
+        }
+        let edge = web::Data::new(Edge {
+            keys,
+            limiter: Arc::new(RateLimiter::new(redis.clone())),
+            proxies: TrustedProxies::parse(&settings.trusted_proxies).map_err(GatewayError::Config)?,
+            auth_limit: settings.rate_limit_auth,
+            api_limit: settings.rate_limit_api,
+        });
+        let upstreams = web::Data::new(upstreams);
+        let origins = OriginPolicy::new(&settings.allowed_origins);
+        let production = settings.environment.is_production();
 
         let listener = TcpListener::bind(settings.listen.http_addr)?;
         let addr = listener.local_addr()?;
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap_fn(|req, srv| {
-                    let method = req.method().to_string();
-                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-                    let started = Instant::now();
-                    srv.call(req).map(move |result| {
-                        let status = match &result {
-                            Ok(response) => response.status().as_u16(),
-                            Err(e) => e.as_response_error().status_code().as_u16(),
-                        };
-                        metrics::counter!(
-                            "http_requests_total",
-                            "method" => method.clone(),
-                            "route" => route.clone(),
-                            "status" => status.to_string()
-                        )
-                        .increment(1);
-                        metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-                            .record(started.elapsed().as_secs_f64());
-                        result
-                    })
-                })
-                .app_data(checker.clone())
-                .configure(rest::configure)
-                .default_service(web::to(rest::not_found))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
-        .run();
-        Ok(Application {
-            server,
-            addr,
-            redis,
-        })
+        let server =
+            HttpServer::new(move || {
+                App::new()
+                    .app_data(checker.clone())
+                    .app_data(upstreams.clone())
+                    .app_data(edge.clone())
+                    .app_data(json_config())
+                    .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                    .app_data(web::PathConfig::default().error_handler(|e, _| {
+                        ApiError::new(ErrorCode::BadRequest, format!("invalid path: {e}")).into()
+                    }))
+                    .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                        ApiError::new(ErrorCode::BadRequest, format!("invalid query: {e}")).into()
+                    }))
+                    .wrap(from_fn(crate::middleware::edge::edge))
+                    .wrap_fn(record_http_metrics)
+                    .wrap(security_headers(production))
+                    .wrap(ErrorHandlers::new().default_handler(json_error_body))
+                    .wrap(origins.middleware())
+                    .wrap(from_fn(crate::middleware::request_id::request_id))
+                    .configure(rest::configure)
+                    .default_service(web::to(rest::not_found))
+            })
+            .listen(listener)?
+            .disable_signals()
+            .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
+            .run();
+        Ok(Application { server, addr, redis })
     }
 
     pub fn port(&self) -> u16 {
@@ -113,10 +233,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (up to `SHUTDOWN_GRACE_SECONDS`) and returns.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let Application { server, redis, .. } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
@@ -143,9 +260,7 @@ pub async fn main(version: &'static str) -> ExitCode {
                 Ok(())
             }
             Command::Serve => {
-                let app = Application::build(settings)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let app = Application::build(settings).await.map_err(|e| e.to_string())?;
                 tracing::info!(addr = %app.addr(), "gateway listening");
                 app.run_until_stopped(unilink_grpc::shutdown_signal())
                     .await

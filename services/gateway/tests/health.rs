@@ -91,12 +91,7 @@ async fn index_metrics_and_unknown_routes() {
     assert_eq!(body["health"], "/health");
     assert!(body["message"].as_str().unwrap().contains("UniLink"));
 
-    let livez = gateway
-        .http
-        .get(gateway.url("/livez"))
-        .send()
-        .await
-        .unwrap();
+    let livez = gateway.http.get(gateway.url("/livez")).send().await.unwrap();
     assert_eq!(livez.status(), 200);
 
     let (status, body) = gateway.get("/no/such/route").await;

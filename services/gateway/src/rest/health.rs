@@ -42,9 +42,7 @@ pub struct HealthReport {
 
 async fn service_status(channel: GrpcChannel) -> &'static str {
     let mut client = HealthClient::new(channel);
-    let check = client.check(HealthCheckRequest {
-        service: String::new(),
-    });
+    let check = client.check(HealthCheckRequest { service: String::new() });
     match tokio::time::timeout(PROBE_TIMEOUT, check).await {
         Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32 => "serving",
         Ok(Ok(_)) => "not_serving",
@@ -87,18 +85,9 @@ impl HealthChecker {
         if redis != "connected" {
             down.push("redis");
         }
-        down.extend(
-            services
-                .iter()
-                .filter(|(_, s)| *s != "serving")
-                .map(|(name, _)| *name),
-        );
+        down.extend(services.iter().filter(|(_, s)| *s != "serving").map(|(name, _)| *name));
         HealthReport {
-            status: if down.is_empty() {
-                "healthy"
-            } else {
-                "degraded"
-            },
+            status: if down.is_empty() { "healthy" } else { "degraded" },
             database,
             redis,
             services: services.into_iter().collect(),

@@ -1,7 +1,9 @@
 //! The public REST routes.
 
+pub mod auth;
 pub mod health;
 pub mod index;
+pub mod users;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use unilink_errors::ErrorCode;
@@ -13,7 +15,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(index::index))
         .route("/health", web::get().to(health::health))
         .route("/livez", web::get().to(livez))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/auth/register", web::post().to(auth::register))
+        .route("/auth/verify-email", web::post().to(auth::verify_email))
+        .route("/auth/resend-verification", web::post().to(auth::resend_verification))
+        .route("/auth/login", web::post().to(auth::login))
+        .route("/auth/login/verify-otp", web::post().to(auth::verify_otp))
+        .route("/auth/refresh", web::post().to(auth::refresh))
+        .route("/auth/logout", web::post().to(auth::logout));
 }
 
 /// Liveness: the process answers. Never depends on PostgreSQL or Redis, so
@@ -29,7 +38,7 @@ async fn metrics() -> HttpResponse {
         .body(unilink_telemetry::metrics_handle().render())
 }
 
-/// Unknown routes (and wrong methods) answer JSON like every other error.
+/// Unknown routes answer JSON like every other error.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         ErrorCode::NotFound,

@@ -6,11 +6,13 @@
 use std::time::Duration;
 
 use unilink_test_support::service::{RunningService, spawn};
-use unilink_test_support::{TestDatabase, settings, unique_prefix};
+use unilink_test_support::smtp::{ReceivedMail, SmtpSink};
+use unilink_test_support::{TestDatabase, eventually, settings, unique_prefix};
 
 pub struct Fleet {
     pub db: TestDatabase,
     pub prefix: String,
+    pub smtp: SmtpSink,
     pub auth: RunningService,
     pub profile: RunningService,
     pub signaling: RunningService,
@@ -19,9 +21,24 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start() -> Fleet {
+        Fleet::start_with(&[]).await
+    }
+
+    /// The fleet with extra settings for every service (later entries win).
+    pub async fn start_with(extra: &[(&str, &str)]) -> Fleet {
         let db = TestDatabase::create().await;
         let prefix = unique_prefix();
-        let s = settings(&db, &prefix, &[]);
+        let smtp = SmtpSink::start().await;
+        let port = smtp.port().to_string();
+        let mut vars = vec![
+            ("SMTP_SERVER", "127.0.0.1"),
+            ("SMTP_PORT", port.as_str()),
+            ("FRONTEND_URL", "http://localhost:5173"),
+            ("RATE_LIMIT_AUTH", "100000"),
+            ("RATE_LIMIT_API", "100000"),
+        ];
+        vars.extend_from_slice(extra);
+        let s = settings(&db, &prefix, &vars);
         // Started as tasks, concurrently; awaiting them keeps this future small.
         let auth = tokio::spawn(spawn::<unilink_auth::Auth>(s.clone()));
         let profile = tokio::spawn(spawn::<unilink_profile::Profiles>(s.clone()));
@@ -36,6 +53,7 @@ impl Fleet {
         Fleet {
             db,
             prefix,
+            smtp,
             auth,
             profile,
             signaling,
@@ -43,19 +61,31 @@ impl Fleet {
         }
     }
 
+    /// Waits for the `n`-th mail to `address` and returns it.
+    pub async fn mail(&self, address: &str, n: usize) -> ReceivedMail {
+        let smtp = &self.smtp;
+        eventually(
+            &format!("mail #{n} to {address}"),
+            Duration::from_secs(20),
+            || async move {
+                let mails = smtp.messages_to(address);
+                (mails.len() >= n).then(|| mails[n - 1].clone())
+            },
+        )
+        .await
+    }
+
     /// Gateway variables pointing at this fleet, then `overrides`.
     pub fn gateway_vars(&self, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = vec![
+            ("RATE_LIMIT_AUTH".into(), "100000".into()),
+            ("RATE_LIMIT_API".into(), "100000".into()),
             ("AUTH_GRPC_URL".into(), self.auth.url()),
             ("PROFILE_GRPC_URL".into(), self.profile.url()),
             ("SIGNALING_GRPC_URL".into(), self.signaling.url()),
             ("NOTIFICATION_GRPC_URL".into(), self.notification.url()),
         ];
-        vars.extend(
-            overrides
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         vars
     }
 
@@ -93,6 +123,59 @@ pub struct Gateway {
 impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn post_bearer(&self, path: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(self.http.post(self.url(path)).bearer_auth(token).json(&body))
+            .await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
+    /// Registers, verifies by the emailed link and logs in with the emailed
+    /// code; returns the token answer of the login.
+    pub async fn sign_up_and_log_in(&self, fleet: &Fleet, email: &str, username: &str) -> serde_json::Value {
+        let (status, body) = self
+            .post(
+                "/auth/register",
+                serde_json::json!({"email": email, "username": username, "full_name": "Test User", "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let mail = fleet.mail(email, 1).await;
+        let token = mail
+            .token_after("verify?token=")
+            .expect("verification link in the mail");
+        let (status, body) = self
+            .post("/auth/verify-email", serde_json::json!({ "token": token }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = self
+            .post(
+                "/auth/login",
+                serde_json::json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let mail = fleet.mail(email, 2).await;
+        let otp = mail.digits(6).expect("code in the mail");
+        let (status, body) = self
+            .post(
+                "/auth/login/verify-otp",
+                serde_json::json!({"email": email, "otp": otp}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {

@@ -1,0 +1,161 @@
+//! Who is calling: access tokens verified at the edge, with keys obtained
+//! from auth over gRPC (cached; fetched again when a token names an unknown
+//! `kid`, so keys rotate without a restart), plus the revocation list in Redis.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::{Ready, ready};
+use tokio::sync::{Mutex, RwLock};
+use unilink_bus::Redis;
+use unilink_domain::UserId;
+use unilink_errors::ErrorCode;
+use unilink_grpc::GrpcChannel;
+use unilink_proto::auth::GetVerificationKeysRequest;
+use unilink_proto::auth::auth_service_client::AuthServiceClient;
+use unilink_tokens::{Claims, PublicKey, TokenError, Verifier};
+
+use crate::error::ApiError;
+
+/// Keys are fetched again at most this often when unknown kids show up.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// Deadline of the revocation lookup.
+const REVOCATION_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// The verified caller.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user_id: UserId,
+    pub claims: Claims,
+}
+
+/// The access-token verifier and the keys behind it.
+#[derive(Debug)]
+pub struct KeyStore {
+    auth: GrpcChannel,
+    redis: Redis,
+    verifier: RwLock<Option<Arc<Verifier>>>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl KeyStore {
+    pub fn new(auth: GrpcChannel, redis: Redis) -> KeyStore {
+        KeyStore {
+            auth,
+            redis,
+            verifier: RwLock::new(None),
+            last_fetch: Mutex::new(None),
+        }
+    }
+
+    /// Fetches the keys from auth (no more often than [`REFRESH_INTERVAL`]).
+    pub async fn refresh(&self) -> Result<(), ApiError> {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let answer = AuthServiceClient::new(self.auth.clone())
+            .get_verification_keys(GetVerificationKeysRequest {})
+            .await
+            .map_err(ApiError::from)?
+            .into_inner();
+        let keys = answer
+            .keys
+            .into_iter()
+            .map(|k| PublicKey {
+                kid: k.kid,
+                algorithm: k.algorithm,
+                material: k.material,
+            })
+            .collect();
+        let verifier = Verifier::new(keys, &answer.issuer, &answer.audience).map_err(|e| {
+            tracing::error!(error = %e, "auth handed out keys that cannot be loaded");
+            ApiError::new(ErrorCode::Unavailable, ErrorCode::Unavailable.public_message())
+        })?;
+        *self.verifier.write().await = Some(Arc::new(verifier));
+        tracing::info!("access-token verification keys loaded");
+        Ok(())
+    }
+
+    /// Verifies a bearer token: signature, expiry, issuer, audience, revocation.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, ApiError> {
+        let unauthorized = |detail: &str| ApiError::new(ErrorCode::Unauthenticated, detail);
+        let kid = Verifier::kid_of(token)
+            .map_err(|_| unauthorized("malformed access token"))?
+            .ok_or_else(|| unauthorized("access token has no key id"))?;
+        let known = self.verifier.read().await.as_ref().is_some_and(|v| v.knows(&kid));
+        if !known {
+            self.refresh().await?;
+        }
+        let verifier = self
+            .verifier
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, ErrorCode::Unavailable.public_message()))?;
+        let claims = verifier.verify(token).map_err(|e| match e {
+            TokenError::Expired => unauthorized("access token has expired"),
+            TokenError::UnknownKey => unauthorized("access token is signed with an unknown key"),
+            _ => unauthorized("invalid access token"),
+        })?;
+        let user_id = claims.user_id().map_err(|_| unauthorized("invalid access token"))?;
+        match self
+            .redis
+            .exists(&unilink_tokens::revoked_jti_key(&claims.jti), REVOCATION_TIMEOUT)
+            .await
+        {
+            Ok(true) => return Err(unauthorized("access token has been revoked")),
+            Ok(false) => {}
+            Err(e) => {
+                // Fail open: tokens are short-lived, and a Redis outage must not log everyone out.
+                tracing::warn!(error = %e, "revocation check unavailable");
+                metrics::counter!("token_revocation_check_failed_total").increment(1);
+            }
+        }
+        Ok(Identity { user_id, claims })
+    }
+}
+
+/// The bearer token of a request, if any: `Authorization: Bearer <token>`.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// What the authentication middleware found out about a request.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Anonymous,
+    Authenticated(Identity),
+    Rejected(ErrorCode, String),
+}
+
+/// Extractor for routes that need a verified caller: 401 with
+/// `WWW-Authenticate: Bearer` otherwise.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Identity);
+
+impl FromRequest for Authenticated {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let caller = req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous);
+        ready(match caller {
+            Caller::Authenticated(identity) => Ok(Authenticated(identity)),
+            Caller::Anonymous => Err(ApiError::new(ErrorCode::Unauthenticated, "not authenticated")),
+            Caller::Rejected(code, detail) => Err(ApiError::new(code, detail)),
+        })
+    }
+}

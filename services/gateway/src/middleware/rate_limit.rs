@@ -1,0 +1,86 @@
+//! Fixed-window rate limits kept in Redis, so they hold across gateway
+//! replicas; a per-process window takes over while Redis is unreachable
+//! (counted in `rate_limit_fallback_total`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use unilink_bus::Redis;
+
+/// Length of a window.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Deadline of the Redis count; beyond it the local window decides.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The verdict for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset: u64,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    redis: Redis,
+    local: Mutex<HashMap<String, (u64, u32)>>,
+}
+
+fn now_secs() -> u64 {
+    unilink_tokens::now()
+}
+
+impl RateLimiter {
+    pub fn new(redis: Redis) -> RateLimiter {
+        RateLimiter {
+            redis,
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a hit of `who` in `scope` against `limit` per window.
+    pub async fn hit(&self, scope: &'static str, who: &str, limit: u32) -> Decision {
+        let now = now_secs();
+        let window = now / WINDOW.as_secs();
+        let reset = (window + 1) * WINDOW.as_secs() - now;
+        let key = format!("rl:{scope}:{who}:{window}");
+        let count = match self
+            .redis
+            .incr_window(&key, WINDOW + Duration::from_secs(5), REDIS_TIMEOUT)
+            .await
+        {
+            Ok(count) => u64::try_from(count).unwrap_or(u64::MAX),
+            Err(e) => {
+                tracing::debug!(error = %e, "rate limit falls back to this replica's window");
+                metrics::counter!("rate_limit_fallback_total", "scope" => scope).increment(1);
+                self.local_hit(&key, window)
+            }
+        };
+        let allowed = count <= u64::from(limit);
+        if !allowed {
+            metrics::counter!("rate_limit_hits_total", "scope" => scope).increment(1);
+        }
+        Decision {
+            allowed,
+            limit,
+            remaining: u32::try_from(u64::from(limit).saturating_sub(count)).unwrap_or(0),
+            reset,
+        }
+    }
+
+    fn local_hit(&self, key: &str, window: u64) -> u64 {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if local.len() > 100_000 {
+            local.retain(|_, (w, _)| *w == window);
+        }
+        let entry = local.entry(key.to_owned()).or_insert((window, 0));
+        if entry.0 != window {
+            *entry = (window, 0);
+        }
+        entry.1 += 1;
+        u64::from(entry.1)
+    }
+}
