@@ -154,10 +154,7 @@ impl Email {
             .to(to)
             .subject(self.subject.clone())
             .message_id(Some(format!("<{event_id}@{}>", from.email.domain())))
-            .multipart(MultiPart::alternative_plain_html(
-                self.text.clone(),
-                self.html.clone(),
-            ))
+            .multipart(MultiPart::alternative_plain_html(self.text.clone(), self.html.clone()))
             .map_err(|e| ComposeError::Message(e.to_string()))
     }
 }
@@ -281,18 +278,12 @@ mod tests {
         let id = EventId::new();
         let raw = String::from_utf8(email.to_message(&from, id).unwrap().formatted()).unwrap();
         assert!(raw.contains("multipart/alternative"), "{raw}");
-        assert!(
-            raw.contains(&format!("Message-ID: <{id}@unilink.app>")),
-            "{raw}"
-        );
+        assert!(raw.contains(&format!("Message-ID: <{id}@unilink.app>")), "{raw}");
         let bad = Email {
             to: "not an address".into(),
             ..email
         };
-        assert!(matches!(
-            bad.to_message(&from, id),
-            Err(ComposeError::Recipient(_))
-        ));
+        assert!(matches!(bad.to_message(&from, id), Err(ComposeError::Recipient(_))));
     }
 
     #[test]

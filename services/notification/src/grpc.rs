@@ -2,9 +2,7 @@
 
 use tonic::{Request, Response, Status};
 use unilink_domain::EventId;
-use unilink_proto::notification::notification_service_server::{
-    NotificationService, NotificationServiceServer,
-};
+use unilink_proto::notification::notification_service_server::{NotificationService, NotificationServiceServer};
 use unilink_proto::notification::{
     Delivery as DeliveryMessage, DeliveryStatus as DeliveryStatusMessage, GetDeliveryRequest,
 };
@@ -39,10 +37,7 @@ impl From<Delivery> for DeliveryMessage {
 #[tonic::async_trait]
 impl NotificationService for DeliveryService {
     #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id))]
-    async fn get_delivery(
-        &self,
-        request: Request<GetDeliveryRequest>,
-    ) -> Result<Response<DeliveryMessage>, Status> {
+    async fn get_delivery(&self, request: Request<GetDeliveryRequest>) -> Result<Response<DeliveryMessage>, Status> {
         let id = EventId::parse(&request.get_ref().event_id).map_err(NotificationError::from)?;
         Ok(Response::new(self.get_delivery(id).await?.into()))
     }

@@ -49,8 +49,7 @@ impl BackendService for Notification {
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
         // Refuse to start on mail settings the worker could not use.
         worker::EmailWorker::new(resources).map_err(StartupError::Other)?;
-        let core =
-            service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
+        let core = service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
         Ok(tonic::service::Routes::new(grpc::server(core)))
     }
 

@@ -29,10 +29,7 @@ pub enum Mailer {
     },
     /// Development without an SMTP server: log, and write `<event id>.eml`
     /// into `dir` when set.
-    Outbox {
-        dir: Option<PathBuf>,
-        log_body: bool,
-    },
+    Outbox { dir: Option<PathBuf>, log_body: bool },
 }
 
 impl std::fmt::Debug for Mailer {
@@ -107,8 +104,7 @@ impl Mailer {
             .tls(tls)
             .timeout(Some(smtp.timeout));
         if let (Some(user), Some(password)) = (&smtp.user, &smtp.password) {
-            builder =
-                builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+            builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
         }
         Ok(Mailer::Smtp {
             transport: builder.build(),
@@ -118,12 +114,7 @@ impl Mailer {
 
     /// Hands the message over: `Ok` once the SMTP server accepted it (or, in
     /// outbox mode, once it was logged and written).
-    pub async fn send(
-        &self,
-        event_id: EventId,
-        email: &Email,
-        message: Message,
-    ) -> Result<(), SendError> {
+    pub async fn send(&self, event_id: EventId, email: &Email, message: Message) -> Result<(), SendError> {
         match self {
             Mailer::Smtp { transport, timeout } => {
                 // lettre's timeout covers each network step; this bounds the whole.

@@ -120,12 +120,7 @@ impl DeliveryRepository {
             .execute(
                 "INSERT INTO deliveries (event_id, event_type, channel, recipient)
                  VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-                &[
-                    &id,
-                    &delivery.event_type,
-                    &delivery.channel,
-                    &delivery.recipient,
-                ],
+                &[&id, &delivery.event_type, &delivery.channel, &delivery.recipient],
             )
             .await
             .map_err(DbError::from)?;
@@ -173,11 +168,7 @@ impl DeliveryRepository {
 
     /// Records an event that can never be delivered (malformed payload,
     /// invalid address), unless it was delivered already.
-    pub async fn mark_failed(
-        &self,
-        delivery: NewDelivery<'_>,
-        error: &str,
-    ) -> Result<(), NotificationError> {
+    pub async fn mark_failed(&self, delivery: NewDelivery<'_>, error: &str) -> Result<(), NotificationError> {
         let client = self.db.get().await.map_err(DbError::from)?;
         client
             .execute(

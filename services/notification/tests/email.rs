@@ -8,9 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use unilink_bus::Redis;
 use unilink_config::Settings;
-use unilink_events::payload::{
-    USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED,
-};
+use unilink_events::payload::{USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED};
 use unilink_events::{Event, stream_of};
 use unilink_notification::Notification;
 use unilink_test_support::service::{RunningService, spawn};
@@ -134,11 +132,7 @@ fn otp_event(email: &str, otp: &str) -> Event {
 
 fn random_token() -> String {
     // Like auth's: base64url, at least 128 bits.
-    format!(
-        "{}-{}_x",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    )
+    format!("{}-{}_x", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 fn mails_to(mails: &[ReceivedMail], address: &str) -> usize {
@@ -153,8 +147,7 @@ fn mails_to(mails: &[ReceivedMail], address: &str) -> usize {
 async fn flush(h: &Harness, sink: &SmtpSink) -> Vec<ReceivedMail> {
     let before = sink.messages().len();
     let marker = format!("marker-{}@kiit.ac.in", uuid::Uuid::new_v4().simple());
-    h.append(&verification_event(&marker, &random_token()))
-        .await;
+    h.append(&verification_event(&marker, &random_token())).await;
     let mails = sink.wait_for(before + 1, WAIT).await;
     assert_eq!(mails_to(&mails, &marker), 1);
     mails
@@ -178,14 +171,8 @@ async fn verification_event_sends_one_mail_with_link_and_token() {
     assert_eq!(mail.part_types(), vec!["text/plain", "text/html"]);
     assert!(mail.subject().unwrap().contains("Verify"));
     let text = mail.text();
-    assert!(
-        text.contains(&format!("{FRONTEND_URL}/verify?token={token}")),
-        "{text}"
-    );
-    assert_eq!(
-        mail.token_after("verify?token=").as_deref(),
-        Some(token.as_str())
-    );
+    assert!(text.contains(&format!("{FRONTEND_URL}/verify?token={token}")), "{text}");
+    assert_eq!(mail.token_after("verify?token=").as_deref(), Some(token.as_str()));
     assert!(
         text.lines().any(|l| l.trim() == token),
         "the token itself is in the body: {text}"
@@ -269,17 +256,11 @@ async fn events_appended_while_the_service_is_down_are_delivered_once_on_restart
     let event = verification_event("late@kiit.ac.in", &token);
     h.append(&event).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        sink.messages().is_empty(),
-        "nothing is sent while the service is down"
-    );
+    assert!(sink.messages().is_empty(), "nothing is sent while the service is down");
 
     let service = h.start(Some(&sink), &[]).await;
     let mails = sink.wait_for(1, WAIT).await;
-    assert_eq!(
-        mails[0].token_after("verify?token=").as_deref(),
-        Some(token.as_str())
-    );
+    assert_eq!(mails[0].token_after("verify?token=").as_deref(), Some(token.as_str()));
     h.ledger_delivered(&event).await;
     let mails = flush(&h, &sink).await;
     assert_eq!(mails_to(&mails, "late@kiit.ac.in"), 1);
@@ -302,10 +283,7 @@ async fn mail_is_delivered_once_the_smtp_server_is_back() {
     assert_eq!(failed.status, "pending");
     assert!(!failed.has_delivered_at);
     let error = failed.last_error.expect("the failure is recorded");
-    assert!(
-        !error.contains("314159"),
-        "no secrets in last_error: {error}"
-    );
+    assert!(!error.contains("314159"), "no secrets in last_error: {error}");
     assert!(sink.messages().is_empty());
 
     sink.restart().await;
@@ -322,8 +300,7 @@ async fn mail_is_delivered_once_the_smtp_server_is_back() {
 #[tokio::test]
 async fn without_smtp_server_mails_are_written_to_the_outbox_folder() {
     let h = Harness::new().await;
-    let dir =
-        std::env::temp_dir().join(format!("unilink-outbox-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!("unilink-outbox-{}", uuid::Uuid::new_v4().simple()));
     let dir_text = dir.to_str().unwrap().to_owned();
     let service = h.start(None, &[("EMAIL_OUTBOX_DIR", &dir_text)]).await;
 
@@ -344,10 +321,7 @@ async fn without_smtp_server_mails_are_written_to_the_outbox_folder() {
         auth_user: None,
     };
     assert_eq!(mail.to(), vec!["dev@kiit.ac.in".to_owned()]);
-    assert_eq!(
-        mail.token_after("verify?token=").as_deref(),
-        Some(token.as_str())
-    );
+    assert_eq!(mail.token_after("verify?token=").as_deref(), Some(token.as_str()));
     assert!(mail.html().is_some());
     let ledger = h.ledger_delivered(&event).await;
     assert_eq!(ledger.attempts, 1);
@@ -380,10 +354,7 @@ async fn other_events_are_ignored_and_malformed_ones_do_not_block_the_stream() {
         h.ledger(&registered).await.is_none(),
         "other events are not in the ledger"
     );
-    let failed = h
-        .ledger(&malformed)
-        .await
-        .expect("malformed event recorded");
+    let failed = h.ledger(&malformed).await.expect("malformed event recorded");
     assert_eq!(failed.status, "failed");
     assert!(failed.last_error.unwrap().contains("payload"));
     let failed = h.ledger(&bad_address).await.expect("bad address recorded");

@@ -22,9 +22,7 @@ async fn serves_deliveries_on_port_zero() {
         )
         .await
         .unwrap();
-    let mut client = NotificationServiceClient::connect(service.url())
-        .await
-        .unwrap();
+    let mut client = NotificationServiceClient::connect(service.url()).await.unwrap();
     let delivery = client
         .get_delivery(GetDeliveryRequest {
             event_id: id.to_string(),
