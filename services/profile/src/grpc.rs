@@ -2,9 +2,7 @@
 
 use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
-use unilink_proto::profile::profile_service_server::{
-    ProfileService as ProfileApi, ProfileServiceServer,
-};
+use unilink_proto::profile::profile_service_server::{ProfileService as ProfileApi, ProfileServiceServer};
 use unilink_proto::profile::{GetProfileRequest, Profile as ProfileMessage};
 
 use crate::error::ProfileError;
@@ -32,10 +30,7 @@ impl From<Profile> for ProfileMessage {
 #[tonic::async_trait]
 impl ProfileApi for ProfileService {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
-    async fn get_profile(
-        &self,
-        request: Request<GetProfileRequest>,
-    ) -> Result<Response<ProfileMessage>, Status> {
+    async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileMessage>, Status> {
         let id = UserId::parse(&request.get_ref().user_id).map_err(ProfileError::from)?;
         Ok(Response::new(self.get_profile(id).await?.into()))
     }

@@ -17,9 +17,6 @@ impl ProfileService {
 
     /// The profile of this user.
     pub async fn get_profile(&self, user_id: UserId) -> Result<Profile, ProfileError> {
-        self.profiles
-            .find(user_id)
-            .await?
-            .ok_or(ProfileError::ProfileNotFound)
+        self.profiles.find(user_id).await?.ok_or(ProfileError::ProfileNotFound)
     }
 }

@@ -30,10 +30,7 @@ async fn serves_profiles_on_port_zero() {
         .unwrap()
         .into_inner();
     assert_eq!(profile.username, "ada");
-    assert_eq!(
-        profile.bio, "<script>x</script>",
-        "stored text comes back verbatim"
-    );
+    assert_eq!(profile.bio, "<script>x</script>", "stored text comes back verbatim");
     assert_eq!(profile.profile_picture, None);
 
     let missing = client
@@ -44,9 +41,7 @@ async fn serves_profiles_on_port_zero() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     let invalid = client
-        .get_profile(GetProfileRequest {
-            user_id: String::new(),
-        })
+        .get_profile(GetProfileRequest { user_id: String::new() })
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
@@ -56,10 +51,5 @@ async fn serves_profiles_on_port_zero() {
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
-    assert_stops_cleanly_on_sigterm(
-        env!("CARGO_BIN_EXE_unilink-profile"),
-        db.url(),
-        Duration::from_secs(5),
-    )
-    .await;
+    assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-profile"), db.url(), Duration::from_secs(5)).await;
 }
