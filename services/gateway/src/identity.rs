@@ -20,7 +20,7 @@ use unilink_tokens::{Claims, PublicKey, TokenError, Verifier};
 use crate::error::ApiError;
 
 /// Keys are fetched again at most this often when unknown kids show up.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 /// Deadline of the revocation lookup.
 const REVOCATION_TIMEOUT: Duration = Duration::from_millis(250);
 

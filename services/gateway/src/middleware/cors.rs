@@ -39,7 +39,7 @@ impl OriginPolicy {
 
     pub fn allows(&self, origin: &str) -> bool {
         let origin = origin.to_ascii_lowercase();
-        if self.any || self.exact.iter().any(|o| *o == origin) {
+        if self.any || self.exact.contains(&origin) {
             return true;
         }
         self.wildcard.iter().any(|(scheme, suffix)| {

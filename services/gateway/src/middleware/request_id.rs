@@ -27,7 +27,7 @@ pub async fn request_id(
         .get(&HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| well_formed(v))
-        .map_or_else(|| uuid_v4(), str::to_owned);
+        .map_or_else(uuid_v4, str::to_owned);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "http.request",
