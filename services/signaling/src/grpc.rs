@@ -2,12 +2,8 @@
 
 use tonic::{Request, Response, Status};
 use unilink_domain::CallId;
-use unilink_proto::signaling::signaling_service_server::{
-    SignalingService, SignalingServiceServer,
-};
-use unilink_proto::signaling::{
-    Call as CallMessage, CallStatus as CallStatusMessage, GetCallRequest,
-};
+use unilink_proto::signaling::signaling_service_server::{SignalingService, SignalingServiceServer};
+use unilink_proto::signaling::{Call as CallMessage, CallStatus as CallStatusMessage, GetCallRequest};
 
 use crate::error::SignalingError;
 use crate::repo::{Call, CallStatus};
@@ -49,10 +45,7 @@ impl From<Call> for CallMessage {
 #[tonic::async_trait]
 impl SignalingService for CallService {
     #[tracing::instrument(skip_all, fields(call_id = %request.get_ref().call_id))]
-    async fn get_call(
-        &self,
-        request: Request<GetCallRequest>,
-    ) -> Result<Response<CallMessage>, Status> {
+    async fn get_call(&self, request: Request<GetCallRequest>) -> Result<Response<CallMessage>, Status> {
         let id = CallId::parse(&request.get_ref().call_id).map_err(SignalingError::from)?;
         Ok(Response::new(self.get_call(id).await?.into()))
     }

@@ -64,8 +64,7 @@ impl Call {
             id,
             initiator_id: UserId::from(row.get::<_, Uuid>("initiator_id")),
             receiver_id: UserId::from(row.get::<_, Uuid>("receiver_id")),
-            status: CallStatus::parse(&status)
-                .ok_or_else(|| SignalingError::CorruptStatus(id.to_string(), status))?,
+            status: CallStatus::parse(&status).ok_or_else(|| SignalingError::CorruptStatus(id.to_string(), status))?,
             call_token: row.get("call_token"),
             created_at: row.get("created_at"),
             started_at: row.get("started_at"),

@@ -17,9 +17,6 @@ impl CallService {
 
     /// The call with this id.
     pub async fn get_call(&self, id: CallId) -> Result<Call, SignalingError> {
-        self.calls
-            .find(id)
-            .await?
-            .ok_or(SignalingError::CallNotFound)
+        self.calls.find(id).await?.ok_or(SignalingError::CallNotFound)
     }
 }

@@ -12,11 +12,7 @@ use unilink_test_support::{TestDatabase, settings, unique_prefix};
 async fn serves_calls_on_port_zero() {
     let db = TestDatabase::create().await;
     let service = spawn::<Signaling>(settings(&db, &unique_prefix(), &[])).await;
-    let (id, a, b) = (
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
-    );
+    let (id, a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     db.client()
         .await
         .execute(
@@ -26,9 +22,7 @@ async fn serves_calls_on_port_zero() {
         )
         .await
         .unwrap();
-    let mut client = SignalingServiceClient::connect(service.url())
-        .await
-        .unwrap();
+    let mut client = SignalingServiceClient::connect(service.url()).await.unwrap();
     let call = client
         .get_call(GetCallRequest {
             call_id: id.to_string(),
