@@ -31,6 +31,7 @@ start is fast); stop them with `scripts/dev.sh --stop-deps`.
 Options:
   -h, --help      show this help and exit
   --no-build      skip `cargo build --bins` (use the existing target/debug binaries)
+  --release       build and run optimised binaries (target/release), for benchmarks
   --no-tail       do not echo service logs to the terminal (files only)
   --stop-deps     stop the private PostgreSQL/Redis under .dev/ and exit
 
@@ -48,6 +49,8 @@ EOF
 }
 
 DO_BUILD=1
+PROFILE_DIR=debug
+CARGO_FLAGS=()
 DO_TAIL=1
 while (($# > 0)); do
   case "$1" in
@@ -56,6 +59,10 @@ while (($# > 0)); do
       exit 0
       ;;
     --no-build) DO_BUILD=0 ;;
+    --release)
+      PROFILE_DIR=release
+      CARGO_FLAGS=(--release)
+      ;;
     --no-tail) DO_TAIL=0 ;;
     --stop-deps)
       stop_private_deps
@@ -78,7 +85,7 @@ HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-60}"
 
 DEV_DIR="$ROOT/.dev"
 LOG_DIR="$DEV_DIR/logs"
-BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE_DIR"
 [[ "$BIN_DIR" == /* ]] || BIN_DIR="$ROOT/$BIN_DIR"
 
 BACKENDS=(auth profile signaling notification)
@@ -98,7 +105,7 @@ ensure_database "$DATABASE_URL"
 
 if [[ $DO_BUILD -eq 1 ]]; then
   log "building binaries (cargo build --bins)"
-  cargo build --bins || die "cargo build --bins failed"
+  cargo build --bins "${CARGO_FLAGS[@]}" || die "cargo build --bins failed"
 fi
 for svc in "${SERVICES[@]}"; do
   [[ -x "$BIN_DIR/unilink-$svc" ]] ||

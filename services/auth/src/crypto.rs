@@ -65,8 +65,9 @@ pub struct PasswordCheck {
     pub needs_rehash: bool,
 }
 
-/// Argon2id hashing on the blocking pool, at most one hash per core at a time,
-/// so password work never stalls the executor that serves other requests.
+/// Argon2id hashing on the blocking pool, with fewer hashes at a time than
+/// there are cores, so password work never stalls the executor or the
+/// machine that serves other requests.
 #[derive(Debug, Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
@@ -78,7 +79,10 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new() -> Result<PasswordHasher, AuthError> {
+        // Leave a core for everything else: hashing is bursty and heavy, and
+        // the requests queued behind it must not starve other callers.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let permits = cores.saturating_sub(1).max(1);
         let dummy = Argon2::default()
             .hash_password(b"unilink-dummy-password")
             .map_err(|e| AuthError::Internal(format!("argon2: {e}")))?
@@ -91,7 +95,7 @@ impl PasswordHasher {
             parsed.params
         );
         Ok(PasswordHasher {
-            permits: Arc::new(Semaphore::new(cores)),
+            permits: Arc::new(Semaphore::new(permits)),
             current_prefix: prefix.into(),
             dummy_hash: dummy.into(),
         })

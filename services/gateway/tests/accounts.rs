@@ -89,14 +89,25 @@ async fn a_student_signs_up_verifies_logs_in_refreshes_and_logs_out() {
         .await;
     assert_eq!(status, 401, "the whole family is revoked after reuse");
 
-    // Logout revokes the access token at once.
+    // The access token works on an authenticated route, for its own user only.
     let access = rotated["access_token"].as_str().unwrap();
+    let (status, me) = gw.send(gw.http.get(gw.url("/users/me")).bearer_auth(access)).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["id"], user["id"]);
+    assert_eq!(me["email"], "Ada@kiit.ac.in");
+    let response = gw.http.get(gw.url("/users/me")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+
+    // Logout revokes the access token at once.
     let (status, body) = gw.post_bearer("/auth/logout", access, json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["message"].is_string());
     let (status, body) = gw.post_bearer("/auth/logout", access, json!({})).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["detail"], "access token has been revoked");
+    let (status, _) = gw.send(gw.http.get(gw.url("/users/me")).bearer_auth(access)).await;
+    assert_eq!(status, 401);
     gw.stop().await;
 }
 

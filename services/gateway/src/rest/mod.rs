@@ -22,7 +22,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/auth/login", web::post().to(auth::login))
         .route("/auth/login/verify-otp", web::post().to(auth::verify_otp))
         .route("/auth/refresh", web::post().to(auth::refresh))
-        .route("/auth/logout", web::post().to(auth::logout));
+        .route("/auth/logout", web::post().to(auth::logout))
+        .route("/users/me", web::get().to(users::me));
 }
 
 /// Liveness: the process answers. Never depends on PostgreSQL or Redis, so

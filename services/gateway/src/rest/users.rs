@@ -1,9 +1,15 @@
 //! The user JSON of the public API:
 //! `id, email, username, full_name, profile_picture, bio, is_verified, is_online, created_at`.
 
+use actix_web::{HttpResponse, web};
 use chrono::SecondsFormat;
 use serde::Serialize;
-use unilink_proto::auth::Account;
+use unilink_proto::auth::auth_service_client::AuthServiceClient;
+use unilink_proto::auth::{Account, GetAccountRequest};
+
+use crate::clients::Upstreams;
+use crate::error::ApiError;
+use crate::identity::Authenticated;
 
 #[derive(Debug, Serialize)]
 pub struct UserJson {
@@ -39,4 +45,16 @@ impl UserJson {
             is_online,
         }
     }
+}
+
+/// `GET /users/me`: the caller's account (the user id comes from the verified
+/// token, never from the client).
+pub async fn me(upstreams: web::Data<Upstreams>, caller: Authenticated) -> Result<HttpResponse, ApiError> {
+    let account = AuthServiceClient::new(upstreams.auth.clone())
+        .get_account(GetAccountRequest {
+            user_id: caller.0.user_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok(HttpResponse::Ok().json(UserJson::from_account(account, false)))
 }
