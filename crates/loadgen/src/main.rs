@@ -114,24 +114,23 @@ fn client() -> Result<reqwest::Client, Fail> {
         .build()?)
 }
 
-/// GETs `url` with `token` from `connections` tasks until `stop`.
-async fn get_loop(url: String, token: String, connections: u64, stop: Arc<AtomicBool>) -> Samples {
+/// Runs `request` in a loop from `clients` tasks (each with its own
+/// keep-alive connection, like k6 VUs) until `stop`; `request` says whether
+/// the answer was the expected one.
+async fn drive<F, Fut>(clients: u64, stop: Arc<AtomicBool>, request: F) -> Samples
+where
+    F: Fn(reqwest::Client) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let url = url.clone();
-        let token = token.clone();
-        let stop = stop.clone();
+    for _ in 0..clients {
+        let (stop, request) = (stop.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
-            // One client per task: one keep-alive connection each, like k6 VUs.
             let http = client().expect("http client");
             let mut samples = Samples::default();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let ok = match http.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
+                if request(http.clone()).await {
                     samples.micros.push(started.elapsed().as_micros() as u64);
                 } else {
                     samples.errors += 1;
@@ -149,38 +148,35 @@ async fn get_loop(url: String, token: String, connections: u64, stop: Arc<Atomic
     all
 }
 
-/// Logs in (password check, code emailed) in a loop from `clients` tasks.
-async fn login_loop(base: String, email: String, password: String, clients: u64, stop: Arc<AtomicBool>) -> Samples {
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (base, email, password, stop) = (base.clone(), email.clone(), password.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let http = client().expect("http client");
-            let mut samples = Samples::default();
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let ok = http
-                    .post(format!("{base}/auth/login"))
-                    .json(&serde_json::json!({"email": email, "password": password}))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().as_u16() == 202);
-                if ok {
-                    samples.micros.push(started.elapsed().as_micros() as u64);
-                } else {
-                    samples.errors += 1;
-                }
+/// Authenticated GETs of `url`.
+async fn get_loop(url: String, token: String, connections: u64, stop: Arc<AtomicBool>) -> Samples {
+    drive(connections, stop, move |http: reqwest::Client| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            match http.get(&url).bearer_auth(&token).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
             }
-            samples
-        }));
-    }
-    let mut all = Samples::default();
-    for t in tasks {
-        if let Ok(s) = t.await {
-            all.merge(s);
         }
-    }
-    all
+    })
+    .await
+}
+
+/// Logins (password check, code emailed) in a loop.
+async fn login_loop(base: String, email: String, password: String, clients: u64, stop: Arc<AtomicBool>) -> Samples {
+    let body = serde_json::json!({"email": email, "password": password});
+    let url = format!("{base}/auth/login");
+    drive(clients, stop, move |http: reqwest::Client| {
+        let (url, body) = (url.clone(), body.clone());
+        async move {
+            http.post(&url)
+                .json(&body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 202)
+        }
+    })
+    .await
 }
 
 async fn timed<F: std::future::Future<Output = Samples>>(
@@ -199,7 +195,7 @@ async fn timed<F: std::future::Future<Output = Samples>>(
 }
 
 /// Newest mail in `dir` to `email` that contains `marker`; returns its text.
-fn newest_mail(dir: &str, email: &str, after: std::time::SystemTime) -> Option<String> {
+fn newest_mail(dir: &str, email: &str, marker: &str, after: std::time::SystemTime) -> Option<String> {
     let mut newest: Option<(std::time::SystemTime, String)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
@@ -207,16 +203,20 @@ fn newest_mail(dir: &str, email: &str, after: std::time::SystemTime) -> Option<S
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).ok()?;
-        if text.to_lowercase().contains(&email.to_lowercase()) && newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+        let text = text.replace("=\r\n", "").replace("=\n", "").replace("=3D", "=");
+        if text.to_lowercase().contains(&email.to_lowercase())
+            && text.contains(marker)
+            && newest.as_ref().is_none_or(|(t, _)| modified > *t)
+        {
             newest = Some((modified, text));
         }
     }
-    newest.map(|(_, t)| t.replace("=\r\n", "").replace("=\n", "").replace("=3D", "="))
+    newest.map(|(_, t)| t)
 }
 
-async fn wait_mail(dir: &str, email: &str, after: std::time::SystemTime) -> Result<String, Fail> {
+async fn wait_mail(dir: &str, email: &str, marker: &str, after: std::time::SystemTime) -> Result<String, Fail> {
     for _ in 0..200 {
-        if let Some(text) = newest_mail(dir, email, after) {
+        if let Some(text) = newest_mail(dir, email, marker, after) {
             return Ok(text);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -240,7 +240,7 @@ async fn bootstrap(args: &Args) -> Result<(), Fail> {
         .send()
         .await?;
     if r.status().as_u16() == 200 {
-        let text = wait_mail(dir, email, since).await?;
+        let text = wait_mail(dir, email, "verify?token=", since).await?;
         let token = text
             .split("verify?token=")
             .nth(1)
@@ -267,8 +267,11 @@ async fn bootstrap(args: &Args) -> Result<(), Fail> {
     if r.status().as_u16() != 202 {
         return Err(format!("login answered {}", r.status()).into());
     }
-    let text = wait_mail(dir, email, since).await?;
+    let text = wait_mail(dir, email, "login code is", since).await?;
     let otp = text
+        .split("login code is")
+        .nth(1)
+        .unwrap_or_default()
         .split(|c: char| !c.is_ascii_digit())
         .find(|w| w.len() == 6)
         .ok_or("no code in the login mail")?

@@ -167,8 +167,12 @@ pub fn init(
         .with_target(true);
 
     // A second init in one process (tests starting several services) keeps the first subscriber.
+    // The filter is global, not per layer: callsites it disables (the
+    // trace-level instrumentation of h2, hyper, tonic…) then cost nothing for
+    // every layer, the OpenTelemetry one included.
     let _ = tracing_subscriber::registry()
-        .with(json.with_filter(filter))
+        .with(filter)
+        .with(json)
         .with(otel_layer)
         .with(sentry_layers)
         .try_init();

@@ -189,15 +189,7 @@ async fn rate_limiting_falls_back_to_the_replica_when_redis_is_down() {
         statuses.push(status);
     }
     assert_eq!(statuses, vec![202, 202, 202, 429]);
-    let metrics = gw
-        .http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("rate_limit_fallback_total{scope=\"auth\"}"),
         "{metrics}"

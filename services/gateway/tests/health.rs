@@ -99,15 +99,7 @@ async fn index_metrics_and_unknown_routes() {
     assert_eq!(body["detail"], "no route for GET /no/such/route");
 
     let _ = gateway.get("/health").await;
-    let metrics = gateway
-        .http
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
         "{metrics}"

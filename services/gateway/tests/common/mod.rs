@@ -178,6 +178,18 @@ impl Gateway {
         body
     }
 
+    /// The gateway's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self.http.get(self.url(path)).send().await.expect("request");
         let status = response.status().as_u16();
