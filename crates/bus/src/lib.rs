@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, StreamsInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface, StreamsInterface};
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::streams::XID;
 use fred::types::{Builder, Expiration};
@@ -164,6 +164,32 @@ impl Redis {
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(BusError::Timeout(timeout)),
         }
+    }
+
+    /// Runs a Lua script atomically (`EVAL`; keys are used as given, so
+    /// prefix them with [`Redis::key`]). The answer is flattened to strings:
+    /// one entry per array element (or one for a scalar), `None` for nil.
+    pub async fn script(
+        &self,
+        lua: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<Option<String>>, BusError> {
+        let run = self.client.eval::<fred::types::Value, _, _, _>(lua, keys, args);
+        let value = match tokio::time::timeout(COMMAND_TIMEOUT, run).await {
+            Ok(result) => result?,
+            Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
+        };
+        fn flat(value: fred::types::Value, out: &mut Vec<Option<String>>) {
+            match value {
+                fred::types::Value::Array(items) => items.into_iter().for_each(|v| flat(v, out)),
+                fred::types::Value::Null => out.push(None),
+                other => out.push(other.as_string()),
+            }
+        }
+        let mut out = Vec::new();
+        flat(value, &mut out);
+        Ok(out)
     }
 
     /// Reads a prefixed key.

@@ -255,6 +255,96 @@ uuid_id!(
     "event id"
 );
 
+/// A profile bio: at most 500 characters; line breaks and tabs allowed,
+/// other control characters not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bio(String);
+
+impl Bio {
+    pub fn parse(value: &str) -> Result<Bio, DomainError> {
+        if value.chars().count() > 500 {
+            return Err(invalid("bio must be at most 500 characters"));
+        }
+        if value
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(invalid("bio must not contain control characters"));
+        }
+        Ok(Bio(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A profile picture: an `https` URL of at most 2048 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PictureUrl(String);
+
+impl PictureUrl {
+    pub fn parse(value: &str) -> Result<PictureUrl, DomainError> {
+        let value = value.trim();
+        if value.chars().count() > 2048 {
+            return Err(invalid("profile_picture must be at most 2048 characters"));
+        }
+        let host = value
+            .strip_prefix("https://")
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default())
+            .unwrap_or_default();
+        let host_ok = !host.is_empty()
+            && !host.contains('@')
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
+        if !host_ok || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("profile_picture must be an https:// URL"));
+        }
+        Ok(PictureUrl(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a user is reported: free text of 1–100 characters (the frontend
+/// offers "harassment", "spam", "inappropriate content", "impersonation",
+/// "other"; any short text is accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportReason(String);
+
+impl ReportReason {
+    pub fn parse(value: &str) -> Result<ReportReason, DomainError> {
+        let value = value.trim();
+        let len = value.chars().count();
+        if len == 0 || len > 100 {
+            return Err(invalid("reason must be 1 to 100 characters"));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(invalid("reason must not contain control characters"));
+        }
+        Ok(ReportReason(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Details of a report: at most 2000 characters.
+pub fn parse_report_description(value: &str) -> Result<String, DomainError> {
+    if value.chars().count() > 2000 {
+        return Err(invalid("description must be at most 2000 characters"));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid("description must not contain control characters"));
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +411,28 @@ mod tests {
         assert!(Otp::parse("123456").is_ok());
         assert!(Otp::parse("12345").is_err());
         assert!(Otp::parse("12345a").is_err());
+    }
+
+    #[test]
+    fn profile_fields() {
+        assert!(Bio::parse("line one\nline two").is_ok());
+        assert!(Bio::parse(&"b".repeat(501)).is_err());
+        assert!(Bio::parse("bell\u{7}").is_err());
+        assert!(PictureUrl::parse("https://cdn.example.com/a.png?x=1").is_ok());
+        for bad in [
+            "http://cdn.example.com/a.png",
+            "javascript:alert(1)",
+            "https://",
+            "https://a b/c",
+            "https://user@evil/x",
+        ] {
+            assert!(PictureUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(PictureUrl::parse(&format!("https://x.io/{}", "a".repeat(2048))).is_err());
+        assert!(ReportReason::parse("spam").is_ok());
+        assert!(ReportReason::parse(" ").is_err());
+        assert!(ReportReason::parse(&"r".repeat(101)).is_err());
+        assert!(parse_report_description(&"d".repeat(2001)).is_err());
     }
 
     #[test]

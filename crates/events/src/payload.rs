@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// `user.registered` (auth): a new account exists.
 pub const USER_REGISTERED: &str = "user.registered";
+/// `user.verified` (auth): the account's email is verified.
+pub const USER_VERIFIED: &str = "user.verified";
 /// `user.verification_requested` (auth): send the verification email.
 pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
 /// `user.login_otp_requested` (auth): send the login code.
@@ -40,4 +42,9 @@ pub struct LoginOtpRequested {
     pub username: String,
     pub otp: String,
     pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserVerified {
+    pub user_id: String,
 }

@@ -175,11 +175,16 @@ impl SigningKeys {
         }
         for path in &settings.previous_public_key_files {
             let material = read_pem(path)?;
-            // The previous key's algorithm is inferred from the PEM.
-            let algorithm = if String::from_utf8_lossy(&material).contains("RSA") || material.len() > 200 {
+            // The PEM says which kind of key it is.
+            let algorithm = if DecodingKey::from_ed_pem(&material).is_ok() {
+                "EdDSA"
+            } else if DecodingKey::from_rsa_pem(&material).is_ok() {
                 "RS256"
             } else {
-                "EdDSA"
+                return Err(TokenError::Key(format!(
+                    "{}: neither an Ed25519 nor an RSA public key",
+                    path.display()
+                )));
             };
             public.push(PublicKey {
                 kid: kid_of(algorithm, &material),

@@ -11,10 +11,11 @@ use unilink_config::Settings;
 use unilink_db::{DbError, Uuid};
 use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
 use unilink_events::payload::{
-    LoginOtpRequested, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED, UserRegistered,
-    VerificationRequested,
+    LoginOtpRequested, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED, USER_VERIFIED,
+    UserRegistered, UserVerified, VerificationRequested,
 };
 use unilink_events::{Event, outbox};
+use unilink_presence::PresenceRegistry;
 use unilink_tokens::SigningKeys;
 
 use crate::crypto::{self, PasswordHasher};
@@ -59,6 +60,7 @@ pub struct LogoutClaims {
 pub struct AuthService {
     accounts: AccountRepository,
     redis: Redis,
+    presence: PresenceRegistry,
     hasher: PasswordHasher,
     keys: Arc<SigningKeys>,
     allowed_domains: Arc<[String]>,
@@ -74,6 +76,7 @@ impl AuthService {
     pub fn new(accounts: AccountRepository, redis: Redis, settings: &Settings) -> Result<AuthService, AuthError> {
         Ok(AuthService {
             accounts,
+            presence: PresenceRegistry::new(redis.clone(), unilink_presence::DEFAULT_TTL),
             redis,
             hasher: PasswordHasher::new()?,
             keys: Arc::new(SigningKeys::from_settings(&settings.jwt)?),
@@ -173,6 +176,10 @@ impl AuthService {
         if !account.is_active {
             return Err(AuthError::Inactive);
         }
+        let verified = UserVerified {
+            user_id: account.id.to_string(),
+        };
+        outbox::enqueue(&tx, &Event::new(USER_VERIFIED, json(&verified)?)).await?;
         let session = self.open_session(&tx, account, None).await?;
         tx.commit().await.map_err(DbError::from)?;
         tracing::info!(audit = true, action = "user.verified", user_id = %session.account.id, "email verified");
@@ -329,7 +336,8 @@ impl AuthService {
         Ok(session)
     }
 
-    /// Revokes the refresh family and the access token (until it would expire).
+    /// Revokes the refresh family and the access token (until it would
+    /// expire), and takes the user offline on every device.
     pub async fn logout(&self, claims: LogoutClaims) -> Result<(), AuthError> {
         if let Ok(family) = Uuid::parse_str(&claims.family_id) {
             let client = self.accounts.pool().get().await.map_err(DbError::from)?;
@@ -345,6 +353,7 @@ impl AuthService {
                 )
                 .await?;
         }
+        self.presence.disconnect_all(claims.user_id).await?;
         tracing::info!(audit = true, action = "logout", user_id = %claims.user_id, "logged out");
         Ok(())
     }

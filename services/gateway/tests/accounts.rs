@@ -99,10 +99,23 @@ async fn a_student_signs_up_verifies_logs_in_refreshes_and_logs_out() {
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
 
-    // Logout revokes the access token at once.
+    // The user is online on a device (presence, as the signaling socket will set it).
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
+        url: unilink_config::Secret::new(unilink_test_support::redis_url()),
+        key_prefix: fleet.prefix.clone(),
+    })
+    .await
+    .unwrap();
+    let presence = unilink_presence::PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL);
+    let user_id = unilink_domain::UserId::parse(user["id"].as_str().unwrap()).unwrap();
+    presence.connect(user_id, "phone").await.unwrap();
+    assert!(presence.is_online(user_id).await.unwrap());
+
+    // Logout revokes the access token at once and takes the user offline.
     let (status, body) = gw.post_bearer("/auth/logout", access, json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["message"].is_string());
+    assert!(!presence.is_online(user_id).await.unwrap());
     let (status, body) = gw.post_bearer("/auth/logout", access, json!({})).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["detail"], "access token has been revoked");

@@ -3,18 +3,21 @@
 use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
 use unilink_proto::profile::profile_service_server::{ProfileService as ProfileApi, ProfileServiceServer};
-use unilink_proto::profile::{GetProfileRequest, Profile as ProfileMessage};
+use unilink_proto::profile::{
+    AvailableUsers, BlockRequest, GetProfileRequest, ListAvailableRequest, Profile as ProfileMessage, ProfileAck,
+    ReportRequest, UpdateProfileRequest, ViewProfileRequest,
+};
 
 use crate::error::ProfileError;
-use crate::repo::Profile;
-use crate::service::ProfileService;
+use crate::service::{ProfileService, ProfileView, Update};
 
 pub fn server(core: ProfileService) -> ProfileServiceServer<ProfileService> {
     ProfileServiceServer::new(core)
 }
 
-impl From<Profile> for ProfileMessage {
-    fn from(p: Profile) -> Self {
+impl From<ProfileView> for ProfileMessage {
+    fn from(v: ProfileView) -> Self {
+        let p = v.profile;
         ProfileMessage {
             user_id: p.user_id.to_string(),
             username: p.username,
@@ -23,15 +26,86 @@ impl From<Profile> for ProfileMessage {
             profile_picture: p.profile_picture,
             created_at: Some(unilink_proto::timestamp(p.created_at)),
             updated_at: Some(unilink_proto::timestamp(p.updated_at)),
+            email: p.email,
+            is_verified: p.is_verified,
+            is_active: p.is_active,
+            is_online: v.is_online,
         }
     }
+}
+
+fn id(raw: &str) -> Result<UserId, ProfileError> {
+    Ok(UserId::parse(raw)?)
+}
+
+fn ack(message: &str) -> Response<ProfileAck> {
+    Response::new(ProfileAck {
+        message: message.to_owned(),
+    })
 }
 
 #[tonic::async_trait]
 impl ProfileApi for ProfileService {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileMessage>, Status> {
-        let id = UserId::parse(&request.get_ref().user_id).map_err(ProfileError::from)?;
-        Ok(Response::new(self.get_profile(id).await?.into()))
+        let user = id(&request.get_ref().user_id)?;
+        Ok(Response::new(self.get_profile(user).await?.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn view_profile(&self, request: Request<ViewProfileRequest>) -> Result<Response<ProfileMessage>, Status> {
+        let r = request.get_ref();
+        let view = self.view_profile(id(&r.viewer_id)?, id(&r.user_id)?).await?;
+        Ok(Response::new(view.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn update_profile(&self, request: Request<UpdateProfileRequest>) -> Result<Response<ProfileMessage>, Status> {
+        let r = request.into_inner();
+        let update = Update {
+            full_name: r.full_name,
+            bio: r.bio,
+            profile_picture: r.profile_picture,
+            clear_profile_picture: r.clear_profile_picture,
+        };
+        Ok(Response::new(
+            self.update_profile(id(&r.user_id)?, update).await?.into(),
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn block(&self, request: Request<BlockRequest>) -> Result<Response<ProfileAck>, Status> {
+        let r = request.get_ref();
+        self.block(id(&r.user_id)?, id(&r.target_id)?).await?;
+        Ok(ack("User blocked"))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn unblock(&self, request: Request<BlockRequest>) -> Result<Response<ProfileAck>, Status> {
+        let r = request.get_ref();
+        self.unblock(id(&r.user_id)?, id(&r.target_id)?).await?;
+        Ok(ack("User unblocked"))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ProfileAck>, Status> {
+        let r = request.get_ref();
+        self.report(
+            id(&r.reporter_id)?,
+            id(&r.reported_id)?,
+            &r.reason,
+            r.description.as_deref(),
+        )
+        .await?;
+        Ok(ack("Report submitted; our moderators will review it"))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_available(&self, request: Request<ListAvailableRequest>) -> Result<Response<AvailableUsers>, Status> {
+        let r = request.get_ref();
+        let users = self.list_available(id(&r.user_id)?, r.limit).await?;
+        Ok(Response::new(AvailableUsers {
+            users: users.into_iter().map(Into::into).collect(),
+        }))
     }
 }

@@ -1,16 +1,24 @@
-//! The profile service: public profiles (and, as it grows, blocks, reports,
-//! discovery and moderation).
+//! The profile service: public profiles, blocks, reports and discovery of who
+//! can be called.
 //!
 //! * [`service`] — the core, [`repo`] — SQL on the `profile` schema,
+//! * [`worker`] — creates and updates profiles from auth's durable events,
 //! * [`grpc`] — the `unilink.profile.v1.ProfileService` adapter,
 //! * [`Profiles`] — how the shared runtime starts it.
+//!
+//! `GET /calls/available` is served here: discovery needs profiles, blocks
+//! and presence, all of which this service reads without another hop.
 
 pub mod error;
 pub mod grpc;
 pub mod repo;
 pub mod service;
+pub mod worker;
 
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use unilink_db::Migration;
+use unilink_presence::PresenceRegistry;
 use unilink_runtime::{BackendService, Resources, StartupError};
 
 pub use error::ProfileError;
@@ -25,14 +33,27 @@ pub type Application = unilink_runtime::Application<Profiles>;
 impl BackendService for Profiles {
     const NAME: &'static str = "profile";
     const SCHEMA: &'static str = "profile";
-    const MIGRATIONS: &'static [Migration] = &[Migration {
-        version: 1,
-        name: "profiles",
-        sql: include_str!("../migrations/0001_profiles.sql"),
-    }];
+    const MIGRATIONS: &'static [Migration] = &[
+        Migration {
+            version: 1,
+            name: "profiles",
+            sql: include_str!("../migrations/0001_profiles.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "accounts_blocks_reports",
+            sql: include_str!("../migrations/0002_accounts_blocks_reports.sql"),
+        },
+    ];
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
-        let core = service::ProfileService::new(repo::ProfileRepository::new(resources.db.clone()));
+        let presence = PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL);
+        let core = service::ProfileService::new(repo::ProfileRepository::new(resources.db.clone()), presence);
         Ok(tonic::service::Routes::new(grpc::server(core)))
+    }
+
+    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
+        let profiles = repo::ProfileRepository::new(resources.db.clone());
+        vec![tokio::spawn(worker::run(resources.redis.clone(), profiles, stop))]
     }
 }

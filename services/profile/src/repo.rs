@@ -7,26 +7,44 @@ use unilink_domain::UserId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub user_id: UserId,
+    pub email: String,
     pub username: String,
     pub full_name: String,
     pub bio: String,
     pub profile_picture: Option<String>,
+    pub is_verified: bool,
+    pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+
+const COLUMNS: &str =
+    "user_id, email, username, full_name, bio, profile_picture, is_verified, is_active, created_at, updated_at";
 
 impl Profile {
     fn from_row(row: &Row) -> Self {
         Profile {
             user_id: UserId::from(row.get::<_, Uuid>("user_id")),
+            email: row.get("email"),
             username: row.get("username"),
             full_name: row.get("full_name"),
             bio: row.get("bio"),
             profile_picture: row.get("profile_picture"),
+            is_verified: row.get("is_verified"),
+            is_active: row.get("is_active"),
             created_at: row.get("created_at"),
             updated_at: row.get("updated_at"),
         }
     }
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub full_name: Option<String>,
+    pub bio: Option<String>,
+    /// `Some(None)` removes the picture.
+    pub profile_picture: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -43,11 +61,142 @@ impl ProfileRepository {
         let client = self.db.get().await?;
         let row = client
             .query_opt(
-                "SELECT user_id, username, full_name, bio, profile_picture, created_at, updated_at
-                 FROM profiles WHERE user_id = $1",
+                &format!("SELECT {COLUMNS} FROM profiles WHERE user_id = $1"),
                 &[&user_id.as_uuid()],
             )
             .await?;
         Ok(row.as_ref().map(Profile::from_row))
+    }
+
+    /// Creates the profile of a new account (a redelivered event changes nothing).
+    pub async fn create(&self, user_id: UserId, email: &str, username: &str, full_name: &str) -> Result<(), DbError> {
+        let client = self.db.get().await?;
+        client
+            .execute(
+                "INSERT INTO profiles (user_id, email, username, full_name) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (user_id) DO NOTHING",
+                &[&user_id.as_uuid(), &email, &username, &full_name],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the account verified; false when the profile does not exist yet.
+    pub async fn set_verified(&self, user_id: UserId) -> Result<bool, DbError> {
+        let client = self.db.get().await?;
+        let n = client
+            .execute(
+                "UPDATE profiles SET is_verified = true, updated_at = now() WHERE user_id = $1",
+                &[&user_id.as_uuid()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn update(&self, user_id: UserId, changes: &Changes) -> Result<Option<Profile>, DbError> {
+        let client = self.db.get().await?;
+        let (set_picture, picture) = match &changes.profile_picture {
+            None => (false, None),
+            Some(p) => (true, p.clone()),
+        };
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE profiles SET
+                         full_name = COALESCE($2, full_name),
+                         bio = COALESCE($3, bio),
+                         profile_picture = CASE WHEN $4 THEN $5 ELSE profile_picture END,
+                         updated_at = now()
+                     WHERE user_id = $1 RETURNING {COLUMNS}"
+                ),
+                &[
+                    &user_id.as_uuid(),
+                    &changes.full_name,
+                    &changes.bio,
+                    &set_picture,
+                    &picture,
+                ],
+            )
+            .await?;
+        Ok(row.as_ref().map(Profile::from_row))
+    }
+
+    /// Whether `blocker` has blocked `blocked`.
+    pub async fn has_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, DbError> {
+        let client = self.db.get().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM blocks WHERE blocker_id = $1 AND blocked_id = $2)",
+                &[&blocker.as_uuid(), &blocked.as_uuid()],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn block(&self, blocker: UserId, blocked: UserId) -> Result<(), DbError> {
+        let client = self.db.get().await?;
+        client
+            .execute(
+                "INSERT INTO blocks (blocker_id, blocked_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&blocker.as_uuid(), &blocked.as_uuid()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a block; false when there was none.
+    pub async fn unblock(&self, blocker: UserId, blocked: UserId) -> Result<bool, DbError> {
+        let client = self.db.get().await?;
+        let n = client
+            .execute(
+                "DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2",
+                &[&blocker.as_uuid(), &blocked.as_uuid()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub async fn report(
+        &self,
+        reporter: UserId,
+        reported: UserId,
+        reason: &str,
+        description: Option<&str>,
+    ) -> Result<(), DbError> {
+        let client = self.db.get().await?;
+        client
+            .execute(
+                "INSERT INTO reports (id, reporter_id, reported_id, reason, description) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &Uuid::new_v4(),
+                    &reporter.as_uuid(),
+                    &reported.as_uuid(),
+                    &reason,
+                    &description,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Of `candidates` (in order), the verified, active users that are not
+    /// `viewer` and not blocked either way with them, keeping the order; at most `limit`.
+    pub async fn discoverable(&self, viewer: UserId, candidates: &[Uuid], limit: i64) -> Result<Vec<Profile>, DbError> {
+        let client = self.db.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM unnest($1::uuid[]) WITH ORDINALITY AS c(id, ord)
+                     JOIN profiles p ON p.user_id = c.id
+                     WHERE p.is_verified AND p.is_active AND p.user_id <> $2
+                       AND NOT EXISTS (SELECT 1 FROM blocks b
+                                       WHERE (b.blocker_id = $2 AND b.blocked_id = p.user_id)
+                                          OR (b.blocker_id = p.user_id AND b.blocked_id = $2))
+                     ORDER BY c.ord LIMIT $3"
+                ),
+                &[&candidates, &viewer.as_uuid(), &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(Profile::from_row).collect())
     }
 }

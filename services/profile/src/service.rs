@@ -1,22 +1,183 @@
-//! The profile core: rules about profiles, independent of transport.
+//! The profile core: profiles, blocks, reports and discovery, independent of transport.
 
-use unilink_domain::UserId;
+use unilink_db::Uuid;
+use unilink_domain::{Bio, FullName, PictureUrl, ReportReason, UserId, parse_report_description};
+use unilink_presence::PresenceRegistry;
 
 use crate::error::ProfileError;
-use crate::repo::{Profile, ProfileRepository};
+use crate::repo::{Changes, Profile, ProfileRepository};
+
+/// A profile with its live presence.
+#[derive(Debug, Clone)]
+pub struct ProfileView {
+    pub profile: Profile,
+    pub is_online: bool,
+}
+
+/// An update as received (unparsed).
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub full_name: Option<String>,
+    pub bio: Option<String>,
+    pub profile_picture: Option<String>,
+    pub clear_profile_picture: bool,
+}
+
+/// Default and largest page of `/calls/available`.
+pub const DEFAULT_AVAILABLE: u32 = 20;
+pub const MAX_AVAILABLE: u32 = 50;
 
 #[derive(Debug, Clone)]
 pub struct ProfileService {
     profiles: ProfileRepository,
+    presence: PresenceRegistry,
 }
 
 impl ProfileService {
-    pub fn new(profiles: ProfileRepository) -> Self {
-        ProfileService { profiles }
+    pub fn new(profiles: ProfileRepository, presence: PresenceRegistry) -> Self {
+        ProfileService { profiles, presence }
     }
 
-    /// The profile of this user.
-    pub async fn get_profile(&self, user_id: UserId) -> Result<Profile, ProfileError> {
-        self.profiles.find(user_id).await?.ok_or(ProfileError::ProfileNotFound)
+    pub fn repository(&self) -> &ProfileRepository {
+        &self.profiles
+    }
+
+    async fn existing(&self, user_id: UserId) -> Result<Profile, ProfileError> {
+        self.profiles
+            .find(user_id)
+            .await?
+            .filter(|p| p.is_active)
+            .ok_or(ProfileError::ProfileNotFound)
+    }
+
+    /// The profile of this user, with presence.
+    pub async fn get_profile(&self, user_id: UserId) -> Result<ProfileView, ProfileError> {
+        let profile = self
+            .profiles
+            .find(user_id)
+            .await?
+            .ok_or(ProfileError::ProfileNotFound)?;
+        let is_online = self.presence.is_online(user_id).await?;
+        Ok(ProfileView { profile, is_online })
+    }
+
+    /// `user`'s profile as `viewer` may see it.
+    pub async fn view_profile(&self, viewer: UserId, user: UserId) -> Result<ProfileView, ProfileError> {
+        let profile = self.existing(user).await?;
+        if viewer != user && self.profiles.has_blocked(user, viewer).await? {
+            return Err(ProfileError::BlockedByUser);
+        }
+        let is_online = self.presence.is_online(user).await?;
+        Ok(ProfileView { profile, is_online })
+    }
+
+    /// Partial update of the caller's own profile.
+    pub async fn update_profile(&self, user_id: UserId, update: Update) -> Result<ProfileView, ProfileError> {
+        let changes = Changes {
+            full_name: update
+                .full_name
+                .as_deref()
+                .map(FullName::parse)
+                .transpose()?
+                .map(|n| n.as_str().to_owned()),
+            bio: update
+                .bio
+                .as_deref()
+                .map(Bio::parse)
+                .transpose()?
+                .map(|b| b.as_str().to_owned()),
+            profile_picture: if update.clear_profile_picture {
+                Some(None)
+            } else {
+                update
+                    .profile_picture
+                    .as_deref()
+                    .map(PictureUrl::parse)
+                    .transpose()?
+                    .map(|p| Some(p.as_str().to_owned()))
+            },
+        };
+        let profile = self
+            .profiles
+            .update(user_id, &changes)
+            .await?
+            .ok_or(ProfileError::ProfileNotFound)?;
+        let is_online = self.presence.is_online(user_id).await?;
+        Ok(ProfileView { profile, is_online })
+    }
+
+    pub async fn block(&self, user: UserId, target: UserId) -> Result<(), ProfileError> {
+        if user == target {
+            return Err(ProfileError::SelfAction("block"));
+        }
+        self.existing(target).await?;
+        self.profiles.block(user, target).await?;
+        tracing::info!(audit = true, action = "user.blocked", user_id = %user, target = %target, "blocked");
+        Ok(())
+    }
+
+    pub async fn unblock(&self, user: UserId, target: UserId) -> Result<(), ProfileError> {
+        if user == target {
+            return Err(ProfileError::SelfAction("unblock"));
+        }
+        if !self.profiles.unblock(user, target).await? {
+            return Err(ProfileError::NotBlocked);
+        }
+        tracing::info!(audit = true, action = "user.unblocked", user_id = %user, target = %target, "unblocked");
+        Ok(())
+    }
+
+    pub async fn report(
+        &self,
+        reporter: UserId,
+        reported: UserId,
+        reason: &str,
+        description: Option<&str>,
+    ) -> Result<(), ProfileError> {
+        if reporter == reported {
+            return Err(ProfileError::SelfAction("report"));
+        }
+        let reason = ReportReason::parse(reason)?;
+        let description = description.map(parse_report_description).transpose()?;
+        self.existing(reported).await?;
+        match self
+            .profiles
+            .report(reporter, reported, reason.as_str(), description.as_deref())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_unique_violation() => return Err(ProfileError::ReportAlreadyOpen),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(audit = true, action = "user.reported", user_id = %reporter, target = %reported, "report filed");
+        Ok(())
+    }
+
+    /// Up to `limit` users the caller may call: online, verified, active, not
+    /// the caller, not blocked either way; most recently online first. One
+    /// presence read and one query per round; rounds widen the window only
+    /// when many online users are filtered out.
+    pub async fn list_available(&self, user: UserId, limit: u32) -> Result<Vec<ProfileView>, ProfileError> {
+        let limit = if limit == 0 {
+            DEFAULT_AVAILABLE
+        } else {
+            limit.min(MAX_AVAILABLE)
+        } as usize;
+        let mut window = (limit * 3).max(30);
+        loop {
+            let online = self.presence.recently_online(window).await?;
+            let candidates: Vec<Uuid> = online.iter().map(|o| o.user.as_uuid()).collect();
+            let found = self.profiles.discoverable(user, &candidates, limit as i64).await?;
+            if found.len() >= limit || online.len() < window || window >= 20_000 {
+                return Ok(found
+                    .into_iter()
+                    .map(|profile| ProfileView {
+                        profile,
+                        is_online: true,
+                    })
+                    .collect());
+            }
+            window *= 4;
+        }
     }
 }

@@ -23,7 +23,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/auth/login/verify-otp", web::post().to(auth::verify_otp))
         .route("/auth/refresh", web::post().to(auth::refresh))
         .route("/auth/logout", web::post().to(auth::logout))
-        .route("/users/me", web::get().to(users::me));
+        .route("/users/me", web::get().to(users::me))
+        .route("/users/me", web::put().to(users::update_me))
+        .route("/users/block/{id}", web::post().to(users::block))
+        .route("/users/unblock/{id}", web::post().to(users::unblock))
+        .route("/users/report/{id}", web::post().to(users::report))
+        .route("/users/{id}", web::get().to(users::get_user))
+        .route("/calls/available", web::get().to(users::available));
 }
 
 /// Liveness: the process answers. Never depends on PostgreSQL or Redis, so

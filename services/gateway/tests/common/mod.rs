@@ -75,6 +75,17 @@ impl Fleet {
         .await
     }
 
+    /// The presence registry of this fleet (what signaling sockets will write).
+    pub async fn presence(&self) -> unilink_presence::PresenceRegistry {
+        let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
+            url: unilink_config::Secret::new(unilink_test_support::redis_url()),
+            key_prefix: self.prefix.clone(),
+        })
+        .await
+        .unwrap();
+        unilink_presence::PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL)
+    }
+
     /// Gateway variables pointing at this fleet, then `overrides`.
     pub fn gateway_vars(&self, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = vec![

@@ -1,0 +1,190 @@
+//! Presence: who is online, shared by every replica through Redis.
+//!
+//! A user is online while at least one of their connections (a presence
+//! WebSocket, one per device) has sent a heartbeat within the TTL. Nothing
+//! has to clean up after a crashed node: its connections stop beating and
+//! their users fall offline by themselves within the TTL.
+//!
+//! Data (under the deployment's key prefix):
+//!
+//! * `presence:conns:<user>` — hash: connection id → expiry (ms since epoch);
+//! * `presence:online` — sorted set: user → time of the latest heartbeat (ms).
+//!   Online means a score newer than now − TTL, so reading is one `ZMSCORE`
+//!   (for a page of users) or one `ZREVRANGEBYSCORE` (most recently online
+//!   first), never a round trip per user.
+//!
+//! Every change is one Lua script, so two devices connecting and leaving at
+//! once cannot leave the sets inconsistent.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use unilink_bus::{BusError, Redis};
+use unilink_domain::UserId;
+
+/// Default time a connection stays online without a heartbeat.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// How often a connection holder should beat (a third of the TTL).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+
+const ONLINE: &str = "presence:online";
+
+fn conns_key(user: &UserId) -> String {
+    format!("presence:conns:{user}")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// KEYS: conns, online. ARGV: conn, now, ttl_ms, user.
+const BEAT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[4])
+return 1
+"#;
+
+/// KEYS: conns, online. ARGV: conn, now, user. Returns 1 while other live
+/// connections remain.
+const LEAVE: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[2])
+local fields = redis.call('HGETALL', KEYS[1])
+local live = 0
+for i = 1, #fields, 2 do
+  if tonumber(fields[i + 1]) > now then
+    live = live + 1
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+if live == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 0
+end
+return 1
+"#;
+
+/// KEYS: conns, online. ARGV: user.
+const LEAVE_ALL: &str = r#"
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// KEYS: online. ARGV: user ids. Scores (or nil) in order.
+const SCORES: &str = r#"return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))"#;
+
+/// KEYS: online. ARGV: oldest live score, count. Drops stale members, then
+/// returns user, score pairs, newest first.
+const RECENT: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+"#;
+
+/// Users asked about per script call (Lua's argument limit is ~8000).
+const CHUNK: usize = 1000;
+
+/// The presence registry.
+#[derive(Debug, Clone)]
+pub struct PresenceRegistry {
+    redis: Redis,
+    ttl: Duration,
+}
+
+/// A user seen online, with the time of their latest heartbeat (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Online {
+    pub user: UserId,
+    pub last_seen_ms: i64,
+}
+
+impl PresenceRegistry {
+    pub fn new(redis: Redis, ttl: Duration) -> PresenceRegistry {
+        PresenceRegistry { redis, ttl }
+    }
+
+    fn keys(&self, user: &UserId) -> Vec<String> {
+        vec![self.redis.key(&conns_key(user)), self.redis.key(ONLINE)]
+    }
+
+    /// A connection of `user` opened (or beat): the user is online for another TTL.
+    pub async fn heartbeat(&self, user: UserId, connection: &str) -> Result<(), BusError> {
+        let args = vec![
+            connection.to_owned(),
+            now_ms().to_string(),
+            (self.ttl.as_millis() as i64).to_string(),
+            user.to_string(),
+        ];
+        self.redis.script(BEAT, self.keys(&user), args).await?;
+        Ok(())
+    }
+
+    /// Marks a new connection online (same as a heartbeat).
+    pub async fn connect(&self, user: UserId, connection: &str) -> Result<(), BusError> {
+        self.heartbeat(user, connection).await
+    }
+
+    /// A connection closed; returns whether the user is still online on another one.
+    pub async fn disconnect(&self, user: UserId, connection: &str) -> Result<bool, BusError> {
+        let args = vec![connection.to_owned(), now_ms().to_string(), user.to_string()];
+        let answer = self.redis.script(LEAVE, self.keys(&user), args).await?;
+        Ok(answer.first().cloned().flatten().as_deref() == Some("1"))
+    }
+
+    /// Every connection of `user` is gone (logout, deactivation, deletion).
+    pub async fn disconnect_all(&self, user: UserId) -> Result<(), BusError> {
+        self.redis
+            .script(LEAVE_ALL, self.keys(&user), vec![user.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    fn oldest_live(&self) -> i64 {
+        now_ms() - self.ttl.as_millis() as i64
+    }
+
+    /// Whether `user` is online now.
+    pub async fn is_online(&self, user: UserId) -> Result<bool, BusError> {
+        Ok(self.online_among(&[user]).await?[0])
+    }
+
+    /// For each user, whether they are online (one round trip per 1,000 users).
+    pub async fn online_among(&self, users: &[UserId]) -> Result<Vec<bool>, BusError> {
+        let oldest = self.oldest_live();
+        let mut out = Vec::with_capacity(users.len());
+        for chunk in users.chunks(CHUNK) {
+            let args = chunk.iter().map(ToString::to_string).collect();
+            let scores = self.redis.script(SCORES, vec![self.redis.key(ONLINE)], args).await?;
+            out.extend(chunk.iter().enumerate().map(|(i, _)| {
+                scores
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .is_some_and(|score| score as i64 >= oldest)
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` online users, most recently active first.
+    pub async fn recently_online(&self, limit: usize) -> Result<Vec<Online>, BusError> {
+        let args = vec![self.oldest_live().to_string(), limit.to_string()];
+        let flat = self.redis.script(RECENT, vec![self.redis.key(ONLINE)], args).await?;
+        Ok(flat
+            .chunks(2)
+            .filter_map(|pair| {
+                let user = UserId::parse(pair.first()?.as_deref()?).ok()?;
+                let score = pair.get(1)?.as_deref()?.parse::<f64>().ok()? as i64;
+                Some(Online {
+                    user,
+                    last_seen_ms: score,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,58 @@
+//! Keeps profiles in step with accounts: consumes auth's durable events, so
+//! every account gets its profile even if this service was down when the
+//! account was created (it catches up from the stream).
+
+use tokio_util::sync::CancellationToken;
+use unilink_bus::Redis;
+use unilink_domain::UserId;
+use unilink_events::consumer::{HandlerError, Subscription};
+use unilink_events::payload::{USER_REGISTERED, USER_VERIFIED, UserRegistered, UserVerified};
+use unilink_events::{Event, stream_of};
+
+use crate::repo::ProfileRepository;
+
+/// Consumer group of the profile service on `events:auth`.
+pub const GROUP: &str = "profile";
+
+pub async fn run(redis: Redis, profiles: ProfileRepository, stop: CancellationToken) {
+    let subscription = Subscription {
+        stream: stream_of("auth"),
+        group: GROUP.to_owned(),
+        consumer: unilink_runtime::consumer_name("profile"),
+    };
+    let handler = move |event: Event| {
+        let profiles = profiles.clone();
+        async move { handle(&profiles, event).await }
+    };
+    unilink_events::consumer::run(redis, subscription, handler, stop).await;
+}
+
+fn user_id(raw: &str) -> Result<UserId, HandlerError> {
+    UserId::parse(raw).map_err(|e| HandlerError::Reject(e.to_string()))
+}
+
+fn retry(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Retry(e.to_string())
+}
+
+async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), HandlerError> {
+    match event.event_type.as_str() {
+        USER_REGISTERED => {
+            let p: UserRegistered = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
+            profiles
+                .create(user_id(&p.user_id)?, &p.email, &p.username, &p.full_name)
+                .await
+                .map_err(retry)
+        }
+        USER_VERIFIED => {
+            let p: UserVerified = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
+            // Verified before its profile exists: retried once `user.registered` is in.
+            if profiles.set_verified(user_id(&p.user_id)?).await.map_err(retry)? {
+                Ok(())
+            } else {
+                Err(HandlerError::Retry("profile not created yet".to_owned()))
+            }
+        }
+        _ => Ok(()),
+    }
+}
