@@ -157,9 +157,10 @@ impl Redis {
         }
     }
 
-    /// Whether a prefixed key exists, within `timeout`.
-    pub async fn exists(&self, key: &str, timeout: Duration) -> Result<bool, BusError> {
-        match tokio::time::timeout(timeout, self.client.exists::<i64, _>(self.key(key))).await {
+    /// Whether any of the prefixed keys exists (one round trip), within `timeout`.
+    pub async fn exists_any(&self, keys: &[String], timeout: Duration) -> Result<bool, BusError> {
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        match tokio::time::timeout(timeout, self.client.exists::<i64, _>(keys)).await {
             Ok(Ok(n)) => Ok(n > 0),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(BusError::Timeout(timeout)),

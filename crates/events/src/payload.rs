@@ -11,6 +11,8 @@ pub const USER_VERIFIED: &str = "user.verified";
 pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
 /// `user.login_otp_requested` (auth): send the login code.
 pub const USER_LOGIN_OTP_REQUESTED: &str = "user.login_otp_requested";
+/// `user.deactivated` (auth): a moderator deactivated the account.
+pub const USER_DEACTIVATED: &str = "user.deactivated";
 /// `user.deleted` (auth): erase everything about the user.
 pub const USER_DELETED: &str = "user.deleted";
 
@@ -46,5 +48,11 @@ pub struct LoginOtpRequested {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserVerified {
+    pub user_id: String,
+}
+
+/// Payload of `user.deactivated` and `user.deleted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
     pub user_id: String,
 }

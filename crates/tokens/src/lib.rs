@@ -321,6 +321,12 @@ impl Verifier {
     }
 }
 
+/// Redis key (before the prefix) refusing every access token of a user
+/// (deactivated or deleted) for as long as any of them can live.
+pub fn revoked_user_key(user: &str) -> String {
+    format!("revoked:user:{user}")
+}
+
 /// Redis key (before the prefix) marking an access token revoked until it expires.
 pub fn revoked_jti_key(jti: &str) -> String {
     format!("revoked:jti:{jti}")

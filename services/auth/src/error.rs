@@ -18,6 +18,8 @@ pub enum AuthError {
     UsernameTaken,
     #[error("account not found")]
     AccountNotFound,
+    #[error("only administrators may do this")]
+    NotAdmin,
     #[error("incorrect email or password")]
     BadCredentials,
     #[error("email address not verified; check your inbox or request a new verification email")]
@@ -57,7 +59,7 @@ impl HasErrorCode for AuthError {
             AuthError::BadCredentials | AuthError::InvalidRefreshToken | AuthError::RefreshReuse => {
                 ErrorCode::Unauthenticated
             }
-            AuthError::NotVerified | AuthError::Inactive => ErrorCode::Forbidden,
+            AuthError::NotVerified | AuthError::Inactive | AuthError::NotAdmin => ErrorCode::Forbidden,
             AuthError::Database(e) => e.code(),
             AuthError::Redis(e) => e.code(),
             AuthError::Token(_) | AuthError::Internal(_) => ErrorCode::Internal,

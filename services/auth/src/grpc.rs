@@ -4,9 +4,9 @@ use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
 use unilink_proto::auth::auth_service_server::{AuthService as AuthApi, AuthServiceServer};
 use unilink_proto::auth::{
-    Account as AccountMessage, Ack, GetAccountRequest, GetVerificationKeysRequest, LoginRequest, LogoutRequest,
-    RefreshRequest, RegisterRequest, ResendVerificationRequest, Session as SessionMessage, VerificationKey,
-    VerificationKeys, VerifyEmailRequest, VerifyLoginOtpRequest,
+    Account as AccountMessage, Ack, DeactivateAccountRequest, GetAccountRequest, GetVerificationKeysRequest,
+    LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, ResendVerificationRequest, Session as SessionMessage,
+    VerificationKey, VerificationKeys, VerifyEmailRequest, VerifyLoginOtpRequest,
 };
 
 use crate::error::AuthError;
@@ -123,6 +123,17 @@ impl AuthApi for AuthService {
         })
         .await?;
         Ok(ack("Logged out"))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn deactivate_account(
+        &self,
+        request: Request<DeactivateAccountRequest>,
+    ) -> Result<Response<AccountMessage>, Status> {
+        let r = request.get_ref();
+        let admin = UserId::parse(&r.admin_id).map_err(AuthError::from)?;
+        let user = UserId::parse(&r.user_id).map_err(AuthError::from)?;
+        Ok(Response::new(self.deactivate(admin, user).await?.into()))
     }
 
     async fn get_verification_keys(

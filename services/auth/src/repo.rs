@@ -297,3 +297,26 @@ pub async fn revoke_family(client: &impl GenericClient, family: Uuid) -> Result<
         )
         .await?)
 }
+
+/// Deactivates an account; `None` when it does not exist.
+pub async fn deactivate(tx: &Transaction<'_>, user: UserId) -> Result<Option<Account>, DbError> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE accounts SET is_active = false, updated_at = now() WHERE id = $1 RETURNING {ACCOUNT_COLUMNS}"
+            ),
+            &[&user.as_uuid()],
+        )
+        .await?;
+    Ok(row.as_ref().map(Account::from_row))
+}
+
+/// Revokes every refresh token of a user.
+pub async fn revoke_all_sessions(tx: &Transaction<'_>, user: UserId) -> Result<u64, DbError> {
+    Ok(tx
+        .execute(
+            "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            &[&user.as_uuid()],
+        )
+        .await?)
+}

@@ -11,8 +11,8 @@ use unilink_config::Settings;
 use unilink_db::{DbError, Uuid};
 use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
 use unilink_events::payload::{
-    LoginOtpRequested, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED, USER_VERIFIED,
-    UserRegistered, UserVerified, VerificationRequested,
+    LoginOtpRequested, USER_DEACTIVATED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED,
+    USER_VERIFIED, UserRef, UserRegistered, UserVerified, VerificationRequested,
 };
 use unilink_events::{Event, outbox};
 use unilink_presence::PresenceRegistry;
@@ -356,6 +356,36 @@ impl AuthService {
         self.presence.disconnect_all(claims.user_id).await?;
         tracing::info!(audit = true, action = "logout", user_id = %claims.user_id, "logged out");
         Ok(())
+    }
+
+    /// Moderation: deactivates `user`. Their refresh tokens are revoked, every
+    /// access token they hold is refused from now on (until the longest could
+    /// expire), they go offline, and `user.deactivated` tells the other services.
+    pub async fn deactivate(&self, admin: UserId, user: UserId) -> Result<Account, AuthError> {
+        let admin_account = self.accounts.find(admin).await?.ok_or(AuthError::NotAdmin)?;
+        if admin_account.role != "admin" || !admin_account.is_active {
+            return Err(AuthError::NotAdmin);
+        }
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let account = repo::deactivate(&tx, user).await?.ok_or(AuthError::AccountNotFound)?;
+        repo::revoke_all_sessions(&tx, user).await?;
+        let payload = UserRef {
+            user_id: user.to_string(),
+        };
+        outbox::enqueue(&tx, &Event::new(USER_DEACTIVATED, json(&payload)?)).await?;
+        // Refuse tokens before the commit makes the deactivation visible.
+        self.redis
+            .set_with_ttl(
+                &unilink_tokens::revoked_user_key(&user.to_string()),
+                "deactivated",
+                self.keys.ttl() + Duration::from_secs(60),
+            )
+            .await?;
+        tx.commit().await.map_err(DbError::from)?;
+        self.presence.disconnect_all(user).await?;
+        tracing::info!(audit = true, action = "admin.deactivate", admin_id = %admin, user_id = %user, "account deactivated");
+        Ok(account)
     }
 
     async fn open_session(

@@ -104,7 +104,13 @@ impl KeyStore {
         let user_id = claims.user_id().map_err(|_| unauthorized("invalid access token"))?;
         match self
             .redis
-            .exists(&unilink_tokens::revoked_jti_key(&claims.jti), REVOCATION_TIMEOUT)
+            .exists_any(
+                &[
+                    unilink_tokens::revoked_jti_key(&claims.jti),
+                    unilink_tokens::revoked_user_key(&claims.sub),
+                ],
+                REVOCATION_TIMEOUT,
+            )
             .await
         {
             Ok(true) => return Err(unauthorized("access token has been revoked")),

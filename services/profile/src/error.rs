@@ -19,6 +19,8 @@ pub enum ProfileError {
     NotBlocked,
     #[error("you already have an open report about this user")]
     ReportAlreadyOpen,
+    #[error("report not found")]
+    ReportNotFound,
     #[error(transparent)]
     Database(#[from] DbError),
     #[error(transparent)]
@@ -29,7 +31,9 @@ impl HasErrorCode for ProfileError {
     fn code(&self) -> ErrorCode {
         match self {
             ProfileError::Invalid(_) | ProfileError::SelfAction(_) => ErrorCode::BadRequest,
-            ProfileError::ProfileNotFound | ProfileError::NotBlocked => ErrorCode::NotFound,
+            ProfileError::ProfileNotFound | ProfileError::NotBlocked | ProfileError::ReportNotFound => {
+                ErrorCode::NotFound
+            }
             ProfileError::BlockedByUser => ErrorCode::Forbidden,
             ProfileError::ReportAlreadyOpen => ErrorCode::Conflict,
             ProfileError::Database(e) => e.code(),

@@ -4,11 +4,13 @@ use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
 use unilink_proto::profile::profile_service_server::{ProfileService as ProfileApi, ProfileServiceServer};
 use unilink_proto::profile::{
-    AvailableUsers, BlockRequest, GetProfileRequest, ListAvailableRequest, Profile as ProfileMessage, ProfileAck,
-    ReportRequest, UpdateProfileRequest, ViewProfileRequest,
+    AvailableUsers, BlockRequest, GetProfileRequest, ListAvailableRequest, ListReportsRequest,
+    Profile as ProfileMessage, ProfileAck, ReportEntry, ReportRequest, Reports, ResolveReportRequest,
+    UpdateProfileRequest, ViewProfileRequest,
 };
 
 use crate::error::ProfileError;
+use crate::repo::Report;
 use crate::service::{ProfileService, ProfileView, Update};
 
 pub fn server(core: ProfileService) -> ProfileServiceServer<ProfileService> {
@@ -30,6 +32,22 @@ impl From<ProfileView> for ProfileMessage {
             is_verified: p.is_verified,
             is_active: p.is_active,
             is_online: v.is_online,
+        }
+    }
+}
+
+impl From<Report> for ReportEntry {
+    fn from(r: Report) -> Self {
+        ReportEntry {
+            id: r.id.to_string(),
+            reporter_id: r.reporter_id.to_string(),
+            reported_id: r.reported_id.to_string(),
+            reason: r.reason,
+            description: r.description,
+            status: r.status,
+            created_at: Some(unilink_proto::timestamp(r.created_at)),
+            resolved_at: r.resolved_at.map(unilink_proto::timestamp),
+            resolved_by: r.resolved_by.map(|id| id.to_string()),
         }
     }
 }
@@ -107,5 +125,29 @@ impl ProfileApi for ProfileService {
         Ok(Response::new(AvailableUsers {
             users: users.into_iter().map(Into::into).collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_reports(&self, request: Request<ListReportsRequest>) -> Result<Response<Reports>, Status> {
+        let r = request.get_ref();
+        let (reports, total) = self.list_reports(&r.status, r.limit, r.offset).await?;
+        Ok(Response::new(Reports {
+            reports: reports.into_iter().map(Into::into).collect(),
+            total: total.max(0) as u64,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn resolve_report(&self, request: Request<ResolveReportRequest>) -> Result<Response<ReportEntry>, Status> {
+        let r = request.get_ref();
+        let report = unilink_db::Uuid::parse_str(r.report_id.trim()).map_err(|_| {
+            ProfileError::Invalid(unilink_domain::DomainError::InvalidId {
+                what: "report id",
+                value: r.report_id.chars().take(64).collect(),
+            })
+        })?;
+        Ok(Response::new(
+            self.resolve_report(report, id(&r.admin_id)?).await?.into(),
+        ))
     }
 }

@@ -38,6 +38,39 @@ impl Profile {
     }
 }
 
+/// A report as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub id: Uuid,
+    pub reporter_id: Uuid,
+    pub reported_id: Uuid,
+    pub reason: String,
+    pub description: Option<String>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<Uuid>,
+}
+
+const REPORT_COLUMNS: &str =
+    "id, reporter_id, reported_id, reason, description, status, created_at, resolved_at, resolved_by";
+
+impl Report {
+    fn from_row(row: &Row) -> Self {
+        Report {
+            id: row.get("id"),
+            reporter_id: row.get("reporter_id"),
+            reported_id: row.get("reported_id"),
+            reason: row.get("reason"),
+            description: row.get("description"),
+            status: row.get("status"),
+            created_at: row.get("created_at"),
+            resolved_at: row.get("resolved_at"),
+            resolved_by: row.get("resolved_by"),
+        }
+    }
+}
+
 /// A partial update; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -198,5 +231,59 @@ impl ProfileRepository {
             )
             .await?;
         Ok(rows.iter().map(Profile::from_row).collect())
+    }
+}
+
+impl ProfileRepository {
+    /// Marks the account deactivated; false when the profile does not exist yet.
+    pub async fn set_inactive(&self, user_id: UserId) -> Result<bool, DbError> {
+        let client = self.db.get().await?;
+        let n = client
+            .execute(
+                "UPDATE profiles SET is_active = false, updated_at = now() WHERE user_id = $1",
+                &[&user_id.as_uuid()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Reports with `status` (every status when `None`), newest first, and how many there are.
+    pub async fn reports(&self, status: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<Report>, i64), DbError> {
+        let client = self.db.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {REPORT_COLUMNS} FROM reports WHERE ($1::text IS NULL OR status = $1)
+                     ORDER BY created_at DESC, id LIMIT $2 OFFSET $3"
+                ),
+                &[&status, &limit, &offset],
+            )
+            .await?;
+        let total: i64 = client
+            .query_one(
+                "SELECT count(*) FROM reports WHERE ($1::text IS NULL OR status = $1)",
+                &[&status],
+            )
+            .await?
+            .get(0);
+        Ok((rows.iter().map(Report::from_row).collect(), total))
+    }
+
+    /// Resolves a report (idempotent); `None` when it does not exist.
+    pub async fn resolve_report(&self, id: Uuid, admin: UserId) -> Result<Option<Report>, DbError> {
+        let client = self.db.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE reports SET
+                         status = 'resolved',
+                         resolved_at = COALESCE(resolved_at, now()),
+                         resolved_by = COALESCE(resolved_by, $2)
+                     WHERE id = $1 RETURNING {REPORT_COLUMNS}"
+                ),
+                &[&id, &admin.as_uuid()],
+            )
+            .await?;
+        Ok(row.as_ref().map(Report::from_row))
     }
 }

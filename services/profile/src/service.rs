@@ -5,7 +5,7 @@ use unilink_domain::{Bio, FullName, PictureUrl, ReportReason, UserId, parse_repo
 use unilink_presence::PresenceRegistry;
 
 use crate::error::ProfileError;
-use crate::repo::{Changes, Profile, ProfileRepository};
+use crate::repo::{Changes, Profile, ProfileRepository, Report};
 
 /// A profile with its live presence.
 #[derive(Debug, Clone)]
@@ -151,6 +151,38 @@ impl ProfileService {
         }
         tracing::info!(audit = true, action = "user.reported", user_id = %reporter, target = %reported, "report filed");
         Ok(())
+    }
+
+    /// Moderation: reports by status (`open`, `resolved`, or all), newest first.
+    pub async fn list_reports(
+        &self,
+        status: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<Report>, i64), ProfileError> {
+        let status = match status {
+            "" => None,
+            "open" | "resolved" => Some(status),
+            _ => {
+                return Err(unilink_domain::DomainError::Invalid("status must be open or resolved".to_owned()).into());
+            }
+        };
+        let limit = if limit == 0 { 50 } else { limit.min(100) };
+        Ok(self
+            .profiles
+            .reports(status, i64::from(limit), i64::from(offset))
+            .await?)
+    }
+
+    /// Moderation: marks a report resolved.
+    pub async fn resolve_report(&self, report: Uuid, admin: UserId) -> Result<Report, ProfileError> {
+        let resolved = self
+            .profiles
+            .resolve_report(report, admin)
+            .await?
+            .ok_or(ProfileError::ReportNotFound)?;
+        tracing::info!(audit = true, action = "admin.resolve_report", admin_id = %admin, report_id = %report, "report resolved");
+        Ok(resolved)
     }
 
     /// Up to `limit` users the caller may call: online, verified, active, not

@@ -6,7 +6,9 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_events::consumer::{HandlerError, Subscription};
-use unilink_events::payload::{USER_REGISTERED, USER_VERIFIED, UserRegistered, UserVerified};
+use unilink_events::payload::{
+    USER_DEACTIVATED, USER_REGISTERED, USER_VERIFIED, UserRef, UserRegistered, UserVerified,
+};
 use unilink_events::{Event, stream_of};
 
 use crate::repo::ProfileRepository;
@@ -48,6 +50,14 @@ async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), Handle
             let p: UserVerified = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
             // Verified before its profile exists: retried once `user.registered` is in.
             if profiles.set_verified(user_id(&p.user_id)?).await.map_err(retry)? {
+                Ok(())
+            } else {
+                Err(HandlerError::Retry("profile not created yet".to_owned()))
+            }
+        }
+        USER_DEACTIVATED => {
+            let p: UserRef = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
+            if profiles.set_inactive(user_id(&p.user_id)?).await.map_err(retry)? {
                 Ok(())
             } else {
                 Err(HandlerError::Retry("profile not created yet".to_owned()))

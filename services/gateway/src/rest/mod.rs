@@ -1,5 +1,6 @@
 //! The public REST routes.
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod index;
@@ -29,7 +30,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/users/unblock/{id}", web::post().to(users::unblock))
         .route("/users/report/{id}", web::post().to(users::report))
         .route("/users/{id}", web::get().to(users::get_user))
-        .route("/calls/available", web::get().to(users::available));
+        .route("/calls/available", web::get().to(users::available))
+        .route("/admin/reports", web::get().to(admin::reports))
+        .route("/admin/reports/{id}/resolve", web::post().to(admin::resolve))
+        .route("/admin/users/{id}/deactivate", web::post().to(admin::deactivate));
 }
 
 /// Liveness: the process answers. Never depends on PostgreSQL or Redis, so
