@@ -56,3 +56,11 @@ pub struct UserVerified {
 pub struct UserRef {
     pub user_id: String,
 }
+
+/// Payload of `user.deleted`: who, and the address mails went to (so the
+/// delivery log can forget it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDeleted {
+    pub user_id: String,
+    pub email: String,
+}

@@ -20,6 +20,8 @@ pub enum AuthError {
     AccountNotFound,
     #[error("only administrators may do this")]
     NotAdmin,
+    #[error("incorrect password")]
+    WrongPassword,
     #[error("incorrect email or password")]
     BadCredentials,
     #[error("email address not verified; check your inbox or request a new verification email")]
@@ -56,9 +58,10 @@ impl HasErrorCode for AuthError {
             | AuthError::OtpLocked => ErrorCode::BadRequest,
             AuthError::EmailTaken | AuthError::UsernameTaken => ErrorCode::Conflict,
             AuthError::AccountNotFound => ErrorCode::NotFound,
-            AuthError::BadCredentials | AuthError::InvalidRefreshToken | AuthError::RefreshReuse => {
-                ErrorCode::Unauthenticated
-            }
+            AuthError::BadCredentials
+            | AuthError::InvalidRefreshToken
+            | AuthError::RefreshReuse
+            | AuthError::WrongPassword => ErrorCode::Unauthenticated,
             AuthError::NotVerified | AuthError::Inactive | AuthError::NotAdmin => ErrorCode::Forbidden,
             AuthError::Database(e) => e.code(),
             AuthError::Redis(e) => e.code(),

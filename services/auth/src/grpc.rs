@@ -4,9 +4,10 @@ use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
 use unilink_proto::auth::auth_service_server::{AuthService as AuthApi, AuthServiceServer};
 use unilink_proto::auth::{
-    Account as AccountMessage, Ack, DeactivateAccountRequest, GetAccountRequest, GetVerificationKeysRequest,
-    LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, ResendVerificationRequest, Session as SessionMessage,
-    VerificationKey, VerificationKeys, VerifyEmailRequest, VerifyLoginOtpRequest,
+    Account as AccountMessage, Ack, DeactivateAccountRequest, DeleteAccountRequest, GetAccountRequest,
+    GetVerificationKeysRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+    ResendVerificationRequest, Session as SessionMessage, VerificationKey, VerificationKeys, VerifyEmailRequest,
+    VerifyLoginOtpRequest,
 };
 
 use crate::error::AuthError;
@@ -134,6 +135,14 @@ impl AuthApi for AuthService {
         let admin = UserId::parse(&r.admin_id).map_err(AuthError::from)?;
         let user = UserId::parse(&r.user_id).map_err(AuthError::from)?;
         Ok(Response::new(self.deactivate(admin, user).await?.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn delete_account(&self, request: Request<DeleteAccountRequest>) -> Result<Response<Ack>, Status> {
+        let r = request.get_ref();
+        let user = UserId::parse(&r.user_id).map_err(AuthError::from)?;
+        self.delete_account(user, &r.password).await?;
+        Ok(ack("Your account and personal data have been deleted"))
     }
 
     async fn get_verification_keys(

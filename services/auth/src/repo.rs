@@ -320,3 +320,22 @@ pub async fn revoke_all_sessions(tx: &Transaction<'_>, user: UserId) -> Result<u
         )
         .await?)
 }
+
+/// Deletes an account; its tokens and codes go with it (foreign keys cascade).
+pub async fn delete_account(tx: &Transaction<'_>, user: UserId) -> Result<bool, DbError> {
+    Ok(tx
+        .execute("DELETE FROM accounts WHERE id = $1", &[&user.as_uuid()])
+        .await?
+        == 1)
+}
+
+/// The password hash of an account.
+pub async fn password_hash(tx: &Transaction<'_>, user: UserId) -> Result<Option<(Account, String)>, DbError> {
+    let row = tx
+        .query_opt(
+            &format!("SELECT {ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE id = $1 FOR UPDATE"),
+            &[&user.as_uuid()],
+        )
+        .await?;
+    Ok(row.map(|r| (Account::from_row(&r), r.get("password_hash"))))
+}

@@ -11,8 +11,9 @@ use unilink_config::Settings;
 use unilink_db::{DbError, Uuid};
 use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
 use unilink_events::payload::{
-    LoginOtpRequested, USER_DEACTIVATED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED,
-    USER_VERIFIED, UserRef, UserRegistered, UserVerified, VerificationRequested,
+    LoginOtpRequested, USER_DEACTIVATED, USER_DELETED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED,
+    USER_VERIFICATION_REQUESTED, USER_VERIFIED, UserDeleted, UserRef, UserRegistered, UserVerified,
+    VerificationRequested,
 };
 use unilink_events::{Event, outbox};
 use unilink_presence::PresenceRegistry;
@@ -386,6 +387,42 @@ impl AuthService {
         self.presence.disconnect_all(user).await?;
         tracing::info!(audit = true, action = "admin.deactivate", admin_id = %admin, user_id = %user, "account deactivated");
         Ok(account)
+    }
+
+    /// Deletes the caller's account once they re-entered their password. The
+    /// account row (and its tokens and codes) goes; `user.deleted` makes every
+    /// other service erase what it holds; access tokens are refused at once.
+    pub async fn delete_account(&self, user: UserId, password: &str) -> Result<(), AuthError> {
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let (account, hash) = repo::password_hash(&tx, user)
+            .await?
+            .ok_or(AuthError::AccountNotFound)?;
+        let password = if password.len() > unilink_domain::MAX_PASSWORD_BYTES {
+            ""
+        } else {
+            password
+        };
+        if !self.hasher.verify(password, Some(&hash)).await?.matches {
+            return Err(AuthError::WrongPassword);
+        }
+        repo::delete_account(&tx, user).await?;
+        let payload = UserDeleted {
+            user_id: user.to_string(),
+            email: account.email.clone(),
+        };
+        outbox::enqueue(&tx, &Event::new(USER_DELETED, json(&payload)?)).await?;
+        self.redis
+            .set_with_ttl(
+                &unilink_tokens::revoked_user_key(&user.to_string()),
+                "deleted",
+                self.keys.ttl() + Duration::from_secs(60),
+            )
+            .await?;
+        tx.commit().await.map_err(DbError::from)?;
+        self.presence.disconnect_all(user).await?;
+        tracing::info!(audit = true, action = "user.deleted", user_id = %user, "account deleted");
+        Ok(())
     }
 
     async fn open_session(

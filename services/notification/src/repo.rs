@@ -190,3 +190,18 @@ impl DeliveryRepository {
         Ok(())
     }
 }
+
+impl DeliveryRepository {
+    /// A deleted user's address leaves the delivery log (the records stay,
+    /// anonymous, for idempotency).
+    pub async fn forget_recipient(&self, email: &str) -> Result<u64, NotificationError> {
+        let client = self.db.get().await.map_err(unilink_db::DbError::from)?;
+        Ok(client
+            .execute(
+                "UPDATE deliveries SET recipient = NULL WHERE lower(recipient) = lower($1)",
+                &[&email],
+            )
+            .await
+            .map_err(unilink_db::DbError::from)?)
+    }
+}

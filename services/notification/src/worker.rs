@@ -86,6 +86,17 @@ impl EmailWorker {
         let kind = match event.event_type.as_str() {
             USER_VERIFICATION_REQUESTED => EmailKind::Verification,
             USER_LOGIN_OTP_REQUESTED => EmailKind::LoginOtp,
+            unilink_events::payload::USER_DELETED => {
+                let deleted: unilink_events::payload::UserDeleted =
+                    event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
+                return self
+                    .inner
+                    .deliveries
+                    .forget_recipient(&deleted.email)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| HandlerError::Retry(e.to_string()));
+            }
             _ => return Ok(()),
         };
         let email = match kind {

@@ -4,9 +4,9 @@ use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
 use unilink_proto::profile::profile_service_server::{ProfileService as ProfileApi, ProfileServiceServer};
 use unilink_proto::profile::{
-    AvailableUsers, BlockRequest, GetProfileRequest, ListAvailableRequest, ListReportsRequest,
+    AvailableUsers, BlockEntry, BlockRequest, GetProfileRequest, ListAvailableRequest, ListReportsRequest,
     Profile as ProfileMessage, ProfileAck, ReportEntry, ReportRequest, Reports, ResolveReportRequest,
-    UpdateProfileRequest, ViewProfileRequest,
+    UpdateProfileRequest, UserDataExport, ViewProfileRequest,
 };
 
 use crate::error::ProfileError;
@@ -149,5 +149,21 @@ impl ProfileApi for ProfileService {
         Ok(Response::new(
             self.resolve_report(report, id(&r.admin_id)?).await?.into(),
         ))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn export_user_data(&self, request: Request<GetProfileRequest>) -> Result<Response<UserDataExport>, Status> {
+        let (profile, blocks, reports) = self.export(id(&request.get_ref().user_id)?).await?;
+        Ok(Response::new(UserDataExport {
+            profile: profile.map(Into::into),
+            blocks: blocks
+                .into_iter()
+                .map(|b| BlockEntry {
+                    blocked_id: b.blocked_id.to_string(),
+                    created_at: Some(unilink_proto::timestamp(b.created_at)),
+                })
+                .collect(),
+            reports: reports.into_iter().map(Into::into).collect(),
+        }))
     }
 }

@@ -287,3 +287,55 @@ impl ProfileRepository {
         Ok(row.as_ref().map(Report::from_row))
     }
 }
+
+/// A block the user made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockMade {
+    pub blocked_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ProfileRepository {
+    pub async fn blocks_made(&self, user: UserId) -> Result<Vec<BlockMade>, DbError> {
+        let client = self.db.get().await?;
+        let rows = client
+            .query(
+                "SELECT blocked_id, created_at FROM blocks WHERE blocker_id = $1 ORDER BY created_at",
+                &[&user.as_uuid()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| BlockMade {
+                blocked_id: r.get(0),
+                created_at: r.get(1),
+            })
+            .collect())
+    }
+
+    pub async fn reports_made(&self, user: UserId) -> Result<Vec<Report>, DbError> {
+        let client = self.db.get().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {REPORT_COLUMNS} FROM reports WHERE reporter_id = $1 ORDER BY created_at"),
+                &[&user.as_uuid()],
+            )
+            .await?;
+        Ok(rows.iter().map(Report::from_row).collect())
+    }
+
+    /// Erases a deleted user: their profile, blocks either way, and reports
+    /// they made or that name them. Idempotent.
+    pub async fn erase(&self, user: UserId) -> Result<(), DbError> {
+        let mut client = self.db.get().await?;
+        let tx = client.transaction().await?;
+        let id = user.as_uuid();
+        tx.execute("DELETE FROM blocks WHERE blocker_id = $1 OR blocked_id = $1", &[&id])
+            .await?;
+        tx.execute("DELETE FROM reports WHERE reporter_id = $1 OR reported_id = $1", &[&id])
+            .await?;
+        tx.execute("DELETE FROM profiles WHERE user_id = $1", &[&id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -5,7 +5,7 @@ use unilink_domain::{Bio, FullName, PictureUrl, ReportReason, UserId, parse_repo
 use unilink_presence::PresenceRegistry;
 
 use crate::error::ProfileError;
-use crate::repo::{Changes, Profile, ProfileRepository, Report};
+use crate::repo::{BlockMade, Changes, Profile, ProfileRepository, Report};
 
 /// A profile with its live presence.
 #[derive(Debug, Clone)]
@@ -151,6 +151,24 @@ impl ProfileService {
         }
         tracing::info!(audit = true, action = "user.reported", user_id = %reporter, target = %reported, "report filed");
         Ok(())
+    }
+
+    /// Everything stored about `user` here: profile, blocks made, reports made.
+    pub async fn export(
+        &self,
+        user: UserId,
+    ) -> Result<(Option<ProfileView>, Vec<BlockMade>, Vec<Report>), ProfileError> {
+        let profile = match self.profiles.find(user).await? {
+            Some(profile) => Some(ProfileView {
+                is_online: self.presence.is_online(user).await?,
+                profile,
+            }),
+            None => None,
+        };
+        let blocks = self.profiles.blocks_made(user).await?;
+        let reports = self.profiles.reports_made(user).await?;
+        tracing::info!(audit = true, action = "user.export", user_id = %user, "personal data exported");
+        Ok((profile, blocks, reports))
     }
 
     /// Moderation: reports by status (`open`, `resolved`, or all), newest first.

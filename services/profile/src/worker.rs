@@ -7,7 +7,7 @@ use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_events::consumer::{HandlerError, Subscription};
 use unilink_events::payload::{
-    USER_DEACTIVATED, USER_REGISTERED, USER_VERIFIED, UserRef, UserRegistered, UserVerified,
+    USER_DEACTIVATED, USER_DELETED, USER_REGISTERED, USER_VERIFIED, UserDeleted, UserRef, UserRegistered, UserVerified,
 };
 use unilink_events::{Event, stream_of};
 
@@ -62,6 +62,10 @@ async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), Handle
             } else {
                 Err(HandlerError::Retry("profile not created yet".to_owned()))
             }
+        }
+        USER_DELETED => {
+            let p: UserDeleted = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
+            profiles.erase(user_id(&p.user_id)?).await.map_err(retry)
         }
         _ => Ok(()),
     }

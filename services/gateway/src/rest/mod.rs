@@ -26,6 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/auth/logout", web::post().to(auth::logout))
         .route("/users/me", web::get().to(users::me))
         .route("/users/me", web::put().to(users::update_me))
+        .route("/users/me", web::delete().to(users::delete_me))
+        .route("/users/me/export", web::get().to(users::export))
         .route("/users/block/{id}", web::post().to(users::block))
         .route("/users/unblock/{id}", web::post().to(users::unblock))
         .route("/users/report/{id}", web::post().to(users::report))

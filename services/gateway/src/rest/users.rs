@@ -4,6 +4,7 @@
 use actix_web::{HttpResponse, web};
 use chrono::SecondsFormat;
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use unilink_domain::UserId;
 use unilink_errors::ErrorCode;
 use unilink_grpc::GrpcChannel;
@@ -274,4 +275,65 @@ pub async fn available(
         })
         .collect();
     Ok(HttpResponse::Ok().json(list))
+}
+
+/// `GET /users/me/export`: everything stored about the caller, across services.
+pub async fn export(upstreams: web::Data<Upstreams>, caller: Authenticated) -> Result<HttpResponse, ApiError> {
+    let user_id = caller.0.user_id.to_string();
+    let mut auth = AuthServiceClient::new(upstreams.auth.clone());
+    let mut profile = profiles(&upstreams);
+    let (account, data) = tokio::join!(
+        auth.get_account(GetAccountRequest {
+            user_id: user_id.clone()
+        }),
+        profile.export_user_data(GetProfileRequest { user_id }),
+    );
+    let account = account?.into_inner();
+    let data = data?.into_inner();
+    let blocks: Vec<Value> = data
+        .blocks
+        .into_iter()
+        .map(|b| serde_json::json!({ "blocked_id": b.blocked_id, "created_at": rfc3339(b.created_at.as_ref()) }))
+        .collect();
+    let reports: Vec<crate::rest::admin::ReportJson> = data.reports.into_iter().map(Into::into).collect();
+    Ok(HttpResponse::Ok()
+        .insert_header(("Content-Disposition", "attachment; filename=\"unilink-data.json\""))
+        .json(serde_json::json!({
+            "exported_at": chrono::Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+            "account": {
+                "id": account.id,
+                "email": account.email,
+                "username": account.username,
+                "full_name": account.full_name,
+                "is_verified": account.is_verified,
+                "is_active": account.is_active,
+                "role": account.role,
+                "created_at": rfc3339(account.created_at.as_ref()),
+            },
+            "profile": data.profile.map(UserJson::from_profile),
+            "blocks": blocks,
+            "reports": reports,
+        })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteBody {
+    password: String,
+}
+
+/// `DELETE /users/me` with `{password}`: deletes the account; every service
+/// erases its data through the durable `user.deleted` event.
+pub async fn delete_me(
+    upstreams: web::Data<Upstreams>,
+    caller: Authenticated,
+    body: web::Json<DeleteBody>,
+) -> Result<HttpResponse, ApiError> {
+    let ack = AuthServiceClient::new(upstreams.auth.clone())
+        .delete_account(unilink_proto::auth::DeleteAccountRequest {
+            user_id: caller.0.user_id.to_string(),
+            password: body.into_inner().password,
+        })
+        .await?
+        .into_inner();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": ack.message })))
 }
