@@ -138,30 +138,35 @@ impl Redis {
         Ok(())
     }
 
-    /// Counts one hit in a fixed window: `INCR` the prefixed key and give it
-    /// `ttl` when it is new (one round trip); returns the count so far.
-    pub async fn incr_window(&self, key: &str, ttl: Duration, timeout: Duration) -> Result<i64, BusError> {
+    /// Counts one hit in a fixed window — `INCR` the prefixed key and give it
+    /// `ttl` when it is new — and, in the same round trip, tells whether any
+    /// of `flags` (prefixed keys) exists. Returns (count so far, any flag set).
+    pub async fn incr_window(
+        &self,
+        key: &str,
+        ttl: Duration,
+        flags: &[String],
+        timeout: Duration,
+    ) -> Result<(i64, bool), BusError> {
         let key = self.key(key);
+        let flags: Vec<String> = flags.iter().map(|k| self.key(k)).collect();
         let pipeline = self.client.pipeline();
         let work = async {
             let _: () = pipeline.incr(&key).await?;
             let _: () = pipeline
                 .expire(&key, ttl.as_secs().max(1) as i64, Some(fred::types::ExpireOptions::NX))
                 .await?;
-            pipeline.all::<(i64, i64)>().await
+            if flags.is_empty() {
+                let (count, _): (i64, i64) = pipeline.all().await?;
+                Ok::<_, fred::error::Error>((count, false))
+            } else {
+                let _: () = pipeline.exists(flags).await?;
+                let (count, _, set): (i64, i64, i64) = pipeline.all().await?;
+                Ok((count, set > 0))
+            }
         };
         match tokio::time::timeout(timeout, work).await {
-            Ok(Ok((count, _))) => Ok(count),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(BusError::Timeout(timeout)),
-        }
-    }
-
-    /// Whether any of the prefixed keys exists (one round trip), within `timeout`.
-    pub async fn exists_any(&self, keys: &[String], timeout: Duration) -> Result<bool, BusError> {
-        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
-        match tokio::time::timeout(timeout, self.client.exists::<i64, _>(keys)).await {
-            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(BusError::Timeout(timeout)),
         }

@@ -1,6 +1,8 @@
 //! Who is calling: access tokens verified at the edge, with keys obtained
 //! from auth over gRPC (cached; fetched again when a token names an unknown
-//! `kid`, so keys rotate without a restart), plus the revocation list in Redis.
+//! `kid`, so keys rotate without a restart). The deny-list in Redis (logout,
+//! deactivation, deletion) is checked by the edge middleware in the same round
+//! trip as the rate limit.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +11,6 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::{Ready, ready};
 use tokio::sync::{Mutex, RwLock};
-use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_errors::ErrorCode;
 use unilink_grpc::GrpcChannel;
@@ -21,8 +22,6 @@ use crate::error::ApiError;
 
 /// Keys are fetched again at most this often when unknown kids show up.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
-/// Deadline of the revocation lookup.
-const REVOCATION_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The verified caller.
 #[derive(Debug, Clone)]
@@ -35,16 +34,14 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct KeyStore {
     auth: GrpcChannel,
-    redis: Redis,
     verifier: RwLock<Option<Arc<Verifier>>>,
     last_fetch: Mutex<Option<Instant>>,
 }
 
 impl KeyStore {
-    pub fn new(auth: GrpcChannel, redis: Redis) -> KeyStore {
+    pub fn new(auth: GrpcChannel) -> KeyStore {
         KeyStore {
             auth,
-            redis,
             verifier: RwLock::new(None),
             last_fetch: Mutex::new(None),
         }
@@ -80,7 +77,9 @@ impl KeyStore {
         Ok(())
     }
 
-    /// Verifies a bearer token: signature, expiry, issuer, audience, revocation.
+    /// Verifies a bearer token: signature, expiry, issuer, audience. Whether
+    /// it was revoked is asked of Redis by the edge, together with the rate
+    /// limit ([`revocation_keys`]).
     pub async fn authenticate(&self, token: &str) -> Result<Identity, ApiError> {
         let unauthorized = |detail: &str| ApiError::new(ErrorCode::Unauthenticated, detail);
         let kid = Verifier::kid_of(token)
@@ -102,27 +101,17 @@ impl KeyStore {
             _ => unauthorized("invalid access token"),
         })?;
         let user_id = claims.user_id().map_err(|_| unauthorized("invalid access token"))?;
-        match self
-            .redis
-            .exists_any(
-                &[
-                    unilink_tokens::revoked_jti_key(&claims.jti),
-                    unilink_tokens::revoked_user_key(&claims.sub),
-                ],
-                REVOCATION_TIMEOUT,
-            )
-            .await
-        {
-            Ok(true) => return Err(unauthorized("access token has been revoked")),
-            Ok(false) => {}
-            Err(e) => {
-                // Fail open: tokens are short-lived, and a Redis outage must not log everyone out.
-                tracing::warn!(error = %e, "revocation check unavailable");
-                metrics::counter!("token_revocation_check_failed_total").increment(1);
-            }
-        }
         Ok(Identity { user_id, claims })
     }
+}
+
+/// The deny-list keys that refuse a verified token: its own `jti` (logout)
+/// and its user (deactivated or deleted).
+pub fn revocation_keys(identity: &Identity) -> Vec<String> {
+    vec![
+        unilink_tokens::revoked_jti_key(&identity.claims.jti),
+        unilink_tokens::revoked_user_key(&identity.claims.sub),
+    ]
 }
 
 /// The bearer token of a request, if any: `Authorization: Bearer <token>`.

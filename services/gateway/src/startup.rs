@@ -175,7 +175,7 @@ impl Application {
             redis: redis.clone(),
             upstreams: upstreams.clone(),
         });
-        let keys = Arc::new(KeyStore::new(upstreams.auth.clone(), redis.clone()));
+        let keys = Arc::new(KeyStore::new(upstreams.auth.clone()));
         if let Err(e) = keys.refresh().await {
             // Not fatal: keys are fetched on the first authenticated request.
             tracing::warn!(detail = %e.detail, "verification keys not loaded yet");

@@ -21,7 +21,7 @@ use actix_web::{Error, HttpMessage, ResponseError, web};
 use unilink_errors::ErrorCode;
 
 use crate::error::ApiError;
-use crate::identity::{Caller, KeyStore, bearer_token};
+use crate::identity::{Caller, KeyStore, bearer_token, revocation_keys};
 use crate::middleware::client_ip::TrustedProxies;
 use crate::middleware::rate_limit::{Decision, RateLimiter};
 
@@ -66,26 +66,35 @@ pub async fn edge(
         .client_ip(req.request())
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
 
-    let caller = match bearer_token(req.request()) {
+    let mut caller = match bearer_token(req.request()) {
         None => Caller::Anonymous,
         Some(token) => match edge.keys.authenticate(token).await {
             Ok(identity) => Caller::Authenticated(identity),
             Err(e) => Caller::Rejected(e.code, e.detail),
         },
     };
+    let flags = match &caller {
+        Caller::Authenticated(identity) => revocation_keys(identity),
+        _ => Vec::new(),
+    };
 
     let path = req.path().to_owned();
-    let decision = if req.method() == Method::OPTIONS || exempt(&path) {
-        None
+    let (decision, revoked) = if req.method() == Method::OPTIONS || exempt(&path) {
+        (None, false)
     } else if path.starts_with("/auth/") {
-        Some(edge.limiter.hit("auth", &client, edge.auth_limit).await)
+        let (d, revoked) = edge.limiter.hit("auth", &client, edge.auth_limit, &flags).await;
+        (Some(d), revoked)
     } else {
         let who = match &caller {
             Caller::Authenticated(identity) => format!("user:{}", identity.user_id),
             _ => format!("ip:{client}"),
         };
-        Some(edge.limiter.hit("api", &who, edge.api_limit).await)
+        let (d, revoked) = edge.limiter.hit("api", &who, edge.api_limit, &flags).await;
+        (Some(d), revoked)
     };
+    if revoked {
+        caller = Caller::Rejected(ErrorCode::Unauthenticated, "access token has been revoked".to_owned());
+    }
 
     if let Some(d) = decision.filter(|d| !d.allowed) {
         tracing::info!(client = %client, path = %path, "rate limited");

@@ -41,34 +41,42 @@ impl RateLimiter {
         }
     }
 
-    /// Counts a hit of `who` in `scope` against `limit` per window.
-    pub async fn hit(&self, scope: &'static str, who: &str, limit: u32) -> Decision {
+    /// Counts a hit of `who` in `scope` against `limit` per window and, in
+    /// the same Redis round trip, checks whether any of `flags` is set (the
+    /// token deny-list). A Redis failure falls back to this replica's window
+    /// and reports no flag (fail open: tokens are short-lived, and an outage
+    /// must not log everyone out).
+    pub async fn hit(&self, scope: &'static str, who: &str, limit: u32, flags: &[String]) -> (Decision, bool) {
         let now = now_secs();
         let window = now / WINDOW.as_secs();
         let reset = (window + 1) * WINDOW.as_secs() - now;
         let key = format!("rl:{scope}:{who}:{window}");
-        let count = match self
+        let (count, flagged) = match self
             .redis
-            .incr_window(&key, WINDOW + Duration::from_secs(5), REDIS_TIMEOUT)
+            .incr_window(&key, WINDOW + Duration::from_secs(5), flags, REDIS_TIMEOUT)
             .await
         {
-            Ok(count) => u64::try_from(count).unwrap_or(u64::MAX),
+            Ok((count, flagged)) => (u64::try_from(count).unwrap_or(u64::MAX), flagged),
             Err(e) => {
                 tracing::debug!(error = %e, "rate limit falls back to this replica's window");
                 metrics::counter!("rate_limit_fallback_total", "scope" => scope).increment(1);
-                self.local_hit(&key, window)
+                if !flags.is_empty() {
+                    metrics::counter!("token_revocation_check_failed_total").increment(1);
+                }
+                (self.local_hit(&key, window), false)
             }
         };
         let allowed = count <= u64::from(limit);
         if !allowed {
             metrics::counter!("rate_limit_hits_total", "scope" => scope).increment(1);
         }
-        Decision {
+        let decision = Decision {
             allowed,
             limit,
             remaining: u32::try_from(u64::from(limit).saturating_sub(count)).unwrap_or(0),
             reset,
-        }
+        };
+        (decision, flagged)
     }
 
     fn local_hit(&self, key: &str, window: u64) -> u64 {
