@@ -91,12 +91,11 @@ impl AccountRepository {
 
     pub async fn find(&self, id: UserId) -> Result<Option<Account>, DbError> {
         let client = self.db.get().await?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"),
-                &[&id.as_uuid()],
-            )
+        // Hot path: prepared once per connection, not planned per call.
+        let statement = client
+            .prepare_cached(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
             .await?;
+        let row = client.query_opt(&statement, &[&id.as_uuid()]).await?;
         Ok(row.as_ref().map(Account::from_row))
     }
 

@@ -92,12 +92,11 @@ impl ProfileRepository {
 
     pub async fn find(&self, user_id: UserId) -> Result<Option<Profile>, DbError> {
         let client = self.db.get().await?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM profiles WHERE user_id = $1"),
-                &[&user_id.as_uuid()],
-            )
+        // Hot path: prepared once per connection, not planned per call.
+        let statement = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM profiles WHERE user_id = $1"))
             .await?;
+        let row = client.query_opt(&statement, &[&user_id.as_uuid()]).await?;
         Ok(row.as_ref().map(Profile::from_row))
     }
 
@@ -216,19 +215,20 @@ impl ProfileRepository {
     /// `viewer` and not blocked either way with them, keeping the order; at most `limit`.
     pub async fn discoverable(&self, viewer: UserId, candidates: &[Uuid], limit: i64) -> Result<Vec<Profile>, DbError> {
         let client = self.db.get().await?;
+        // Hot path: prepared once per connection (planning cost more than running it).
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM unnest($1::uuid[]) WITH ORDINALITY AS c(id, ord)
+                 JOIN profiles p ON p.user_id = c.id
+                 WHERE p.is_verified AND p.is_active AND p.user_id <> $2
+                   AND NOT EXISTS (SELECT 1 FROM blocks b
+                                   WHERE (b.blocker_id = $2 AND b.blocked_id = p.user_id)
+                                      OR (b.blocker_id = p.user_id AND b.blocked_id = $2))
+                 ORDER BY c.ord LIMIT $3"
+            ))
+            .await?;
         let rows = client
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM unnest($1::uuid[]) WITH ORDINALITY AS c(id, ord)
-                     JOIN profiles p ON p.user_id = c.id
-                     WHERE p.is_verified AND p.is_active AND p.user_id <> $2
-                       AND NOT EXISTS (SELECT 1 FROM blocks b
-                                       WHERE (b.blocker_id = $2 AND b.blocked_id = p.user_id)
-                                          OR (b.blocker_id = p.user_id AND b.blocked_id = $2))
-                     ORDER BY c.ord LIMIT $3"
-                ),
-                &[&candidates, &viewer.as_uuid(), &limit],
-            )
+            .query(&statement, &[&candidates, &viewer.as_uuid(), &limit])
             .await?;
         Ok(rows.iter().map(Profile::from_row).collect())
     }
