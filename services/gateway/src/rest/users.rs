@@ -161,35 +161,41 @@ pub async fn get_user(
     Ok(HttpResponse::Ok().json(UserJson::from_profile(profile)))
 }
 
+/// `POST /users/block/{id}`: idempotent; 400 for yourself, 404 for nobody.
 pub async fn block(
     upstreams: web::Data<Upstreams>,
     caller: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let target = path_user(&path)?;
-    let ack = profiles(&upstreams)
-        .block(BlockRequest {
-            user_id: caller.0.user_id.to_string(),
-            target_id: target.to_string(),
-        })
-        .await?
-        .into_inner();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "message": ack.message })))
+    change_block(&upstreams, &caller, &path, true).await
 }
 
+/// `POST /users/unblock/{id}`: 404 when not blocked.
 pub async fn unblock(
     upstreams: web::Data<Upstreams>,
     caller: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let target = path_user(&path)?;
-    let ack = profiles(&upstreams)
-        .unblock(BlockRequest {
-            user_id: caller.0.user_id.to_string(),
-            target_id: target.to_string(),
-        })
-        .await?
-        .into_inner();
+    change_block(&upstreams, &caller, &path, false).await
+}
+
+async fn change_block(
+    upstreams: &Upstreams,
+    caller: &Authenticated,
+    path: &str,
+    block: bool,
+) -> Result<HttpResponse, ApiError> {
+    let request = BlockRequest {
+        user_id: caller.0.user_id.to_string(),
+        target_id: path_user(path)?.to_string(),
+    };
+    let mut client = profiles(upstreams);
+    let ack = if block {
+        client.block(request).await?
+    } else {
+        client.unblock(request).await?
+    }
+    .into_inner();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "message": ack.message })))
 }
 
