@@ -227,6 +227,8 @@ pub struct ListenSettings {
     pub http_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight work may take after SIGTERM.
     pub shutdown_grace: Duration,
+    /// `HTTP_WORKERS`: HTTP worker threads of the gateway (0 = half the cores, at least 1).
+    pub http_workers: usize,
 }
 
 /// Everything a UniLink process may need.
@@ -558,6 +560,7 @@ impl Settings {
             grpc_addr: r.parse("GRPC_ADDR", SocketAddr::from(([0, 0, 0, 0], 50051)))?,
             http_addr: r.parse("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             shutdown_grace: Duration::from_secs(r.bounded("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?),
+            http_workers: r.bounded("HTTP_WORKERS", 0, 0, 256)?,
         };
 
         Ok(Settings {
