@@ -275,12 +275,6 @@ impl Subscriber {
         }
     }
 
-    /// Yields the server every time the connection comes back (after which
-    /// subscriptions are restored).
-    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
-        self.client.reconnect_rx()
-    }
-
     pub async fn close(&self) {
         let _ = self.client.quit().await;
     }

@@ -168,18 +168,6 @@ impl OutboxRelay {
             )
             .await?)
     }
-
-    /// Marks every event as unpublished again, so the relay publishes it once
-    /// more (after Redis lost its streams). Consumers are idempotent.
-    pub async fn replay_all(&self) -> Result<u64, DbError> {
-        let client = self.db.get().await?;
-        Ok(client
-            .execute(
-                "UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL",
-                &[],
-            )
-            .await?)
-    }
 }
 
 /// Why a relay round failed.

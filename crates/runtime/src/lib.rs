@@ -134,10 +134,6 @@ impl<S: BackendService> Application<S> {
         self.host.http_addr().port()
     }
 
-    pub fn resources(&self) -> &Resources {
-        &self.resources
-    }
-
     /// Serves until `shutdown` resolves, then drains and closes connections.
     pub async fn run_until_stopped(
         self,

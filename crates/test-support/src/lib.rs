@@ -59,10 +59,6 @@ impl TestDatabase {
         &self.url
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// A plain client on this database (for assertions and fixtures).
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, NoTls)

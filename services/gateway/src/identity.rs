@@ -85,16 +85,18 @@ impl KeyStore {
         let kid = Verifier::kid_of(token)
             .map_err(|_| unauthorized("malformed access token"))?
             .ok_or_else(|| unauthorized("access token has no key id"))?;
-        let known = self.verifier.read().await.as_ref().is_some_and(|v| v.knows(&kid));
-        if !known {
-            self.refresh().await?;
-        }
-        let verifier = self
-            .verifier
-            .read()
-            .await
-            .clone()
-            .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, ErrorCode::Unavailable.public_message()))?;
+        let current = self.verifier.read().await.clone().filter(|v| v.knows(&kid));
+        let verifier = match current {
+            Some(verifier) => verifier,
+            None => {
+                self.refresh().await?;
+                self.verifier
+                    .read()
+                    .await
+                    .clone()
+                    .ok_or_else(|| ApiError::new(ErrorCode::Unavailable, ErrorCode::Unavailable.public_message()))?
+            }
+        };
         let claims = verifier.verify(token).map_err(|e| match e {
             TokenError::Expired => unauthorized("access token has expired"),
             TokenError::UnknownKey => unauthorized("access token is signed with an unknown key"),

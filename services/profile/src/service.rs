@@ -38,10 +38,6 @@ impl ProfileService {
         ProfileService { profiles, presence }
     }
 
-    pub fn repository(&self) -> &ProfileRepository {
-        &self.profiles
-    }
-
     async fn existing(&self, user_id: UserId) -> Result<Profile, ProfileError> {
         self.profiles
             .find(user_id)
