@@ -231,6 +231,30 @@ pub struct ListenSettings {
     pub http_workers: usize,
 }
 
+/// Calls and WebRTC signaling.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// `CALL_RING_TIMEOUT` (seconds): an unanswered call becomes `missed`.
+    pub ring_timeout: Duration,
+    /// `CALL_MAX_DURATION` (seconds): an ongoing call is ended after this long.
+    pub max_duration: Duration,
+    /// `CALL_DISCONNECT_GRACE` (seconds): an ongoing call whose participants
+    /// have both been disconnected this long is ended.
+    pub disconnect_grace: Duration,
+    /// `SIGNALING_FRAME_RATE`: frames per second a signaling socket may send
+    /// (bursts up to the same number); beyond it frames are refused, and a
+    /// client that keeps going is disconnected.
+    pub frame_rate: u32,
+    /// `STUN_URLS`: STUN servers handed to clients.
+    pub stun_urls: Vec<String>,
+    /// `TURN_URLS`: TURN servers (coturn with `use-auth-secret`).
+    pub turn_urls: Vec<String>,
+    /// `TURN_SECRET`: the shared secret of the TURN REST credentials.
+    pub turn_secret: Option<Secret>,
+    /// `TURN_TTL` (seconds): lifetime of TURN credentials.
+    pub turn_ttl: Duration,
+}
+
 /// Everything a UniLink process may need.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -256,6 +280,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub upstreams: UpstreamSettings,
     pub listen: ListenSettings,
+    pub calls: CallSettings,
 }
 
 /// Where variables come from.
@@ -563,6 +588,29 @@ impl Settings {
             http_workers: r.bounded("HTTP_WORKERS", 0, 0, 256)?,
         };
 
+        let calls = CallSettings {
+            ring_timeout: Duration::from_secs(r.bounded("CALL_RING_TIMEOUT", 30, 1, 600)?),
+            max_duration: Duration::from_secs(r.bounded("CALL_MAX_DURATION", 15 * 60, 10, 24 * 3600)?),
+            disconnect_grace: Duration::from_secs(r.bounded("CALL_DISCONNECT_GRACE", 60, 5, 3600)?),
+            frame_rate: r.bounded("SIGNALING_FRAME_RATE", 50, 1, 100_000)?,
+            stun_urls: r.list("STUN_URLS", &["stun:stun.l.google.com:19302"])?,
+            turn_urls: r.list("TURN_URLS", &[])?,
+            turn_secret: r.opt("TURN_SECRET").map(Secret::new),
+            turn_ttl: Duration::from_secs(r.bounded("TURN_TTL", 3600, 60, 7 * 24 * 3600)?),
+        };
+        for url in calls.stun_urls.iter().chain(&calls.turn_urls) {
+            let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"].iter().any(|s| url.starts_with(s));
+            if !scheme_ok {
+                return Err(ConfigError::Invalid {
+                    var: if calls.stun_urls.contains(url) { "STUN_URLS" } else { "TURN_URLS" },
+                    reason: format!("{url:?} is not a stun:, stuns:, turn: or turns: URL"),
+                });
+            }
+        }
+        if !calls.turn_urls.is_empty() && calls.turn_secret.is_none() {
+            return Err(ConfigError::Missing { var: "TURN_SECRET" });
+        }
+
         Ok(Settings {
             environment,
             database,
@@ -579,6 +627,7 @@ impl Settings {
             telemetry,
             upstreams,
             listen,
+            calls,
         })
     }
 }
@@ -617,6 +666,28 @@ mod tests {
         assert_eq!(s.rate_limit_auth, 10);
         assert_eq!(s.rate_limit_api, 60);
         assert!(s.smtp.server.is_none());
+        assert_eq!(s.calls.ring_timeout, Duration::from_secs(30));
+        assert_eq!(s.calls.max_duration, Duration::from_secs(15 * 60));
+        assert_eq!(s.calls.frame_rate, 50);
+        assert!(s.calls.turn_urls.is_empty());
+    }
+
+    #[test]
+    fn turn_servers_need_a_secret_and_real_urls() {
+        let err = load(&[("TURN_URLS", "turn:turn.example.com:3478")]).unwrap_err();
+        assert!(err.to_string().contains("TURN_SECRET"), "{err}");
+        let err = load(&[("STUN_URLS", "http://stun.example.com")]).unwrap_err();
+        assert!(err.to_string().contains("STUN_URLS"), "{err}");
+        let s = load(&[
+            ("TURN_URLS", "turn:turn.example.com:3478?transport=udp,turns:turn.example.com:5349"),
+            ("TURN_SECRET", "s3cret"),
+            ("TURN_TTL", "600"),
+            ("CALL_RING_TIMEOUT", "2"),
+        ])
+        .unwrap();
+        assert_eq!(s.calls.turn_urls.len(), 2);
+        assert_eq!(s.calls.turn_ttl, Duration::from_secs(600));
+        assert_eq!(s.calls.ring_timeout, Duration::from_secs(2));
     }
 
     #[test]

@@ -64,3 +64,53 @@ pub struct UserDeleted {
     pub user_id: String,
     pub email: String,
 }
+
+/// `call.initiated` (signaling): the receiver's phone rings.
+pub const CALL_INITIATED: &str = "call.initiated";
+/// `call.accepted` (signaling): the receiver answered.
+pub const CALL_ACCEPTED: &str = "call.accepted";
+/// `call.rejected` (signaling): the receiver declined.
+pub const CALL_REJECTED: &str = "call.rejected";
+/// `call.missed` (signaling): nobody answered within `CALL_RING_TIMEOUT`.
+pub const CALL_MISSED: &str = "call.missed";
+/// `call.ended` (signaling): an ongoing call ended, or the caller cancelled a
+/// ringing one (`status` tells which).
+pub const CALL_ENDED: &str = "call.ended";
+
+/// Payload of every `call.*` event: the call as it is after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallEvent {
+    pub call_id: String,
+    pub initiator_id: String,
+    pub receiver_id: String,
+    pub initiator_username: String,
+    pub receiver_username: String,
+    /// `pending`, `ongoing`, `completed`, `rejected`, `missed` or `cancelled`.
+    pub status: String,
+    /// The participant who caused the change; `None` when the system did
+    /// (ring timeout, maximum duration, abandoned call, account closed).
+    pub actor_id: Option<String>,
+    /// Why the system ended it (`ring_timeout`, `max_duration`, `abandoned`,
+    /// `account_closed`); `None` when a participant did.
+    pub reason: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<i64>,
+}
+
+impl CallEvent {
+    /// The participants who did not cause the change: they are the ones to
+    /// tell (both when the system caused it).
+    pub fn to_notify(&self) -> Vec<&str> {
+        [self.initiator_id.as_str(), self.receiver_id.as_str()]
+            .into_iter()
+            .filter(|id| self.actor_id.as_deref() != Some(*id))
+            .collect()
+    }
+}
+
+/// Redis pub/sub channel (before the deployment prefix) of the pushes to one
+/// user's presence sockets, on whichever signaling replica holds them.
+pub fn push_channel(user_id: &str) -> String {
+    format!("push:{user_id}")
+}
