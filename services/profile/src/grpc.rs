@@ -4,13 +4,13 @@ use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
 use unilink_proto::profile::profile_service_server::{ProfileService as ProfileApi, ProfileServiceServer};
 use unilink_proto::profile::{
-    AvailableUsers, BlockEntry, BlockRequest, GetProfileRequest, ListAvailableRequest, ListReportsRequest,
-    Profile as ProfileMessage, ProfileAck, ReportEntry, ReportRequest, Reports, ResolveReportRequest,
-    UpdateProfileRequest, UserDataExport, ViewProfileRequest,
+    AvailableUsers, BlockEntry, BlockRequest, CallEligibilityReply, CallEligibilityRequest, GetProfileRequest,
+    ListAvailableRequest, ListReportsRequest, Profile as ProfileMessage, ProfileAck, ReportEntry, ReportRequest,
+    Reports, ResolveReportRequest, UpdateProfileRequest, UserDataExport, ViewProfileRequest,
 };
 
 use crate::error::ProfileError;
-use crate::repo::Report;
+use crate::repo::{CallParties, Report};
 use crate::service::{ProfileService, ProfileView, Update};
 
 pub fn server(core: ProfileService) -> ProfileServiceServer<ProfileService> {
@@ -48,6 +48,17 @@ impl From<Report> for ReportEntry {
             created_at: Some(unilink_proto::timestamp(r.created_at)),
             resolved_at: r.resolved_at.map(unilink_proto::timestamp),
             resolved_by: r.resolved_by.map(|id| id.to_string()),
+        }
+    }
+}
+
+impl From<CallParties> for CallEligibilityReply {
+    fn from(c: CallParties) -> Self {
+        CallEligibilityReply {
+            receiver_available: c.receiver_available,
+            blocked: c.blocked,
+            caller_username: c.caller_username,
+            receiver_username: c.receiver_username,
         }
     }
 }
@@ -165,5 +176,15 @@ impl ProfileApi for ProfileService {
                 .collect(),
             reports: reports.into_iter().map(Into::into).collect(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(caller_id = %request.get_ref().caller_id, receiver_id = %request.get_ref().receiver_id))]
+    async fn call_eligibility(
+        &self,
+        request: Request<CallEligibilityRequest>,
+    ) -> Result<Response<CallEligibilityReply>, Status> {
+        let r = request.get_ref();
+        let parties = self.call_eligibility(id(&r.caller_id)?, id(&r.receiver_id)?).await?;
+        Ok(Response::new(parties.into()))
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! `GET /calls/available` is served here: discovery needs profiles, blocks
 //! and presence, all of which this service reads without another hop.
+//! For the same reason signaling asks here, with `CallEligibility`, whether a
+//! receiver exists, may be called and is not blocked either way.
 
 pub mod error;
 pub mod grpc;

@@ -38,6 +38,18 @@ impl Profile {
     }
 }
 
+/// What this service knows about a would-be call from one user to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallParties {
+    /// Empty when the caller has no profile (yet).
+    pub caller_username: String,
+    pub receiver_username: String,
+    /// The receiver is verified and active.
+    pub receiver_available: bool,
+    /// A block exists in either direction.
+    pub blocked: bool,
+}
+
 /// A report as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -209,6 +221,33 @@ impl ProfileRepository {
             )
             .await?;
         Ok(())
+    }
+
+    /// The facts about `caller` calling `receiver`, in one round trip;
+    /// `None` when the receiver has no profile. Each direction of the block
+    /// check is one index-only probe (primary key or `blocks_blocked_idx`).
+    pub async fn call_parties(&self, caller: UserId, receiver: UserId) -> Result<Option<CallParties>, DbError> {
+        let client = self.db.get().await?;
+        // Hot path (every call attempt): prepared once per connection.
+        let statement = client
+            .prepare_cached(
+                "SELECT r.username AS receiver_username,
+                        r.is_verified AND r.is_active AS receiver_available,
+                        COALESCE((SELECT c.username FROM profiles c WHERE c.user_id = $1), '') AS caller_username,
+                        EXISTS (SELECT 1 FROM blocks WHERE blocker_id = $1 AND blocked_id = $2)
+                          OR EXISTS (SELECT 1 FROM blocks WHERE blocker_id = $2 AND blocked_id = $1) AS blocked
+                 FROM profiles r WHERE r.user_id = $2",
+            )
+            .await?;
+        let row = client
+            .query_opt(&statement, &[&caller.as_uuid(), &receiver.as_uuid()])
+            .await?;
+        Ok(row.map(|row| CallParties {
+            caller_username: row.get("caller_username"),
+            receiver_username: row.get("receiver_username"),
+            receiver_available: row.get("receiver_available"),
+            blocked: row.get("blocked"),
+        }))
     }
 
     /// Of `candidates` (in order), the verified, active users that are not

@@ -5,7 +5,7 @@ use unilink_domain::{Bio, FullName, PictureUrl, ReportReason, UserId, parse_repo
 use unilink_presence::PresenceRegistry;
 
 use crate::error::ProfileError;
-use crate::repo::{BlockMade, Changes, Profile, ProfileRepository, Report};
+use crate::repo::{BlockMade, CallParties, Changes, Profile, ProfileRepository, Report};
 
 /// A profile with its live presence.
 #[derive(Debug, Clone)]
@@ -65,6 +65,17 @@ impl ProfileService {
         }
         let is_online = self.presence.is_online(user).await?;
         Ok(ProfileView { profile, is_online })
+    }
+
+    /// May `caller` call `receiver`? The facts signaling decides on (the
+    /// receiver's availability, blocks either way) and both usernames; not a
+    /// verdict. A caller without a profile yet gets an empty username rather
+    /// than an error: the receiver is the one who must exist.
+    pub async fn call_eligibility(&self, caller: UserId, receiver: UserId) -> Result<CallParties, ProfileError> {
+        self.profiles
+            .call_parties(caller, receiver)
+            .await?
+            .ok_or(ProfileError::ProfileNotFound)
     }
 
     /// Partial update of the caller's own profile.
