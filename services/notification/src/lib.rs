@@ -6,12 +6,15 @@
 //! * [`grpc`] — the `unilink.notification.v1.NotificationService` adapter,
 //! * [`worker`] — the email worker on `events:auth` ([`email`] says what the
 //!   mails say, [`mailer`] sends them over SMTP or, in development, to a folder),
+//! * [`push`] — the push worker on `events:signaling`: call events to the
+//!   participants' presence sockets (ephemeral, so not in the ledger),
 //! * [`Notification`] — how the shared runtime starts it.
 
 pub mod email;
 pub mod error;
 pub mod grpc;
 pub mod mailer;
+pub mod push;
 pub mod repo;
 pub mod service;
 pub mod worker;
@@ -54,13 +57,12 @@ impl BackendService for Notification {
     }
 
     fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
+        let mut workers = vec![push::PushWorker::new(resources).spawn(resources, stop.clone())];
         match worker::EmailWorker::new(resources) {
-            Ok(worker) => vec![worker.spawn(resources, stop)],
+            Ok(worker) => workers.push(worker.spawn(resources, stop)),
             // `routes` already refused these settings; this is not reached.
-            Err(e) => {
-                tracing::error!(error = %e, "email worker not started");
-                Vec::new()
-            }
+            Err(e) => tracing::error!(error = %e, "email worker not started"),
         }
+        workers
     }
 }

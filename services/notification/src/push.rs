@@ -1,0 +1,248 @@
+//! The push worker: consumes `events:signaling` (group `notification`) and
+//! tells the participants of a call what happened to it, on their presence
+//! sockets.
+//!
+//! A push is a Redis `PUBLISH` on [`push_channel`] of each user in
+//! [`CallEvent::to_notify`]; the signaling replica holding that user's
+//! `WS /calls/ws/{user_id}` subscribes to the channel and forwards the JSON
+//! text verbatim as one WebSocket text frame.
+//!
+//! Pushes are ephemeral, unlike emails: a user with no open socket misses the
+//! push and sees the state by polling (`/calls/pending`, `/calls/active`). So
+//! nothing goes into the delivery ledger; a failed `PUBLISH` is retried by
+//! the consumer loop (a participant may then get a push twice, which the
+//! client tolerates: each carries the whole call), and a ring older than
+//! a minute ([`STALE_RING`]) is not pushed at all: that call is no longer
+//! ringing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use unilink_bus::Redis;
+use unilink_domain::{CallId, UserId};
+use unilink_events::Event;
+use unilink_events::consumer::{HandlerError, Subscription};
+use unilink_events::payload::{
+    CALL_ACCEPTED, CALL_ENDED, CALL_INITIATED, CALL_MISSED, CALL_REJECTED, CallEvent, push_channel,
+};
+use unilink_runtime::{BackendService, Resources};
+
+/// The producer whose stream carries the call events.
+pub const SIGNALING_PRODUCER: &str = "signaling";
+/// A ring is not pushed once its event is this old (or older than the ring
+/// timeout, when that is longer).
+pub const STALE_RING: Duration = Duration::from_secs(60);
+
+/// Turns call events into pushes to the participants' presence sockets.
+#[derive(Debug, Clone)]
+pub struct PushWorker {
+    redis: Redis,
+    stale_after: Duration,
+}
+
+impl PushWorker {
+    /// Rings are dropped once older than [`STALE_RING`] or the ring timeout,
+    /// whichever is longer: a `CALL_RING_TIMEOUT` raised past a minute must
+    /// not silence rings that are still ringing.
+    pub fn new(resources: &Resources) -> PushWorker {
+        PushWorker {
+            redis: resources.redis.clone(),
+            stale_after: STALE_RING.max(resources.settings.calls.ring_timeout),
+        }
+    }
+
+    /// Starts the consumer loop; it ends soon after `stop` is cancelled.
+    pub fn spawn(self, resources: &Resources, stop: CancellationToken) -> JoinHandle<()> {
+        let subscription = Subscription {
+            stream: unilink_events::stream_of(SIGNALING_PRODUCER),
+            group: crate::worker::GROUP.to_owned(),
+            consumer: unilink_runtime::consumer_name(<crate::Notification as BackendService>::NAME),
+        };
+        let redis = resources.redis.clone();
+        tokio::spawn(async move {
+            let worker = self;
+            unilink_events::consumer::run(
+                redis,
+                subscription,
+                move |event| {
+                    let worker = worker.clone();
+                    async move { worker.handle(event).await }
+                },
+                stop,
+            )
+            .await;
+        })
+    }
+
+    /// Handles one event: pushes it to the participants who did not cause
+    /// it; ignores event types that are not about calls.
+    pub async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+        if !event.event_type.starts_with("call.") {
+            return Ok(());
+        }
+        let call: CallEvent = event
+            .payload_as()
+            .map_err(|e| HandlerError::Reject(format!("invalid payload: {e}")))?;
+        let push = Push::of(&event.event_type, &call)?;
+        if push.kind == Push::INCOMING_CALL && is_older_than(event.occurred_at, self.stale_after, Utc::now()) {
+            tracing::info!(event_id = %event.id, call_id = %call.call_id, occurred_at = %event.occurred_at, "ring too old to push; skipping it");
+            return Ok(());
+        }
+        let text = push.body.to_string();
+        for user in call.to_notify() {
+            let sockets = self
+                .redis
+                .publish(&push_channel(user), &text)
+                .await
+                .map_err(|e| HandlerError::Retry(format!("publishing {} to {user}: {e}", push.kind)))?;
+            metrics::counter!("notification_pushes_total", "type" => push.kind).increment(1);
+            tracing::debug!(event_id = %event.id, call_id = %call.call_id, user_id = user, kind = push.kind, sockets, "pushed");
+        }
+        Ok(())
+    }
+}
+
+/// One push: its `type` and the JSON sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub kind: &'static str,
+    pub body: Value,
+}
+
+impl Push {
+    pub const INCOMING_CALL: &'static str = "incoming_call";
+
+    /// The push that tells about `event_type`; `Reject` for a call event type
+    /// this service does not know, or ids that are not ids.
+    pub fn of(event_type: &str, call: &CallEvent) -> Result<Push, HandlerError> {
+        for (what, raw) in [("initiator_id", &call.initiator_id), ("receiver_id", &call.receiver_id)] {
+            UserId::parse(raw).map_err(|e| HandlerError::Reject(format!("{what}: {e}")))?;
+        }
+        if let Some(actor) = &call.actor_id {
+            UserId::parse(actor).map_err(|e| HandlerError::Reject(format!("actor_id: {e}")))?;
+        }
+        CallId::parse(&call.call_id).map_err(|e| HandlerError::Reject(format!("call_id: {e}")))?;
+        let kind = match event_type {
+            CALL_INITIATED => {
+                return Ok(Push {
+                    kind: Push::INCOMING_CALL,
+                    body: json!({
+                        "type": Push::INCOMING_CALL,
+                        "call_id": call.call_id,
+                        "caller_id": call.initiator_id,
+                        "caller_username": call.initiator_username,
+                        "call": call_json(call),
+                    }),
+                });
+            }
+            CALL_ACCEPTED => "call_accepted",
+            CALL_REJECTED => "call_rejected",
+            CALL_MISSED => "call_missed",
+            CALL_ENDED => "call_ended",
+            other => return Err(HandlerError::Reject(format!("unknown call event type {other:?}"))),
+        };
+        Ok(Push {
+            kind,
+            body: json!({
+                "type": kind,
+                "call_id": call.call_id,
+                "user_id": call.actor_id,
+                "reason": call.reason,
+                "call": call_json(call),
+            }),
+        })
+    }
+}
+
+/// The call as the public API shows it, less `call_token`, which the event
+/// does not carry (the participants get it from the API).
+fn call_json(call: &CallEvent) -> Value {
+    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true));
+    json!({
+        "id": call.call_id,
+        "initiator_id": call.initiator_id,
+        "receiver_id": call.receiver_id,
+        "status": call.status,
+        "started_at": time(call.started_at),
+        "ended_at": time(call.ended_at),
+        "duration_seconds": call.duration_seconds,
+    })
+}
+
+/// Whether something that happened at `at` is more than `age` old at `now`
+/// (a clock running behind the producer's makes nothing old).
+fn is_older_than(at: DateTime<Utc>, age: Duration, now: DateTime<Utc>) -> bool {
+    (now - at).to_std().is_ok_and(|elapsed| elapsed > age)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(actor: Option<&str>) -> CallEvent {
+        CallEvent {
+            call_id: "6f1c1d3e-0a3b-4c5d-8e9f-000000000001".to_owned(),
+            initiator_id: "6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1".to_owned(),
+            receiver_id: "6f1c1d3e-0a3b-4c5d-8e9f-0000000000b2".to_owned(),
+            initiator_username: "ana_k".to_owned(),
+            receiver_username: "ben_o".to_owned(),
+            status: "completed".to_owned(),
+            actor_id: actor.map(str::to_owned),
+            reason: None,
+            started_at: Some("2026-11-28T10:00:00Z".parse().unwrap()),
+            ended_at: Some("2026-11-28T10:01:30.5Z".parse().unwrap()),
+            duration_seconds: Some(90),
+        }
+    }
+
+    #[test]
+    fn an_ended_call_says_who_ended_it_and_carries_the_call() {
+        let c = call(Some("6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1"));
+        let push = Push::of(CALL_ENDED, &c).unwrap();
+        assert_eq!(push.kind, "call_ended");
+        assert_eq!(
+            push.body,
+            json!({
+                "type": "call_ended",
+                "call_id": c.call_id,
+                "user_id": c.initiator_id,
+                "reason": null,
+                "call": {
+                    "id": c.call_id,
+                    "initiator_id": c.initiator_id,
+                    "receiver_id": c.receiver_id,
+                    "status": "completed",
+                    "started_at": "2026-11-28T10:00:00.000000Z",
+                    "ended_at": "2026-11-28T10:01:30.500000Z",
+                    "duration_seconds": 90,
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_call_types_and_bad_ids_are_rejected() {
+        assert!(matches!(
+            Push::of("call.teleported", &call(None)),
+            Err(HandlerError::Reject(_))
+        ));
+        let mut c = call(None);
+        c.receiver_id = "push:*".to_owned();
+        assert!(matches!(Push::of(CALL_MISSED, &c), Err(HandlerError::Reject(_))));
+    }
+
+    #[test]
+    fn age_is_measured_against_the_envelope_time() {
+        let now: DateTime<Utc> = "2026-11-28T10:02:00Z".parse().unwrap();
+        let minute = Duration::from_secs(60);
+        assert!(is_older_than("2026-11-28T10:00:59Z".parse().unwrap(), minute, now));
+        assert!(!is_older_than("2026-11-28T10:01:00Z".parse().unwrap(), minute, now));
+        assert!(
+            !is_older_than("2026-11-28T10:05:00Z".parse().unwrap(), minute, now),
+            "future"
+        );
+    }
+}
