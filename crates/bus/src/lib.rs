@@ -186,16 +186,98 @@ impl Redis {
             Ok(result) => result?,
             Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
         };
-        fn flat(value: fred::types::Value, out: &mut Vec<Option<String>>) {
-            match value {
-                fred::types::Value::Array(items) => items.into_iter().for_each(|v| flat(v, out)),
-                fred::types::Value::Null => out.push(None),
-                other => out.push(other.as_string()),
+        let mut out = Vec::new();
+        flatten_value(value, &mut out);
+        Ok(out)
+    }
+
+    /// Runs a [`LuaScript`] by its SHA (`EVALSHA`), loading it first when
+    /// this process has not yet, or again when Redis lost its script cache
+    /// (a restart). Same answer shape as [`Redis::script`].
+    pub async fn run(
+        &self,
+        script: &LuaScript,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<Option<String>>, BusError> {
+        let work = async {
+            for attempt in 0..2 {
+                let sha = match script.sha.get() {
+                    Some(sha) => sha.clone(),
+                    None => {
+                        let sha: String = self.client.script_load(script.lua).await?;
+                        let _ = script.sha.set(sha.clone());
+                        sha
+                    }
+                };
+                match self
+                    .client
+                    .evalsha::<fred::types::Value, _, _, _>(sha.as_str(), keys.clone(), args.clone())
+                    .await
+                {
+                    Ok(value) => return Ok(value),
+                    Err(e) if attempt == 0 && e.details().starts_with("NOSCRIPT") => {
+                        let sha: String = self.client.script_load(script.lua).await?;
+                        tracing::info!(sha = %sha, "lua script reloaded into redis");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(fred::error::Error::new(
+                fred::error::ErrorKind::Unknown,
+                "script could not be loaded",
+            ))
+        };
+        let value = match tokio::time::timeout(COMMAND_TIMEOUT, work).await {
+            Ok(result) => result?,
+            Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
+        };
+        let mut out = Vec::new();
+        flatten_value(value, &mut out);
+        Ok(out)
+    }
+
+    /// Reads several prefixed keys in one round trip.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, BusError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let work = self.client.mget::<fred::types::Value, _>(keys);
+        let value = match tokio::time::timeout(COMMAND_TIMEOUT, work).await {
+            Ok(result) => result?,
+            Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
+        };
+        let mut out = Vec::new();
+        flatten_value(value, &mut out);
+        Ok(out)
+    }
+
+    /// Deletes prefixed keys.
+    pub async fn delete(&self, keys: &[String]) -> Result<(), BusError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
+        let _: i64 = self.client.del(keys).await?;
+        Ok(())
+    }
+
+    /// Prefixed keys matching a glob (`SCAN`; for rare administrative reads,
+    /// never on a hot path). Returned without the prefix.
+    pub async fn scan_keys(&self, pattern: &str, limit: usize) -> Result<Vec<String>, BusError> {
+        use futures_util::TryStreamExt;
+        let mut found = Vec::new();
+        let mut pages = self.client.scan_buffered(self.key(pattern), Some(500), None);
+        while let Some(key) = pages.try_next().await? {
+            if let Some(name) = key.as_str().and_then(|k| k.strip_prefix(&self.settings.key_prefix)) {
+                found.push(name.to_owned());
+            }
+            if found.len() >= limit {
+                break;
             }
         }
-        let mut out = Vec::new();
-        flat(value, &mut out);
-        Ok(out)
+        Ok(found)
     }
 
     /// Reads a prefixed key.
@@ -218,6 +300,33 @@ impl Redis {
 
     fn settings(&self) -> &RedisSettings {
         &self.settings
+    }
+}
+
+/// Flattens a Redis answer to strings: one entry per array element (or one
+/// for a scalar), `None` for nil.
+fn flatten_value(value: fred::types::Value, out: &mut Vec<Option<String>>) {
+    match value {
+        fred::types::Value::Array(items) => items.into_iter().for_each(|v| flatten_value(v, out)),
+        fred::types::Value::Null => out.push(None),
+        other => out.push(other.as_string()),
+    }
+}
+
+/// A Lua script run by SHA (see [`Redis::run`]); declare it once as a
+/// `static`.
+#[derive(Debug)]
+pub struct LuaScript {
+    lua: &'static str,
+    sha: std::sync::OnceLock<String>,
+}
+
+impl LuaScript {
+    pub const fn new(lua: &'static str) -> LuaScript {
+        LuaScript {
+            lua,
+            sha: std::sync::OnceLock::new(),
+        }
     }
 }
 

@@ -599,10 +599,16 @@ impl Settings {
             turn_ttl: Duration::from_secs(r.bounded("TURN_TTL", 3600, 60, 7 * 24 * 3600)?),
         };
         for url in calls.stun_urls.iter().chain(&calls.turn_urls) {
-            let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"].iter().any(|s| url.starts_with(s));
+            let scheme_ok = ["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|s| url.starts_with(s));
             if !scheme_ok {
                 return Err(ConfigError::Invalid {
-                    var: if calls.stun_urls.contains(url) { "STUN_URLS" } else { "TURN_URLS" },
+                    var: if calls.stun_urls.contains(url) {
+                        "STUN_URLS"
+                    } else {
+                        "TURN_URLS"
+                    },
                     reason: format!("{url:?} is not a stun:, stuns:, turn: or turns: URL"),
                 });
             }
@@ -679,7 +685,10 @@ mod tests {
         let err = load(&[("STUN_URLS", "http://stun.example.com")]).unwrap_err();
         assert!(err.to_string().contains("STUN_URLS"), "{err}");
         let s = load(&[
-            ("TURN_URLS", "turn:turn.example.com:3478?transport=udp,turns:turn.example.com:5349"),
+            (
+                "TURN_URLS",
+                "turn:turn.example.com:3478?transport=udp,turns:turn.example.com:5349",
+            ),
             ("TURN_SECRET", "s3cret"),
             ("TURN_TTL", "600"),
             ("CALL_RING_TIMEOUT", "2"),

@@ -54,6 +54,9 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Name of the health-service entry that is always `SERVING` while the
 /// process runs (Kubernetes liveness); the overall entry `""` is readiness.
 pub const LIVENESS_SERVICE: &str = "liveness";
+/// Concurrent streams a gateway may open on one connection (each client
+/// WebSocket is a long-lived stream; the default of a few hundred is too few).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100_000;
 
 /// Outcome of the latest probe round: dependency name → error, empty when ready.
 type ProbeState = Option<HashMap<&'static str, String>>;
@@ -124,6 +127,8 @@ impl ServiceHost {
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Every client WebSocket is one stream on a gateway's connection.
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .layer(ServerTelemetryLayer)
             .add_routes(routes.add_service(health))
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {

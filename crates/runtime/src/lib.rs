@@ -65,6 +65,11 @@ pub struct Resources {
     pub settings: Settings,
     pub db: PgPool,
     pub redis: Redis,
+    /// Cancelled when shutdown begins: long-lived streams should tell their
+    /// clients to reconnect elsewhere and end, so the server can drain.
+    pub draining: CancellationToken,
+    /// Cancelled once the server has stopped: background tasks end.
+    pub stopped: CancellationToken,
 }
 
 /// Applies the service's migrations (the `migrate` command; also run by
@@ -110,7 +115,13 @@ impl<S: BackendService> Application<S> {
         let db = unilink_db::connect(&settings.database, S::SCHEMA, S::NAME)?;
         let redis = Redis::connect(&settings.redis).await?;
         let host = ServiceHost::bind(S::NAME, &settings.listen).await?;
-        let resources = Resources { settings, db, redis };
+        let resources = Resources {
+            settings,
+            db,
+            redis,
+            draining: CancellationToken::new(),
+            stopped: CancellationToken::new(),
+        };
         let routes = S::routes(&resources)?;
         Ok(Application {
             resources,
@@ -165,8 +176,13 @@ impl<S: BackendService> Application<S> {
                 unilink_db::record_pool_metrics(&pool, S::SCHEMA);
             }
         });
-        let stop_workers = CancellationToken::new();
+        let stop_workers = resources.stopped.clone();
         let workers = S::spawn_workers(&resources, stop_workers.clone());
+        let draining = resources.draining.clone();
+        let shutdown = async move {
+            shutdown.await;
+            draining.cancel();
+        };
         let result = host.serve(routes, probes, shutdown).await;
         stop_workers.cancel();
         for worker in workers {

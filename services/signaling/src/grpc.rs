@@ -1,16 +1,32 @@
 //! `unilink.signaling.v1.SignalingService`: converts, calls the core, converts back.
 
-use tonic::{Request, Response, Status};
-use unilink_domain::CallId;
-use unilink_proto::signaling::signaling_service_server::{SignalingService, SignalingServiceServer};
-use unilink_proto::signaling::{Call as CallMessage, CallStatus as CallStatusMessage, GetCallRequest};
+use std::pin::Pin;
 
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use unilink_domain::{CallId, UserId};
+use unilink_proto::signaling::signaling_service_server::{SignalingService, SignalingServiceServer};
+use unilink_proto::signaling::{
+    ActiveConnectionsReply, ActiveConnectionsRequest, Call as CallMessage, CallConnections as CallConnectionsMessage,
+    CallHistory, CallRequest, CallStatus as CallStatusMessage, ClientFrame, HistoryRequest,
+    IceServer as IceServerMessage, IceServerConfig, InitiateRequest, MaybeCall, ServerFrame, UserRequest,
+};
+
+use crate::connections::CallSockets;
 use crate::error::SignalingError;
 use crate::repo::{Call, CallStatus};
 use crate::service::CallService;
+use crate::session::Sessions;
 
-pub fn server(core: CallService) -> SignalingServiceServer<CallService> {
-    SignalingServiceServer::new(core)
+/// The gRPC face of the core and of the socket sessions.
+#[derive(Debug, Clone)]
+pub struct SignalingApi {
+    pub core: CallService,
+    pub sessions: Sessions,
+}
+
+pub fn server(api: SignalingApi) -> SignalingServiceServer<SignalingApi> {
+    SignalingServiceServer::new(api)
 }
 
 impl From<CallStatus> for CallStatusMessage {
@@ -38,15 +54,138 @@ impl From<Call> for CallMessage {
             started_at: c.started_at.map(unilink_proto::timestamp),
             ended_at: c.ended_at.map(unilink_proto::timestamp),
             duration_seconds: c.duration_seconds,
+            initiator_username: c.initiator_username,
+            receiver_username: c.receiver_username,
         }
     }
 }
 
+impl From<CallSockets> for CallConnectionsMessage {
+    fn from(s: CallSockets) -> Self {
+        CallConnectionsMessage {
+            call_id: s.call_id.to_string(),
+            users: s.users.iter().map(ToString::to_string).collect(),
+            connection_state: s.connection_state,
+        }
+    }
+}
+
+fn user(raw: &str) -> Result<UserId, Status> {
+    UserId::parse(raw).map_err(|e| SignalingError::from(e).into())
+}
+
+fn call_ids(request: &CallRequest) -> Result<(UserId, CallId), Status> {
+    let call = CallId::parse(&request.call_id).map_err(SignalingError::from)?;
+    Ok((user(&request.user_id)?, call))
+}
+
+fn maybe(call: Option<Call>) -> Response<MaybeCall> {
+    Response::new(MaybeCall {
+        call: call.map(Into::into),
+    })
+}
+
+type SessionStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ServerFrame, Status>> + Send>>;
+
 #[tonic::async_trait]
-impl SignalingService for CallService {
+impl SignalingService for SignalingApi {
     #[tracing::instrument(skip_all, fields(call_id = %request.get_ref().call_id))]
-    async fn get_call(&self, request: Request<GetCallRequest>) -> Result<Response<CallMessage>, Status> {
-        let id = CallId::parse(&request.get_ref().call_id).map_err(SignalingError::from)?;
-        Ok(Response::new(self.get_call(id).await?.into()))
+    async fn get_call(&self, request: Request<CallRequest>) -> Result<Response<CallMessage>, Status> {
+        let (user, call) = call_ids(request.get_ref())?;
+        Ok(Response::new(self.core.call_for(user, call).await?.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn initiate(&self, request: Request<InitiateRequest>) -> Result<Response<CallMessage>, Status> {
+        let caller = user(&request.get_ref().user_id)?;
+        let receiver = UserId::parse(&request.get_ref().receiver_id).map_err(SignalingError::from)?;
+        Ok(Response::new(self.core.initiate(caller, receiver).await?.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %request.get_ref().call_id))]
+    async fn accept(&self, request: Request<CallRequest>) -> Result<Response<CallMessage>, Status> {
+        let (user, call) = call_ids(request.get_ref())?;
+        Ok(Response::new(self.core.accept(user, call).await?.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %request.get_ref().call_id))]
+    async fn reject(&self, request: Request<CallRequest>) -> Result<Response<CallMessage>, Status> {
+        let (user, call) = call_ids(request.get_ref())?;
+        Ok(Response::new(self.core.reject(user, call).await?.into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(call_id = %request.get_ref().call_id))]
+    async fn end(&self, request: Request<CallRequest>) -> Result<Response<CallMessage>, Status> {
+        let (user, call) = call_ids(request.get_ref())?;
+        Ok(Response::new(self.core.end(user, call).await?.into()))
+    }
+
+    async fn active_call(&self, request: Request<UserRequest>) -> Result<Response<MaybeCall>, Status> {
+        let user = user(&request.get_ref().user_id)?;
+        Ok(maybe(self.core.active(user).await?))
+    }
+
+    async fn pending_call(&self, request: Request<UserRequest>) -> Result<Response<MaybeCall>, Status> {
+        let user = user(&request.get_ref().user_id)?;
+        Ok(maybe(self.core.pending(user).await?))
+    }
+
+    async fn history(&self, request: Request<HistoryRequest>) -> Result<Response<CallHistory>, Status> {
+        let r = request.get_ref();
+        let (calls, next) = self.core.history(user(&r.user_id)?, r.limit, &r.cursor).await?;
+        Ok(Response::new(CallHistory {
+            calls: calls.into_iter().map(Into::into).collect(),
+            next_cursor: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn export_calls(&self, request: Request<UserRequest>) -> Result<Response<CallHistory>, Status> {
+        let calls = self.core.export(user(&request.get_ref().user_id)?).await?;
+        Ok(Response::new(CallHistory {
+            calls: calls.into_iter().map(Into::into).collect(),
+            next_cursor: String::new(),
+        }))
+    }
+
+    async fn ice_servers(&self, request: Request<UserRequest>) -> Result<Response<IceServerConfig>, Status> {
+        let (servers, ttl) = self.core.ice_servers(user(&request.get_ref().user_id)?);
+        Ok(Response::new(IceServerConfig {
+            ice_servers: servers
+                .into_iter()
+                .map(|s| IceServerMessage {
+                    urls: s.urls,
+                    username: s.username,
+                    credential: s.credential,
+                })
+                .collect(),
+            ttl,
+        }))
+    }
+
+    async fn connection_state(
+        &self,
+        request: Request<CallRequest>,
+    ) -> Result<Response<CallConnectionsMessage>, Status> {
+        let (user, call) = call_ids(request.get_ref())?;
+        Ok(Response::new(self.core.connection_state(user, call).await?.into()))
+    }
+
+    async fn active_connections(
+        &self,
+        _request: Request<ActiveConnectionsRequest>,
+    ) -> Result<Response<ActiveConnectionsReply>, Status> {
+        let calls = self.core.active_connections().await?;
+        let total = calls.iter().map(|c| c.users.len() as u32).sum();
+        Ok(Response::new(ActiveConnectionsReply {
+            calls: calls.into_iter().map(Into::into).collect(),
+            total_connections: total,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<SessionStream>, Status> {
+        let outbound = self.sessions.open(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
-use unilink_proto::signaling::{CallStatus, GetCallRequest};
+use unilink_proto::signaling::{CallRequest, CallStatus};
 use unilink_signaling::Signaling;
 use unilink_test_support::service::{assert_stops_cleanly_on_sigterm, spawn};
 use unilink_test_support::{TestDatabase, settings, unique_prefix};
@@ -24,7 +24,8 @@ async fn serves_calls_on_port_zero() {
         .unwrap();
     let mut client = SignalingServiceClient::connect(service.url()).await.unwrap();
     let call = client
-        .get_call(GetCallRequest {
+        .get_call(CallRequest {
+            user_id: a.to_string(),
             call_id: id.to_string(),
         })
         .await
@@ -36,12 +37,21 @@ async fn serves_calls_on_port_zero() {
     assert!(call.started_at.is_some() && call.ended_at.is_some());
 
     let missing = client
-        .get_call(GetCallRequest {
+        .get_call(CallRequest {
+            user_id: a.to_string(),
             call_id: uuid::Uuid::new_v4().to_string(),
         })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    let stranger = client
+        .get_call(CallRequest {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            call_id: id.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stranger.code(), tonic::Code::PermissionDenied);
     service.stop().await.unwrap();
 }
 

@@ -1,0 +1,420 @@
+//! `SignalRelay`: frames for one participant of one call, carried between
+//! signaling replicas over Redis pub/sub — in order, exactly once, and
+//! replayable for a client that reconnects.
+//!
+//! Each (call, recipient) pair has a mailbox: a sequence counter, a buffer of
+//! the last [`BUFFER_LEN`] frames (a sorted set scored by sequence number)
+//! and a pub/sub channel. [`SignalRelay::send`] is one Lua script: it takes
+//! the next sequence number, writes `"seq"` into the frame, buffers it and
+//! publishes it — atomically, so publication order is sequence order.
+//!
+//! The replica holding the recipient's stream subscribes to the channel
+//! ([`SignalRelay::open`]) and reads through a [`Mailbox`], which drops
+//! frames it has already delivered (duplicates after a resume) and fills gaps
+//! from the buffer (messages a lagging or reconnecting subscriber missed).
+//! Subscriptions survive Redis reconnects (the bus re-subscribes); whatever
+//! was published meanwhile is recovered as a gap.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use unilink_bus::{BusError, LuaScript, Redis, Subscriber};
+use unilink_domain::{CallId, UserId};
+
+/// Frames kept per mailbox for replay (a resume within 30 s needs far fewer).
+pub const BUFFER_LEN: u64 = 4096;
+/// Mailboxes expire this long after their last frame.
+const MAILBOX_TTL: Duration = Duration::from_secs(3600);
+/// Undelivered live messages queued per subscriber before the dispatcher
+/// drops them (they are then fetched from the buffer as a gap).
+const INBOX_CAPACITY: usize = 1024;
+
+/// KEYS: seq, buffer, channel. ARGV: frame JSON (starting with `{`),
+/// traceparent, buffer length, ttl seconds. Returns the sequence number.
+static SEND: LuaScript = LuaScript::new(
+    r#"
+local seq = redis.call('INCR', KEYS[1])
+local text = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+local message = seq .. '|' .. ARGV[2] .. '|' .. text
+redis.call('ZADD', KEYS[2], seq, message)
+if seq == 1 or seq % 64 == 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PUBLISH', KEYS[3], message)
+return seq
+"#,
+);
+
+/// One relayed frame as it travels: sequence number, sender's trace context
+/// and the client-ready JSON text (with `"seq"` in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relayed {
+    pub seq: u64,
+    pub traceparent: String,
+    pub text: String,
+}
+
+impl Relayed {
+    fn parse(message: &str) -> Option<Relayed> {
+        let (seq, rest) = message.split_once('|')?;
+        let (traceparent, text) = rest.split_once('|')?;
+        Some(Relayed {
+            seq: seq.parse().ok()?,
+            traceparent: traceparent.to_owned(),
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// The Redis names of one mailbox (before the deployment prefix).
+fn channel(call: CallId, user: UserId) -> String {
+    format!("relay:{call}:{user}")
+}
+
+fn seq_key(call: CallId, user: UserId) -> String {
+    format!("relay:{call}:{user}:seq")
+}
+
+fn buffer_key(call: CallId, user: UserId) -> String {
+    format!("relay:{call}:{user}:buf")
+}
+
+fn delivered_key(call: CallId, user: UserId) -> String {
+    format!("relay:{call}:{user}:delivered")
+}
+
+/// Channel → the streams of this replica reading it.
+type RouteTable = HashMap<String, Vec<(u64, mpsc::Sender<String>)>>;
+type Routes = Mutex<RouteTable>;
+
+/// The relay of one signaling replica: one pub/sub connection shared by all
+/// its streams, opened on first use. Cheap to clone.
+#[derive(Clone)]
+pub struct SignalRelay {
+    redis: Redis,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    subscriber: tokio::sync::OnceCell<Subscriber>,
+    routes: Routes,
+    next_id: std::sync::atomic::AtomicU64,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for SignalRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalRelay").finish_non_exhaustive()
+    }
+}
+
+impl SignalRelay {
+    /// A relay over `redis`; its pub/sub connection and dispatcher start on
+    /// first use and stop when `stop` is cancelled.
+    pub fn new(redis: Redis, stop: CancellationToken) -> SignalRelay {
+        SignalRelay {
+            redis,
+            inner: Arc::new(Inner {
+                subscriber: tokio::sync::OnceCell::new(),
+                routes: Mutex::default(),
+                next_id: std::sync::atomic::AtomicU64::new(0),
+                stop,
+            }),
+        }
+    }
+
+    async fn subscriber(&self) -> Result<&Subscriber, BusError> {
+        self.inner
+            .subscriber
+            .get_or_try_init(|| async {
+                let subscriber = Subscriber::connect(&self.redis).await?;
+                tokio::spawn(dispatch(subscriber.clone(), self.inner.clone()));
+                Ok(subscriber)
+            })
+            .await
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, RouteTable> {
+        self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends one frame (a JSON object) to `user`'s mailbox of `call`;
+    /// returns its sequence number.
+    pub async fn send(&self, call: CallId, user: UserId, frame: &str, traceparent: &str) -> Result<u64, BusError> {
+        debug_assert!(frame.starts_with('{'));
+        let keys = vec![
+            self.redis.key(&seq_key(call, user)),
+            self.redis.key(&buffer_key(call, user)),
+            self.redis.key(&channel(call, user)),
+        ];
+        let args = vec![
+            frame.to_owned(),
+            traceparent.to_owned(),
+            BUFFER_LEN.to_string(),
+            MAILBOX_TTL.as_secs().to_string(),
+        ];
+        let answer = self.redis.run(&SEND, keys, args).await?;
+        metrics::counter!("signaling_relay_frames_total", "direction" => "sent").increment(1);
+        Ok(answer
+            .first()
+            .cloned()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default())
+    }
+
+    /// Routes messages of `name` to a new receiver, subscribing to the
+    /// channel when this replica was not yet.
+    async fn attach(&self, name: &str) -> Result<(u64, mpsc::Receiver<String>), BusError> {
+        let subscriber = self.subscriber().await?;
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let first = {
+            let mut routes = self.routes();
+            let list = routes.entry(name.to_owned()).or_default();
+            list.push((id, tx));
+            list.len() == 1
+        };
+        if first && let Err(e) = subscriber.subscribe(name).await {
+            self.detach(name, id);
+            return Err(e);
+        }
+        Ok((id, rx))
+    }
+
+    /// Subscribes to `user`'s mailbox of `call` and returns it positioned
+    /// after `resume_after` (0 = from what was last recorded as delivered).
+    /// Frames still buffered after that point come first, then live ones.
+    pub async fn open(&self, call: CallId, user: UserId, resume_after: u64) -> Result<Mailbox, BusError> {
+        let name = channel(call, user);
+        let (id, rx) = self.attach(&name).await?;
+        let mut mailbox = Mailbox {
+            relay: self.clone(),
+            call,
+            user,
+            channel: name,
+            id,
+            rx,
+            last: 0,
+            ready: std::collections::VecDeque::new(),
+        };
+        mailbox.last = if resume_after > 0 {
+            resume_after
+        } else {
+            self.redis
+                .get(&delivered_key(call, user))
+                .await?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let backlog = mailbox.fetch_after(mailbox.last, None).await?;
+        mailbox.ready.extend(backlog);
+        Ok(mailbox)
+    }
+
+    /// Plain (unsequenced) messages of a channel, such as a user's pushes.
+    pub async fn listen(&self, channel: &str) -> Result<Listener, BusError> {
+        let (id, rx) = self.attach(channel).await?;
+        Ok(Listener {
+            relay: self.clone(),
+            channel: channel.to_owned(),
+            id,
+            rx,
+        })
+    }
+
+    fn detach(&self, name: &str, id: u64) {
+        let now_empty = {
+            let mut routes = self.routes();
+            let Some(list) = routes.get_mut(name) else { return };
+            list.retain(|(i, _)| *i != id);
+            let empty = list.is_empty();
+            if empty {
+                routes.remove(name);
+            }
+            empty
+        };
+        let Some(subscriber) = self.inner.subscriber.get().cloned() else {
+            return;
+        };
+        if now_empty {
+            let relay = self.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                let reopened = || relay.routes().contains_key(&name);
+                if reopened() {
+                    return;
+                }
+                let _ = subscriber.unsubscribe(&name).await;
+                // Opened again while the unsubscribe was on its way: subscribe
+                // again (subscribing twice is harmless).
+                if reopened() {
+                    let _ = subscriber.subscribe(&name).await;
+                }
+            });
+        }
+    }
+
+    /// How many channels this replica is subscribed to.
+    pub fn subscriptions(&self) -> usize {
+        self.routes().len()
+    }
+}
+
+/// Hands each pub/sub message to the streams of its channel on this replica.
+async fn dispatch(subscriber: Subscriber, inner: Arc<Inner>) {
+    let mut messages = subscriber.messages();
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            () = inner.stop.cancelled() => break,
+        };
+        let Some(message) = message else { break };
+        let targets: Vec<mpsc::Sender<String>> = {
+            let routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+            match routes.get(&message.channel) {
+                Some(list) => list.iter().map(|(_, tx)| tx.clone()).collect(),
+                None => continue,
+            }
+        };
+        for tx in targets {
+            if tx.try_send(message.payload.clone()).is_err() {
+                metrics::counter!("signaling_relay_dropped_total").increment(1);
+            }
+        }
+    }
+    subscriber.close().await;
+}
+
+/// One participant's view of a call's frames on this replica: yields each
+/// sequence number once, in order. Unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Mailbox {
+    relay: SignalRelay,
+    call: CallId,
+    user: UserId,
+    channel: String,
+    id: u64,
+    rx: mpsc::Receiver<String>,
+    last: u64,
+    ready: std::collections::VecDeque<Relayed>,
+}
+
+impl Mailbox {
+    /// The last sequence number handed out.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// The next frame in sequence. `None` when the relay stopped.
+    pub async fn next(&mut self) -> Result<Option<Relayed>, BusError> {
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                if frame.seq <= self.last {
+                    continue;
+                }
+                self.last = frame.seq;
+                metrics::counter!("signaling_relay_frames_total", "direction" => "delivered").increment(1);
+                return Ok(Some(frame));
+            }
+            let Some(message) = self.rx.recv().await else {
+                return Ok(None);
+            };
+            let Some(frame) = Relayed::parse(&message) else {
+                tracing::warn!(channel = %self.channel, "malformed relay message dropped");
+                continue;
+            };
+            if frame.seq <= self.last {
+                continue;
+            }
+            if frame.seq > self.last + 1 {
+                // Missed messages (slow consumer, Redis reconnect): the buffer has them.
+                metrics::counter!("signaling_relay_gaps_total").increment(1);
+                let missing = self.fetch_after(self.last, Some(frame.seq - 1)).await?;
+                self.ready.extend(missing);
+            }
+            self.ready.push_back(frame);
+        }
+    }
+
+    /// Buffered frames with `after < seq <= upto`, in order.
+    async fn fetch_after(&self, after: u64, upto: Option<u64>) -> Result<Vec<Relayed>, BusError> {
+        let key = self.relay.redis.key(&buffer_key(self.call, self.user));
+        let max = upto.map_or_else(|| "+inf".to_owned(), |u| u.to_string());
+        let answer = self
+            .relay
+            .redis
+            .script(
+                "return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])",
+                vec![key],
+                vec![format!("({after}"), max],
+            )
+            .await?;
+        Ok(answer
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Relayed::parse(&m))
+            .collect())
+    }
+
+    /// Records what was handed to the client, so a reconnect that does not
+    /// say where it stopped resumes from here.
+    pub async fn record_delivered(&self) -> Result<(), BusError> {
+        self.relay
+            .redis
+            .set_with_ttl(
+                &delivered_key(self.call, self.user),
+                &self.last.to_string(),
+                MAILBOX_TTL,
+            )
+            .await
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.relay.detach(&self.channel, self.id);
+    }
+}
+
+/// The messages of one channel on this replica. Unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Listener {
+    relay: SignalRelay,
+    channel: String,
+    id: u64,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Listener {
+    /// The next message; `None` when the relay stopped.
+    pub async fn next(&mut self) -> Option<String> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.relay.detach(&self.channel, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_messages_parse() {
+        let m = Relayed::parse(r#"7|00-abc-def-01|{"seq":7,"type":"offer","x":"a|b"}"#).unwrap();
+        assert_eq!(m.seq, 7);
+        assert_eq!(m.traceparent, "00-abc-def-01");
+        assert_eq!(m.text, r#"{"seq":7,"type":"offer","x":"a|b"}"#);
+        assert!(Relayed::parse("x|y|z").is_none());
+        assert!(Relayed::parse("nothing").is_none());
+    }
+}

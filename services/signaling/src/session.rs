@@ -1,0 +1,519 @@
+//! Client sockets, each carried from a gateway as one gRPC stream.
+//!
+//! * **Presence** (`WS /calls/ws/{user_id}`): the user is online while the
+//!   stream lives (heartbeats into the presence registry); the user's pushes
+//!   (`push:<user>`, published by the notification service) are forwarded;
+//!   text `ping` gets `pong`.
+//! * **Call** (`WS /ws/webrtc/{call_id}`): only the two participants of a
+//!   pending or ongoing call. Frames from the client are checked, rate
+//!   limited and relayed to the peer's mailbox ([`crate::relay`]); frames for
+//!   this participant arrive in sequence from its own mailbox, wherever the
+//!   peer sits. The peer is told `connection_ready` when this side joins,
+//!   and this side is told `user_disconnected` when the peer's socket has
+//!   been gone for [`DISCONNECT_NOTICE`] (a quick reconnect goes unnoticed).
+//!
+//! When the replica drains (SIGTERM), every stream is closed with 1012 so
+//! the gateway resumes it on another replica.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use unilink_domain::{CallId, UserId};
+use unilink_events::payload::push_channel;
+use unilink_presence::PresenceRegistry;
+use unilink_proto::signaling::{ClientFrame, Close, Open, ServerFrame, SocketKind, client_frame, server_frame};
+
+use crate::connections::BEAT;
+use crate::error::SignalingError;
+use crate::relay::Mailbox;
+use crate::repo::Call;
+use crate::service::CallService;
+
+/// Largest client frame accepted (an `error` frame answers larger ones).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// The peer's socket must be gone this long before `user_disconnected`.
+pub const DISCONNECT_NOTICE: Duration = Duration::from_secs(5);
+/// The first message of a stream must arrive within this.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest chat message, in characters.
+const MAX_CHAT_CHARS: usize = 4000;
+/// Frames queued towards the gateway per stream.
+const OUTBOUND_QUEUE: usize = 256;
+
+pub type Outbound = mpsc::Receiver<Result<ServerFrame, Status>>;
+
+/// Control message on a user's push channel: close their presence sockets.
+pub fn close_control(code: u32, reason: &str) -> String {
+    serde_json::json!({"control": "close", "code": code, "reason": reason}).to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    core: CallService,
+    presence: PresenceRegistry,
+    draining: CancellationToken,
+}
+
+fn text(text: String, seq: u64) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::Text(text)),
+        seq,
+    }
+}
+
+fn close(code: u32, reason: &str) -> ServerFrame {
+    ServerFrame {
+        kind: Some(server_frame::Kind::Close(Close {
+            code,
+            reason: reason.to_owned(),
+        })),
+        seq: 0,
+    }
+}
+
+fn error_frame(message: &str) -> String {
+    format!(r#"{{"type":"error","message":{}}}"#, json_string(message))
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+impl Sessions {
+    pub fn new(core: CallService, presence: PresenceRegistry, draining: CancellationToken) -> Sessions {
+        Sessions {
+            core,
+            presence,
+            draining,
+        }
+    }
+
+    /// Reads the `open` message, checks it and starts the session; the
+    /// answer is refused with a status before any frame flows.
+    pub async fn open(&self, mut inbound: Streaming<ClientFrame>) -> Result<Outbound, SignalingError> {
+        if self.draining.is_cancelled() {
+            return Err(SignalingError::Draining);
+        }
+        let first = tokio::time::timeout(OPEN_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| SignalingError::BadRequest("no open message"))?
+            .map_err(|_| SignalingError::BadRequest("stream failed before open"))?;
+        let Some(ClientFrame {
+            kind: Some(client_frame::Kind::Open(open)),
+        }) = first
+        else {
+            return Err(SignalingError::BadRequest("the first message must be open"));
+        };
+        let user = UserId::parse(&open.user_id)?;
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        match open.kind() {
+            SocketKind::Presence => {
+                let connection = connection_id(&open);
+                self.presence.connect(user, &connection).await?;
+                let listener = self.core.relay.listen(&push_channel(&user.to_string())).await?;
+                let session = PresenceSession {
+                    sessions: self.clone(),
+                    user,
+                    connection,
+                    inbound,
+                    tx,
+                    listener,
+                };
+                metrics::gauge!("signaling_streams", "kind" => "presence").increment(1.0);
+                tokio::spawn(session.run());
+            }
+            SocketKind::Call => {
+                let call_id = CallId::parse(&open.call_id)?;
+                let call = self.core.call_for(user, call_id).await?;
+                if !call.status.is_open() {
+                    return Err(SignalingError::WrongState(format!("call is {}", call.status.as_str())));
+                }
+                let mailbox = self.core.relay.open(call_id, user, open.resume_after).await?;
+                let session = CallSession {
+                    core: self.core.clone(),
+                    draining: self.draining.clone(),
+                    peer: call.peer_of(user),
+                    call,
+                    user,
+                    connection: connection_id(&open),
+                    resume: open.resume || open.resume_after > 0,
+                    inbound,
+                    tx,
+                    mailbox,
+                    bucket: TokenBucket::new(self.core.settings.frame_rate),
+                };
+                metrics::gauge!("signaling_streams", "kind" => "call").increment(1.0);
+                tokio::spawn(session.run());
+            }
+            SocketKind::Unspecified => return Err(SignalingError::BadRequest("unknown socket kind")),
+        }
+        Ok(rx)
+    }
+}
+
+fn connection_id(open: &Open) -> String {
+    if open.connection_id.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()
+    } else {
+        open.connection_id.chars().take(64).collect()
+    }
+}
+
+struct PresenceSession {
+    sessions: Sessions,
+    user: UserId,
+    connection: String,
+    inbound: Streaming<ClientFrame>,
+    tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    listener: crate::relay::Listener,
+}
+
+impl PresenceSession {
+    async fn run(mut self) {
+        let mut beat = tokio::time::interval(unilink_presence::DEFAULT_TTL / 3);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                message = self.inbound.message() => match message {
+                    Ok(Some(ClientFrame { kind: Some(client_frame::Kind::Text(t)) })) => {
+                        let answer = match t.trim() {
+                            "ping" => Some("pong".to_owned()),
+                            other if other.contains("\"ping\"") => Some(r#"{"type":"pong"}"#.to_owned()),
+                            _ => None,
+                        };
+                        if let Some(answer) = answer
+                            && self.tx.send(Ok(text(answer, 0))).await.is_err()
+                        {
+                            break;
+                        }
+                        // Any client message shows the socket is alive.
+                        let _ = self.sessions.presence.heartbeat(self.user, &self.connection).await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                push = self.listener.next() => {
+                    let Some(push) = push else { break };
+                    if push.starts_with(r#"{"control""#) {
+                        let control: serde_json::Value = serde_json::from_str(&push).unwrap_or_default();
+                        let code = control["code"].as_u64().unwrap_or(1008) as u32;
+                        let reason = control["reason"].as_str().unwrap_or("closed");
+                        let _ = self.tx.send(Ok(close(code, reason))).await;
+                        break;
+                    }
+                    if self.tx.send(Ok(text(push, 0))).await.is_err() {
+                        break;
+                    }
+                }
+                _ = beat.tick() => {
+                    if let Err(e) = self.sessions.presence.heartbeat(self.user, &self.connection).await {
+                        tracing::warn!(user_id = %self.user, error = %e, "presence heartbeat failed");
+                    }
+                }
+                () = self.sessions.draining.cancelled() => {
+                    let _ = self.tx.send(Ok(close(1012, "server restarting; reconnect"))).await;
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.sessions.presence.disconnect(self.user, &self.connection).await {
+            tracing::warn!(user_id = %self.user, error = %e, "presence not cleared; it expires with its TTL");
+        }
+        metrics::gauge!("signaling_streams", "kind" => "presence").decrement(1.0);
+    }
+}
+
+/// Frames per second with bursts of the same size; a client that keeps
+/// exceeding it is disconnected.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    refused: u32,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: Instant::now(),
+            refused: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            if self.tokens >= self.rate - 1.0 {
+                self.refused = 0;
+            }
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Refused more than two seconds' worth: disconnect.
+    fn exhausted(&self) -> bool {
+        f64::from(self.refused) > 2.0 * self.rate
+    }
+}
+
+struct CallSession {
+    core: CallService,
+    draining: CancellationToken,
+    call: Call,
+    user: UserId,
+    peer: UserId,
+    connection: String,
+    resume: bool,
+    inbound: Streaming<ClientFrame>,
+    tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    mailbox: Mailbox,
+    bucket: TokenBucket,
+}
+
+/// What to do after a client frame.
+enum Next {
+    Continue,
+    Close(u32, &'static str),
+}
+
+impl CallSession {
+    async fn run(mut self) {
+        let call = self.call.id;
+        let mut peer_seen = false;
+        let mut peer_missing_since: Option<Instant> = None;
+        match self
+            .core
+            .connections
+            .beat(call, self.user, self.peer, &self.connection)
+            .await
+        {
+            Ok(peer_here) => {
+                peer_seen = peer_here;
+                if peer_here && !self.resume {
+                    let frame = format!(
+                        r#"{{"type":"connection_ready","user_id":"{}","message":"peer connected"}}"#,
+                        self.user
+                    );
+                    self.relay_to(self.peer, &frame).await;
+                }
+            }
+            Err(e) => tracing::warn!(call_id = %call, error = %e, "call socket not registered"),
+        }
+        let mut beat = tokio::time::interval(BEAT);
+        beat.tick().await;
+        let mut delivered_recorded = self.mailbox.last();
+        loop {
+            tokio::select! {
+                message = self.inbound.message() => match message {
+                    Ok(Some(ClientFrame { kind: Some(client_frame::Kind::Text(t)) })) => {
+                        match self.on_client_frame(&t).await {
+                            Next::Continue => {}
+                            Next::Close(code, reason) => {
+                                let _ = self.tx.send(Ok(close(code, reason))).await;
+                                break;
+                            }
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                },
+                frame = self.mailbox.next() => match frame {
+                    Ok(Some(frame)) => {
+                        let ended = is_call_ended(&frame.text);
+                        if self.tx.send(Ok(text(frame.text, frame.seq))).await.is_err() {
+                            break;
+                        }
+                        if ended {
+                            let _ = self.tx.send(Ok(close(1000, "call ended"))).await;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(call_id = %call, error = %e, "relay read failed");
+                        let _ = self.tx.send(Ok(close(1011, "relay unavailable; reconnect"))).await;
+                        break;
+                    }
+                },
+                _ = beat.tick() => {
+                    match self.core.connections.beat(call, self.user, self.peer, &self.connection).await {
+                        Ok(true) => {
+                            peer_seen = true;
+                            peer_missing_since = None;
+                        }
+                        Ok(false) if peer_seen => {
+                            let since = *peer_missing_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= DISCONNECT_NOTICE {
+                                peer_seen = false;
+                                peer_missing_since = None;
+                                let frame = format!(r#"{{"type":"user_disconnected","user_id":"{}"}}"#, self.peer);
+                                if self.tx.send(Ok(text(frame, 0))).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(call_id = %call, error = %e, "call socket beat failed"),
+                    }
+                    if self.mailbox.last() != delivered_recorded {
+                        delivered_recorded = self.mailbox.last();
+                        let _ = self.mailbox.record_delivered().await;
+                    }
+                }
+                () = self.draining.cancelled() => {
+                    let _ = self.tx.send(Ok(close(1012, "server restarting; reconnect"))).await;
+                    break;
+                }
+            }
+        }
+        let _ = self.mailbox.record_delivered().await;
+        let _ = self.core.connections.leave(call, self.user, &self.connection).await;
+        metrics::gauge!("signaling_streams", "kind" => "call").decrement(1.0);
+    }
+
+    async fn relay_to(&self, user: UserId, frame: &str) {
+        let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
+        if let Err(e) = self.core.relay.send(self.call.id, user, frame, &traceparent).await {
+            tracing::warn!(call_id = %self.call.id, error = %e, "relay send failed");
+            let _ = self
+                .tx
+                .send(Ok(text(error_frame("message not delivered; try again"), 0)))
+                .await;
+        }
+    }
+
+    async fn reply_error(&self, message: &str) -> Next {
+        let _ = self.tx.send(Ok(text(error_frame(message), 0))).await;
+        Next::Continue
+    }
+
+    async fn on_client_frame(&mut self, raw: &str) -> Next {
+        if !self.bucket.take() {
+            metrics::counter!("signaling_frames_throttled_total").increment(1);
+            if self.bucket.exhausted() {
+                return Next::Close(1008, "too many messages");
+            }
+            let limit = self.core.settings.frame_rate;
+            return self
+                .reply_error(&format!("rate limit exceeded: at most {limit} messages per second"))
+                .await;
+        }
+        if raw.len() > MAX_FRAME_BYTES {
+            return self.reply_error("message too large (at most 64 KiB)").await;
+        }
+        let value: serde_json::Value = match serde_json::from_str(raw) {
+            Ok(v) => v,
+            Err(_) => return self.reply_error("invalid message: not JSON").await,
+        };
+        let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+            return self.reply_error("invalid message: a string \"type\" is required").await;
+        };
+        let me = self.user;
+        let field = |name: &str| value.get(name).filter(|v| !v.is_null());
+        match kind {
+            "ping" => {
+                let _ = self.tx.send(Ok(text(r#"{"type":"pong"}"#.to_owned(), 0))).await;
+            }
+            "offer" | "answer" | "ice_candidate" => {
+                let name = if kind == "ice_candidate" { "candidate" } else { kind };
+                let Some(payload) = field(name) else {
+                    return self.reply_error(&format!("{kind} needs a \"{name}\" field")).await;
+                };
+                let frame = format!(r#"{{"type":"{kind}","{name}":{payload},"from":"{me}"}}"#);
+                self.relay_to(self.peer, &frame).await;
+            }
+            "connection_state" => {
+                let Some(state) = field("state").and_then(|s| s.as_str()) else {
+                    return self.reply_error("connection_state needs a string \"state\"").await;
+                };
+                let state: String = state.chars().take(32).collect();
+                if state == "failed" {
+                    metrics::counter!("webrtc_connection_failures_total").increment(1);
+                }
+                let _ = self.core.connections.report_state(self.call.id, me, &state).await;
+                let frame = format!(
+                    r#"{{"type":"connection_state","user_id":"{me}","state":{}}}"#,
+                    json_string(&state)
+                );
+                self.relay_to(self.peer, &frame).await;
+            }
+            "chat_message" => {
+                let Some(body) = field("text").and_then(|s| s.as_str()) else {
+                    return self.reply_error("chat_message needs a string \"text\"").await;
+                };
+                if body.chars().count() > MAX_CHAT_CHARS {
+                    return self
+                        .reply_error("chat message too long (at most 4000 characters)")
+                        .await;
+                }
+                let timestamp = match field("timestamp") {
+                    Some(t) => t.to_string(),
+                    None => json_string(&chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                };
+                let frame = format!(
+                    r#"{{"type":"chat_message","from":"{me}","text":{},"timestamp":{timestamp}}}"#,
+                    json_string(body)
+                );
+                // Both sides, through their mailboxes, so each sees one order.
+                self.relay_to(self.peer, &frame).await;
+                self.relay_to(me, &frame).await;
+            }
+            "end_call" => match self.core.end(me, self.call.id).await {
+                Ok(_) => {}
+                Err(SignalingError::WrongState(m)) => return self.reply_error(&m).await,
+                Err(e) => {
+                    tracing::warn!(call_id = %self.call.id, error = %e, "end_call failed");
+                    return self.reply_error("could not end the call; try again").await;
+                }
+            },
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return self.reply_error(&format!("unknown message type: {shown}")).await;
+            }
+        }
+        Next::Continue
+    }
+}
+
+/// Whether a relayed text is the `call_ended` frame (built by this service
+/// with `type` right after `seq`).
+fn is_call_ended(text: &str) -> bool {
+    text.split_once(',')
+        .is_some_and(|(_, rest)| rest.starts_with(r#""type":"call_ended""#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ended_is_recognised_only_at_the_top_level() {
+        assert!(is_call_ended(r#"{"seq":4,"type":"call_ended","user_id":null}"#));
+        assert!(!is_call_ended(
+            r#"{"seq":5,"type":"offer","offer":{"type":"call_ended"},"from":"x"}"#
+        ));
+    }
+
+    #[test]
+    fn the_bucket_refuses_beyond_the_rate_and_then_gives_up() {
+        let mut bucket = TokenBucket::new(10);
+        assert!((0..10).all(|_| bucket.take()));
+        assert!(!bucket.take());
+        assert!(!bucket.exhausted());
+        for _ in 0..20 {
+            bucket.take();
+        }
+        assert!(bucket.exhausted());
+    }
+}

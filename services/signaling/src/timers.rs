@@ -1,0 +1,97 @@
+//! Call time limits, run by every replica once a second. Each sweep locks
+//! the calls it closes with `FOR UPDATE SKIP LOCKED`, so replicas never
+//! close the same call twice, and each closure is one transaction with its
+//! event.
+//!
+//! * ringing longer than `CALL_RING_TIMEOUT` → `missed`;
+//! * ongoing longer than `CALL_MAX_DURATION` → `completed`;
+//! * ongoing with no signaling socket anywhere for `CALL_DISCONNECT_GRACE`
+//!   → `completed` (abandoned).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use unilink_db::Uuid;
+
+use crate::error::SignalingError;
+use crate::repo::{CallStatus, Transition};
+use crate::service::CallService;
+
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const BATCH: i64 = 200;
+
+pub async fn run(core: CallService, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(e) = sweep(&core).await {
+            tracing::warn!(error = %e, "call timers failed; retrying");
+        }
+    }
+}
+
+fn system(to: CallStatus, reason: &'static str) -> Transition {
+    Transition {
+        to,
+        actor: None,
+        reason: Some(reason),
+    }
+}
+
+/// One pass over the three limits; returns how many calls it closed.
+pub async fn sweep(core: &CallService) -> Result<usize, SignalingError> {
+    let settings = &core.settings;
+    let mut closed = core
+        .calls
+        .close_due(
+            "SELECT id FROM calls WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) LIMIT $2",
+            &[&settings.ring_timeout.as_secs_f64(), &BATCH],
+            system(CallStatus::Missed, "ring_timeout"),
+        )
+        .await?;
+    closed.extend(
+        core.calls
+            .close_due(
+                "SELECT id FROM calls WHERE status = 'ongoing' AND started_at < now() - make_interval(secs => $1) LIMIT $2",
+                &[&settings.max_duration.as_secs_f64(), &BATCH],
+                system(CallStatus::Completed, "max_duration"),
+            )
+            .await?,
+    );
+    let grace = chrono::Duration::from_std(settings.disconnect_grace).unwrap_or_default();
+    let candidates = core.calls.ongoing_started_before(Utc::now() - grace, BATCH).await?;
+    if !candidates.is_empty() {
+        let live = core.connections.recently_live(&candidates).await?;
+        let abandoned: Vec<Uuid> = candidates
+            .iter()
+            .zip(live)
+            .filter(|(_, live)| !live)
+            .map(|(c, _)| c.as_uuid())
+            .collect();
+        if !abandoned.is_empty() {
+            closed.extend(
+                core.calls
+                    .close_due(
+                        "SELECT id FROM calls WHERE id = ANY($1) AND status = 'ongoing'",
+                        &[&abandoned],
+                        system(CallStatus::Completed, "abandoned"),
+                    )
+                    .await?,
+            );
+        }
+    }
+    for call in &closed {
+        tracing::info!(call_id = %call.id, status = call.status.as_str(), "call closed by timer");
+        let reason = match call.status {
+            CallStatus::Missed => "ring_timeout",
+            _ => "timer",
+        };
+        core.after_close(call, None, Some(reason)).await;
+    }
+    Ok(closed.len())
+}
