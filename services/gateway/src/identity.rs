@@ -130,6 +130,30 @@ pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The token of a WebSocket upgrade, which browsers cannot send as a
+/// header: `?token=<jwt>` or `?token=Bearer <jwt>`. Only upgrade requests
+/// may carry a token in the URL.
+pub fn websocket_token(req: &HttpRequest) -> Option<&str> {
+    let upgrade = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
+    let raw = req
+        .query_string()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))?;
+    let token = raw
+        .strip_prefix("Bearer%20")
+        .or_else(|| raw.strip_prefix("Bearer+"))
+        .or_else(|| raw.strip_prefix("Bearer "))
+        .unwrap_or(raw);
+    Some(token).filter(|t| !t.is_empty())
+}
+
 /// What the authentication middleware found out about a request.
 #[derive(Debug, Clone)]
 pub enum Caller {

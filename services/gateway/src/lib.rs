@@ -1,12 +1,13 @@
 //! The edge gateway: the only public UniLink service.
 //!
-//! It terminates HTTP (and, later, WebSockets), and talks gRPC to the
-//! backend services through load-balanced channels ([`clients`]). It holds
-//! no business rules and no data of its own.
+//! It terminates HTTP and WebSockets, and talks gRPC to the backend services
+//! through load-balanced channels ([`clients`]). It holds no business rules
+//! and no data of its own.
 //!
 //! * [`startup`] — `Application::build(settings)`, port 0 in tests,
 //!   graceful shutdown;
 //! * [`rest`] — the public routes (`/`, `/health`, `/metrics`, …);
+//! * [`ws`] — the WebSockets, each carried as a gRPC stream to signaling;
 //! * [`error`] — the one mapping of failures to `{"detail": …}` answers.
 
 pub mod clients;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod middleware;
 pub mod rest;
 pub mod startup;
+pub mod ws;
 
 pub use startup::{Application, main};
 

@@ -149,6 +149,8 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     redis: Redis,
+    /// Cancelled when shutdown begins: WebSockets close with 1012.
+    drain: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Application {
@@ -188,6 +190,8 @@ impl Application {
             api_limit: settings.rate_limit_api,
         });
         let upstreams = web::Data::new(upstreams);
+        let draining = web::Data::new(crate::ws::Draining::default());
+        let drain = draining.0.clone();
         let origins = OriginPolicy::new(&settings.allowed_origins);
         let production = settings.environment.is_production();
 
@@ -199,6 +203,7 @@ impl Application {
                     .app_data(checker.clone())
                     .app_data(upstreams.clone())
                     .app_data(edge.clone())
+                    .app_data(draining.clone())
                     .app_data(json_config())
                     .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                     .app_data(web::PathConfig::default().error_handler(|e, _| {
@@ -220,7 +225,12 @@ impl Application {
             .disable_signals()
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
             .run();
-        Ok(Application { server, addr, redis })
+        Ok(Application {
+            server,
+            addr,
+            redis,
+            drain,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -234,13 +244,16 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
     /// requests finish (up to `SHUTDOWN_GRACE_SECONDS`) and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { server, redis, .. } = self;
+        let Application {
+            server, redis, drain, ..
+        } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
         let result = tokio::select! {
             result = &mut server => result,
             () = shutdown => {
                 tracing::info!(service = crate::SERVICE, "shutting down");
+                drain.cancel();
                 handle.stop(true).await;
                 server.await
             }

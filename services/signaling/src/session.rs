@@ -131,13 +131,19 @@ impl Sessions {
                     return Err(SignalingError::WrongState(format!("call is {}", call.status.as_str())));
                 }
                 let mailbox = self.core.relay.open(call_id, user, open.resume_after).await?;
+                let connection = connection_id(&open);
+                let peer = call.peer_of(user);
+                // Registered before the stream is answered: whoever joins
+                // after this sees this side (and tells it).
+                let peer_here = self.core.connections.beat(call_id, user, peer, &connection).await?;
                 let session = CallSession {
                     core: self.core.clone(),
                     draining: self.draining.clone(),
-                    peer: call.peer_of(user),
+                    peer,
                     call,
                     user,
-                    connection: connection_id(&open),
+                    connection,
+                    peer_here,
                     resume: open.resume || open.resume_after > 0,
                     inbound,
                     tx,
@@ -274,6 +280,8 @@ struct CallSession {
     user: UserId,
     peer: UserId,
     connection: String,
+    /// The peer had a socket when this one registered.
+    peer_here: bool,
     resume: bool,
     inbound: Streaming<ClientFrame>,
     tx: mpsc::Sender<Result<ServerFrame, Status>>,
@@ -290,25 +298,14 @@ enum Next {
 impl CallSession {
     async fn run(mut self) {
         let call = self.call.id;
-        let mut peer_seen = false;
+        let mut peer_seen = self.peer_here;
         let mut peer_missing_since: Option<Instant> = None;
-        match self
-            .core
-            .connections
-            .beat(call, self.user, self.peer, &self.connection)
-            .await
-        {
-            Ok(peer_here) => {
-                peer_seen = peer_here;
-                if peer_here && !self.resume {
-                    let frame = format!(
-                        r#"{{"type":"connection_ready","user_id":"{}","message":"peer connected"}}"#,
-                        self.user
-                    );
-                    self.relay_to(self.peer, &frame).await;
-                }
-            }
-            Err(e) => tracing::warn!(call_id = %call, error = %e, "call socket not registered"),
+        if self.peer_here && !self.resume {
+            let frame = format!(
+                r#"{{"type":"connection_ready","user_id":"{}","message":"peer connected"}}"#,
+                self.user
+            );
+            self.relay_to(self.peer, &frame).await;
         }
         let mut beat = tokio::time::interval(BEAT);
         beat.tick().await;

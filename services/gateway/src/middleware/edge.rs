@@ -21,7 +21,7 @@ use actix_web::{Error, HttpMessage, ResponseError, web};
 use unilink_errors::ErrorCode;
 
 use crate::error::ApiError;
-use crate::identity::{Caller, KeyStore, bearer_token, revocation_keys};
+use crate::identity::{Caller, KeyStore, bearer_token, revocation_keys, websocket_token};
 use crate::middleware::client_ip::TrustedProxies;
 use crate::middleware::rate_limit::{Decision, RateLimiter};
 
@@ -66,7 +66,7 @@ pub async fn edge(
         .client_ip(req.request())
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
 
-    let mut caller = match bearer_token(req.request()) {
+    let mut caller = match bearer_token(req.request()).or_else(|| websocket_token(req.request())) {
         None => Caller::Anonymous,
         Some(token) => match edge.keys.authenticate(token).await {
             Ok(identity) => Caller::Authenticated(identity),

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::identity::{Authenticated, Identity};
 use crate::rest::users::{UserJson, rfc3339};
 
-fn admin(caller: Authenticated) -> Result<Identity, ApiError> {
+pub fn admin(caller: Authenticated) -> Result<Identity, ApiError> {
     if caller.0.claims.is_admin() {
         Ok(caller.0)
     } else {

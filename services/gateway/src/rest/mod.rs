@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod calls;
 pub mod health;
 pub mod index;
 pub mod users;
@@ -33,6 +34,37 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/users/report/{id}", web::post().to(users::report))
         .route("/users/{id}", web::get().to(users::get_user))
         .route("/calls/available", web::get().to(users::available))
+        .route("/calls/initiate", web::post().to(calls::initiate))
+        .route("/calls/by-id/{id}", web::get().to(calls::by_id))
+        .route("/calls/active", web::get().to(calls::active))
+        .route("/calls/pending", web::get().to(calls::pending))
+        .route("/calls/history", web::get().to(calls::history))
+        .route("/calls/ice-servers", web::get().to(calls::ice_servers))
+        .service(
+            web::resource("/calls/accept/{id}")
+                .app_data(web::Data::new(calls::Action::Accept))
+                .route(web::post().to(calls::act)),
+        )
+        .service(
+            web::resource("/calls/reject/{id}")
+                .app_data(web::Data::new(calls::Action::Reject))
+                .route(web::post().to(calls::act)),
+        )
+        .service(
+            web::resource("/calls/end/{id}")
+                .app_data(web::Data::new(calls::Action::End))
+                .route(web::post().to(calls::act)),
+        )
+        .route("/calls/ws/{user_id}", web::get().to(crate::ws::presence))
+        .route(
+            "/ws/webrtc/connection-state/{call_id}",
+            web::get().to(calls::connection_state),
+        )
+        .route(
+            "/ws/webrtc/active-connections",
+            web::get().to(calls::active_connections),
+        )
+        .route("/ws/webrtc/{call_id}", web::get().to(crate::ws::signaling))
         .route("/admin/reports", web::get().to(admin::reports))
         .route("/admin/reports/{id}/resolve", web::post().to(admin::resolve))
         .route("/admin/users/{id}/deactivate", web::post().to(admin::deactivate));

@@ -288,14 +288,20 @@ pub async fn export(upstreams: web::Data<Upstreams>, caller: Authenticated) -> R
     let user_id = caller.0.user_id.to_string();
     let mut auth = AuthServiceClient::new(upstreams.auth.clone());
     let mut profile = profiles(&upstreams);
-    let (account, data) = tokio::join!(
+    let mut signaling =
+        unilink_proto::signaling::signaling_service_client::SignalingServiceClient::new(upstreams.signaling.clone());
+    let (account, data, calls) = tokio::join!(
         auth.get_account(GetAccountRequest {
             user_id: user_id.clone()
         }),
-        profile.export_user_data(GetProfileRequest { user_id }),
+        profile.export_user_data(GetProfileRequest {
+            user_id: user_id.clone()
+        }),
+        signaling.export_calls(unilink_proto::signaling::UserRequest { user_id }),
     );
     let account = account?.into_inner();
     let data = data?.into_inner();
+    let calls: Vec<crate::rest::calls::CallJson> = calls?.into_inner().calls.into_iter().map(Into::into).collect();
     let blocks: Vec<Value> = data
         .blocks
         .into_iter()
@@ -319,6 +325,7 @@ pub async fn export(upstreams: web::Data<Upstreams>, caller: Authenticated) -> R
             "profile": data.profile.map(UserJson::from_profile),
             "blocks": blocks,
             "reports": reports,
+            "calls": calls,
         })))
 }
 

@@ -42,12 +42,14 @@ impl Fleet {
         // Started as tasks, concurrently; awaiting them keeps this future small.
         let auth = tokio::spawn(spawn::<unilink_auth::Auth>(s.clone()));
         let profile = tokio::spawn(spawn::<unilink_profile::Profiles>(s.clone()));
-        let signaling = tokio::spawn(spawn::<unilink_signaling::Signaling>(s.clone()));
         let notification = tokio::spawn(spawn::<unilink_notification::Notification>(s));
-        let (auth, profile, signaling, notification) = (
+        let profile = profile.await.expect("profile starts");
+        // Signaling asks profile whether a call may be made.
+        let profile_url = profile.url();
+        vars.push(("PROFILE_GRPC_URL", profile_url.as_str()));
+        let signaling = spawn::<unilink_signaling::Signaling>(settings(&db, &prefix, &vars)).await;
+        let (auth, notification) = (
             auth.await.expect("auth starts"),
-            profile.await.expect("profile starts"),
-            signaling.await.expect("signaling starts"),
             notification.await.expect("notification starts"),
         );
         Fleet {
@@ -213,5 +215,147 @@ impl Gateway {
             let _ = stop.send(());
         }
         (&mut self.task).await.unwrap().unwrap();
+    }
+}
+
+impl Fleet {
+    /// Another signaling replica against the same database and Redis.
+    pub async fn signaling_replica(&self, extra: &[(&str, &str)]) -> RunningService {
+        let mut vars = vec![("PROFILE_GRPC_URL", self.profile.url())];
+        let owned: Vec<(String, String)> = extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        vars.extend(owned.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        spawn::<unilink_signaling::Signaling>(settings(&self.db, &self.prefix, &pairs)).await
+    }
+
+    /// A signed-up, logged-in user whose profile exists: (id, access token).
+    pub async fn user(&self, gw: &Gateway, name: &str) -> (String, String) {
+        let session = gw.sign_up_and_log_in(self, &format!("{name}@kiit.ac.in"), name).await;
+        let id = session["user"]["id"].as_str().unwrap().to_owned();
+        let token = session["access_token"].as_str().unwrap().to_owned();
+        let db = self.db.client().await;
+        let uid = uuid::Uuid::parse_str(&id).unwrap();
+        eventually("profile created and verified", Duration::from_secs(20), || {
+            let db = &db;
+            async move {
+                let row = db
+                    .query_opt("SELECT is_verified FROM profile.profiles WHERE user_id = $1", &[&uid])
+                    .await
+                    .unwrap()?;
+                row.get::<_, bool>(0).then_some(())
+            }
+        })
+        .await;
+        (id, token)
+    }
+}
+
+impl Gateway {
+    pub async fn get_bearer(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.send(self.http.get(self.url(path)).bearer_auth(token)).await
+    }
+
+    /// Opens a WebSocket (`path` without the token) with `?token=`.
+    pub async fn socket(&self, path: &str, token: &str) -> Socket {
+        self.try_socket(path, token).await.expect("websocket upgrade")
+    }
+
+    /// Opens a WebSocket; the HTTP status when the upgrade is refused.
+    pub async fn try_socket(&self, path: &str, token: &str) -> Result<Socket, u16> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{}{path}{separator}token={token}",
+            self.base.replace("http://", "ws://")
+        );
+        match tokio_tungstenite::connect_async(url).await {
+            Ok((ws, _)) => Ok(Socket { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("websocket connect failed: {e}"),
+        }
+    }
+}
+
+/// A client WebSocket.
+pub struct Socket {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+/// What a socket read produced.
+#[derive(Debug)]
+pub enum Received {
+    Text(String),
+    Closed(u16, String),
+}
+
+impl Socket {
+    pub async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("websocket send");
+    }
+
+    pub async fn send_json(&mut self, value: serde_json::Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// The next text frame or the close (within 10 s).
+    pub async fn next(&mut self) -> Received {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("a websocket frame within 10 s")
+    }
+
+    /// The next text frame or close, or `None` after `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            match message {
+                Some(Ok(Message::Text(t))) => return Some(Received::Text(t.to_string())),
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(match frame {
+                        Some(f) => Received::Closed(u16::from(f.code), f.reason.to_string()),
+                        None => Received::Closed(1005, String::new()),
+                    });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(Received::Closed(1006, String::new())),
+            }
+        }
+    }
+
+    /// The next frame, which must be JSON text.
+    pub async fn json(&mut self) -> serde_json::Value {
+        match self.next().await {
+            Received::Text(t) => serde_json::from_str(&t).unwrap_or_else(|e| panic!("not JSON ({e}): {t}")),
+            Received::Closed(code, reason) => panic!("socket closed ({code} {reason}) while a frame was expected"),
+        }
+    }
+
+    /// Reads frames until one of `type` arrives; returns it.
+    pub async fn expect(&mut self, kind: &str) -> serde_json::Value {
+        loop {
+            let frame = self.json().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// The close code and reason (skipping text frames).
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            if let Received::Closed(code, reason) = self.next().await {
+                return (code, reason);
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
     }
 }

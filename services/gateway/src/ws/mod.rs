@@ -1,0 +1,328 @@
+//! The two WebSockets of the public API, each carried as one gRPC
+//! bidirectional stream (`SignalingService.Session`) to a signaling replica
+//! chosen by the client-side load balancer:
+//!
+//! * `WS /calls/ws/{user_id}?token=` — presence and call pushes;
+//! * `WS /ws/webrtc/{call_id}?token=` — the signaling of one call.
+//!
+//! The token is checked at the upgrade (401 without a valid one, 403 when
+//! `user_id` is not the token's subject); what signaling refuses (not a
+//! participant, call over) is answered by closing with 1008 and the reason.
+//!
+//! The bridge remembers the sequence number of the last relayed frame it
+//! handed to the client. When the signaling replica goes away (its stream
+//! breaks, or it drains and asks for 1012), the bridge opens a new stream —
+//! on another replica — resuming after that number, so the client sees
+//! every frame once and in order and keeps its socket. When the gateway
+//! itself drains, clients are closed with 1012 and reconnect elsewhere.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use unilink_domain::{CallId, UserId};
+use unilink_errors::ErrorCode;
+use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
+use unilink_proto::signaling::{ClientFrame, Open, ServerFrame, SocketKind, client_frame, server_frame};
+
+use crate::clients::Upstreams;
+use crate::error::ApiError;
+use crate::identity::Authenticated;
+
+/// Text frames larger than this get an `error` frame (the socket stays open).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Frames larger than this close the socket (protocol limit).
+const MAX_WIRE_FRAME_BYTES: usize = 1024 * 1024;
+/// How long the bridge keeps trying to reach another signaling replica.
+const RESUME_WINDOW: Duration = Duration::from_secs(5);
+/// Client frames queued towards signaling per socket.
+const UPSTREAM_QUEUE: usize = 64;
+
+/// Cancelled when the gateway begins to shut down.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(pub CancellationToken);
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Presence,
+    Call,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Presence => "presence",
+            Kind::Call => "call",
+        }
+    }
+}
+
+/// `WS /calls/ws/{user_id}?token=`.
+pub async fn presence(
+    req: HttpRequest,
+    body: web::Payload,
+    caller: Authenticated,
+    path: web::Path<String>,
+    upstreams: web::Data<Upstreams>,
+    draining: web::Data<Draining>,
+) -> Result<HttpResponse, ApiError> {
+    let user = UserId::parse(&path).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if user != caller.0.user_id {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the token does not belong to this user",
+        ));
+    }
+    let open = Open {
+        kind: SocketKind::Presence as i32,
+        user_id: user.to_string(),
+        ..Open::default()
+    };
+    bridge(&req, body, open, Kind::Presence, &upstreams, &draining).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ResumeQuery {
+    /// The `seq` of the last relayed frame the client saw (it resumes after it).
+    last_seq: Option<u64>,
+}
+
+/// `WS /ws/webrtc/{call_id}?token=[&last_seq=]`.
+pub async fn signaling(
+    req: HttpRequest,
+    body: web::Payload,
+    caller: Authenticated,
+    path: web::Path<String>,
+    query: web::Query<ResumeQuery>,
+    upstreams: web::Data<Upstreams>,
+    draining: web::Data<Draining>,
+) -> Result<HttpResponse, ApiError> {
+    let call = CallId::parse(&path).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let open = Open {
+        kind: SocketKind::Call as i32,
+        user_id: caller.0.user_id.to_string(),
+        call_id: call.to_string(),
+        resume_after: query.last_seq.unwrap_or(0),
+        resume: query.last_seq.is_some(),
+        connection_id: String::new(),
+    };
+    bridge(&req, body, open, Kind::Call, &upstreams, &draining).await
+}
+
+/// A live stream to a signaling replica.
+struct Upstream {
+    tx: mpsc::Sender<ClientFrame>,
+    rx: tonic::Streaming<ServerFrame>,
+}
+
+/// Opens a `Session` stream with `open` as its first message.
+async fn connect(upstreams: &Upstreams, open: Open) -> Result<Upstream, tonic::Status> {
+    let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
+    tx.send(ClientFrame {
+        kind: Some(client_frame::Kind::Open(open)),
+    })
+    .await
+    .map_err(|_| tonic::Status::internal("stream closed"))?;
+    let response = SignalingServiceClient::new(upstreams.signaling.clone())
+        .max_decoding_message_size(4 * MAX_WIRE_FRAME_BYTES)
+        .session(ReceiverStream::new(rx))
+        .await?;
+    Ok(Upstream {
+        tx,
+        rx: response.into_inner(),
+    })
+}
+
+/// Keeps trying to open the stream again on a live replica, for up to
+/// [`RESUME_WINDOW`]; refusals (the call ended meanwhile) end the attempt.
+async fn reconnect(upstreams: &Upstreams, open: &Open) -> Result<Upstream, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match connect(upstreams, open.clone()).await {
+            Ok(upstream) => return Ok(upstream),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                ) && tokio::time::Instant::now() + wait < deadline =>
+            {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+fn close_reason(code: u16, reason: &str) -> CloseReason {
+    // A close reason may be at most 123 bytes.
+    let mut description: String = String::new();
+    for c in reason.chars() {
+        if description.len() + c.len_utf8() > 123 {
+            break;
+        }
+        description.push(c);
+    }
+    CloseReason {
+        code: CloseCode::from(code),
+        description: Some(description),
+    }
+}
+
+/// The close a socket gets when its stream could not be resumed: a refusal
+/// (the call ended meanwhile) is final; otherwise the client should
+/// reconnect, through the load balancer, to another gateway.
+fn resume_failed(status: &tonic::Status) -> CloseReason {
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
+            close_reason(1008, status.message())
+        }
+        _ => close_reason(1012, "signaling moved; reconnect"),
+    }
+}
+
+/// The close a refused stream gets.
+fn refusal(status: &tonic::Status) -> CloseReason {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            close_reason(1013, "signaling is unavailable; try again")
+        }
+        tonic::Code::Internal | tonic::Code::Unknown => close_reason(1011, "internal error"),
+        _ => close_reason(1008, status.message()),
+    }
+}
+
+async fn bridge(
+    req: &HttpRequest,
+    body: web::Payload,
+    open: Open,
+    kind: Kind,
+    upstreams: &web::Data<Upstreams>,
+    draining: &web::Data<Draining>,
+) -> Result<HttpResponse, ApiError> {
+    if draining.0.is_cancelled() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "server is restarting; reconnect"));
+    }
+    // The stream is opened before the upgrade is answered, so a client whose
+    // socket is open is already known to the fleet (its peer joining next is
+    // announced to it).
+    let upstreams = upstreams.get_ref().clone();
+    let opened = connect(&upstreams, open.clone()).await;
+    let (response, session, messages) =
+        actix_ws::handle(req, body).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let messages = messages
+        .max_frame_size(MAX_WIRE_FRAME_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_WIRE_FRAME_BYTES);
+    let draining = draining.0.clone();
+    actix_web::rt::spawn(async move {
+        let upstream = match opened {
+            Ok(upstream) => upstream,
+            Err(status) => {
+                let _ = session.close(Some(refusal(&status))).await;
+                return;
+            }
+        };
+        metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
+        run(session, messages, upstream, open, kind, upstreams, draining).await;
+        metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
+    });
+    Ok(response)
+}
+
+/// How a socket's pump ended.
+enum End {
+    /// Close the client socket with this.
+    Close(CloseReason),
+    /// The client went away.
+    Gone,
+}
+
+async fn run(
+    mut session: Session,
+    mut messages: actix_ws::AggregatedMessageStream,
+    mut upstream: Upstream,
+    mut open: Open,
+    kind: Kind,
+    upstreams: Upstreams,
+    draining: CancellationToken,
+) {
+    let mut last_seq = open.resume_after;
+    let end = loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Some(Ok(AggregatedMessage::Text(text))) => {
+                    if text.len() > MAX_FRAME_BYTES {
+                        let _ = session.text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await;
+                        continue;
+                    }
+                    let frame = ClientFrame { kind: Some(client_frame::Kind::Text(text.to_string())) };
+                    if upstream.tx.send(frame).await.is_err() {
+                        // The stream is gone; the next read of `upstream.rx` resumes it.
+                        tracing::debug!("upstream closed while sending");
+                    }
+                }
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                Some(Ok(AggregatedMessage::Binary(_))) => {
+                    let _ = session.text(r#"{"type":"error","message":"binary frames are not supported"}"#).await;
+                }
+                Some(Ok(AggregatedMessage::Pong(_))) => {}
+                Some(Ok(AggregatedMessage::Close(_))) | None => break End::Gone,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket protocol error");
+                    break End::Close(close_reason(1009, "frame too large or malformed"));
+                }
+            },
+            frame = upstream.rx.message() => {
+                let resume = match frame {
+                    Ok(Some(ServerFrame { kind: Some(server_frame::Kind::Text(text)), seq })) => {
+                        if seq > 0 {
+                            last_seq = seq;
+                        }
+                        if session.text(text).await.is_err() {
+                            break End::Gone;
+                        }
+                        false
+                    }
+                    Ok(Some(ServerFrame { kind: Some(server_frame::Kind::Close(close)), .. })) => {
+                        // 1012: that replica is draining; anything else is final.
+                        if close.code != 1012 || draining.is_cancelled() {
+                            break End::Close(close_reason(close.code as u16, &close.reason));
+                        }
+                        true
+                    }
+                    Ok(Some(_)) => false,
+                    Ok(None) | Err(_) => true,
+                };
+                if resume {
+                    metrics::counter!("signaling_reconnects_total", "kind" => kind.label()).increment(1);
+                    open.resume = true;
+                    open.resume_after = last_seq;
+                    match reconnect(&upstreams, &open).await {
+                        Ok(fresh) => upstream = fresh,
+                        Err(status) => break End::Close(resume_failed(&status)),
+                    }
+                }
+            },
+            () = draining.cancelled() => break End::Close(close_reason(1012, "server restarting; reconnect")),
+        }
+    };
+    // Dropping the upstream ends the stream: signaling cleans up.
+    drop(upstream);
+    let reason = match end {
+        End::Close(reason) => Some(reason),
+        End::Gone => None,
+    };
+    let _ = session.close(reason).await;
+}

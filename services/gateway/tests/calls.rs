@@ -1,0 +1,525 @@
+//! Calls end to end: two gateways, two signaling replicas, presence sockets,
+//! pushes, the signaling socket relayed across replicas, history.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fleet, Gateway, Received, Socket};
+use serde_json::{Value, json};
+
+/// Two gateways, each in front of its own signaling replica, so the two
+/// users of a call sit on different replicas.
+struct TwoSides {
+    fleet: Fleet,
+    second_signaling: unilink_test_support::service::RunningService,
+    a: Gateway,
+    b: Gateway,
+}
+
+async fn two_sides(extra: &[(&str, &str)]) -> TwoSides {
+    let fleet = Fleet::start_with(extra).await;
+    let second_signaling = fleet.signaling_replica(extra).await;
+    let first = fleet.signaling.url();
+    let second = second_signaling.url();
+    let a = fleet.gateway(&[("SIGNALING_GRPC_URL", first.as_str())]).await;
+    let b = fleet.gateway(&[("SIGNALING_GRPC_URL", second.as_str())]).await;
+    TwoSides {
+        fleet,
+        second_signaling,
+        a,
+        b,
+    }
+}
+
+async fn post(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
+    gw.post_bearer(path, token, json!({})).await
+}
+
+/// Opens the presence socket and waits until the fleet sees the user online.
+async fn go_online(gw: &Gateway, id: &str, token: &str) -> Socket {
+    let mut socket = gw.socket(&format!("/calls/ws/{id}"), token).await;
+    socket.send_text("ping").await;
+    assert!(matches!(socket.next().await, Received::Text(t) if t == "pong"));
+    socket
+}
+
+#[tokio::test]
+async fn a_full_call_between_two_replicas() {
+    let sides = two_sides(&[]).await;
+    let (fleet, ga, gb) = (&sides.fleet, &sides.a, &sides.b);
+    let (ada_id, ada) = fleet.user(ga, "ada").await;
+    let (bob_id, bob) = fleet.user(gb, "bob").await;
+
+    let mut ada_presence = go_online(ga, &ada_id, &ada).await;
+    let mut bob_presence = go_online(gb, &bob_id, &bob).await;
+
+    // Bob is available to Ada, and online.
+    let (status, available) = ga.get_bearer("/calls/available", &ada).await;
+    assert_eq!(status, 200, "{available}");
+    assert!(
+        available
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["id"] == bob_id && u["is_online"] == true)
+    );
+
+    // Ada calls; Bob's presence socket rings.
+    let (status, call) = ga
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["status"], "pending");
+    assert_eq!(call["initiator_id"], ada_id);
+    assert_eq!(call["receiver_id"], bob_id);
+    assert!(call["call_token"].as_str().is_some_and(|t| t.len() >= 32));
+    assert!(call["started_at"].is_null() && call["ended_at"].is_null() && call["duration_seconds"].is_null());
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let ring = bob_presence.expect("incoming_call").await;
+    assert_eq!(ring["call_id"], call_id);
+    assert_eq!(ring["caller_id"], ada_id);
+    assert_eq!(ring["caller_username"], "ada");
+
+    // Both see it pending; only Bob may accept.
+    let (_, pending) = gb.get_bearer("/calls/pending", &bob).await;
+    assert_eq!(pending["id"], call_id);
+    let (status, _) = post(ga, &format!("/calls/accept/{call_id}"), &ada).await;
+    assert_eq!(status, 403);
+    let (status, accepted) = post(gb, &format!("/calls/accept/{call_id}"), &bob).await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["status"], "ongoing");
+    assert!(accepted["started_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let pushed = ada_presence.expect("call_accepted").await;
+    assert_eq!(pushed["call_id"], call_id);
+    let (status, _) = post(gb, &format!("/calls/accept/{call_id}"), &bob).await;
+    assert_eq!(status, 409, "accepting twice is a state conflict");
+    let (_, active) = ga.get_bearer("/calls/active", &ada).await;
+    assert_eq!(active["id"], call_id);
+
+    // Signaling sockets on different replicas; Ada is told when Bob joins.
+    let mut ada_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+    let (status, state) = ga
+        .get_bearer(&format!("/ws/webrtc/connection-state/{call_id}"), &ada)
+        .await;
+    assert_eq!(status, 200, "{state}");
+    let mut bob_call = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
+    let ready = ada_call.expect("connection_ready").await;
+    assert_eq!(ready["user_id"], bob_id);
+
+    ada_call
+        .send_json(json!({"type": "offer", "offer": {"type": "offer", "sdp": "v=0 ada"}}))
+        .await;
+    let offer = bob_call.json().await;
+    assert_eq!(offer["type"], "offer");
+    assert_eq!(offer["from"], ada_id);
+    assert_eq!(offer["offer"]["sdp"], "v=0 ada");
+    bob_call
+        .send_json(json!({"type": "answer", "answer": {"type": "answer", "sdp": "v=0 bob"}}))
+        .await;
+    let answer = ada_call.expect("answer").await;
+    assert_eq!(answer["from"], bob_id);
+    assert_eq!(answer["answer"]["sdp"], "v=0 bob");
+    let candidate =
+        json!({"type": "ice_candidate", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}});
+    ada_call.send_json(candidate.clone()).await;
+    let ice = bob_call.expect("ice_candidate").await;
+    assert_eq!(ice["from"], ada_id);
+    assert!(
+        ice["candidate"]["candidate"]
+            .as_str()
+            .unwrap()
+            .starts_with("candidate:1")
+    );
+    bob_call.send_json(candidate).await;
+    assert_eq!(ada_call.expect("ice_candidate").await["from"], bob_id);
+    bob_call
+        .send_json(json!({"type": "connection_state", "state": "connected"}))
+        .await;
+    let state = ada_call.expect("connection_state").await;
+    assert_eq!(state["user_id"], bob_id);
+    assert_eq!(state["state"], "connected");
+    ada_call.send_json(json!({"type": "ping"})).await;
+    assert_eq!(ada_call.expect("pong").await["type"], "pong");
+
+    // Chat goes to both, the sender included.
+    ada_call
+        .send_json(json!({"type": "chat_message", "text": "hello <b>bob</b> '; DROP TABLE calls;--", "timestamp": "2026-11-28T10:00:00Z"}))
+        .await;
+    for socket in [&mut ada_call, &mut bob_call] {
+        let chat = socket.expect("chat_message").await;
+        assert_eq!(chat["from"], ada_id);
+        assert_eq!(chat["text"], "hello <b>bob</b> '; DROP TABLE calls;--");
+        assert_eq!(chat["timestamp"], "2026-11-28T10:00:00Z");
+    }
+
+    // Cluster-wide socket state while both are connected.
+    let (_, state) = gb
+        .get_bearer(&format!("/ws/webrtc/connection-state/{call_id}"), &bob)
+        .await;
+    assert_eq!(state["user_count"], 2, "{state}");
+
+    // Ada hangs up: both sockets get call_ended and are closed; Bob's presence is told.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ada_call.send_json(json!({"type": "end_call"})).await;
+    for socket in [&mut ada_call, &mut bob_call] {
+        let ended = socket.expect("call_ended").await;
+        assert_eq!(ended["user_id"], ada_id);
+        let (code, _) = socket.closed().await;
+        assert_eq!(code, 1000);
+    }
+    let pushed = bob_presence.expect("call_ended").await;
+    assert_eq!(pushed["call_id"], call_id);
+
+    // History on both sides, newest first, with both names.
+    for (gw, token) in [(ga, &ada), (gb, &bob)] {
+        let (status, history) = gw.get_bearer("/calls/history", token).await;
+        assert_eq!(status, 200, "{history}");
+        let entry = &history[0];
+        assert_eq!(entry["id"], call_id);
+        assert_eq!(entry["status"], "completed");
+        assert_eq!(entry["initiator_username"], "ada");
+        assert_eq!(entry["receiver_username"], "bob");
+        assert!(entry["duration_seconds"].as_i64().unwrap() >= 1, "{entry}");
+        assert!(entry["ended_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    }
+    let (_, active) = ga.get_bearer("/calls/active", &ada).await;
+    assert!(active.is_null());
+    let (status, _) = post(ga, &format!("/calls/end/{call_id}"), &ada).await;
+    assert_eq!(status, 409, "ending an ended call");
+
+    // The personal-data export carries the call.
+    let (_, export) = gb.get_bearer("/users/me/export", &bob).await;
+    assert_eq!(export["calls"][0]["id"], call_id, "{export}");
+
+    ada_presence.close().await;
+    bob_presence.close().await;
+    sides.second_signaling.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_thousand_frames_cross_replicas_in_order_and_once() {
+    let sides = two_sides(&[("SIGNALING_FRAME_RATE", "100000")]).await;
+    let (fleet, ga, gb) = (&sides.fleet, &sides.a, &sides.b);
+    let (ada_id, ada) = fleet.user(ga, "ada").await;
+    let (bob_id, bob) = fleet.user(gb, "bob").await;
+    let _bob_presence = go_online(gb, &bob_id, &bob).await;
+    let (_, call) = ga
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let (status, _) = post(gb, &format!("/calls/accept/{call_id}"), &bob).await;
+    assert_eq!(status, 200);
+    let mut bob_call = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
+    let mut ada_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+    bob_call.expect("connection_ready").await;
+
+    let sender = tokio::spawn(async move {
+        for i in 0..1000 {
+            ada_call
+                .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
+                .await;
+        }
+        ada_call
+    });
+    let mut last_seq = 0;
+    for i in 0..1000 {
+        let frame = bob_call.expect("ice_candidate").await;
+        assert_eq!(frame["candidate"]["n"], i, "frame {i} out of order: {frame}");
+        assert_eq!(frame["from"], ada_id);
+        let seq = frame["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "sequence numbers increase");
+        last_seq = seq;
+    }
+    assert!(
+        bob_call.next_within(Duration::from_millis(300)).await.is_none(),
+        "no duplicates"
+    );
+    let _ = sender.await.unwrap();
+    sides.second_signaling.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn outsiders_are_refused_and_call_rules_hold() {
+    let fleet = Fleet::start().await;
+    let gw = fleet.gateway(&[]).await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, bob) = fleet.user(&gw, "bob").await;
+    let (cyd_id, cyd) = fleet.user(&gw, "cyd").await;
+
+    // Offline, yourself, unknown, malformed.
+    let (status, body) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!((status, body["detail"].as_str().unwrap()), (400, "user is offline"));
+    let _bob_presence = go_online(&gw, &bob_id, &bob).await;
+    let _cyd_presence = go_online(&gw, &cyd_id, &cyd).await;
+    let (status, _) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": ada_id}))
+        .await;
+    assert_eq!(status, 400);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let (status, _) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": unknown}))
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": 42}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = gw
+        .post_bearer("/calls/initiate", "not-a-token", json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 401);
+
+    // Blocked either way.
+    let (status, _) = post(&gw, &format!("/users/block/{ada_id}"), &cyd).await;
+    assert_eq!(status, 200);
+    let (status, _) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": cyd_id}))
+        .await;
+    assert_eq!(status, 403);
+
+    // A call between Ada and Bob; Cyd can see nothing of it.
+    let (status, call) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/calls/by-id/{call_id}"),
+        format!("/ws/webrtc/connection-state/{call_id}"),
+    ] {
+        let (status, _) = gw.get_bearer(&path, &cyd).await;
+        assert_eq!(status, 403, "{path}");
+    }
+    for action in ["accept", "reject", "end"] {
+        let (status, _) = post(&gw, &format!("/calls/{action}/{call_id}"), &cyd).await;
+        assert_eq!(status, 403, "{action}");
+    }
+    let (status, _) = gw.get_bearer("/ws/webrtc/active-connections", &ada).await;
+    assert_eq!(status, 403, "admins only");
+    let mut intruder = gw.socket(&format!("/ws/webrtc/{call_id}"), &cyd).await;
+    let (code, reason) = intruder.closed().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("not a participant"), "{reason}");
+    // A presence socket for someone else's id is refused at the upgrade.
+    assert_eq!(
+        gw.try_socket(&format!("/calls/ws/{bob_id}"), &ada).await.err(),
+        Some(403)
+    );
+    assert_eq!(
+        gw.try_socket(&format!("/calls/ws/{ada_id}"), "forged").await.err(),
+        Some(401)
+    );
+
+    // Either side busy: 409.
+    let (status, _) = gw
+        .post_bearer("/calls/initiate", &cyd, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 409);
+
+    // The caller cancels a ringing call; the receiver is told.
+    let (status, ended) = post(&gw, &format!("/calls/end/{call_id}"), &ada).await;
+    assert_eq!(status, 200);
+    assert_eq!(ended["status"], "cancelled");
+    let mut late = gw.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+    let (code, _) = late.closed().await;
+    assert_eq!(code, 1008, "no socket on a closed call");
+
+    // Rejecting: the receiver only.
+    let (_, call) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let (status, _) = post(&gw, &format!("/calls/reject/{call_id}"), &ada).await;
+    assert_eq!(status, 403);
+    let (status, rejected) = post(&gw, &format!("/calls/reject/{call_id}"), &bob).await;
+    assert_eq!((status, rejected["status"].as_str().unwrap()), (200, "rejected"));
+    let (status, _) = post(&gw, &format!("/calls/accept/{call_id}"), &bob).await;
+    assert_eq!(status, 409);
+
+    // History pages with a cursor.
+    let (status, page) = gw
+        .send(gw.http.get(gw.url("/calls/history?limit=1")).bearer_auth(&ada))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    assert_eq!(page[0]["id"], call_id, "newest first");
+    let response = gw
+        .http
+        .get(gw.url("/calls/history?limit=1"))
+        .bearer_auth(&ada)
+        .send()
+        .await
+        .unwrap();
+    let cursor = response.headers()["x-next-cursor"].to_str().unwrap().to_owned();
+    let (_, next) = gw
+        .get_bearer(&format!("/calls/history?limit=1&cursor={cursor}"), &ada)
+        .await;
+    assert_eq!(next[0]["status"], "cancelled");
+    let (status, _) = gw.get_bearer("/calls/history?limit=0", &ada).await;
+    assert_eq!(status, 400);
+    let (status, _) = gw.get_bearer("/calls/history?cursor=garbage", &ada).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn racing_initiates_let_exactly_one_through() {
+    let fleet = Fleet::start().await;
+    let gw = fleet.gateway(&[]).await;
+    let (_, ada) = fleet.user(&gw, "ada").await;
+    let (_, bob) = fleet.user(&gw, "bob").await;
+    let (cyd_id, cyd) = fleet.user(&gw, "cyd").await;
+    let _cyd_presence = go_online(&gw, &cyd_id, &cyd).await;
+    for _round in 0..3 {
+        let (first, second) = tokio::join!(
+            gw.post_bearer("/calls/initiate", &ada, json!({"receiver_id": cyd_id})),
+            gw.post_bearer("/calls/initiate", &bob, json!({"receiver_id": cyd_id})),
+        );
+        let mut statuses = [first.0, second.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "{first:?} {second:?}");
+        let winner = if first.0 == 200 {
+            (&first.1, &ada)
+        } else {
+            (&second.1, &bob)
+        };
+        let id = winner.0["id"].as_str().unwrap();
+        let (status, _) = post(&gw, &format!("/calls/end/{id}"), winner.1).await;
+        assert_eq!(status, 200);
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_call_is_missed_after_the_ring_timeout() {
+    let fleet = Fleet::start_with(&[("CALL_RING_TIMEOUT", "1")]).await;
+    let gw = fleet.gateway(&[]).await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, bob) = fleet.user(&gw, "bob").await;
+    let mut ada_presence = go_online(&gw, &ada_id, &ada).await;
+    let mut bob_presence = go_online(&gw, &bob_id, &bob).await;
+    let (_, call) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let mut ada_call = gw.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+    for socket in [&mut ada_presence, &mut bob_presence] {
+        let missed = socket.expect("call_missed").await;
+        assert_eq!(missed["call_id"], call_id);
+    }
+    assert_eq!(ada_call.expect("call_ended").await["status"], "missed");
+    let (_, fetched) = gw.get_bearer(&format!("/calls/by-id/{call_id}"), &bob).await;
+    assert_eq!(fetched["status"], "missed");
+    assert_eq!(fetched["duration_seconds"], 0);
+    // Both are free again.
+    let (status, _) = gw
+        .post_bearer("/calls/initiate", &bob, json!({"receiver_id": ada_id}))
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_floods_get_closed() {
+    let fleet = Fleet::start_with(&[("SIGNALING_FRAME_RATE", "20")]).await;
+    let gw = fleet.gateway(&[]).await;
+    let (_, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, bob) = fleet.user(&gw, "bob").await;
+    let _bob_presence = go_online(&gw, &bob_id, &bob).await;
+    let (_, call) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let mut socket = gw.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+
+    for (frame, expected) in [
+        ("{not json".to_owned(), "not JSON"),
+        (r#"{"type":"teleport"}"#.to_owned(), "unknown message type"),
+        (r#"{"type":"offer"}"#.to_owned(), "needs a \"offer\" field"),
+        (r#"{"kind":"offer"}"#.to_owned(), "\"type\" is required"),
+        (
+            format!(r#"{{"type":"offer","offer":"{}"}}"#, "x".repeat(70 * 1024)),
+            "too large",
+        ),
+    ] {
+        socket.send_text(&frame).await;
+        let error = socket.expect("error").await;
+        assert!(error["message"].as_str().unwrap().contains(expected), "{error}");
+    }
+    socket.send_json(json!({"type": "ping"})).await;
+    socket.expect("pong").await;
+
+    // Far beyond 20 frames a second: refused, then disconnected.
+    for _ in 0..200 {
+        socket.send_json(json!({"type": "ping"})).await;
+    }
+    let mut throttled = false;
+    let code = loop {
+        match socket.next().await {
+            Received::Text(t) => throttled |= t.contains("rate limit"),
+            Received::Closed(code, _) => break code,
+        }
+    };
+    assert!(throttled);
+    assert_eq!(code, 1008);
+}
+
+#[tokio::test]
+async fn a_draining_signaling_replica_hands_its_sockets_over_without_losing_frames() {
+    let fleet = Fleet::start_with(&[("SIGNALING_FRAME_RATE", "100000")]).await;
+    let spare = fleet.signaling_replica(&[("SIGNALING_FRAME_RATE", "100000")]).await;
+    let first = fleet.signaling.url();
+    let both = format!("{first},{}", spare.url());
+    let ga = fleet.gateway(&[("SIGNALING_GRPC_URL", first.as_str())]).await;
+    let gb = fleet.gateway(&[("SIGNALING_GRPC_URL", spare.url().as_str())]).await;
+    let (_, ada) = fleet.user(&ga, "ada").await;
+    let (bob_id, bob) = fleet.user(&gb, "bob").await;
+    let _bob_presence = go_online(&gb, &bob_id, &bob).await;
+    let (_, call) = ga
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    post(&gb, &format!("/calls/accept/{call_id}"), &bob).await;
+
+    // Ada's gateway knows both replicas but is on the first (the only one it
+    // had when it opened the socket: a third gateway with both is used for the
+    // reconnect through the balancer).
+    let gc = fleet.gateway(&[("SIGNALING_GRPC_URL", both.as_str())]).await;
+    let mut ada_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+    let mut bob_call = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
+    ada_call.expect("connection_ready").await;
+
+    // Bob sends 100 frames; halfway, Ada's replica drains (SIGTERM).
+    for i in 0..50 {
+        bob_call
+            .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
+            .await;
+    }
+    for i in 0..50 {
+        assert_eq!(ada_call.expect("ice_candidate").await["candidate"]["n"], i);
+    }
+    let stopping = tokio::spawn(fleet.signaling.stop());
+    // Ada's socket is told to reconnect; she does, through a gateway that can
+    // reach the surviving replica, and resumes after the last frame she saw.
+    let (code, _) = ada_call.closed().await;
+    assert_eq!(code, 1012, "ada's gateway has no other replica: it passes the drain on");
+    stopping.await.unwrap().unwrap();
+    for i in 50..100 {
+        bob_call
+            .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
+            .await;
+    }
+    let mut resumed = gc.socket(&format!("/ws/webrtc/{call_id}?last_seq=51"), &ada).await;
+    for i in 50..100 {
+        let frame = resumed.expect("ice_candidate").await;
+        assert_eq!(frame["candidate"]["n"], i, "{frame}");
+        assert_eq!(frame["from"], bob_id);
+    }
+    assert!(
+        resumed.next_within(Duration::from_millis(500)).await.is_none(),
+        "nothing twice"
+    );
+    // A quick resume is not announced to the peer.
+    assert!(bob_call.next_within(Duration::from_millis(200)).await.is_none());
+    spare.stop().await.unwrap();
+}
