@@ -322,6 +322,25 @@ pub mod service {
         }
     }
 
+    /// The path of a workspace binary (`unilink-signaling`, …) built next to
+    /// the running test (`cargo nextest run --workspace` and `cargo test
+    /// --workspace` build every binary).
+    pub fn workspace_binary(name: &str) -> String {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> → target/<profile>/<name>
+        let dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("test binary sits in target/<profile>/deps");
+        let path = dir.join(name);
+        assert!(
+            path.exists(),
+            "{} is not built; run the tests with --workspace (or cargo build --bins)",
+            path.display()
+        );
+        path.to_string_lossy().into_owned()
+    }
+
     /// Environment for a service binary under test: the test database and
     /// Redis prefix, fixed free ports for gRPC and HTTP.
     pub fn child_env(database_url: &str, redis_prefix: &str, grpc_port: u16, http_port: u16) -> Vec<(String, String)> {
