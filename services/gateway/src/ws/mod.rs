@@ -214,7 +214,9 @@ async fn bridge(
     // socket is open is already known to the fleet (its peer joining next is
     // announced to it).
     let upstreams = upstreams.get_ref().clone();
-    let opened = connect(&upstreams, open.clone()).await;
+    // Retried like a resume: a replica that just died may still be in the
+    // balancer for a moment.
+    let opened = reconnect(&upstreams, &open).await;
     let (response, session, messages) =
         actix_ws::handle(req, body).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let messages = messages
