@@ -14,17 +14,6 @@ async fn get(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
     gw.send(gw.http.get(gw.url(path)).bearer_auth(token)).await
 }
 
-fn make_admin(fleet: &Fleet, email: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-admin.sh");
-    let output = std::process::Command::new("bash")
-        .arg(script)
-        .arg(email)
-        .env("DATABASE_URL", fleet.db.url())
-        .output()
-        .expect("run make-admin.sh");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}
-
 #[tokio::test]
 async fn admins_review_reports_and_deactivate_users() {
     let fleet = Fleet::start().await;
@@ -48,7 +37,7 @@ async fn admins_review_reports_and_deactivate_users() {
         403
     );
 
-    make_admin(&fleet, "BOSS@kiit.ac.in");
+    fleet.make_admin("BOSS@kiit.ac.in");
     // The role travels in the token: log in again.
     let (status, _) = gw
         .post(

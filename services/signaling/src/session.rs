@@ -49,6 +49,17 @@ pub fn close_control(code: u32, reason: &str) -> String {
     serde_json::json!({"control": "close", "code": code, "reason": reason}).to_string()
 }
 
+/// A push that is a control message (pushes for the client never carry a
+/// top-level `control` key).
+fn as_control(push: &str) -> Option<serde_json::Value> {
+    if !push.contains(r#""control""#) {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(push)
+        .ok()
+        .filter(|v| v.get("control").is_some())
+}
+
 #[derive(Debug, Clone)]
 pub struct Sessions {
     core: CallService,
@@ -202,8 +213,7 @@ impl PresenceSession {
                 },
                 push = self.listener.next() => {
                     let Some(push) = push else { break };
-                    if push.starts_with(r#"{"control""#) {
-                        let control: serde_json::Value = serde_json::from_str(&push).unwrap_or_default();
+                    if let Some(control) = as_control(&push) {
                         let code = control["code"].as_u64().unwrap_or(1008) as u32;
                         let reason = control["reason"].as_str().unwrap_or("closed");
                         let _ = self.tx.send(Ok(close(code, reason))).await;
@@ -500,6 +510,14 @@ mod tests {
         assert!(!is_call_ended(
             r#"{"seq":5,"type":"offer","offer":{"type":"call_ended"},"from":"x"}"#
         ));
+    }
+
+    #[test]
+    fn control_messages_are_told_apart_from_pushes() {
+        let close = close_control(1008, "account closed");
+        assert_eq!(as_control(&close).unwrap()["code"], 1008);
+        assert!(as_control(r#"{"type":"incoming_call","caller_username":"control"}"#).is_none());
+        assert!(as_control(r#"{"type":"x","call":{"control":1}}"#).is_none());
     }
 
     #[test]

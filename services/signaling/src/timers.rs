@@ -46,23 +46,31 @@ fn system(to: CallStatus, reason: &'static str) -> Transition {
 /// One pass over the three limits; returns how many calls it closed.
 pub async fn sweep(core: &CallService) -> Result<usize, SignalingError> {
     let settings = &core.settings;
-    let mut closed = core
+    let mut closed = Vec::new();
+    let missed = system(CallStatus::Missed, "ring_timeout");
+    for call in core
         .calls
         .close_due(
             "SELECT id FROM calls WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) LIMIT $2",
             &[&settings.ring_timeout.as_secs_f64(), &BATCH],
-            system(CallStatus::Missed, "ring_timeout"),
+            missed,
         )
-        .await?;
-    closed.extend(
-        core.calls
-            .close_due(
-                "SELECT id FROM calls WHERE status = 'ongoing' AND started_at < now() - make_interval(secs => $1) LIMIT $2",
-                &[&settings.max_duration.as_secs_f64(), &BATCH],
-                system(CallStatus::Completed, "max_duration"),
-            )
-            .await?,
-    );
+        .await?
+    {
+        closed.push((call, missed));
+    }
+    let too_long = system(CallStatus::Completed, "max_duration");
+    for call in core
+        .calls
+        .close_due(
+            "SELECT id FROM calls WHERE status = 'ongoing' AND started_at < now() - make_interval(secs => $1) LIMIT $2",
+            &[&settings.max_duration.as_secs_f64(), &BATCH],
+            too_long,
+        )
+        .await?
+    {
+        closed.push((call, too_long));
+    }
     let grace = chrono::Duration::from_std(settings.disconnect_grace).unwrap_or_default();
     let candidates = core.calls.ongoing_started_before(Utc::now() - grace, BATCH).await?;
     if !candidates.is_empty() {
@@ -74,24 +82,23 @@ pub async fn sweep(core: &CallService) -> Result<usize, SignalingError> {
             .map(|(c, _)| c.as_uuid())
             .collect();
         if !abandoned.is_empty() {
-            closed.extend(
-                core.calls
-                    .close_due(
-                        "SELECT id FROM calls WHERE id = ANY($1) AND status = 'ongoing'",
-                        &[&abandoned],
-                        system(CallStatus::Completed, "abandoned"),
-                    )
-                    .await?,
-            );
+            let left = system(CallStatus::Completed, "abandoned");
+            for call in core
+                .calls
+                .close_due(
+                    "SELECT id FROM calls WHERE id = ANY($1) AND status = 'ongoing'",
+                    &[&abandoned],
+                    left,
+                )
+                .await?
+            {
+                closed.push((call, left));
+            }
         }
     }
-    for call in &closed {
-        tracing::info!(call_id = %call.id, status = call.status.as_str(), "call closed by timer");
-        let reason = match call.status {
-            CallStatus::Missed => "ring_timeout",
-            _ => "timer",
-        };
-        core.after_close(call, None, Some(reason)).await;
+    for (call, change) in &closed {
+        tracing::info!(call_id = %call.id, status = call.status.as_str(), reason = change.reason, "call closed by timer");
+        core.after_close(call, None, change.reason).await;
     }
     Ok(closed.len())
 }

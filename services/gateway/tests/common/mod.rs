@@ -359,3 +359,41 @@ impl Socket {
         let _ = self.ws.close(None).await;
     }
 }
+
+impl Fleet {
+    /// Makes the account of `email` an administrator (the documented command).
+    pub fn make_admin(&self, email: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-admin.sh");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .arg(email)
+            .env("DATABASE_URL", self.db.url())
+            .output()
+            .expect("run make-admin.sh");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// A signed-up administrator, logged in after the promotion (the role
+    /// travels in the token): (id, access token).
+    pub async fn admin(&self, gw: &Gateway, name: &str) -> (String, String) {
+        let email = format!("{name}@kiit.ac.in");
+        let (id, _) = self.user(gw, name).await;
+        self.make_admin(&email);
+        let (status, body) = gw
+            .post(
+                "/auth/login",
+                serde_json::json!({"email": email, "password": "correct horse battery"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let otp = self.mail(&email, 3).await.digits(6).expect("code in the mail");
+        let (status, session) = gw
+            .post(
+                "/auth/login/verify-otp",
+                serde_json::json!({"email": email, "otp": otp}),
+            )
+            .await;
+        assert_eq!(status, 200, "{session}");
+        (id, session["access_token"].as_str().unwrap().to_owned())
+    }
+}
