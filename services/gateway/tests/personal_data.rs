@@ -59,6 +59,21 @@ async fn a_user_exports_and_then_deletes_their_data_everywhere() {
         .unwrap();
     assert_eq!(response.status(), 200);
 
+    // A call between Ada and Cyd, rejected: it is in both histories.
+    let (cyd_id, cyd_token) = fleet.user(&gw, "cyd").await;
+    let mut cyd_presence = gw.socket(&format!("/calls/ws/{cyd_id}"), &cyd_token).await;
+    cyd_presence.send_text("ping").await;
+    cyd_presence.next().await;
+    let (status, call) = gw
+        .post_bearer("/calls/initiate", ada_token, json!({"receiver_id": cyd_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let (status, _) = gw
+        .post_bearer(&format!("/calls/reject/{call_id}"), &cyd_token, json!({}))
+        .await;
+    assert_eq!(status, 200);
+
     let (status, export) = get(&gw, "/users/me/export", ada_token).await;
     assert_eq!(status, 200, "{export}");
     assert_eq!(export["account"]["id"], ada_id);
@@ -68,6 +83,8 @@ async fn a_user_exports_and_then_deletes_their_data_everywhere() {
     assert_eq!(export["blocks"].as_array().unwrap().len(), 1);
     assert_eq!(export["blocks"][0]["blocked_id"], bob_id);
     assert_eq!(export["reports"][0]["reported_id"], bob_id);
+    assert_eq!(export["calls"][0]["id"], call_id);
+    assert_eq!(export["calls"][0]["status"], "rejected");
     assert!(
         export.to_string().find("password").is_none(),
         "no secrets in the export"
@@ -128,6 +145,12 @@ async fn a_user_exports_and_then_deletes_their_data_everywhere() {
                 .get(0);
             (n == 0).then_some(())
         }
+    })
+    .await;
+    // Cyd keeps the call in her history, without Ada's name.
+    eventually("ada's name to leave call history", Duration::from_secs(20), || async {
+        let (_, history) = get(&gw, "/calls/history", &cyd_token).await;
+        (history[0]["id"] == call_id.as_str() && history[0]["initiator_username"] == "").then_some(())
     })
     .await;
     // Her address can sign up again as a new account.
