@@ -108,6 +108,18 @@ impl Redis {
         })
     }
 
+    /// Like [`Redis::connect`], without waiting for the first connection:
+    /// the connection task is spawned on the current runtime (a per-thread
+    /// client, e.g. one per HTTP worker, keeps its I/O on that thread).
+    pub fn connect_background(settings: &RedisSettings) -> Result<Redis, BusError> {
+        let client = builder(settings)?.build()?;
+        client.connect();
+        Ok(Redis {
+            client,
+            settings: settings.clone(),
+        })
+    }
+
     /// `name` with this deployment's prefix.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.settings.key_prefix)

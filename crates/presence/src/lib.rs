@@ -18,7 +18,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use unilink_bus::{BusError, Redis};
+use unilink_bus::{BusError, LuaScript, Redis};
 use unilink_domain::UserId;
 
 /// Default time a connection stays online without a heartbeat.
@@ -39,16 +39,19 @@ fn now_ms() -> i64 {
 }
 
 /// KEYS: conns, online. ARGV: conn, now, ttl_ms, user.
-const BEAT: &str = r#"
+static BEAT: LuaScript = LuaScript::new(
+    r#"
 redis.call('HSET', KEYS[1], ARGV[1], tonumber(ARGV[2]) + tonumber(ARGV[3]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
 redis.call('ZADD', KEYS[2], 'GT', ARGV[2], ARGV[4])
 return 1
-"#;
+"#,
+);
 
 /// KEYS: conns, online. ARGV: conn, now, user. Returns 1 while other live
 /// connections remain.
-const LEAVE: &str = r#"
+static LEAVE: LuaScript = LuaScript::new(
+    r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
 local now = tonumber(ARGV[2])
 local fields = redis.call('HGETALL', KEYS[1])
@@ -66,24 +69,29 @@ if live == 0 then
   return 0
 end
 return 1
-"#;
+"#,
+);
 
 /// KEYS: conns, online. ARGV: user.
-const LEAVE_ALL: &str = r#"
+static LEAVE_ALL: LuaScript = LuaScript::new(
+    r#"
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
-"#;
+"#,
+);
 
 /// KEYS: online. ARGV: user ids. Scores (or nil) in order.
-const SCORES: &str = r#"return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))"#;
+static SCORES: LuaScript = LuaScript::new(r#"return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))"#);
 
 /// KEYS: online. ARGV: oldest live score, count. Drops stale members, then
 /// returns user, score pairs, newest first.
-const RECENT: &str = r#"
+static RECENT: LuaScript = LuaScript::new(
+    r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-"#;
+"#,
+);
 
 /// Users asked about per script call (Lua's argument limit is ~8000).
 const CHUNK: usize = 1000;
@@ -119,7 +127,7 @@ impl PresenceRegistry {
             (self.ttl.as_millis() as i64).to_string(),
             user.to_string(),
         ];
-        self.redis.script(BEAT, self.keys(&user), args).await?;
+        self.redis.run(&BEAT, self.keys(&user), args).await?;
         Ok(())
     }
 
@@ -131,14 +139,14 @@ impl PresenceRegistry {
     /// A connection closed; returns whether the user is still online on another one.
     pub async fn disconnect(&self, user: UserId, connection: &str) -> Result<bool, BusError> {
         let args = vec![connection.to_owned(), now_ms().to_string(), user.to_string()];
-        let answer = self.redis.script(LEAVE, self.keys(&user), args).await?;
+        let answer = self.redis.run(&LEAVE, self.keys(&user), args).await?;
         Ok(answer.first().cloned().flatten().as_deref() == Some("1"))
     }
 
     /// Every connection of `user` is gone (logout, deactivation, deletion).
     pub async fn disconnect_all(&self, user: UserId) -> Result<(), BusError> {
         self.redis
-            .script(LEAVE_ALL, self.keys(&user), vec![user.to_string()])
+            .run(&LEAVE_ALL, self.keys(&user), vec![user.to_string()])
             .await?;
         Ok(())
     }
@@ -158,7 +166,7 @@ impl PresenceRegistry {
         let mut out = Vec::with_capacity(users.len());
         for chunk in users.chunks(CHUNK) {
             let args = chunk.iter().map(ToString::to_string).collect();
-            let scores = self.redis.script(SCORES, vec![self.redis.key(ONLINE)], args).await?;
+            let scores = self.redis.run(&SCORES, vec![self.redis.key(ONLINE)], args).await?;
             out.extend(chunk.iter().enumerate().map(|(i, _)| {
                 scores
                     .get(i)
@@ -174,7 +182,7 @@ impl PresenceRegistry {
     /// Up to `limit` online users, most recently active first.
     pub async fn recently_online(&self, limit: usize) -> Result<Vec<Online>, BusError> {
         let args = vec![self.oldest_live().to_string(), limit.to_string()];
-        let flat = self.redis.script(RECENT, vec![self.redis.key(ONLINE)], args).await?;
+        let flat = self.redis.run(&RECENT, vec![self.redis.key(ONLINE)], args).await?;
         Ok(flat
             .chunks(2)
             .filter_map(|pair| {

@@ -189,7 +189,9 @@ impl Application {
             auth_limit: settings.rate_limit_auth,
             api_limit: settings.rate_limit_api,
         });
-        let upstreams = web::Data::new(upstreams);
+        let health_upstreams = web::Data::new(upstreams);
+        let upstream_settings = settings.upstreams.clone();
+        let redis_settings = settings.redis.clone();
         let draining = web::Data::new(crate::ws::Draining::default());
         let drain = draining.0.clone();
         let origins = OriginPolicy::new(&settings.allowed_origins);
@@ -199,10 +201,22 @@ impl Application {
         let addr = listener.local_addr()?;
         let server =
             HttpServer::new(move || {
+                // Clients per worker: a request's HTTP, Redis and gRPC I/O all
+                // run on its worker's thread (no hand-offs to another runtime).
+                // Settings were validated above, so these cannot fail here.
+                let upstreams =
+                    Upstreams::connect(&upstream_settings).map_or_else(|_| health_upstreams.clone(), web::Data::new);
+                let edge = match Redis::connect_background(&redis_settings) {
+                    Ok(redis) => web::Data::new(Edge {
+                        limiter: Arc::new(RateLimiter::new(redis)),
+                        ..edge.get_ref().clone()
+                    }),
+                    Err(_) => edge.clone(),
+                };
                 App::new()
                     .app_data(checker.clone())
-                    .app_data(upstreams.clone())
-                    .app_data(edge.clone())
+                    .app_data(upstreams)
+                    .app_data(edge)
                     .app_data(draining.clone())
                     .app_data(json_config())
                     .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
