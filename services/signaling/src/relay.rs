@@ -32,13 +32,18 @@ const MAILBOX_TTL: Duration = Duration::from_secs(3600);
 /// drops them (they are then fetched from the buffer as a gap).
 const INBOX_CAPACITY: usize = 1024;
 
-/// KEYS: seq, buffer, channel. ARGV: frame JSON (starting with `{`),
-/// traceparent, buffer length, ttl seconds. Returns the sequence number.
+/// Version of the relay message format.
+const FORMAT: &str = "1";
+
+/// KEYS: seq, buffer, channel. ARGV: frame JSON (starting with `{`), header
+/// (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl seconds.
+/// Returns the sequence number. The message is
+/// `1|<seq>|<sender>|<sent µs>|<traceparent>|<frame with "seq">`.
 static SEND: LuaScript = LuaScript::new(
     r#"
 local seq = redis.call('INCR', KEYS[1])
 local text = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
-local message = seq .. '|' .. ARGV[2] .. '|' .. text
+local message = '1|' .. seq .. '|' .. ARGV[2] .. '|' .. text
 redis.call('ZADD', KEYS[2], seq, message)
 if seq == 1 or seq % 64 == 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
@@ -50,25 +55,40 @@ return seq
 "#,
 );
 
-/// One relayed frame as it travels: sequence number, sender's trace context
-/// and the client-ready JSON text (with `"seq"` in it).
+/// One relayed frame as it travels: format version, sequence number,
+/// sender, send time, the sender's trace context and the client-ready JSON
+/// text (with `"seq"` in it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relayed {
     pub seq: u64,
+    /// The participant (or `system`) who sent it.
+    pub sender: String,
+    /// When it was sent, unix microseconds (relay latency).
+    pub sent_us: i64,
     pub traceparent: String,
     pub text: String,
 }
 
 impl Relayed {
     fn parse(message: &str) -> Option<Relayed> {
-        let (seq, rest) = message.split_once('|')?;
-        let (traceparent, text) = rest.split_once('|')?;
+        let mut parts = message.splitn(6, '|');
+        if parts.next()? != FORMAT {
+            return None;
+        }
         Some(Relayed {
-            seq: seq.parse().ok()?,
-            traceparent: traceparent.to_owned(),
-            text: text.to_owned(),
+            seq: parts.next()?.parse().ok()?,
+            sender: parts.next()?.to_owned(),
+            sent_us: parts.next()?.parse().ok()?,
+            traceparent: parts.next()?.to_owned(),
+            text: parts.next()?.to_owned(),
         })
     }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The Redis names of one mailbox (before the deployment prefix).
@@ -145,7 +165,15 @@ impl SignalRelay {
 
     /// Sends one frame (a JSON object) to `user`'s mailbox of `call`;
     /// returns its sequence number.
-    pub async fn send(&self, call: CallId, user: UserId, frame: &str, traceparent: &str) -> Result<u64, BusError> {
+    /// `sender` is the participant who sent it, or `system`.
+    pub async fn send(
+        &self,
+        call: CallId,
+        user: UserId,
+        sender: &str,
+        frame: &str,
+        traceparent: &str,
+    ) -> Result<u64, BusError> {
         debug_assert!(frame.starts_with('{'));
         let keys = vec![
             self.redis.key(&seq_key(call, user)),
@@ -154,7 +182,7 @@ impl SignalRelay {
         ];
         let args = vec![
             frame.to_owned(),
-            traceparent.to_owned(),
+            format!("{sender}|{}|{traceparent}", now_us()),
             BUFFER_LEN.to_string(),
             MAILBOX_TTL.as_secs().to_string(),
         ];
@@ -320,6 +348,8 @@ impl Mailbox {
                 }
                 self.last = frame.seq;
                 metrics::counter!("signaling_relay_frames_total", "direction" => "delivered").increment(1);
+                let latency = (now_us() - frame.sent_us).max(0) as f64 / 1e6;
+                metrics::histogram!("signaling_relay_latency_seconds").record(latency);
                 return Ok(Some(frame));
             }
             let Some(message) = self.rx.recv().await else {
@@ -410,10 +440,13 @@ mod tests {
 
     #[test]
     fn relay_messages_parse() {
-        let m = Relayed::parse(r#"7|00-abc-def-01|{"seq":7,"type":"offer","x":"a|b"}"#).unwrap();
+        let m = Relayed::parse(r#"1|7|u1|1700000000000000|00-abc-def-01|{"seq":7,"type":"offer","x":"a|b"}"#).unwrap();
         assert_eq!(m.seq, 7);
+        assert_eq!(m.sender, "u1");
+        assert_eq!(m.sent_us, 1_700_000_000_000_000);
         assert_eq!(m.traceparent, "00-abc-def-01");
         assert_eq!(m.text, r#"{"seq":7,"type":"offer","x":"a|b"}"#);
+        assert!(Relayed::parse("2|7|u1|1|tp|{}").is_none(), "unknown format version");
         assert!(Relayed::parse("x|y|z").is_none());
         assert!(Relayed::parse("nothing").is_none());
     }

@@ -189,7 +189,7 @@ impl CallService {
         );
         let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
         for user in [call.initiator_id, call.receiver_id] {
-            if let Err(e) = self.relay.send(call.id, user, &frame, &traceparent).await {
+            if let Err(e) = self.relay.send(call.id, user, "system", &frame, &traceparent).await {
                 tracing::warn!(call_id = %call.id, error = %e, "could not relay call_ended");
             }
         }

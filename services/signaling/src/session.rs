@@ -391,7 +391,13 @@ impl CallSession {
 
     async fn relay_to(&self, user: UserId, frame: &str) {
         let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
-        if let Err(e) = self.core.relay.send(self.call.id, user, frame, &traceparent).await {
+        let sender = self.user.to_string();
+        if let Err(e) = self
+            .core
+            .relay
+            .send(self.call.id, user, &sender, frame, &traceparent)
+            .await
+        {
             tracing::warn!(call_id = %self.call.id, error = %e, "relay send failed");
             let _ = self
                 .tx
