@@ -342,6 +342,9 @@ impl LuaScript {
     }
 }
 
+/// Pub/sub messages buffered per subscriber connection.
+pub const SUBSCRIBER_BUFFER: usize = 16_384;
+
 /// One message received on a subscribed channel (prefix removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
@@ -366,7 +369,12 @@ impl Subscriber {
     /// Opens the pub/sub connection and starts the task that re-subscribes
     /// after a reconnect; the task ends when [`Subscriber::close`] is called.
     pub async fn connect(redis: &Redis) -> Result<Subscriber, BusError> {
-        let client = builder(redis.settings())?.build_subscriber_client()?;
+        let mut builder = builder(redis.settings())?;
+        // Messages wait here between the socket and the readers; a reader
+        // that falls further behind than this loses the oldest ones (and
+        // learns it: `MessageStream::next_or_lag`).
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
+        let client = builder.build_subscriber_client()?;
         start(&client, "subscriber").await;
         let _resubscriber = client.manage_subscriptions();
         Ok(Subscriber {
@@ -409,6 +417,32 @@ pub struct MessageStream {
 }
 
 impl MessageStream {
+    /// The next message, or `Err(n)` when this reader fell behind and `n`
+    /// messages were lost; `None` once the connection is closed for good.
+    pub async fn next_or_lag(&mut self) -> Option<Result<BusMessage, u64>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(message) => {
+                    let channel = message.channel.to_string();
+                    let Some(channel) = channel.strip_prefix(&self.prefix) else {
+                        continue;
+                    };
+                    let payload = message.value.as_string().unwrap_or_default();
+                    return Some(Ok(BusMessage {
+                        channel: channel.to_owned(),
+                        payload,
+                    }));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "pub/sub receiver fell behind");
+                    metrics::counter!("bus_messages_lagged_total").increment(n);
+                    return Some(Err(n));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
     /// The next message; `None` once the connection is closed for good.
     pub async fn next(&mut self) -> Option<BusMessage> {
         loop {

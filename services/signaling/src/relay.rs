@@ -32,6 +32,9 @@ const MAILBOX_TTL: Duration = Duration::from_secs(3600);
 /// drops them (they are then fetched from the buffer as a gap).
 const INBOX_CAPACITY: usize = 1024;
 
+/// Told to every reader when the pub/sub connection lost messages.
+const RESYNC: &str = "resync";
+
 /// Version of the relay message format.
 const FORMAT: &str = "1";
 
@@ -230,6 +233,8 @@ impl SignalRelay {
             rx,
             last: 0,
             ready: std::collections::VecDeque::new(),
+            resync: false,
+            gap_checked: false,
         };
         mailbox.last = if resume_after > 0 {
             resume_after
@@ -241,7 +246,7 @@ impl SignalRelay {
                 .unwrap_or(0)
         };
         let backlog = mailbox.fetch_after(mailbox.last, None).await?;
-        mailbox.ready.extend(backlog);
+        mailbox.insert(backlog);
         Ok(mailbox)
     }
 
@@ -299,10 +304,25 @@ async fn dispatch(subscriber: Subscriber, inner: Arc<Inner>) {
     let mut messages = subscriber.messages();
     loop {
         let message = tokio::select! {
-            message = messages.next() => message,
+            message = messages.next_or_lag() => message,
             () = inner.stop.cancelled() => break,
         };
-        let Some(message) = message else { break };
+        let message = match message {
+            None => break,
+            Some(Ok(message)) => message,
+            Some(Err(_lost)) => {
+                // Which channels lost messages is unknown: every mailbox
+                // re-reads its buffer.
+                let targets: Vec<mpsc::Sender<String>> = {
+                    let routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                    routes.values().flatten().map(|(_, tx)| tx.clone()).collect()
+                };
+                for tx in targets {
+                    let _ = tx.try_send(RESYNC.to_owned());
+                }
+                continue;
+            }
+        };
         let targets: Vec<mpsc::Sender<String>> = {
             let routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
             match routes.get(&message.channel) {
@@ -330,7 +350,12 @@ pub struct Mailbox {
     id: u64,
     rx: mpsc::Receiver<String>,
     last: u64,
+    /// Frames received, in sequence order, not yet handed out.
     ready: std::collections::VecDeque<Relayed>,
+    /// The pub/sub connection lost messages: re-read the buffer.
+    resync: bool,
+    /// The gap before the first ready frame was looked up once already.
+    gap_checked: bool,
 }
 
 impl Mailbox {
@@ -340,12 +365,35 @@ impl Mailbox {
     }
 
     /// The next frame in sequence. `None` when the relay stopped.
+    ///
+    /// Cancel-safe (it runs in a `select!`): every await happens before any
+    /// state changes.
     pub async fn next(&mut self) -> Result<Option<Relayed>, BusError> {
         loop {
-            if let Some(frame) = self.ready.pop_front() {
-                if frame.seq <= self.last {
+            if self.resync {
+                self.catch_up().await?;
+                self.resync = false;
+            }
+            if let Some(front) = self.ready.front() {
+                if front.seq <= self.last {
+                    self.ready.pop_front();
                     continue;
                 }
+                if front.seq > self.last + 1 && !self.gap_checked {
+                    // Missed messages (slow reader, Redis reconnect): the buffer has them.
+                    metrics::counter!("signaling_relay_gaps_total").increment(1);
+                    let missing = self.fetch_after(self.last, Some(front.seq - 1)).await?;
+                    self.insert(missing);
+                    self.gap_checked = true;
+                    continue;
+                }
+                if front.seq > self.last + 1 {
+                    // Not in the buffer either (trimmed or expired): lost for good.
+                    metrics::counter!("signaling_relay_lost_total").increment(front.seq - self.last - 1);
+                    tracing::warn!(channel = %self.channel, from = self.last, to = front.seq, "relay frames lost");
+                }
+                let frame = self.ready.pop_front().expect("front exists");
+                self.gap_checked = false;
                 self.last = frame.seq;
                 metrics::counter!("signaling_relay_frames_total", "direction" => "delivered").increment(1);
                 let latency = (now_us() - frame.sent_us).max(0) as f64 / 1e6;
@@ -355,21 +403,58 @@ impl Mailbox {
             let Some(message) = self.rx.recv().await else {
                 return Ok(None);
             };
-            let Some(frame) = Relayed::parse(&message) else {
-                tracing::warn!(channel = %self.channel, "malformed relay message dropped");
+            if message == RESYNC {
+                self.resync = true;
                 continue;
-            };
+            }
+            match Relayed::parse(&message) {
+                Some(frame) => self.insert(vec![frame]),
+                None => tracing::warn!(channel = %self.channel, "malformed relay message dropped"),
+            }
+        }
+    }
+
+    /// Adds frames to the queue, kept in sequence order without duplicates.
+    fn insert(&mut self, frames: Vec<Relayed>) {
+        for frame in frames {
             if frame.seq <= self.last {
                 continue;
             }
-            if frame.seq > self.last + 1 {
-                // Missed messages (slow consumer, Redis reconnect): the buffer has them.
-                metrics::counter!("signaling_relay_gaps_total").increment(1);
-                let missing = self.fetch_after(self.last, Some(frame.seq - 1)).await?;
-                self.ready.extend(missing);
+            match self.ready.back() {
+                None => self.ready.push_back(frame),
+                Some(back) if back.seq < frame.seq => self.ready.push_back(frame),
+                Some(_) => {
+                    if let Err(at) = self.ready.binary_search_by_key(&frame.seq, |f| f.seq) {
+                        self.ready.insert(at, frame);
+                    }
+                }
             }
-            self.ready.push_back(frame);
         }
+    }
+
+    /// Reads whatever the buffer holds beyond the frames known here: after
+    /// lost pub/sub messages, and now and then by the session, so a lost
+    /// tail of a burst does not wait for the next frame.
+    pub async fn catch_up(&mut self) -> Result<(), BusError> {
+        let sent: u64 = self
+            .relay
+            .redis
+            .get(&seq_key(self.call, self.user))
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let known = self.ready.back().map_or(self.last, |f| f.seq.max(self.last));
+        if sent > known {
+            metrics::counter!("signaling_relay_gaps_total").increment(1);
+            let missing = self.fetch_after(known, Some(sent)).await?;
+            self.insert(missing);
+        }
+        Ok(())
+    }
+
+    /// Whether frames are waiting to be handed out.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// Buffered frames with `after < seq <= upto`, in order.
@@ -424,7 +509,12 @@ pub struct Listener {
 impl Listener {
     /// The next message; `None` when the relay stopped.
     pub async fn next(&mut self) -> Option<String> {
-        self.rx.recv().await
+        loop {
+            let message = self.rx.recv().await?;
+            if message != RESYNC {
+                return Some(message);
+            }
+        }
     }
 }
 

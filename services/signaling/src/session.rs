@@ -373,6 +373,10 @@ impl CallSession {
                         Ok(false) => {}
                         Err(e) => tracing::warn!(call_id = %call, error = %e, "call socket beat failed"),
                     }
+                    // A burst whose tail was lost does not wait for the next frame.
+                    if !self.mailbox.has_ready() && let Err(e) = self.mailbox.catch_up().await {
+                        tracing::warn!(call_id = %call, error = %e, "relay catch-up failed");
+                    }
                     if self.mailbox.last() != delivered_recorded {
                         delivered_recorded = self.mailbox.last();
                         let _ = self.mailbox.record_delivered().await;
