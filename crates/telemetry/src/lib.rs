@@ -1,15 +1,23 @@
 //! Telemetry for every UniLink process, set up by one call to [`init`].
 //!
-//! * **Logs** — JSON lines on stdout, filtered by `LOG_LEVEL` (a level such as
-//!   `INFO`, or a full filter such as `info,unilink_auth=debug`). Lower-case
-//!   messages with structured fields; the fields of the current span (the
-//!   request span carries `trace_id`) are included.
+//! * **Logs** — JSON lines on stdout ([`logs`]), filtered by `LOG_LEVEL` (a
+//!   level such as `INFO`, or a full filter such as `info,unilink_auth=debug`).
+//!   Lower-case messages with structured fields; the fields of every enclosing
+//!   span are flattened into the line, so each line of a request carries its
+//!   `trace_id` (and at the gateway its `request_id`) as top-level keys.
+//!   Request spans end with a summary line (`request finished` at the
+//!   gateway; `rpc finished` / `event handled` in backends at `DEBUG`).
+//!   Security-relevant records carry `audit = true` and an `action`.
 //! * **Traces** — OpenTelemetry spans from `tracing` spans; exported over OTLP
 //!   gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Trace ids are produced
-//!   either way, and the W3C `traceparent` propagator is installed globally so
-//!   gRPC metadata and bus messages carry the context ([`inject`], [`extract`]).
-//! * **Errors** — Sentry when `SENTRY_DSN` is set: panics and `error!` events
-//!   become Sentry events (no PII, no request bodies), warnings breadcrumbs.
+//!   either way (no collector needed for logs to carry them), and the W3C
+//!   `traceparent` propagator is installed globally so gRPC metadata and bus
+//!   messages carry the context ([`inject`], [`extract`]). Export failures
+//!   are dropped quietly and never block a request.
+//! * **Errors** — Sentry when `SENTRY_DSN` is set ([`errors`]): panics and
+//!   `error!` events become Sentry events tagged with the request context;
+//!   every event is scrubbed of tokens and passwords ([`scrub`]) before it
+//!   leaves; [`report_client_error`] forwards the web frontend's reports.
 //! * **Metrics** — a process-wide Prometheus recorder ([`metrics_handle`]);
 //!   code records with the `metrics` macros and `/metrics` renders the text.
 
@@ -23,11 +31,17 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 use unilink_config::Settings;
 
+pub mod errors;
+pub mod logs;
+pub mod scrub;
+
+pub use errors::{ClientErrorReport, report_client_error};
 pub use opentelemetry::Context as TraceContext;
 
 /// Failures setting telemetry up; each names the variable at fault.
@@ -104,6 +118,7 @@ pub fn init(
 ) -> Result<TelemetryGuard, TelemetryError> {
     let t = &settings.telemetry;
     let filter = log_filter(&t.log_level)?;
+    let summary_level = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
 
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = opentelemetry_sdk::Resource::builder()
@@ -114,6 +129,8 @@ pub fn init(
             settings.environment.as_str(),
         ))
         .build();
+    // Without an exporter the provider still makes valid trace and span ids
+    // (sampled, just not sent), so logs carry trace ids with no collector.
     let mut provider = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &t.otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -140,31 +157,19 @@ pub fn init(
             dsn.expose()
                 .parse::<sentry::types::Dsn>()
                 .map_err(|e| TelemetryError::Sentry(e.to_string()))?;
-            let options = sentry::ClientOptions::new()
+            let mut options = sentry::ClientOptions::new()
                 .dsn(dsn.expose())
                 .release(format!("{service}@{version}"))
                 .environment(settings.environment.as_str())
                 .send_default_pii(false)
                 .server_name(service);
+            options.before_send = Some(std::sync::Arc::new(errors::before_send));
+            options.max_breadcrumbs = 0;
             Some(sentry::init(options))
         }
         None => None,
     };
-    let sentry_layers = sentry.as_ref().map(|_| {
-        sentry::integrations::tracing::ErrorLayer::new()
-            .with_filter(tracing_subscriber::filter::LevelFilter::ERROR)
-            .and_then(
-                sentry::integrations::tracing::BreadcrumbLayer::new()
-                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-            )
-    });
-
-    let json = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(true);
+    let sentry_layer = sentry.as_ref().map(|_| errors::SentryErrorLayer);
 
     // A second init in one process (tests starting several services) keeps the first subscriber.
     // The filter is global, not per layer: callsites it disables (the
@@ -172,9 +177,10 @@ pub fn init(
     // every layer, the OpenTelemetry one included.
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(json)
+        .with(logs::SpanFieldsLayer)
+        .with(logs::JsonLogLayer::new(std::io::stdout, summary_level))
         .with(otel_layer)
-        .with(sentry_layers)
+        .with(sentry_layer)
         .try_init();
     let _ = metrics_handle();
 
@@ -301,5 +307,62 @@ mod tests {
         let mut out = HashMap::new();
         TraceContextPropagator::new().inject_context(&context, &mut MapInjector(&mut out));
         assert_eq!(out["traceparent"], headers["traceparent"]);
+    }
+
+    #[test]
+    fn trace_ids_exist_without_an_exporter() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
+            type Writer = Buffer;
+            fn make_writer(&'a self) -> Buffer {
+                self.clone()
+            }
+        }
+
+        // As `init` builds it when OTEL_EXPORTER_OTLP_ENDPOINT is unset.
+        let provider = SdkTracerProvider::builder().build();
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(logs::SpanFieldsLayer)
+            .with(logs::JsonLogLayer::new(buffer.clone(), LevelFilter::INFO))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let mut remote = HashMap::new();
+        remote.insert(
+            "traceparent".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let root = tracing::info_span!("http.request", trace_id = tracing::field::Empty);
+            record_trace_id(&root);
+            root.in_scope(|| {
+                let carried = inject();
+                assert!(carried["traceparent"].starts_with("00-"), "{carried:?}");
+                tracing::info!("inside the root");
+            });
+            let child = tracing::info_span!("grpc.request", trace_id = tracing::field::Empty);
+            adopt_remote_parent(&child, &remote);
+            child.in_scope(|| tracing::info!("inside the child"));
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let root_line = lines.iter().find(|l| l["message"] == "inside the root").unwrap();
+        let trace_id = root_line["trace_id"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32, "{root_line}");
+        assert_ne!(trace_id, "00000000000000000000000000000000");
+        let child_line = lines.iter().find(|l| l["message"] == "inside the child").unwrap();
+        assert_eq!(child_line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 }

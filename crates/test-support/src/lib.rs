@@ -181,6 +181,7 @@ mod tests {
     }
 }
 
+pub mod sentry;
 pub mod smtp;
 
 pub mod service {
@@ -271,20 +272,63 @@ pub mod service {
     #[derive(Debug)]
     pub struct ChildService {
         child: Option<Child>,
+        /// Where its stdout (the JSON log) goes, when captured.
+        log: Option<std::path::PathBuf>,
     }
 
     impl ChildService {
-        /// Starts `binary` with exactly `env` (plus `PATH`).
+        /// Starts `binary` with exactly `env` (plus `PATH`); its stdout is discarded.
         pub fn start(binary: &str, env: &[(String, String)]) -> ChildService {
+            ChildService::spawn(binary, env, None)
+        }
+
+        /// Starts `binary` like [`ChildService::start`], writing its stdout
+        /// (the JSON log lines) to a temporary file read by
+        /// [`ChildService::logs`]; the file is removed when the value is dropped.
+        pub fn start_logged(binary: &str, env: &[(String, String)]) -> ChildService {
+            let name = std::path::Path::new(binary)
+                .file_name()
+                .map_or_else(|| "service".into(), |n| n.to_string_lossy().into_owned());
+            let path = std::env::temp_dir().join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()));
+            ChildService::spawn(binary, env, Some(path))
+        }
+
+        fn spawn(binary: &str, env: &[(String, String)], log: Option<std::path::PathBuf>) -> ChildService {
+            let stdout = match &log {
+                Some(path) => Stdio::from(
+                    std::fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display())),
+                ),
+                None => Stdio::null(),
+            };
             let child = std::process::Command::new(binary)
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .stdout(Stdio::null())
+                .stdout(stdout)
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-            ChildService { child: Some(child) }
+            ChildService {
+                child: Some(child),
+                log,
+            }
+        }
+
+        /// Everything the process wrote to stdout so far (empty unless
+        /// started with [`ChildService::start_logged`]).
+        pub fn logs(&self) -> String {
+            self.log
+                .as_ref()
+                .and_then(|path| std::fs::read_to_string(path).ok())
+                .unwrap_or_default()
+        }
+
+        /// The JSON log lines written so far (lines that are not JSON are skipped).
+        pub fn log_lines(&self) -> Vec<serde_json::Value> {
+            self.logs()
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect()
         }
 
         pub fn id(&self) -> u32 {
@@ -318,6 +362,9 @@ pub mod service {
             if let Some(child) = self.child.as_mut() {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+            if let Some(path) = &self.log {
+                let _ = std::fs::remove_file(path);
             }
         }
     }
