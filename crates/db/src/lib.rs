@@ -8,9 +8,15 @@
 //!   schema; replicas starting together wait for each other instead of
 //!   colliding. Applied migrations are recorded with a checksum in
 //!   `<schema>.schema_migrations`; an edited migration is refused.
+//! * [`read_pool`] is the pool for read-only queries: on the replica named by
+//!   `DATABASE_READ_URL` (its sessions read-only) when set, otherwise the
+//!   primary pool itself.
 //! * [`ping`] is the readiness probe.
+//! * [`QueryTimer`] times a repository call into the
+//!   `db_query_duration_seconds{schema,op}` histogram (the alert on p95 DB
+//!   latency reads it); [`record_pool_metrics`] exports the pool's gauges.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -108,19 +114,45 @@ fn check_schema(schema: &str) -> Result<(), DbError> {
     }
 }
 
+/// Which server a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Primary,
+    /// `DATABASE_READ_URL`: sessions are read-only, so a query routed here by
+    /// mistake fails instead of writing (on a replica it would fail anyway).
+    ReadReplica,
+}
+
+impl Target {
+    fn variable(self) -> &'static str {
+        match self {
+            Target::Primary => "DATABASE_URL",
+            Target::ReadReplica => "DATABASE_READ_URL",
+        }
+    }
+}
+
 fn pg_config(
     url: &str,
     settings: &DatabaseSettings,
     schema: &str,
     app: &str,
+    target: Target,
 ) -> Result<tokio_postgres::Config, DbError> {
     check_schema(schema)?;
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| DbError::Config(format!("DATABASE_URL: {e}")))?;
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| DbError::Config(format!("{}: {e}", target.variable())))?;
+    let read_only = if target == Target::ReadReplica {
+        " -c default_transaction_read_only=on"
+    } else {
+        ""
+    };
     config
         .connect_timeout(settings.connect_timeout)
         .application_name(app)
         .options(format!(
-            "-c search_path={schema} -c statement_timeout={} -c idle_in_transaction_session_timeout=60000",
+            "-c search_path={schema} -c statement_timeout={} -c idle_in_transaction_session_timeout=60000{read_only}",
             settings.statement_timeout.as_millis()
         ))
         .keepalives(true);
@@ -130,18 +162,33 @@ fn pg_config(
 /// Builds the pool of a service whose tables live in `schema`. Connections are
 /// opened lazily; use [`ping`] to check the database is there.
 pub fn connect(settings: &DatabaseSettings, schema: &str, app: &str) -> Result<Pool, DbError> {
-    pool_for(settings.url.expose(), settings, schema, app)
+    pool_for(settings.url.expose(), settings, schema, app, Target::Primary)
 }
 
 /// Builds a pool for the read replica (`DATABASE_READ_URL`), or for the
-/// primary when no replica is configured.
+/// primary when no replica is configured; its sessions are read-only either
+/// way. Prefer [`read_pool`], which shares the primary pool instead of
+/// opening a second one when there is no replica.
 pub fn connect_read(settings: &DatabaseSettings, schema: &str, app: &str) -> Result<Pool, DbError> {
     let url = settings.read_url.as_ref().unwrap_or(&settings.url);
-    pool_for(url.expose(), settings, schema, app)
+    pool_for(url.expose(), settings, schema, app, Target::ReadReplica)
 }
 
-fn pool_for(url: &str, settings: &DatabaseSettings, schema: &str, app: &str) -> Result<Pool, DbError> {
-    let config = pg_config(url, settings, schema, app)?;
+/// The pool read-only queries use: a (lazily connecting, read-only) pool on
+/// `DATABASE_READ_URL` when it is set, else a clone of `primary`.
+///
+/// A replica lags behind the primary: use it for reads that may be a moment
+/// old (profiles, discovery, history), never to read back a write just made
+/// or for a check that guards a write.
+pub fn read_pool(settings: &DatabaseSettings, primary: &Pool, schema: &str, app: &str) -> Result<Pool, DbError> {
+    match &settings.read_url {
+        Some(url) => pool_for(url.expose(), settings, schema, app, Target::ReadReplica),
+        None => Ok(primary.clone()),
+    }
+}
+
+fn pool_for(url: &str, settings: &DatabaseSettings, schema: &str, app: &str, target: Target) -> Result<Pool, DbError> {
+    let config = pg_config(url, settings, schema, app, target)?;
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -179,6 +226,38 @@ pub fn record_pool_metrics(pool: &Pool, schema: &'static str) {
     metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use").set(in_use as f64);
     metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "max").set(status.max_size as f64);
     metrics::gauge!("db_pool_waiting", "schema" => schema).set(status.waiting as f64);
+}
+
+/// Times one database operation (a repository call: a query or a short
+/// transaction) into `db_query_duration_seconds{schema, op}` when dropped,
+/// whether it succeeded or not. One line at the top of a repository method:
+///
+/// ```ignore
+/// let _timer = unilink_db::QueryTimer::start("profile", "find");
+/// ```
+#[derive(Debug)]
+#[must_use = "the timer records when it is dropped"]
+pub struct QueryTimer {
+    schema: &'static str,
+    op: &'static str,
+    started: Instant,
+}
+
+impl QueryTimer {
+    pub fn start(schema: &'static str, op: &'static str) -> QueryTimer {
+        QueryTimer {
+            schema,
+            op,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for QueryTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("db_query_duration_seconds", "schema" => self.schema, "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// What [`migrate`] did.
@@ -225,6 +304,7 @@ pub async fn migrate(
         settings,
         schema,
         &format!("unilink-migrate-{schema}"),
+        Target::Primary,
     )?;
     let (mut client, connection) = config.connect(NoTls).await?;
     let driver = tokio::spawn(async move {

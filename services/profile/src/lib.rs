@@ -50,7 +50,9 @@ impl BackendService for Profiles {
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
         let presence = PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL);
-        let core = service::ProfileService::new(repo::ProfileRepository::new(resources.db.clone()), presence);
+        let read = unilink_db::read_pool(&resources.settings.database, &resources.db, Self::SCHEMA, Self::NAME)?;
+        let profiles = repo::ProfileRepository::new(resources.db.clone()).with_read_pool(read);
+        let core = service::ProfileService::new(profiles, presence);
         Ok(tonic::service::Routes::new(grpc::server(core)))
     }
 

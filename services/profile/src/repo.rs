@@ -95,15 +95,27 @@ pub struct Changes {
 #[derive(Debug, Clone)]
 pub struct ProfileRepository {
     db: PgPool,
+    /// Read-only queries that may lag a moment (profiles, discovery): the
+    /// replica when `DATABASE_READ_URL` is set, else `db`.
+    read: PgPool,
 }
+
+/// The `schema` label of this repository's query timings.
+const SCHEMA: &str = "profile";
 
 impl ProfileRepository {
     pub fn new(db: PgPool) -> Self {
-        ProfileRepository { db }
+        ProfileRepository { read: db.clone(), db }
+    }
+
+    /// Sends profile and discovery reads to `read` (see [`unilink_db::read_pool`]).
+    pub fn with_read_pool(self, read: PgPool) -> Self {
+        ProfileRepository { read, ..self }
     }
 
     pub async fn find(&self, user_id: UserId) -> Result<Option<Profile>, DbError> {
-        let client = self.db.get().await?;
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "find_profile");
+        let client = self.read.get().await?;
         // Hot path: prepared once per connection, not planned per call.
         let statement = client
             .prepare_cached(&format!("SELECT {COLUMNS} FROM profiles WHERE user_id = $1"))
@@ -138,6 +150,7 @@ impl ProfileRepository {
     }
 
     pub async fn update(&self, user_id: UserId, changes: &Changes) -> Result<Option<Profile>, DbError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "update_profile");
         let client = self.db.get().await?;
         let (set_picture, picture) = match &changes.profile_picture {
             None => (false, None),
@@ -167,6 +180,7 @@ impl ProfileRepository {
 
     /// Whether `blocker` has blocked `blocked`.
     pub async fn has_blocked(&self, blocker: UserId, blocked: UserId) -> Result<bool, DbError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "has_blocked");
         let client = self.db.get().await?;
         let row = client
             .query_one(
@@ -227,6 +241,7 @@ impl ProfileRepository {
     /// `None` when the receiver has no profile. Each direction of the block
     /// check is one index-only probe (primary key or `blocks_blocked_idx`).
     pub async fn call_parties(&self, caller: UserId, receiver: UserId) -> Result<Option<CallParties>, DbError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "call_parties");
         let client = self.db.get().await?;
         // Hot path (every call attempt): prepared once per connection.
         let statement = client
@@ -253,7 +268,8 @@ impl ProfileRepository {
     /// Of `candidates` (in order), the verified, active users that are not
     /// `viewer` and not blocked either way with them, keeping the order; at most `limit`.
     pub async fn discoverable(&self, viewer: UserId, candidates: &[Uuid], limit: i64) -> Result<Vec<Profile>, DbError> {
-        let client = self.db.get().await?;
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "discoverable");
+        let client = self.read.get().await?;
         // Hot path: prepared once per connection (planning cost more than running it).
         let statement = client
             .prepare_cached(&format!(

@@ -50,7 +50,12 @@ fn core(resources: &Resources) -> Result<service::CallService, StartupError> {
     .map_err(|e| StartupError::Other(e.to_string()))?;
     let calls = &resources.settings.calls;
     Ok(service::CallService::new(
-        repo::CallRepository::new(resources.db.clone()),
+        repo::CallRepository::new(resources.db.clone()).with_read_pool(unilink_db::read_pool(
+            &resources.settings.database,
+            &resources.db,
+            Signaling::SCHEMA,
+            Signaling::NAME,
+        )?),
         profiles,
         PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL),
         connections::CallConnections::new(resources.redis.clone(), calls.disconnect_grace),

@@ -182,11 +182,22 @@ impl Cursor {
 #[derive(Debug, Clone)]
 pub struct CallRepository {
     db: PgPool,
+    /// Read-only queries that may lag a moment (history): the replica when
+    /// `DATABASE_READ_URL` is set, else `db`.
+    read: PgPool,
 }
+
+/// The `schema` label of this repository's query timings.
+const SCHEMA: &str = "signaling";
 
 impl CallRepository {
     pub fn new(db: PgPool) -> Self {
-        CallRepository { db }
+        CallRepository { read: db.clone(), db }
+    }
+
+    /// Sends history reads to `read` (see [`unilink_db::read_pool`]).
+    pub fn with_read_pool(self, read: PgPool) -> Self {
+        CallRepository { read, ..self }
     }
 
     async fn client(&self) -> Result<unilink_db::Client, SignalingError> {
@@ -194,6 +205,7 @@ impl CallRepository {
     }
 
     pub async fn find(&self, id: CallId) -> Result<Option<Call>, SignalingError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "find_call");
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = $1"))
@@ -210,6 +222,7 @@ impl CallRepository {
     /// already has an open call (decided by the `busy_users` primary key, so
     /// of two racing calls exactly one commits).
     pub async fn create(&self, call: &NewCall) -> Result<Call, SignalingError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "create_call");
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let row = tx
@@ -258,6 +271,7 @@ impl CallRepository {
         id: CallId,
         allowed: impl FnOnce(&Call) -> Result<Transition, SignalingError>,
     ) -> Result<Call, SignalingError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "transition_call");
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let row = tx
@@ -327,6 +341,7 @@ impl CallRepository {
 
     /// The user's open call in `status`, if any.
     pub async fn open_call_of(&self, user: UserId, status: CallStatus) -> Result<Option<Call>, SignalingError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "open_call_of");
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!(
@@ -343,7 +358,8 @@ impl CallRepository {
 
     /// The user's calls, newest first, after `cursor`.
     pub async fn history(&self, user: UserId, limit: i64, cursor: Option<Cursor>) -> Result<Vec<Call>, SignalingError> {
-        let client = self.client().await?;
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "call_history");
+        let client = self.read.get().await.map_err(DbError::from)?;
         let (created, id) = match cursor {
             Some(c) => (c.created_at, c.id),
             None => (DateTime::<Utc>::MAX_UTC, Uuid::max()),
