@@ -225,15 +225,28 @@ impl AuthService {
             .hasher
             .verify(password, found.as_ref().map(|(_, hash)| hash.as_str()))
             .await?;
+        let known = found.as_ref().map(|(account, _)| account.id);
         let Some((account, _)) = found.filter(|_| check.matches) else {
-            tracing::info!(audit = true, action = "login.failed", "bad credentials");
+            tracing::info!(
+                audit = true,
+                action = "login.failed",
+                user_id = known.map(tracing::field::display),
+                reason = if known.is_some() {
+                    "wrong_password"
+                } else {
+                    "unknown_email"
+                },
+                "bad credentials"
+            );
             metrics::counter!("logins_total", "outcome" => "bad_credentials").increment(1);
             return Err(AuthError::BadCredentials);
         };
         if !account.is_active {
+            tracing::info!(audit = true, action = "login.refused", user_id = %account.id, reason = "deactivated", "login refused");
             return Err(AuthError::Inactive);
         }
         if !account.is_verified {
+            tracing::info!(audit = true, action = "login.refused", user_id = %account.id, reason = "not_verified", "login refused");
             return Err(AuthError::NotVerified);
         }
         if check.needs_rehash {
@@ -286,6 +299,7 @@ impl AuthService {
                 tracing::warn!(audit = true, action = "otp.locked", user_id = %account.id, "login code locked");
                 return Err(AuthError::OtpLocked);
             }
+            tracing::info!(audit = true, action = "login.otp_failed", user_id = %account.id, attempts, "wrong login code");
             return Err(AuthError::InvalidOtp);
         }
         repo::delete_otp(&tx, account.id).await?;
@@ -334,6 +348,7 @@ impl AuthService {
         repo::mark_refresh_used(&tx, &hash).await?;
         let session = self.open_session(&tx, account, Some(stored.family_id)).await?;
         tx.commit().await.map_err(DbError::from)?;
+        tracing::info!(audit = true, action = "token.refreshed", user_id = %session.account.id, "session refreshed");
         Ok(session)
     }
 
@@ -404,6 +419,7 @@ impl AuthService {
             password
         };
         if !self.hasher.verify(password, Some(&hash)).await?.matches {
+            tracing::info!(audit = true, action = "user.delete_refused", user_id = %user, reason = "wrong_password", "account deletion refused");
             return Err(AuthError::WrongPassword);
         }
         repo::delete_account(&tx, user).await?;
@@ -442,12 +458,39 @@ impl AuthService {
         )
         .await?;
         let (access_token, _) = self.keys.issue(account.id, &account.role, &family.to_string())?;
+        self.count_active(account.id);
         Ok(Session {
             access_token,
             refresh_token,
             expires_in: self.keys.ttl().as_secs(),
             account,
         })
+    }
+}
+
+/// Adds a user to today's HyperLogLog and answers its count; the key lives
+/// two days (a day is counted in UTC).
+static ACTIVE_USERS: unilink_bus::LuaScript = unilink_bus::LuaScript::new(
+    "redis.call('PFADD', KEYS[1], ARGV[1]) redis.call('EXPIRE', KEYS[1], 172800) return redis.call('PFCOUNT', KEYS[1])",
+);
+
+impl AuthService {
+    /// Counts `user` as active today (`daily_active_users`, the dashboard's
+    /// active users) on every login and refresh. In the background: a session
+    /// never waits for it nor fails because of it.
+    fn count_active(&self, user: UserId) {
+        let redis = self.redis.clone();
+        tokio::spawn(async move {
+            let key = redis.key(&format!("dau:{}", Utc::now().format("%Y-%m-%d")));
+            match redis.run(&ACTIVE_USERS, vec![key], vec![user.to_string()]).await {
+                Ok(answer) => {
+                    if let Some(count) = answer.first().cloned().flatten().and_then(|n| n.parse::<f64>().ok()) {
+                        metrics::gauge!("daily_active_users").set(count);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "daily active users not counted"),
+            }
+        });
     }
 }
 

@@ -36,7 +36,13 @@ impl From<tonic::Status> for ApiError {
         let detail = if code.is_client_error() {
             status.message().to_owned()
         } else {
-            tracing::warn!(grpc.code = ?status.code(), grpc.message = status.message(), "upstream call failed");
+            // A 500 is a bug somewhere: an error (reported to Sentry with the
+            // request's context); 503/504 are outages, for metrics and alerts.
+            if code == ErrorCode::Internal {
+                tracing::error!(grpc.code = ?status.code(), grpc.message = status.message(), "upstream call failed");
+            } else {
+                tracing::warn!(grpc.code = ?status.code(), grpc.message = status.message(), "upstream call failed");
+            }
             code.public_message().to_owned()
         };
         ApiError { code, detail }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod calls;
+pub mod client_errors;
 pub mod health;
 pub mod index;
 pub mod users;
@@ -18,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health", web::get().to(health::health))
         .route("/livez", web::get().to(livez))
         .route("/metrics", web::get().to(metrics))
+        .route("/client-errors", web::post().to(client_errors::report))
         .route("/auth/register", web::post().to(auth::register))
         .route("/auth/verify-email", web::post().to(auth::verify_email))
         .route("/auth/resend-verification", web::post().to(auth::resend_verification))
