@@ -7,6 +7,7 @@ pub mod client_errors;
 pub mod health;
 pub mod index;
 pub mod users;
+pub mod web_client;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use unilink_errors::ErrorCode;
@@ -69,7 +70,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/ws/webrtc/{call_id}", web::get().to(crate::ws::signaling))
         .route("/admin/reports", web::get().to(admin::reports))
         .route("/admin/reports/{id}/resolve", web::post().to(admin::resolve))
-        .route("/admin/users/{id}/deactivate", web::post().to(admin::deactivate));
+        .route("/admin/users/{id}/deactivate", web::post().to(admin::deactivate))
+        .configure(web_client::configure);
 }
 
 /// Liveness: the process answers. Never depends on PostgreSQL or Redis, so

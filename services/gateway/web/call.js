@@ -1,0 +1,327 @@
+// One call: an RTCPeerConnection and its signaling socket,
+// `WS /ws/webrtc/{call_id}?token=` (frames as in ARCHITECTURE.md).
+//
+// Who offers: always the caller, exactly once per connection attempt, as
+// soon as both sides have a socket — when the server says
+// `connection_ready` (the callee joined after us), or, right after our
+// socket opens, when `GET /ws/webrtc/connection-state/{id}` already counts
+// two users (the callee joined first). The callee only answers. So there
+// is never glare, and neither join order loses the offer.
+//
+// A dropped socket is opened again with `&last_seq=<seq of the last relayed
+// frame seen>`; the server resumes right after it, so nothing is lost or
+// repeated. Frames sent while the socket is down wait in a queue. Close
+// 1000 (after `call_ended`) and 1008 (refused) are final.
+
+import { calls, socketUrl } from './api.js';
+
+const RECONNECT_GIVE_UP_MS = 30_000;
+const STATS_EVERY_MS = 1_000;
+
+export class CallSession {
+  /**
+   * @param {object} options
+   * @param {object} options.call the call JSON from the API
+   * @param {string} options.me our user id
+   * @param {MediaStream|null} options.localStream
+   * @param {object} options.on handlers: state(s), peerState(s), remoteStream(stream),
+   *   chat(message), notice(text), stats(summary), ended(reason)
+   */
+  constructor({ call, me, localStream, on }) {
+    this.call = call;
+    this.id = call.id;
+    this.me = me;
+    this.isCaller = call.initiator_id === me;
+    this.peerId = this.isCaller ? call.receiver_id : call.initiator_id;
+    this.localStream = localStream;
+    this.on = on;
+    this.ws = null;
+    this.lastSeq = 0;
+    this.everOpened = false;
+    this.queue = [];
+    this.pendingCandidates = [];
+    this.offered = false;
+    this.ended = false;
+    this.reconnectSince = null;
+    this.reconnectTimer = null;
+    this.statsTimer = null;
+    this.backoff = 250;
+    this.pc = null;
+    // Frames are handled one after the other (each may await the peer connection).
+    this.inbox = Promise.resolve();
+  }
+
+  async start() {
+    let iceServers = [];
+    try {
+      const answer = await calls.iceServers();
+      iceServers = (answer.ice_servers || []).map((s) => ({
+        urls: s.urls,
+        ...(s.username ? { username: s.username, credential: s.credential } : {}),
+      }));
+    } catch (e) {
+      this.on.notice(`ICE servers unavailable (${e.message}); trying without`);
+    }
+    if (this.ended) return;
+    this.pc = new RTCPeerConnection({ iceServers });
+    const pc = this.pc;
+    const kinds = new Set();
+    for (const track of this.localStream?.getTracks() ?? []) {
+      pc.addTrack(track, this.localStream);
+      kinds.add(track.kind);
+    }
+    if (this.isCaller) {
+      // Receive what we cannot send (no camera or microphone here).
+      for (const kind of ['audio', 'video']) {
+        if (!kinds.has(kind)) pc.addTransceiver(kind, { direction: 'recvonly' });
+      }
+    }
+    pc.addEventListener('icecandidate', (event) => {
+      if (event.candidate) this.send({ type: 'ice_candidate', candidate: event.candidate.toJSON() });
+    });
+    pc.addEventListener('track', (event) => {
+      const stream = event.streams[0] ?? new MediaStream([event.track]);
+      this.remoteStream = stream;
+      this.on.remoteStream(stream);
+    });
+    pc.addEventListener('connectionstatechange', () => {
+      const state = pc.connectionState;
+      this.on.state(state);
+      this.send({ type: 'connection_state', state });
+      if (state === 'failed' && this.isCaller) this.offer({ iceRestart: true });
+    });
+    this.statsTimer = setInterval(() => this.reportStats(), STATS_EVERY_MS);
+    this.on.state('signaling');
+    this.openSocket();
+  }
+
+  async openSocket() {
+    if (this.ended) return;
+    const resume = this.everOpened ? { last_seq: this.lastSeq } : {};
+    let url;
+    try {
+      url = await socketUrl(`/ws/webrtc/${encodeURIComponent(this.id)}`, resume);
+    } catch (e) {
+      this.socketLost(`cannot reach the server: ${e.message}`);
+      return;
+    }
+    if (this.ended) return;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.addEventListener('open', () => this.socketOpened(ws));
+    ws.addEventListener('message', (event) => {
+      this.inbox = this.inbox
+        .then(() => this.onFrame(event.data))
+        .catch((e) => this.on.notice(`signaling: ${e.message}`));
+    });
+    ws.addEventListener('close', (event) => {
+      if (this.ws === ws) this.ws = null;
+      if (this.ended) return;
+      if (event.code === 1000) {
+        this.finish('the call has ended');
+      } else if (event.code === 1008) {
+        this.finish(event.reason || 'the server refused the call connection');
+      } else {
+        this.socketLost(event.reason || `connection lost (${event.code})`);
+      }
+    });
+  }
+
+  async socketOpened(ws) {
+    this.everOpened = true;
+    this.backoff = 250;
+    this.reconnectSince = null;
+    this.on.notice('');
+    const waiting = this.queue.splice(0);
+    for (const frame of waiting) ws.send(JSON.stringify(frame));
+    if (this.isCaller && !this.offered) {
+      try {
+        const state = await calls.connectionState(this.id);
+        if (state.user_count >= 2) this.offer();
+      } catch {
+        /* connection_ready will tell us */
+      }
+    }
+  }
+
+  socketLost(why) {
+    if (this.ended) return;
+    this.reconnectSince ??= Date.now();
+    if (Date.now() - this.reconnectSince > RECONNECT_GIVE_UP_MS) {
+      this.hangUp(`signaling lost: ${why}`);
+      return;
+    }
+    this.on.notice(`reconnecting signaling… (${why})`);
+    const wait = this.backoff;
+    this.backoff = Math.min(this.backoff * 2, 4_000);
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => this.openSocket(), wait);
+  }
+
+  send(frame) {
+    if (this.ended) return;
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(frame));
+    } else if (frame.type !== 'ping') {
+      this.queue.push(frame);
+    }
+  }
+
+  async offer({ iceRestart = false } = {}) {
+    if (this.ended || !this.pc) return;
+    if (this.offered && !iceRestart) return;
+    this.offered = true;
+    try {
+      const offer = await this.pc.createOffer({ iceRestart });
+      await this.pc.setLocalDescription(offer);
+      this.send({ type: 'offer', offer: { type: offer.type, sdp: offer.sdp } });
+    } catch (e) {
+      this.offered = false;
+      this.on.notice(`could not create an offer: ${e.message}`);
+    }
+  }
+
+  async onFrame(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (typeof frame.seq === 'number' && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
+    const pc = this.pc;
+    switch (frame.type) {
+      case 'connection_ready':
+        this.on.peerState('joined');
+        if (this.isCaller) {
+          const connected = pc && pc.connectionState === 'connected';
+          if (!this.offered) this.offer();
+          else if (!connected) this.offer({ iceRestart: true });
+        }
+        break;
+      case 'offer':
+        if (this.isCaller || !pc) break;
+        try {
+          await pc.setRemoteDescription(frame.offer);
+          await this.flushCandidates();
+          const answer = await pc.createAnswer();
+          await pc.setLocalDescription(answer);
+          this.send({ type: 'answer', answer: { type: answer.type, sdp: answer.sdp } });
+        } catch (e) {
+          this.on.notice(`could not answer: ${e.message}`);
+        }
+        break;
+      case 'answer':
+        if (!this.isCaller || !pc || pc.signalingState !== 'have-local-offer') break;
+        try {
+          await pc.setRemoteDescription(frame.answer);
+          await this.flushCandidates();
+        } catch (e) {
+          this.on.notice(`could not apply the answer: ${e.message}`);
+        }
+        break;
+      case 'ice_candidate':
+        if (!pc) break;
+        if (pc.remoteDescription) {
+          await pc.addIceCandidate(frame.candidate).catch(() => {});
+        } else {
+          this.pendingCandidates.push(frame.candidate);
+        }
+        break;
+      case 'connection_state':
+        this.on.peerState(frame.state);
+        break;
+      case 'chat_message':
+        this.on.chat({ mine: frame.from === this.me, text: frame.text, timestamp: frame.timestamp });
+        break;
+      case 'user_disconnected':
+        this.on.peerState('disconnected');
+        this.on.notice('the other side lost its connection; waiting for it to come back…');
+        break;
+      case 'call_ended':
+        this.finish(frame.user_id === this.me ? 'you ended the call' : 'the other side ended the call');
+        break;
+      case 'error':
+        this.on.notice(`server: ${frame.message}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  async flushCandidates() {
+    const waiting = this.pendingCandidates.splice(0);
+    for (const candidate of waiting) {
+      await this.pc.addIceCandidate(candidate).catch(() => {});
+    }
+  }
+
+  chat(text) {
+    const trimmed = text.trim();
+    if (!trimmed) return;
+    this.send({ type: 'chat_message', text: trimmed, timestamp: new Date().toISOString() });
+  }
+
+  /** Toggles our microphone; returns whether it is now muted. */
+  toggleMute() {
+    const tracks = this.localStream?.getAudioTracks() ?? [];
+    const muted = tracks.some((t) => t.enabled);
+    for (const t of tracks) t.enabled = !muted;
+    return muted;
+  }
+
+  /** Toggles our camera; returns whether it is now off. */
+  toggleCamera() {
+    const tracks = this.localStream?.getVideoTracks() ?? [];
+    const off = tracks.some((t) => t.enabled);
+    for (const t of tracks) t.enabled = !off;
+    return off;
+  }
+
+  async reportStats() {
+    if (!this.pc) return;
+    try {
+      const report = await this.pc.getStats();
+      let video = null;
+      for (const s of report.values()) {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
+      }
+      this.on.stats(
+        video && {
+          framesDecoded: video.framesDecoded ?? 0,
+          width: video.frameWidth ?? 0,
+          height: video.frameHeight ?? 0,
+          fps: video.framesPerSecond ?? 0,
+        },
+      );
+    } catch {
+      /* the connection is closing */
+    }
+  }
+
+  /** Ends the call for both sides (REST), then cleans up here. */
+  async hangUp(reason = 'you ended the call') {
+    if (this.ended) return;
+    try {
+      await calls.end(this.id);
+    } catch (e) {
+      // 409: it had already ended; anything else: the server ends it anyway
+      // once no socket is left (CALL_DISCONNECT_GRACE).
+      if (e.status !== 409) this.on.notice(`ending the call: ${e.message}`);
+    }
+    this.finish(reason);
+  }
+
+  /** Cleans up here; the call is over. */
+  finish(reason) {
+    if (this.ended) return;
+    this.ended = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.statsTimer);
+    if (this.ws) this.ws.close(1000, 'call over');
+    this.ws = null;
+    if (this.pc) this.pc.close();
+    for (const track of this.localStream?.getTracks() ?? []) track.stop();
+    this.on.ended(reason);
+  }
+}
