@@ -70,13 +70,30 @@ impl std::fmt::Debug for TelemetryGuard {
     }
 }
 
+/// How long exiting waits for the last spans and Sentry events to leave.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.shutdown() {
-            tracing::debug!(error = %e, "trace exporter shutdown");
+        // The exporter's shutdown ignores its timeout and waits for the last
+        // export, up to the export deadline (5 s), twice over when the
+        // collector accepts connections and never answers: wait for it on
+        // another thread, at most FLUSH_WAIT, so a hung collector cannot hold
+        // up a pod's exit.
+        let provider = self.provider.clone();
+        let (done, finished) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new()
+            .name("otel-shutdown".to_owned())
+            .spawn(move || {
+                let _ = done.send(provider.shutdown());
+            });
+        match finished.recv_timeout(FLUSH_WAIT) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "trace exporter shutdown"),
+            Err(_) => tracing::debug!("trace exporter still busy at exit; its last spans are dropped"),
         }
         if let Some(sentry) = self.sentry.take() {
-            sentry.flush(Some(std::time::Duration::from_secs(2)));
+            sentry.flush(Some(FLUSH_WAIT));
         }
     }
 }
