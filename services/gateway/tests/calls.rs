@@ -495,8 +495,11 @@ async fn a_draining_signaling_replica_hands_its_sockets_over_without_losing_fram
             .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
             .await;
     }
+    let mut last_seq = 0;
     for i in 0..50 {
-        assert_eq!(ada_call.expect("ice_candidate").await["candidate"]["n"], i);
+        let frame = ada_call.expect("ice_candidate").await;
+        assert_eq!(frame["candidate"]["n"], i);
+        last_seq = frame["seq"].as_u64().unwrap();
     }
     let stopping = tokio::spawn(fleet.signaling.stop());
     // Ada's socket is told to reconnect; she does, through a gateway that can
@@ -509,7 +512,9 @@ async fn a_draining_signaling_replica_hands_its_sockets_over_without_losing_fram
             .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
             .await;
     }
-    let mut resumed = gc.socket(&format!("/ws/webrtc/{call_id}?last_seq=51"), &ada).await;
+    let mut resumed = gc
+        .socket(&format!("/ws/webrtc/{call_id}?last_seq={last_seq}"), &ada)
+        .await;
     for i in 50..100 {
         let frame = resumed.expect("ice_candidate").await;
         assert_eq!(frame["candidate"]["n"], i, "{frame}");

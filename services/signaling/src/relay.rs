@@ -39,16 +39,26 @@ const RESYNC: &str = "resync";
 const FORMAT: &str = "1";
 
 /// KEYS: seq, buffer, channel. ARGV: frame JSON (starting with `{`), header
-/// (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl seconds.
-/// Returns the sequence number. The message is
+/// (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl seconds,
+/// now in ms. Returns the sequence number. The message is
 /// `1|<seq>|<sender>|<sent µs>|<traceparent>|<frame with "seq">`.
+///
+/// A new mailbox (or one Redis lost, e.g. in a restart) starts counting at
+/// `now_ms × 1000`, so sequence numbers keep growing across Redis restarts:
+/// readers and resuming clients never mistake new frames for old ones.
 static SEND: LuaScript = LuaScript::new(
     r#"
 local seq = redis.call('INCR', KEYS[1])
-local text = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
-local message = '1|' .. seq .. '|' .. ARGV[2] .. '|' .. text
-redis.call('ZADD', KEYS[2], seq, message)
-if seq == 1 or seq % 64 == 0 then
+-- Lua prints numbers this large with an exponent unless told otherwise.
+if seq == 1 then
+  seq = tonumber(ARGV[5]) * 1000 + 1
+  redis.call('SET', KEYS[1], string.format('%d', seq))
+end
+local digits = string.format('%d', seq)
+local text = '{"seq":' .. digits .. ',' .. string.sub(ARGV[1], 2)
+local message = '1|' .. digits .. '|' .. ARGV[2] .. '|' .. text
+redis.call('ZADD', KEYS[2], digits, message)
+if seq % 64 == 0 or redis.call('TTL', KEYS[1]) < 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -57,6 +67,10 @@ redis.call('PUBLISH', KEYS[3], message)
 return seq
 "#,
 );
+
+/// Gaps this large are a mailbox that started again (after Redis lost it),
+/// not lost frames.
+const RESTART_GAP: u64 = 1_000_000;
 
 /// One relayed frame as it travels: format version, sequence number,
 /// sender, send time, the sender's trace context and the client-ready JSON
@@ -188,6 +202,7 @@ impl SignalRelay {
             format!("{sender}|{}|{traceparent}", now_us()),
             BUFFER_LEN.to_string(),
             MAILBOX_TTL.as_secs().to_string(),
+            (now_us() / 1000).to_string(),
         ];
         let answer = self.redis.run(&SEND, keys, args).await?;
         metrics::counter!("signaling_relay_frames_total", "direction" => "sent").increment(1);
@@ -387,10 +402,13 @@ impl Mailbox {
                     self.gap_checked = true;
                     continue;
                 }
-                if front.seq > self.last + 1 {
+                let gap = front.seq - self.last - 1;
+                if gap > 0 && self.last > 0 && gap < RESTART_GAP {
                     // Not in the buffer either (trimmed or expired): lost for good.
-                    metrics::counter!("signaling_relay_lost_total").increment(front.seq - self.last - 1);
+                    metrics::counter!("signaling_relay_lost_total").increment(gap);
                     tracing::warn!(channel = %self.channel, from = self.last, to = front.seq, "relay frames lost");
+                } else if gap >= RESTART_GAP && self.last > 0 {
+                    tracing::warn!(channel = %self.channel, "relay mailbox started again (Redis lost it)");
                 }
                 let frame = self.ready.pop_front().expect("front exists");
                 self.gap_checked = false;

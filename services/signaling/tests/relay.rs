@@ -41,15 +41,22 @@ async fn a_reader_that_falls_behind_still_gets_every_frame_once_in_order() {
             sender.send(call, user, "peer", &frame(n), "").await.unwrap();
         }
     });
+    let mut base = 0;
     for expected in 0..3000u64 {
         let got = tokio::time::timeout(Duration::from_secs(10), mailbox.next())
             .await
             .expect("frame within 10 s")
             .unwrap()
             .unwrap();
-        assert_eq!(got.seq, expected + 1);
+        if expected == 0 {
+            // A new mailbox counts from the clock (ms × 1000), so numbers
+            // keep growing even if Redis loses the counter.
+            base = got.seq;
+            assert!(base > 1_700_000_000_000_000, "{base}");
+        }
+        assert_eq!(got.seq, base + expected);
         assert_eq!(n_of(&got.text), expected);
-        assert!(got.text.starts_with(&format!(r#"{{"seq":{},"type""#, expected + 1)));
+        assert!(got.text.starts_with(&format!(r#"{{"seq":{},"type""#, base + expected)));
         assert_eq!(got.sender, "peer");
     }
     sending.await.unwrap();
@@ -71,7 +78,8 @@ async fn a_second_reader_resumes_after_what_it_saw() {
     }
     // First connection: reads 12 and goes away, recording what it delivered.
     let mut first = relay.open(call, user, 0).await.unwrap();
-    for _ in 0..12 {
+    let base = first.next().await.unwrap().unwrap().seq;
+    for _ in 1..12 {
         first.next().await.unwrap().unwrap();
     }
     first.record_delivered().await.unwrap();
@@ -80,8 +88,10 @@ async fn a_second_reader_resumes_after_what_it_saw() {
     let mut second = relay.open(call, user, 0).await.unwrap();
     assert_eq!(n_of(&second.next().await.unwrap().unwrap().text), 12);
     // …and one that does, from exactly there.
-    let mut third = relay.open(call, user, 5).await.unwrap();
-    assert_eq!(third.next().await.unwrap().unwrap().seq, 6);
+    let mut third = relay.open(call, user, base + 4).await.unwrap();
+    let next = third.next().await.unwrap().unwrap();
+    assert_eq!(next.seq, base + 5);
+    assert_eq!(n_of(&next.text), 5);
     stop.cancel();
 }
 
@@ -98,18 +108,18 @@ async fn a_lost_tail_is_found_by_catching_up() {
     let relay = SignalRelay::new(redis.clone(), stop.clone());
     let (call, user) = (CallId::new(), UserId::new());
     let mut mailbox = relay.open(call, user, 0).await.unwrap();
-    relay.send(call, user, "peer", &frame(0), "").await.unwrap();
-    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, 1);
+    let base = relay.send(call, user, "peer", &frame(0), "").await.unwrap();
+    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, base);
     mailbox.catch_up().await.unwrap();
     assert!(!mailbox.has_ready(), "nothing new");
 
     // Two frames reach the buffer but their publications are lost (the
     // subscriber was reconnecting): written the way the send script does,
     // without the PUBLISH.
-    for seq in 2..4u64 {
+    for seq in base + 1..base + 3 {
         let text = format!(
             r#"{{"seq":{seq},"type":"ice_candidate","candidate":{{"n":{}}}}}"#,
-            seq - 1
+            seq - base
         );
         redis
             .script(
@@ -131,10 +141,110 @@ async fn a_lost_tail_is_found_by_catching_up() {
     );
     mailbox.catch_up().await.unwrap();
     assert!(mailbox.has_ready());
-    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, 2);
-    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, 3);
+    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, base + 1);
+    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, base + 2);
     // The next live frame follows on.
     relay.send(call, user, "peer", &frame(3), "").await.unwrap();
-    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, 4);
+    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, base + 3);
+    stop.cancel();
+}
+
+/// A private `redis-server` on a free port (this test restarts it).
+struct PrivateRedis {
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> PrivateRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        PrivateRedis { child: Some(child) }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn the_relay_survives_a_redis_restart_that_loses_everything() {
+    let port = unilink_test_support::closed_port();
+    let mut server = PrivateRedis::start(port);
+    let redis = Redis::connect(&unilink_config::RedisSettings {
+        url: unilink_config::Secret::new(format!("redis://127.0.0.1:{port}")),
+        key_prefix: unique_prefix(),
+    })
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let relay = SignalRelay::new(redis, stop.clone());
+    let (call, user) = (CallId::new(), UserId::new());
+    let mut mailbox = loop {
+        if let Ok(m) = relay.open(call, user, 0).await {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut last = 0;
+    for n in 0..5 {
+        relay.send(call, user, "peer", &frame(n), "").await.unwrap();
+        last = mailbox.next().await.unwrap().unwrap().seq;
+    }
+
+    // Redis dies and comes back empty (nothing on disk).
+    server.kill();
+    let _server = PrivateRedis::start(port);
+    let restarted = std::time::Instant::now();
+    // Senders retry until Redis answers; the reader's subscription comes back
+    // by itself and frames flow again, numbered after the old ones.
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut n = 100;
+        loop {
+            if relay.send(call, user, "peer", &frame(n), "").await.is_ok() {
+                n += 1;
+            }
+            tokio::select! {
+                frame = mailbox.next() => return frame.unwrap().unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    })
+    .await
+    .expect("frames flow again within 10 s of the restart");
+    assert!(got.seq > last, "{} after {last}", got.seq);
+    assert!(n_of(&got.text) >= 100);
+    eprintln!("relay flowing again {:?} after the restart", restarted.elapsed());
+    // And on in order.
+    let sent = relay.send(call, user, "peer", &frame(999), "").await.unwrap();
+    loop {
+        let next = mailbox.next().await.unwrap().unwrap();
+        assert!(next.seq > last);
+        last = next.seq;
+        if n_of(&next.text) == 999 {
+            assert_eq!(next.seq, sent);
+            break;
+        }
+    }
     stop.cancel();
 }
