@@ -528,3 +528,32 @@ async fn a_draining_signaling_replica_hands_its_sockets_over_without_losing_fram
     assert!(bob_call.next_within(Duration::from_millis(200)).await.is_none());
     spare.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_draining_gateway_tells_its_sockets_to_reconnect() {
+    let fleet = Fleet::start().await;
+    let gw = fleet.gateway(&[]).await;
+    let other = fleet.gateway(&[]).await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, bob) = fleet.user(&other, "bob").await;
+    let mut ada_presence = go_online(&gw, &ada_id, &ada).await;
+    let _bob_presence = go_online(&other, &bob_id, &bob).await;
+    let (_, call) = gw
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    let mut ada_call = gw.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(gw.stop());
+    for socket in [&mut ada_presence, &mut ada_call] {
+        let (code, reason) = socket.closed().await;
+        assert_eq!(code, 1012, "{reason}");
+    }
+    stopping.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The client lands on the other gateway and carries on.
+    let mut again = other.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
+    again.send_json(json!({"type": "ping"})).await;
+    again.expect("pong").await;
+}
