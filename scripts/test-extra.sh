@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # scripts/test-extra.sh — extra validation run by scripts/test.sh at its end:
-# every deployment artifact, offline (scripts/validate-deploy.sh).
+#   1. every deployment artifact, offline (scripts/validate-deploy.sh);
+#   2. a real call between two headless Chromiums through the fleet
+#      (scripts/e2e.sh: two gateways behind nginx, two signaling replicas,
+#      one of them killed mid set-up).
+# Either can be skipped with UNILINK_SKIP_DEPLOY_VALIDATION=true or
+# UNILINK_SKIP_E2E=true.
 set -euo pipefail
+here="$(dirname "${BASH_SOURCE[0]}")"
+
 if [[ "${UNILINK_SKIP_DEPLOY_VALIDATION:-}" == "true" ]]; then
   echo "[test-extra] UNILINK_SKIP_DEPLOY_VALIDATION=true: deployment validation skipped" >&2
-  exit 0
+else
+  "$here/validate-deploy.sh" "$@"
 fi
-exec "$(dirname "${BASH_SOURCE[0]}")/validate-deploy.sh" "$@"
+
+if [[ "${UNILINK_SKIP_E2E:-}" == "true" ]]; then
+  echo "[test-extra] UNILINK_SKIP_E2E=true: browser end-to-end test skipped" >&2
+else
+  "$here/e2e.sh"
+fi

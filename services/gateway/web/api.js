@@ -122,15 +122,30 @@ export async function freshToken() {
   return session.access_token;
 }
 
-/** An authenticated request; one refresh and retry on 401. */
+const RETRYABLE = new Set([0, 502, 503, 504]);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * An authenticated request; one refresh and retry on 401. Reads (GET) are
+ * also retried, twice, when the server asks for it (502/503/504) or did
+ * not answer: they are safe to repeat.
+ */
 async function authed(method, path, body) {
-  const token = await freshToken();
-  try {
-    return await send(method, path, { body, token });
-  } catch (e) {
-    if (e.status !== 401 || !session?.refresh_token) throw e;
-    await refresh();
-    return send(method, path, { body, token: session.access_token });
+  const waits = method === 'GET' ? [250, 750] : [];
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const token = await freshToken();
+      try {
+        return await send(method, path, { body, token });
+      } catch (e) {
+        if (e.status !== 401 || !session?.refresh_token) throw e;
+        await refresh();
+        return await send(method, path, { body, token: session.access_token });
+      }
+    } catch (e) {
+      if (!RETRYABLE.has(e.status) || attempt >= waits.length) throw e;
+      await sleep(waits[attempt]);
+    }
   }
 }
 

@@ -313,7 +313,10 @@ function enterCall(call, localStream, peerName) {
     me: currentUser().id,
     localStream,
     on: {
-      state: (s) => setCallState(s),
+      state: (s) => {
+        setCallState(s);
+        if (s === 'connected') setStatus('');
+      },
       peerState: (s) => {
         $('call-notice').textContent = s === 'joined' ? `${peerName} joined.` : `${peerName}: ${s}`;
       },

@@ -38,6 +38,7 @@ export class CallSession {
     this.ws = null;
     this.lastSeq = 0;
     this.everOpened = false;
+    this.socketsOpened = 0;
     this.queue = [];
     this.pendingCandidates = [];
     this.offered = false;
@@ -129,6 +130,7 @@ export class CallSession {
 
   async socketOpened(ws) {
     this.everOpened = true;
+    this.socketsOpened += 1;
     this.backoff = 250;
     this.reconnectSince = null;
     this.on.notice('');
@@ -299,15 +301,29 @@ export class CallSession {
     }
   }
 
-  /** Ends the call for both sides (REST), then cleans up here. */
+  /**
+   * Ends the call for both sides, then cleans up here. `POST /calls/end`,
+   * retried when the server asks for it (502/503/504, or no answer); if it
+   * still fails, `end_call` over the signaling socket.
+   */
   async hangUp(reason = 'you ended the call') {
     if (this.ended) return;
-    try {
-      await calls.end(this.id);
-    } catch (e) {
-      // 409: it had already ended; anything else: the server ends it anyway
-      // once no socket is left (CALL_DISCONNECT_GRACE).
-      if (e.status !== 409) this.on.notice(`ending the call: ${e.message}`);
+    let failure = null;
+    for (const wait of [0, 250, 750, 1500]) {
+      if (wait) await new Promise((resolve) => setTimeout(resolve, wait));
+      try {
+        await calls.end(this.id);
+        failure = null;
+        break;
+      } catch (e) {
+        // 409: it had already ended.
+        failure = e.status === 409 ? null : e;
+        if (![0, 502, 503, 504].includes(e.status)) break;
+      }
+    }
+    if (failure) {
+      if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: 'end_call' }));
+      this.on.notice(`ending the call: ${failure.message}`);
     }
     this.finish(reason);
   }

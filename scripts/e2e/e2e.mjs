@@ -1,0 +1,511 @@
+// End-to-end test of the UniLink reference web client: two headless
+// Chromium contexts with fake cameras, each pinned (by the balancer's
+// affinity cookie) to a different gateway replica, make real WebRTC calls
+// through the fleet. Started by scripts/e2e.sh inside a private network
+// namespace, with the fleet already up; see that script's --help.
+//
+// Environment (set by scripts/e2e.sh):
+//   E2E_BASE_URL   the balancer, e.g. http://127.0.0.1:8080
+//   E2E_SMTP_PORT  where this script's SMTP sink listens (the notification
+//                  service's SMTP_SERVER/SMTP_PORT point here)
+//   E2E_OUT_DIR    screenshots go here
+//   E2E_GATEWAYS   a=<url>,b=<url>: each gateway replica's own address (metrics)
+//   E2E_SIGNALING  1=<pid>@<metrics url>,2=<pid>@<metrics url>: the signaling replicas
+//   CHROMIUM       browser executable [/usr/bin/chromium]
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BASE = required('E2E_BASE_URL');
+const SMTP_PORT = Number(required('E2E_SMTP_PORT'));
+const OUT_DIR = required('E2E_OUT_DIR');
+const GATEWAYS = Object.fromEntries(required('E2E_GATEWAYS').split(',').map((kv) => kv.split('=')));
+const SIGNALING = required('E2E_SIGNALING')
+  .split(',')
+  .map((entry) => {
+    const [name, rest] = entry.split('=');
+    const [pid, url] = rest.split('@');
+    return { name, pid: Number(pid), url, killed: false };
+  });
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const OVERALL_TIMEOUT_MS = 170_000;
+const STEP_TIMEOUT_MS = 30_000;
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`[e2e] ${name} is not set (run scripts/e2e.sh)`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const started = Date.now();
+const elapsed = () => `${((Date.now() - started) / 1000).toFixed(1)}s`;
+const log = (...args) => console.log(`[e2e ${elapsed()}]`, ...args);
+
+async function step(name, action) {
+  const t0 = Date.now();
+  log(`▶ ${name}`);
+  const result = await action();
+  log(`✔ ${name} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
+  return result;
+}
+
+// ---------------------------------------------------------------- SMTP sink --
+// A real SMTP server (the plain protocol, no TLS offered, so lettre's
+// opportunistic STARTTLS stays plain) that keeps what it receives.
+
+function decodeQuotedPrintable(text) {
+  const bytes = [];
+  const soft = text.replace(/=\r?\n/g, '');
+  for (let i = 0; i < soft.length; i++) {
+    const c = soft[i];
+    if (c === '=' && /^[0-9A-Fa-f]{2}$/.test(soft.slice(i + 1, i + 3))) {
+      bytes.push(parseInt(soft.slice(i + 1, i + 3), 16));
+      i += 2;
+    } else {
+      bytes.push(...Buffer.from(c, 'utf8'));
+    }
+  }
+  return Buffer.from(bytes).toString('utf8');
+}
+
+function parseEntity(raw) {
+  const split = raw.search(/\r?\n\r?\n/);
+  const head = split < 0 ? raw : raw.slice(0, split);
+  const body = split < 0 ? '' : raw.slice(split).replace(/^\r?\n\r?\n/, '');
+  const headers = {};
+  for (const line of head.replace(/\r?\n[ \t]+/g, ' ').split(/\r?\n/)) {
+    const colon = line.indexOf(':');
+    if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return { headers, body };
+}
+
+/** The text of a message: its text/plain parts, decoded. */
+function mailText(raw) {
+  const { headers, body } = parseEntity(raw);
+  const type = headers['content-type'] || 'text/plain';
+  const boundary = /boundary="?([^";]+)"?/i.exec(type)?.[1];
+  if (/^multipart\//i.test(type) && boundary) {
+    const parts = body.split(`--${boundary}`).slice(1);
+    const texts = parts.filter((p) => !p.startsWith('--')).map((p) => mailText(p.replace(/^\r?\n/, '')));
+    return texts.join('\n');
+  }
+  if (!/^text\/plain/i.test(type)) return '';
+  const encoding = (headers['content-transfer-encoding'] || '7bit').toLowerCase();
+  if (encoding === 'base64') return Buffer.from(body.replace(/\s+/g, ''), 'base64').toString('utf8');
+  if (encoding === 'quoted-printable') return decodeQuotedPrintable(body);
+  return body;
+}
+
+function startSmtpSink(port) {
+  const mails = [];
+  let notify = () => {};
+  const server = net.createServer((socket) => {
+    socket.setEncoding('utf8');
+    let buffer = '';
+    let data = null;
+    let envelope = { from: '', to: [] };
+    const reply = (line) => socket.write(`${line}\r\n`);
+    reply('220 e2e-sink ESMTP');
+    socket.on('data', (chunk) => {
+      buffer += chunk;
+      let end;
+      while ((end = buffer.indexOf('\r\n')) >= 0) {
+        const line = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (data) {
+          if (line === '.') {
+            const raw = data.join('\r\n');
+            mails.push({ ...envelope, raw, text: mailText(raw), subject: parseEntity(raw).headers.subject || '' });
+            data = null;
+            envelope = { from: '', to: [] };
+            reply('250 2.0.0 queued');
+            notify();
+          } else {
+            data.push(line.startsWith('.') ? line.slice(1) : line);
+          }
+          continue;
+        }
+        const verb = line.split(' ')[0].toUpperCase();
+        const address = () => (/<([^>]*)>/.exec(line)?.[1] ?? '').toLowerCase();
+        switch (verb) {
+          case 'EHLO':
+            reply('250-e2e-sink');
+            reply('250-8BITMIME');
+            reply('250 SMTPUTF8');
+            break;
+          case 'HELO':
+            reply('250 e2e-sink');
+            break;
+          case 'MAIL':
+            envelope = { from: address(), to: [] };
+            reply('250 2.1.0 OK');
+            break;
+          case 'RCPT':
+            envelope.to.push(address());
+            reply('250 2.1.5 OK');
+            break;
+          case 'DATA':
+            data = [];
+            reply('354 end data with <CR><LF>.<CR><LF>');
+            break;
+          case 'RSET':
+            envelope = { from: '', to: [] };
+            reply('250 2.0.0 OK');
+            break;
+          case 'NOOP':
+            reply('250 2.0.0 OK');
+            break;
+          case 'QUIT':
+            reply('221 2.0.0 bye');
+            socket.end();
+            break;
+          default:
+            reply('502 5.5.1 not implemented');
+        }
+      }
+    });
+    socket.on('error', () => {});
+  });
+  const sink = {
+    mails,
+    close: () => server.close(),
+    /** The first mail to `to` after the first `after` mails whose text matches `pattern`. */
+    async waitFor(to, pattern, { after = 0, timeout = STEP_TIMEOUT_MS } = {}) {
+      const deadline = Date.now() + timeout;
+      for (;;) {
+        const mail = mails.slice(after).find((m) => m.to.includes(to.toLowerCase()) && pattern.test(m.text));
+        if (mail) return mail;
+        if (Date.now() > deadline) throw new Error(`no mail to ${to} matching ${pattern} within ${timeout} ms`);
+        await new Promise((resolve) => {
+          notify = resolve;
+          setTimeout(resolve, 250);
+        });
+      }
+    },
+  };
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve(sink));
+  });
+}
+
+// ------------------------------------------------------------------ metrics --
+
+async function metric(url, line) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  for (const l of text.split('\n')) {
+    if (l.startsWith(`${line} `)) return Number(l.slice(line.length + 1));
+  }
+  return 0;
+}
+
+const callStreams = (replica) => metric(replica.url, 'signaling_streams{kind="call"}');
+
+async function waitFor(what, predicate, timeout = STEP_TIMEOUT_MS) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+// ------------------------------------------------------------------ browser --
+
+const FLAGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+];
+
+/** A browser context pinned to gateway replica `replica` ('a' or 'b'). */
+async function openUser(browser, { label, replica, viewport }) {
+  const context = await browser.newContext({ viewport, permissions: ['camera', 'microphone'] });
+  const base = new URL(BASE);
+  await context.addCookies([{ name: 'unilink_replica', value: replica, domain: base.hostname, path: '/' }]);
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const user = { label, replica, page, context, upstreams: new Map(), problems: [], serverErrors: [] };
+  page.on('response', (response) => {
+    const upstream = response.headers()['x-upstream'];
+    if (upstream) user.upstreams.set(upstream, (user.upstreams.get(upstream) ?? 0) + 1);
+    if (response.status() >= 500) {
+      const { pathname } = new URL(response.url());
+      user.serverErrors.push(`${response.request().method()} ${pathname} → ${response.status()} at ${elapsed()}`);
+    }
+  });
+  page.on('pageerror', (error) => user.problems.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') {
+      const text = message.text();
+      // CSP violations and uncaught errors fail the test; "Failed to load
+      // resource" (an HTTP error answer) is reported through serverErrors.
+      user.problems.push(`console error: ${text}`);
+    }
+  });
+  return user;
+}
+
+const form = (page, id) => page.locator(`#${id}`);
+
+async function signUpAndLogIn(sink, user) {
+  const { page } = user;
+  await page.goto(`${BASE}/app`);
+  await page.locator('nav.tabs').getByRole('button', { name: 'Register' }).click();
+  const register = form(page, 'register-form');
+  await register.getByLabel('University email').fill(user.email);
+  await register.getByLabel('Username').fill(user.username);
+  await register.getByLabel('Full name').fill(user.fullName);
+  await register.getByLabel('Password').fill(user.password);
+  const before = sink.mails.length;
+  await register.getByRole('button', { name: 'Register' }).click();
+  await page.getByRole('status').filter({ hasText: 'Account created' }).waitFor();
+
+  // The verification mail, as delivered over SMTP; open its link.
+  const verification = await sink.waitFor(user.email, /verify\?token=/, { after: before });
+  const link = /(https?:\/\/\S+\/verify\?token=[^\s"<>]+)/.exec(verification.text)[1];
+  assert.ok(link.startsWith(`${BASE}/app/verify?token=`), `verification link ${link}`);
+  await page.goto(link);
+  await page.locator('#home-view').waitFor({ state: 'visible' });
+  user.id = await page.evaluate(() => JSON.parse(sessionStorage.getItem('unilink.session')).user.id);
+
+  // Log out, then log in the real way: password, then the emailed code.
+  await page.getByRole('button', { name: 'Log out' }).click();
+  const login = form(page, 'login-form');
+  await login.waitFor({ state: 'visible' });
+  await login.getByLabel('University email').fill(user.email);
+  await login.getByLabel('Password').fill(user.password);
+  const beforeOtp = sink.mails.length;
+  await login.getByRole('button', { name: 'Send me a login code' }).click();
+  const otpMail = await sink.waitFor(user.email, /login code is:/, { after: beforeOtp });
+  const code = /login code is:\s*(\d{6})/.exec(otpMail.text)[1];
+  const otp = form(page, 'otp-form');
+  await otp.getByLabel('Login code').fill(code);
+  await otp.getByRole('button', { name: 'Log in' }).click();
+  await page.locator('#home-view').waitFor({ state: 'visible' });
+  await page.locator('#presence-status[data-status="online"]').waitFor();
+  log(`${user.label} signed up and logged in (id ${user.id}, ${sink.mails.length} mails in the sink)`);
+}
+
+async function waitConnected(user) {
+  await user.page.waitForFunction(() => window.unilink?.peerConnection?.connectionState === 'connected', null, {
+    timeout: STEP_TIMEOUT_MS,
+  });
+}
+
+/** Frames of the other side's video decoded here (inbound-rtp, video). */
+async function framesDecoded(user) {
+  return user.page.evaluate(async () => {
+    const pc = window.unilink?.peerConnection;
+    if (!pc) return 0;
+    let frames = 0;
+    for (const s of (await pc.getStats()).values()) {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') frames = Math.max(frames, s.framesDecoded ?? 0);
+    }
+    return frames;
+  });
+}
+
+async function waitVideo(user) {
+  const frames = await waitFor(`${user.label} decoding video`, async () => {
+    const n = await framesDecoded(user);
+    return n > 0 ? n : 0;
+  });
+  // The <video> shows it too.
+  await user.page.waitForFunction(() => {
+    const video = document.getElementById('remote-video');
+    return video.srcObject?.getVideoTracks().length > 0 && video.videoWidth > 0;
+  });
+  return frames;
+}
+
+async function sendChat(from, to, text) {
+  await from.page.getByLabel('Message').fill(text);
+  await from.page.locator('#chat-form').getByRole('button', { name: 'Send' }).click();
+  await to.page.locator('#chat-log li[data-from="peer"] .text', { hasText: text }).waitFor();
+  await from.page.locator('#chat-log li[data-from="me"] .text', { hasText: text }).waitFor();
+}
+
+/** A calls B, B accepts; returns the call id. `duringRing` runs while it rings. */
+async function call(a, b, { duringRing } = {}) {
+  await a.page.locator(`#online-list li[data-user-id="${b.id}"]`).waitFor();
+  await a.page.getByRole('button', { name: `Call ${b.fullName}` }).click();
+  const dialog = b.page.getByRole('dialog', { name: 'Incoming call' });
+  await dialog.waitFor();
+  assert.match(await dialog.textContent(), new RegExp(`@${a.username} is calling`));
+  const callId = await a.page.evaluate(() => window.unilink.call?.id);
+  assert.ok(callId, 'the caller has a call');
+  if (duringRing) await duringRing(callId);
+  await dialog.getByRole('button', { name: 'Accept' }).click();
+  return callId;
+}
+
+async function hangUpAndCheckHistory(a, b, callId, expectedCalls) {
+  await a.page.getByRole('button', { name: 'Hang up' }).click();
+  for (const user of [a, b]) {
+    await user.page.locator('#home-view').waitFor({ state: 'visible' });
+    await user.page.locator(`#history-list li[data-call-id="${callId}"][data-status="completed"]`).waitFor();
+    const rows = await user.page.locator('#history-list li').count();
+    assert.equal(rows, expectedCalls, `${user.label} history rows`);
+  }
+  const peer = await b.page.locator(`#history-list li[data-call-id="${callId}"]`).getAttribute('data-peer');
+  assert.equal(peer, a.username, 'the callee sees the caller in its history');
+}
+
+// -------------------------------------------------------------------- main --
+
+async function main() {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const sink = await startSmtpSink(SMTP_PORT);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  log(`chromium ${browser.version()}`);
+  const run = Math.random().toString(36).slice(2, 8);
+  const a = await openUser(browser, { label: 'caller', replica: 'a', viewport: { width: 1200, height: 800 } });
+  const b = await openUser(browser, { label: 'callee', replica: 'b', viewport: { width: 390, height: 844 } });
+  Object.assign(a, {
+    email: `ada.${run}@kiit.ac.in`,
+    username: `ada_${run}`,
+    fullName: 'Ada Lovelace',
+    password: `pw-ada-${run}-secret`,
+  });
+  Object.assign(b, {
+    email: `bob.${run}@kiit.ac.in`,
+    username: `bob_${run}`,
+    fullName: 'Bob Builder',
+    password: `pw-bob-${run}-secret`,
+  });
+  const users = [a, b];
+
+  try {
+    await step('both sign up (verification link from the mail) and log in (code from the mail)', () =>
+      Promise.all(users.map((u) => signUpAndLogIn(sink, u))),
+    );
+
+    await step('each sees the other online', async () => {
+      await a.page.locator(`#online-list li[data-user-id="${b.id}"]`).waitFor();
+      await b.page.locator(`#online-list li[data-user-id="${a.id}"]`).waitFor();
+    });
+
+    // ------------------------------------------------------ scenario 1 --
+    const first = await step('A calls, B accepts (pushed over the presence socket)', () => call(a, b));
+    await step('both peer connections reach "connected"', () => Promise.all(users.map(waitConnected)));
+    await step('each page decodes the other one\'s video (getStats inbound-rtp framesDecoded > 0)', async () => {
+      for (const u of users) log(`${u.label}: ${await waitVideo(u)} frames decoded`);
+    });
+    await step('each browser is on its own gateway replica', async () => {
+      for (const u of users) {
+        const expected = new URL(GATEWAYS[u.replica]).host;
+        const seen = [...u.upstreams.keys()];
+        assert.deepEqual(seen, [expected], `${u.label} answered by ${seen.join(', ')}`);
+      }
+      for (const [name, url] of Object.entries(GATEWAYS)) {
+        const sockets = await metric(url, 'websocket_connections{kind="call"}');
+        assert.equal(sockets, 1, `gateway ${name} holds one call socket`);
+      }
+    });
+    await step('chat crosses both ways', async () => {
+      await sendChat(a, b, 'Hello Bob, can you see me?');
+      await sendChat(b, a, 'Loud and clear, Ada!');
+    });
+    await step('screenshots mid-call', async () => {
+      await new Promise((r) => setTimeout(r, 1500)); // a few more frames on screen
+      for (const u of users) {
+        const file = path.join(OUT_DIR, `${u.label}.png`);
+        await u.page.screenshot({ path: file });
+        log(`saved ${file}`);
+      }
+    });
+    await step('A hangs up; both histories show the completed call', () => hangUpAndCheckHistory(a, b, first, 1));
+
+    // ------------------------------------------------------ scenario 2 --
+    await step('the first call\'s streams are gone', () =>
+      waitFor('no call streams', async () => (await Promise.all(SIGNALING.map(callStreams))).every((n) => n === 0)),
+    );
+    let doomed;
+    const second = await step('A calls again; the signaling replica holding A\'s call stream is killed (-9) while it rings', () =>
+      call(a, b, {
+        duringRing: async () => {
+          // The caller joins its call socket while ringing: its stream is the only one.
+          await a.page.waitForFunction(() => window.unilink.call?.ws?.readyState === WebSocket.OPEN);
+          const counts = await waitFor('the caller\'s call stream on a replica', async () => {
+            const c = await Promise.all(SIGNALING.map(callStreams));
+            return c.reduce((x, y) => x + y, 0) === 1 ? c : null;
+          });
+          doomed = SIGNALING[counts.findIndex((n) => n === 1)];
+          process.kill(doomed.pid, 'SIGKILL');
+          doomed.killed = true;
+          log(`killed signaling replica ${doomed.name} (pid ${doomed.pid}), which held A's call stream`);
+        },
+      }),
+    );
+    await step('the call still connects', () => Promise.all(users.map(waitConnected)));
+    await step('and video flows both ways', async () => {
+      for (const u of users) log(`${u.label}: ${await waitVideo(u)} frames decoded`);
+    });
+    await step('both call streams are on the surviving replica; gateway A resumed its stream', async () => {
+      const survivor = SIGNALING.find((r) => !r.killed);
+      assert.equal(await callStreams(survivor), 2, 'call streams on the survivor');
+      const resumed = await metric(GATEWAYS.a, 'signaling_reconnects_total{kind="call"}');
+      assert.ok(resumed >= 1, `gateway a resumed a call stream (${resumed})`);
+      log(`survivor ${survivor.name}: 2 call streams; gateway a signaling_reconnects_total{kind="call"} = ${resumed}`);
+      // Transparent: the caller's page kept its one socket.
+      const opened = await a.page.evaluate(() => window.unilink.call.socketsOpened);
+      assert.equal(opened, 1, 'the caller opened its signaling socket once');
+    });
+    await step('chat still crosses', () => sendChat(b, a, 'Still here after the failover'));
+    await step('A hangs up; both histories show both calls', () => hangUpAndCheckHistory(a, b, second, 2));
+
+    for (const u of users) {
+      const problems = u.problems.filter((p) => !/Failed to load resource/.test(p));
+      assert.deepEqual(problems, [], `${u.label} page reported problems`);
+      // Server errors the client rode out (retried); worth knowing about.
+      for (const e of u.serverErrors) log(`note: ${u.label} got ${e}`);
+    }
+    log(`PASS (${sink.mails.length} mails delivered over SMTP)`);
+  } catch (error) {
+    for (const u of users) {
+      await u.page.screenshot({ path: path.join(OUT_DIR, `failure-${u.label}.png`) }).catch(() => {});
+      const status = await u.page.locator('#status').textContent().catch(() => '?');
+      const notice = await u.page.locator('#call-notice').textContent().catch(() => '?');
+      log(`${u.label} status: "${status}" call notice: "${notice}"`);
+      for (const p of u.problems) log(`${u.label} ${p}`);
+    }
+    throw error;
+  } finally {
+    await browser.close().catch(() => {});
+    sink.close();
+  }
+}
+
+const watchdog = setTimeout(() => {
+  log(`FAIL: the browser test did not finish within ${OVERALL_TIMEOUT_MS / 1000}s`);
+  process.exit(1);
+}, OVERALL_TIMEOUT_MS);
+
+main().then(
+  () => {
+    clearTimeout(watchdog);
+    process.exit(0);
+  },
+  (error) => {
+    clearTimeout(watchdog);
+    log(`FAIL: ${error.stack || error}`);
+    process.exit(1);
+  },
+);
