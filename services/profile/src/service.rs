@@ -48,23 +48,33 @@ impl ProfileService {
 
     /// The profile of this user, with presence.
     pub async fn get_profile(&self, user_id: UserId) -> Result<ProfileView, ProfileError> {
-        let profile = self
-            .profiles
-            .find(user_id)
-            .await?
-            .ok_or(ProfileError::ProfileNotFound)?;
-        let is_online = self.presence.is_online(user_id).await?;
-        Ok(ProfileView { profile, is_online })
+        // PostgreSQL and Redis at once: the answer waits for the slower, not both.
+        let (profile, is_online) = tokio::join!(self.profiles.find(user_id), self.presence.is_online(user_id));
+        let profile = profile?.ok_or(ProfileError::ProfileNotFound)?;
+        Ok(ProfileView {
+            profile,
+            is_online: is_online?,
+        })
     }
 
     /// `user`'s profile as `viewer` may see it.
     pub async fn view_profile(&self, viewer: UserId, user: UserId) -> Result<ProfileView, ProfileError> {
-        let profile = self.existing(user).await?;
-        if viewer != user && self.profiles.has_blocked(user, viewer).await? {
+        let blocked = async {
+            if viewer == user {
+                Ok(false)
+            } else {
+                self.profiles.has_blocked(user, viewer).await
+            }
+        };
+        let (profile, blocked, is_online) = tokio::join!(self.existing(user), blocked, self.presence.is_online(user));
+        let profile = profile?;
+        if blocked? {
             return Err(ProfileError::BlockedByUser);
         }
-        let is_online = self.presence.is_online(user).await?;
-        Ok(ProfileView { profile, is_online })
+        Ok(ProfileView {
+            profile,
+            is_online: is_online?,
+        })
     }
 
     /// May `caller` call `receiver`? The facts signaling decides on (the
