@@ -4,7 +4,7 @@
 //! * `/auth/*` — `RATE_LIMIT_AUTH` per minute per client address;
 //! * everything else — `RATE_LIMIT_API` per minute per user (per address when
 //!   anonymous);
-//! * `/health`, `/livez`, `/metrics` and CORS preflights are exempt.
+//! * `/health`, `/livez`, `/metrics`, `/openapi.json` and CORS preflights are exempt.
 //!
 //! The verified caller is stored in the request for the
 //! [`Authenticated`](crate::identity::Authenticated) extractor, so a token is
@@ -35,9 +35,9 @@ pub struct Edge {
     pub api_limit: u32,
 }
 
-/// Paths that are never rate-limited (probes and scrapes).
+/// Paths that are never rate-limited (probes, scrapes and the static API description).
 fn exempt(path: &str) -> bool {
-    matches!(path, "/health" | "/livez" | "/metrics" | "/")
+    matches!(path, "/health" | "/livez" | "/metrics" | "/" | "/openapi.json")
 }
 
 fn set_rate_headers(headers: &mut actix_web::http::header::HeaderMap, d: &Decision) {

@@ -6,6 +6,7 @@ pub mod calls;
 pub mod client_errors;
 pub mod health;
 pub mod index;
+pub mod openapi;
 pub mod users;
 pub mod web_client;
 
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health", web::get().to(health::health))
         .route("/livez", web::get().to(livez))
         .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi::openapi))
         .route("/client-errors", web::post().to(client_errors::report))
         .route("/auth/register", web::post().to(auth::register))
         .route("/auth/verify-email", web::post().to(auth::verify_email))
