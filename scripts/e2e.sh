@@ -14,34 +14,37 @@ End-to-end test of the reference web client (services/gateway/web) in
 headless Chromium, through the whole fleet:
 
   PostgreSQL, Redis (private, throwaway), auth, profile, notification,
-  TWO signaling replicas, TWO gateways, nginx in front of the gateways
-  (the browsers' only address), and an SMTP sink (inside the test script)
-  that the notification service delivers the real emails to.
+  TWO signaling replicas, THREE gateways (a and b, and c as the balancer's
+  fallback for both), nginx in front of the gateways (the browsers' only
+  address), and an SMTP sink (inside the test script) that the
+  notification service delivers the real emails to.
 
 The browser test (scripts/e2e/e2e.mjs, playwright-core driving Debian's
 chromium with a fake camera) signs two users up and in from their emails,
 has them call each other, checks that both peer connections connect and
 decode the other's video, chats both ways, hangs up and checks both
-histories; then calls again and kill -9s the signaling replica holding the
-caller's call stream during set-up, and checks the call still connects.
+histories; has a call declined; kill -9s the caller's gateway mid-call (the
+page reconnects its signaling socket with last_seq through the balancer and
+misses nothing); then kill -9s the signaling replica holding the caller's
+call stream during set-up, and checks the call still connects.
 Screenshots and logs: target/e2e/.
 
 Everything runs inside a private network namespace (unshare -n, only a
 loopback interface): Chromium offers loopback ICE candidates only, the fixed
 ports inside cannot clash with anything on the machine, and nothing outside
-is reached. Needs root (or passwordless sudo is NOT enough: run it as root).
+is reached. Needs root (for unshare -n and the throwaway PostgreSQL).
 
 Missing tools are installed: chromium, nginx, postgresql, redis-server
 (apt-get) and playwright-core (npm ci from scripts/e2e/package-lock.json).
-The run is bounded (E2E_TIMEOUT seconds, default 240, builds excluded) and
-stops every process it started.
+The run is bounded (E2E_TIMEOUT seconds, default 180, builds and installs
+excluded; a passing run takes about 20 s) and stops every process it started.
 
 Options:
   --no-build   use the existing target/debug binaries (no cargo build --bins)
   -h, --help   show this help
 
 Environment:
-  E2E_TIMEOUT      seconds for the run inside the namespace [240]
+  E2E_TIMEOUT      seconds for the run inside the namespace [180]
   CHROMIUM         browser executable [/usr/bin/chromium]
   CARGO_TARGET_DIR where the binaries are [target]
 EOF
@@ -62,7 +65,7 @@ SMTP_PORT=2525
 LB_PORT=8080
 declare -A GRPC_PORT=([auth]=50051 [profile]=50052 [signaling-1]=50053 [signaling-2]=50063 [notification]=50054)
 declare -A HTTP_PORT=([auth]=9101 [profile]=9102 [signaling-1]=9103 [signaling-2]=9113 [notification]=9104
-  [gateway-a]=8001 [gateway-b]=8002)
+  [gateway-a]=8001 [gateway-b]=8002 [gateway-c]=8003)
 
 # ===================================================================== outside
 
@@ -98,7 +101,7 @@ outside() {
     esac
     shift
   done
-  local timeout_s="${E2E_TIMEOUT:-240}"
+  local timeout_s="${E2E_TIMEOUT:-180}"
   [[ "$timeout_s" =~ ^[0-9]+$ ]] || die "E2E_TIMEOUT must be a number of seconds, got '$timeout_s'"
   ensure_tools
   if [[ $build -eq 1 ]]; then
@@ -259,8 +262,9 @@ start_balancer() {
   local conf="$WORK/nginx/nginx.conf"
   mkdir -p "$WORK/nginx/tmp"
   # Sticky by cookie (a real balancer's session affinity): the test gives
-  # each browser context its own replica; without the cookie, round robin.
-  # Each answer says which replica served it (X-Upstream).
+  # each browser context its own replica, with c as the fallback when that
+  # one is down; without the cookie, round robin. Each answer says which
+  # replica served it (X-Upstream).
   cat >"$conf" <<EOF
 worker_processes 1;
 user root;
@@ -279,8 +283,8 @@ http {
   map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
   map \$cookie_unilink_replica \$gateway_pool { a gateway_a; b gateway_b; default gateways; }
   upstream gateways { server 127.0.0.1:${HTTP_PORT[gateway-a]}; server 127.0.0.1:${HTTP_PORT[gateway-b]}; }
-  upstream gateway_a { server 127.0.0.1:${HTTP_PORT[gateway-a]}; server 127.0.0.1:${HTTP_PORT[gateway-b]} backup; }
-  upstream gateway_b { server 127.0.0.1:${HTTP_PORT[gateway-b]}; server 127.0.0.1:${HTTP_PORT[gateway-a]} backup; }
+  upstream gateway_a { server 127.0.0.1:${HTTP_PORT[gateway-a]}; server 127.0.0.1:${HTTP_PORT[gateway-c]} backup; }
+  upstream gateway_b { server 127.0.0.1:${HTTP_PORT[gateway-b]}; server 127.0.0.1:${HTTP_PORT[gateway-c]} backup; }
   server {
     listen 127.0.0.1:$LB_PORT;
     location / {
@@ -303,6 +307,17 @@ EOF
   }
   spawn nginx nginx -c "$conf" -g 'daemon off;'
   wait_http nginx "http://127.0.0.1:$LB_PORT/livez" 15
+}
+
+# replica_list KIND NAME... — `NAME=<pid>@http://127.0.0.1:<http port>,…`
+# of the processes KIND-NAME (for the test: what to kill, where to scrape).
+replica_list() {
+  local kind="$1" name out=()
+  shift
+  for name in "$@"; do
+    out+=("$name=${PID_OF[$kind-$name]}@http://127.0.0.1:${HTTP_PORT[$kind-$name]}")
+  done
+  (IFS=,; printf '%s' "${out[*]}")
 }
 
 inside() {
@@ -350,10 +365,10 @@ inside() {
   for svc in auth profile notification signaling-1 signaling-2; do
     wait_http "$svc" "http://127.0.0.1:${HTTP_PORT[$svc]}/readyz" 60
   done
-  for svc in gateway-a gateway-b; do
+  for svc in gateway-a gateway-b gateway-c; do
     spawn "$svc" service "$svc" gateway
   done
-  for svc in gateway-a gateway-b; do
+  for svc in gateway-a gateway-b gateway-c; do
     wait_http "$svc" "http://127.0.0.1:${HTTP_PORT[$svc]}/health" 60
   done
   start_balancer
@@ -362,8 +377,8 @@ inside() {
   E2E_BASE_URL="http://127.0.0.1:$LB_PORT" \
     E2E_SMTP_PORT="$SMTP_PORT" \
     E2E_OUT_DIR="$OUT_DIR" \
-    E2E_GATEWAYS="a=http://127.0.0.1:${HTTP_PORT[gateway-a]},b=http://127.0.0.1:${HTTP_PORT[gateway-b]}" \
-    E2E_SIGNALING="1=${PID_OF[signaling-1]}@http://127.0.0.1:${HTTP_PORT[signaling-1]},2=${PID_OF[signaling-2]}@http://127.0.0.1:${HTTP_PORT[signaling-2]}" \
+    E2E_GATEWAYS="$(replica_list gateway a b c)" \
+    E2E_SIGNALING="$(replica_list signaling 1 2)" \
     node "$TEST_DIR/e2e.mjs" > >(tee "$LOG_DIR/browser-test.log") 2>&1 &
   local test_pid=$!
   PIDS+=("$test_pid")

@@ -9,7 +9,8 @@
 //   E2E_SMTP_PORT  where this script's SMTP sink listens (the notification
 //                  service's SMTP_SERVER/SMTP_PORT point here)
 //   E2E_OUT_DIR    screenshots go here
-//   E2E_GATEWAYS   a=<url>,b=<url>: each gateway replica's own address (metrics)
+//   E2E_GATEWAYS   a=<pid>@<url>,b=…,c=…: the gateway replicas (own address, metrics);
+//                  the balancer sends context A to a and B to b, each to c when its own is down
 //   E2E_SIGNALING  1=<pid>@<metrics url>,2=<pid>@<metrics url>: the signaling replicas
 //   CHROMIUM       browser executable [/usr/bin/chromium]
 
@@ -22,16 +23,20 @@ import { chromium } from 'playwright-core';
 const BASE = required('E2E_BASE_URL');
 const SMTP_PORT = Number(required('E2E_SMTP_PORT'));
 const OUT_DIR = required('E2E_OUT_DIR');
-const GATEWAYS = Object.fromEntries(required('E2E_GATEWAYS').split(',').map((kv) => kv.split('=')));
-const SIGNALING = required('E2E_SIGNALING')
-  .split(',')
-  .map((entry) => {
-    const [name, rest] = entry.split('=');
-    const [pid, url] = rest.split('@');
-    return { name, pid: Number(pid), url, killed: false };
-  });
+/** `name=<pid>@<url>,…` → [{name, pid, url, killed}]. */
+function replicas(variable) {
+  return required(variable)
+    .split(',')
+    .map((entry) => {
+      const [name, rest] = entry.split('=');
+      const [pid, url] = rest.split('@');
+      return { name, pid: Number(pid), url, killed: false };
+    });
+}
+const GATEWAYS = Object.fromEntries(replicas('E2E_GATEWAYS').map((g) => [g.name, g]));
+const SIGNALING = replicas('E2E_SIGNALING');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const OVERALL_TIMEOUT_MS = 170_000;
+const OVERALL_TIMEOUT_MS = 150_000;
 const STEP_TIMEOUT_MS = 30_000;
 
 function required(name) {
@@ -244,7 +249,10 @@ async function openUser(browser, { label, replica, viewport }) {
   const user = { label, replica, page, context, upstreams: new Map(), problems: [], serverErrors: [] };
   page.on('response', (response) => {
     const upstream = response.headers()['x-upstream'];
-    if (upstream) user.upstreams.set(upstream, (user.upstreams.get(upstream) ?? 0) + 1);
+    if (upstream) {
+      user.upstreams.set(upstream, (user.upstreams.get(upstream) ?? 0) + 1);
+      user.lastUpstream = upstream;
+    }
     if (response.status() >= 500) {
       const { pathname } = new URL(response.url());
       user.serverErrors.push(`${response.request().method()} ${pathname} → ${response.status()} at ${elapsed()}`);
@@ -410,13 +418,13 @@ async function main() {
     });
     await step('each browser is on its own gateway replica', async () => {
       for (const u of users) {
-        const expected = new URL(GATEWAYS[u.replica]).host;
+        const expected = new URL(GATEWAYS[u.replica].url).host;
         const seen = [...u.upstreams.keys()];
         assert.deepEqual(seen, [expected], `${u.label} answered by ${seen.join(', ')}`);
       }
-      for (const [name, url] of Object.entries(GATEWAYS)) {
-        const sockets = await metric(url, 'websocket_connections{kind="call"}');
-        assert.equal(sockets, 1, `gateway ${name} holds one call socket`);
+      for (const [name, expected] of [['a', 1], ['b', 1], ['c', 0]]) {
+        const sockets = await metric(GATEWAYS[name].url, 'websocket_connections{kind="call"}');
+        assert.equal(sockets, expected, `gateway ${name} holds ${expected} call socket(s)`);
       }
     });
     await step('chat crosses both ways', async () => {
@@ -431,14 +439,75 @@ async function main() {
         log(`saved ${file}`);
       }
     });
+    await step('mute and camera toggles act on the local tracks', async () => {
+      const { page } = a;
+      const tracks = () =>
+        page.evaluate(() => {
+          const stream = document.getElementById('local-video').srcObject;
+          return { audio: stream.getAudioTracks()[0].enabled, video: stream.getVideoTracks()[0].enabled };
+        });
+      await page.getByRole('button', { name: 'Mute' }).click();
+      await page.getByRole('button', { name: 'Camera off' }).click();
+      assert.deepEqual(await tracks(), { audio: false, video: false });
+      assert.equal(await page.locator('#toggle-mute').getAttribute('aria-pressed'), 'true');
+      await page.getByRole('button', { name: 'Unmute' }).click();
+      await page.getByRole('button', { name: 'Camera on' }).click();
+      assert.deepEqual(await tracks(), { audio: true, video: true });
+      assert.equal(await page.locator('#toggle-camera').getAttribute('aria-pressed'), 'false');
+    });
     await step('A hangs up; both histories show the completed call', () => hangUpAndCheckHistory(a, b, first, 1));
 
-    // ------------------------------------------------------ scenario 2 --
-    await step('the first call\'s streams are gone', () =>
+    await step('B declines a call: A is told, both histories show it rejected', async () => {
+      await a.page.getByRole('button', { name: `Call ${b.fullName}` }).click();
+      const dialog = b.page.getByRole('dialog', { name: 'Incoming call' });
+      await dialog.waitFor();
+      const callId = await a.page.evaluate(() => window.unilink.call?.id);
+      await dialog.getByRole('button', { name: 'Decline' }).click();
+      await a.page.getByRole('status').filter({ hasText: 'declined' }).waitFor();
+      await a.page.locator('#home-view').waitFor({ state: 'visible' });
+      for (const u of users) {
+        await u.page.locator(`#history-list li[data-call-id="${callId}"][data-status="rejected"]`).waitFor();
+      }
+    });
+
+    // -------------------- scenario 2: the caller's gateway dies mid-call --
+    const second = await step('A calls B again', () => call(a, b));
+    await step('connected, video both ways', async () => {
+      await Promise.all(users.map(waitConnected));
+      for (const u of users) await waitVideo(u);
+    });
+    await step('gateway A is killed (-9) mid-call: A\'s page reconnects its signaling socket through the balancer with last_seq', async () => {
+      const lastSeq = await a.page.evaluate(() => window.unilink.call.lastSeq);
+      process.kill(GATEWAYS.a.pid, 'SIGKILL');
+      GATEWAYS.a.killed = true;
+      log(`killed gateway a (pid ${GATEWAYS.a.pid}); A's last seq was ${lastSeq}; the balancer falls back to gateway c`);
+      // B writes while A's socket is down; A gets it once it has resumed.
+      const text = 'Sent while your gateway was down';
+      await b.page.getByLabel('Message').fill(text);
+      await b.page.locator('#chat-form').getByRole('button', { name: 'Send' }).click();
+      await a.page.waitForFunction(() => window.unilink.call.socketsOpened >= 2);
+      const received = a.page.locator('#chat-log li[data-from="peer"] .text', { hasText: text });
+      await received.waitFor();
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(await received.count(), 1, 'the frame sent meanwhile arrives exactly once');
+      await sendChat(a, b, 'Back, through the other gateway');
+      for (const u of users) {
+        const state = await u.page.evaluate(() => window.unilink.peerConnection.connectionState);
+        assert.equal(state, 'connected', `${u.label}'s media never stopped`);
+      }
+    });
+    await step('A hangs up (through gateway c now); both histories show the call', async () => {
+      await hangUpAndCheckHistory(a, b, second, 3);
+      assert.equal(a.lastUpstream, new URL(GATEWAYS.c.url).host, 'A is served by the fallback gateway c');
+      assert.equal(b.lastUpstream, new URL(GATEWAYS.b.url).host, 'B is still served by gateway b');
+    });
+
+    // ------ scenario 3: the caller's signaling replica dies during set-up --
+    await step('the earlier calls\' streams are gone', () =>
       waitFor('no call streams', async () => (await Promise.all(SIGNALING.map(callStreams))).every((n) => n === 0)),
     );
     let doomed;
-    const second = await step('A calls again; the signaling replica holding A\'s call stream is killed (-9) while it rings', () =>
+    const third = await step('A calls again; the signaling replica holding A\'s call stream is killed (-9) while it rings', () =>
       call(a, b, {
         duringRing: async () => {
           // The caller joins its call socket while ringing: its stream is the only one.
@@ -458,18 +527,18 @@ async function main() {
     await step('and video flows both ways', async () => {
       for (const u of users) log(`${u.label}: ${await waitVideo(u)} frames decoded`);
     });
-    await step('both call streams are on the surviving replica; gateway A resumed its stream', async () => {
+    await step('both call streams are on the surviving replica; A\'s gateway (c) resumed its stream', async () => {
       const survivor = SIGNALING.find((r) => !r.killed);
       assert.equal(await callStreams(survivor), 2, 'call streams on the survivor');
-      const resumed = await metric(GATEWAYS.a, 'signaling_reconnects_total{kind="call"}');
-      assert.ok(resumed >= 1, `gateway a resumed a call stream (${resumed})`);
-      log(`survivor ${survivor.name}: 2 call streams; gateway a signaling_reconnects_total{kind="call"} = ${resumed}`);
+      const resumed = await metric(GATEWAYS.c.url, 'signaling_reconnects_total{kind="call"}');
+      assert.ok(resumed >= 1, `gateway c resumed a call stream (${resumed})`);
+      log(`survivor ${survivor.name}: 2 call streams; gateway c signaling_reconnects_total{kind="call"} = ${resumed}`);
       // Transparent: the caller's page kept its one socket.
       const opened = await a.page.evaluate(() => window.unilink.call.socketsOpened);
       assert.equal(opened, 1, 'the caller opened its signaling socket once');
     });
     await step('chat still crosses', () => sendChat(b, a, 'Still here after the failover'));
-    await step('A hangs up; both histories show both calls', () => hangUpAndCheckHistory(a, b, second, 2));
+    await step('A hangs up; both histories show all four calls', () => hangUpAndCheckHistory(a, b, third, 4));
 
     for (const u of users) {
       const problems = u.problems.filter((p) => !/Failed to load resource/.test(p));

@@ -127,11 +127,11 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * An authenticated request; one refresh and retry on 401. Reads (GET) are
- * also retried, twice, when the server asks for it (502/503/504) or did
- * not answer: they are safe to repeat.
+ * also retried, up to four times over ~4 s, when the server asks for it
+ * (502/503/504) or did not answer: they are safe to repeat.
  */
 async function authed(method, path, body) {
-  const waits = method === 'GET' ? [250, 750] : [];
+  const waits = method === 'GET' ? [250, 500, 1000, 2000] : [];
   for (let attempt = 0; ; attempt++) {
     try {
       const token = await freshToken();

@@ -353,6 +353,32 @@ function enterCall(call, localStream, peerName) {
   return session;
 }
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Runs a call action that is not safe to repeat blindly (initiate, accept).
+ * When the server asks for a retry (502/503/504, or no answer) it is tried
+ * again; a 409 on a retry may mean the first attempt went through after
+ * all, so `reconcile()` looks for its result before giving up.
+ */
+async function retryingAction(action, reconcile) {
+  const waits = [300, 600, 1200];
+  let retried = false;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await action();
+    } catch (e) {
+      if (e.status === 409 && retried) {
+        const done = await reconcile().catch(() => null);
+        if (done) return done;
+      }
+      if (![0, 502, 503, 504].includes(e.status) || attempt >= waits.length) throw e;
+      retried = true;
+      await sleep(waits[attempt]);
+    }
+  }
+}
+
 async function startCall(person) {
   if (state.call) return;
   const name = person.full_name || person.username;
@@ -360,7 +386,13 @@ async function startCall(person) {
   const local = await localMedia();
   let call;
   try {
-    call = await calls.initiate(person.id);
+    call = await retryingAction(
+      () => calls.initiate(person.id),
+      async () => {
+        const pending = await calls.pending();
+        return pending?.initiator_id === currentUser()?.id && pending.receiver_id === person.id ? pending : null;
+      },
+    );
   } catch (e) {
     for (const track of local?.getTracks() ?? []) track.stop();
     showError(`Could not call ${name}`, e);
@@ -420,7 +452,13 @@ $('accept-call').addEventListener('click', async () => {
   closeIncoming();
   const local = await localMedia();
   try {
-    const call = await calls.accept(ring.call_id);
+    const call = await retryingAction(
+      () => calls.accept(ring.call_id),
+      async () => {
+        const current = await calls.byId(ring.call_id);
+        return current?.status === 'ongoing' ? current : null;
+      },
+    );
     enterCall(call, local, ring.caller_username || 'caller');
   } catch (e) {
     for (const track of local?.getTracks() ?? []) track.stop();
@@ -433,7 +471,13 @@ $('reject-call').addEventListener('click', async () => {
   if (!ring) return;
   closeIncoming();
   try {
-    await calls.reject(ring.call_id);
+    await retryingAction(
+      () => calls.reject(ring.call_id),
+      async () => {
+        const current = await calls.byId(ring.call_id);
+        return current?.status === 'rejected' ? current : null;
+      },
+    );
     setStatus(`Declined the call from @${ring.caller_username}.`);
   } catch (e) {
     showError('Could not decline the call', e);

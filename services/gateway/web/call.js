@@ -16,7 +16,24 @@
 import { calls, socketUrl } from './api.js';
 
 const RECONNECT_GIVE_UP_MS = 30_000;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const STATS_EVERY_MS = 1_000;
+
+/** Why a call ended, from a `call_ended` frame (`status`, `user_id`, `message`). */
+function endedReason(frame, me) {
+  switch (frame.status) {
+    case 'rejected':
+      return 'the call was declined';
+    case 'missed':
+      return 'no answer';
+    case 'cancelled':
+      return frame.user_id === me ? 'you cancelled the call' : 'the caller cancelled the call';
+    default:
+      if (frame.user_id === me) return 'you ended the call';
+      if (frame.user_id) return 'the other side ended the call';
+      return frame.message || 'the call has ended';
+  }
+}
 
 export class CallSession {
   /**
@@ -48,6 +65,7 @@ export class CallSession {
     this.statsTimer = null;
     this.backoff = 250;
     this.pc = null;
+    this.onEnded = null;
     // Frames are handled one after the other (each may await the peer connection).
     this.inbox = Promise.resolve();
   }
@@ -241,7 +259,7 @@ export class CallSession {
         this.on.notice('the other side lost its connection; waiting for it to come back…');
         break;
       case 'call_ended':
-        this.finish(frame.user_id === this.me ? 'you ended the call' : 'the other side ended the call');
+        this.finish(endedReason(frame, this.me));
         break;
       case 'error':
         this.on.notice(`server: ${frame.message}`);
@@ -302,15 +320,24 @@ export class CallSession {
   }
 
   /**
-   * Ends the call for both sides, then cleans up here. `POST /calls/end`,
-   * retried when the server asks for it (502/503/504, or no answer); if it
-   * still fails, `end_call` over the signaling socket.
+   * Ends the call for both sides, then cleans up here: `end_call` over the
+   * signaling socket when it is open (the server answers `call_ended`),
+   * else — or without an answer within 2 s — `POST /calls/end`, retried
+   * when the server asks for it (502/503/504, or no answer).
    */
   async hangUp(reason = 'you ended the call') {
     if (this.ended) return;
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      const ended = new Promise((resolve) => {
+        this.onEnded = resolve;
+      });
+      this.ws.send(JSON.stringify({ type: 'end_call' }));
+      const answered = await Promise.race([ended.then(() => true), sleep(2_000).then(() => false)]);
+      if (answered || this.ended) return;
+    }
     let failure = null;
     for (const wait of [0, 250, 750, 1500]) {
-      if (wait) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (wait) await sleep(wait);
       try {
         await calls.end(this.id);
         failure = null;
@@ -321,10 +348,7 @@ export class CallSession {
         if (![0, 502, 503, 504].includes(e.status)) break;
       }
     }
-    if (failure) {
-      if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: 'end_call' }));
-      this.on.notice(`ending the call: ${failure.message}`);
-    }
+    if (failure) this.on.notice(`ending the call: ${failure.message}`);
     this.finish(reason);
   }
 
@@ -332,6 +356,7 @@ export class CallSession {
   finish(reason) {
     if (this.ended) return;
     this.ended = true;
+    this.onEnded?.();
     clearTimeout(this.reconnectTimer);
     clearInterval(this.statsTimer);
     if (this.ws) this.ws.close(1000, 'call over');
