@@ -3,9 +3,11 @@
 #   1. every deployment artifact, offline (scripts/validate-deploy.sh);
 #   2. a real call between two headless Chromiums through the fleet
 #      (scripts/e2e.sh: two gateways behind nginx, two signaling replicas,
-#      one of them killed mid set-up).
-# Either can be skipped with UNILINK_SKIP_DEPLOY_VALIDATION=true or
-# UNILINK_SKIP_E2E=true.
+#      one of them killed mid set-up);
+#   3. schemathesis against the gateway's /openapi.json, zero server errors
+#      allowed (scripts/fuzz-api.sh).
+# Each can be skipped with UNILINK_SKIP_DEPLOY_VALIDATION=true,
+# UNILINK_SKIP_E2E=true or UNILINK_SKIP_FUZZ=true.
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
 
@@ -19,4 +21,10 @@ if [[ "${UNILINK_SKIP_E2E:-}" == "true" ]]; then
   echo "[test-extra] UNILINK_SKIP_E2E=true: browser end-to-end test skipped" >&2
 else
   "$here/e2e.sh"
+fi
+
+if [[ "${UNILINK_SKIP_FUZZ:-}" == "true" ]]; then
+  echo "[test-extra] UNILINK_SKIP_FUZZ=true: API fuzzing skipped" >&2
+else
+  "$here/fuzz-api.sh"
 fi
