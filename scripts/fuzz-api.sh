@@ -239,7 +239,8 @@ fuzz() {
   local name="$1" left=$((deadline - SECONDS)) rc=0
   shift
   ((left > 0)) || die "no time left for the $name run (FUZZ_TIMEOUT=${FUZZ_TIMEOUT}s)"
-  timeout --kill-after=10 "$left" "$VENV/bin/st" run "$BASE/openapi.json" \
+  # From the temporary folder: schemathesis keeps a cache in the working directory.
+  (cd "$WORK" && timeout --kill-after=10 "$left" "$VENV/bin/st" run "$BASE/openapi.json" \
     --url "$BASE" \
     --header "Authorization: Bearer $TOKEN" \
     --checks not_a_server_error \
@@ -249,7 +250,7 @@ fuzz() {
     --workers 1 \
     --request-timeout 10 \
     --no-color \
-    --report junit,ndjson --report-dir "$OUT_DIR/$name" "$@" || rc=$?
+    --report junit,ndjson --report-dir "$OUT_DIR/$name" "$@") || rc=$?
   case $rc in
     0) ;;
     124 | 137) die "schemathesis ($name) did not finish within the ${FUZZ_TIMEOUT}s budget" ;;
