@@ -343,6 +343,12 @@ async function waitVideo(user) {
   return frames;
 }
 
+/** New frames decoded here within a few seconds (not just old counters). */
+async function framesFlowing(user) {
+  const before = await framesDecoded(user);
+  await waitFor(`${user.label} decoding new frames`, async () => (await framesDecoded(user)) >= before + 5);
+}
+
 async function sendChat(from, to, text) {
   await from.page.getByLabel('Message').fill(text);
   await from.page.locator('#chat-form').getByRole('button', { name: 'Send' }).click();
@@ -454,6 +460,15 @@ async function main() {
       await page.getByRole('button', { name: 'Camera on' }).click();
       assert.deepEqual(await tracks(), { audio: true, video: true });
       assert.equal(await page.locator('#toggle-camera').getAttribute('aria-pressed'), 'false');
+    });
+    await step('a page reloaded mid-call rejoins it (the callee\'s, then the caller\'s)', async () => {
+      for (const u of [b, a]) {
+        await u.page.reload();
+        await u.page.locator('#call-view').waitFor({ state: 'visible' });
+        await Promise.all(users.map(waitConnected));
+        for (const v of users) await framesFlowing(v);
+        log(`${u.label} reloaded and rejoined; video flows both ways again`);
+      }
     });
     await step('A hangs up; both histories show the completed call', () => hangUpAndCheckHistory(a, b, first, 1));
 

@@ -176,6 +176,7 @@ export const auth = {
 };
 
 export const users = {
+  get: (userId) => authed('GET', `/users/${encodeURIComponent(userId)}`),
   me: async () => {
     const user = await authed('GET', '/users/me');
     if (session) saveSession({ ...session, user });

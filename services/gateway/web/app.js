@@ -321,7 +321,17 @@ function enterCall(call, localStream, peerName) {
         $('call-notice').textContent = s === 'joined' ? `${peerName} joined.` : `${peerName}: ${s}`;
       },
       remoteStream: (stream) => {
-        $('remote-video').srcObject = stream;
+        const video = $('remote-video');
+        video.srcObject = stream;
+        video.muted = false;
+        $('sound-on').hidden = true;
+        // Without a click on this page yet (it was reloaded), the browser
+        // may refuse to play sound: play muted, offer to turn sound on.
+        video.play().catch(() => {
+          video.muted = true;
+          video.play().catch(() => {});
+          $('sound-on').hidden = false;
+        });
       },
       chat: appendChat,
       notice: (text) => {
@@ -404,6 +414,13 @@ async function startCall(person) {
 }
 
 $('hang-up').addEventListener('click', () => state.call?.hangUp());
+
+$('sound-on').addEventListener('click', (event) => {
+  const video = $('remote-video');
+  video.muted = false;
+  video.play().catch(() => {});
+  event.currentTarget.hidden = true;
+});
 
 $('toggle-mute').addEventListener('click', (event) => {
   if (!state.call) return;
@@ -536,7 +553,11 @@ async function resumeOpenCall() {
       const me = currentUser().id;
       const peer = active.initiator_id === me ? active.receiver_id : active.initiator_id;
       setStatus('Rejoining your ongoing call…');
-      enterCall(active, await localMedia(), `user ${peer.slice(0, 8)}`);
+      const name = await users
+        .get(peer)
+        .then((u) => u.username)
+        .catch(() => 'the other side');
+      enterCall(active, await localMedia(), name);
       return;
     }
     const pending = await calls.pending();

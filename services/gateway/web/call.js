@@ -19,6 +19,11 @@ const RECONNECT_GIVE_UP_MS = 30_000;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const STATS_EVERY_MS = 1_000;
 
+/** The session id of an SDP (`o=<user> <session id> …`): one per peer connection. */
+function sdpSession(sdp) {
+  return /^o=\S+ (\S+) /m.exec(sdp ?? '')?.[1] ?? null;
+}
+
 /** Why a call ended, from a `call_ended` frame (`status`, `user_id`, `message`). */
 function endedReason(frame, me) {
   switch (frame.status) {
@@ -82,8 +87,19 @@ export class CallSession {
       this.on.notice(`ICE servers unavailable (${e.message}); trying without`);
     }
     if (this.ended) return;
-    this.pc = new RTCPeerConnection({ iceServers });
-    const pc = this.pc;
+    this.iceServers = iceServers;
+    this.createPeerConnection();
+    this.statsTimer = setInterval(() => this.reportStats(), STATS_EVERY_MS);
+    this.on.state('signaling');
+    this.openSocket();
+  }
+
+  /** A fresh peer connection carrying our tracks (again, after the other side reloaded). */
+  createPeerConnection() {
+    if (this.pc) this.pc.close();
+    this.pendingCandidates = [];
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
     const kinds = new Set();
     for (const track of this.localStream?.getTracks() ?? []) {
       pc.addTrack(track, this.localStream);
@@ -96,7 +112,9 @@ export class CallSession {
       }
     }
     pc.addEventListener('icecandidate', (event) => {
-      if (event.candidate) this.send({ type: 'ice_candidate', candidate: event.candidate.toJSON() });
+      if (event.candidate && pc === this.pc) {
+        this.send({ type: 'ice_candidate', candidate: event.candidate.toJSON() });
+      }
     });
     pc.addEventListener('track', (event) => {
       const stream = event.streams[0] ?? new MediaStream([event.track]);
@@ -104,14 +122,12 @@ export class CallSession {
       this.on.remoteStream(stream);
     });
     pc.addEventListener('connectionstatechange', () => {
+      if (pc !== this.pc) return;
       const state = pc.connectionState;
       this.on.state(state);
       this.send({ type: 'connection_state', state });
       if (state === 'failed' && this.isCaller) this.offer({ iceRestart: true });
     });
-    this.statsTimer = setInterval(() => this.reportStats(), STATS_EVERY_MS);
-    this.on.state('signaling');
-    this.openSocket();
   }
 
   async openSocket() {
@@ -212,23 +228,41 @@ export class CallSession {
     const pc = this.pc;
     switch (frame.type) {
       case 'connection_ready':
+        // The other side opened a fresh socket: it joined, or its page
+        // was reloaded (a resumed socket is not announced).
         this.on.peerState('joined');
-        if (this.isCaller) {
-          const connected = pc && pc.connectionState === 'connected';
-          if (!this.offered) this.offer();
-          else if (!connected) this.offer({ iceRestart: true });
+        if (this.isCaller && pc) {
+          if (!this.offered) {
+            this.offer();
+          } else if (pc.signalingState === 'have-local-offer' && pc.localDescription) {
+            // Not answered yet: the (new) page did not get it; send it again.
+            const { type, sdp } = pc.localDescription;
+            this.send({ type: 'offer', offer: { type, sdp } });
+          } else {
+            // Its connection is new: so is ours (faster than an ICE and DTLS restart).
+            this.createPeerConnection();
+            this.offered = false;
+            this.offer();
+          }
         }
         break;
       case 'offer':
         if (this.isCaller || !pc) break;
+        // An offer from another session (the caller's page was reloaded)
+        // gets a fresh connection.
+        if (pc.remoteDescription && sdpSession(pc.remoteDescription.sdp) !== sdpSession(frame.offer?.sdp)) {
+          this.createPeerConnection();
+        }
         try {
-          await pc.setRemoteDescription(frame.offer);
-          await this.flushCandidates();
-          const answer = await pc.createAnswer();
-          await pc.setLocalDescription(answer);
-          this.send({ type: 'answer', answer: { type: answer.type, sdp: answer.sdp } });
-        } catch (e) {
-          this.on.notice(`could not answer: ${e.message}`);
+          await this.answer(frame.offer);
+        } catch {
+          // An offer our connection cannot take: start over with a fresh one.
+          try {
+            this.createPeerConnection();
+            await this.answer(frame.offer);
+          } catch (e) {
+            this.on.notice(`could not answer: ${e.message}`);
+          }
         }
         break;
       case 'answer':
@@ -267,6 +301,15 @@ export class CallSession {
       default:
         break;
     }
+  }
+
+  async answer(offer) {
+    const pc = this.pc;
+    await pc.setRemoteDescription(offer);
+    await this.flushCandidates();
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    this.send({ type: 'answer', answer: { type: answer.type, sdp: answer.sdp } });
   }
 
   async flushCandidates() {
