@@ -322,12 +322,16 @@ function enterCall(call, localStream, peerName) {
       },
       remoteStream: (stream) => {
         const video = $('remote-video');
+        // One event per track, usually the same stream: a new srcObject
+        // would restart the element.
+        if (video.srcObject === stream) return;
         video.srcObject = stream;
         video.muted = false;
         $('sound-on').hidden = true;
         // Without a click on this page yet (it was reloaded), the browser
         // may refuse to play sound: play muted, offer to turn sound on.
-        video.play().catch(() => {
+        video.play().catch((e) => {
+          if (e.name !== 'NotAllowedError') return;
           video.muted = true;
           video.play().catch(() => {});
           $('sound-on').hidden = false;
