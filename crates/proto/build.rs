@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
-    tonic_prost_build::configure().compile_with_config(config, &protos, &[root])?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::CompactCodec")
+        .compile_with_config(config, &protos, &[root])?;
     Ok(())
 }

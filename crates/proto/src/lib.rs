@@ -44,6 +44,49 @@ pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
     }
 }
 
+/// The protobuf codec of every generated client and server: prost, with
+/// 1 KiB encode/decode buffers instead of tonic's 8 KiB. Every client
+/// WebSocket is a long-lived stream holding one of each on both ends, so the
+/// default would cost ~32 KiB per socket; buffers still grow for larger
+/// messages.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstDecoder, ProstEncoder};
+
+    const BUFFER: usize = 1024;
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct CompactCodec<T, U>(PhantomData<(T, U)>);
+
+    impl<T, U> Default for CompactCodec<T, U> {
+        fn default() -> Self {
+            CompactCodec(PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for CompactCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstEncoder::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder::new(BufferSettings::new(BUFFER, YIELD_THRESHOLD))
+        }
+    }
+}
+
 /// UTC time of a protobuf timestamp; `None` when out of range.
 pub fn from_timestamp(ts: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(ts.seconds, ts.nanos.max(0) as u32)

@@ -185,7 +185,8 @@ impl SignalingService for SignalingApi {
     type SessionStream = SessionStream;
 
     async fn session(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<SessionStream>, Status> {
+        use tokio_stream::StreamExt;
         let outbound = self.sessions.open(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound).map(Ok))))
     }
 }

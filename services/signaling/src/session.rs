@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 use unilink_domain::{CallId, UserId};
 use unilink_events::payload::push_channel;
 use unilink_presence::PresenceRegistry;
@@ -42,7 +42,9 @@ const MAX_CHAT_CHARS: usize = 4000;
 /// Frames queued towards the gateway per stream.
 const OUTBOUND_QUEUE: usize = 256;
 
-pub type Outbound = mpsc::Receiver<Result<ServerFrame, Status>>;
+/// Frames for the gateway. Plain frames, not `Result`s: a channel's first
+/// block holds 32 items, and `tonic::Status` would make it ~6 KiB per socket.
+pub type Outbound = mpsc::Receiver<ServerFrame>;
 
 /// Control message on a user's push channel: close their presence sockets.
 pub fn close_control(code: u32, reason: &str) -> String {
@@ -183,7 +185,7 @@ struct PresenceSession {
     user: UserId,
     connection: String,
     inbound: Streaming<ClientFrame>,
-    tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    tx: mpsc::Sender<ServerFrame>,
     listener: crate::relay::Listener,
 }
 
@@ -201,7 +203,7 @@ impl PresenceSession {
                             _ => None,
                         };
                         if let Some(answer) = answer
-                            && self.tx.send(Ok(text(answer, 0))).await.is_err()
+                            && self.tx.send(text(answer, 0)).await.is_err()
                         {
                             break;
                         }
@@ -216,10 +218,10 @@ impl PresenceSession {
                     if let Some(control) = as_control(&push) {
                         let code = control["code"].as_u64().unwrap_or(1008) as u32;
                         let reason = control["reason"].as_str().unwrap_or("closed");
-                        let _ = self.tx.send(Ok(close(code, reason))).await;
+                        let _ = self.tx.send(close(code, reason)).await;
                         break;
                     }
-                    if self.tx.send(Ok(text(push, 0))).await.is_err() {
+                    if self.tx.send(text(push, 0)).await.is_err() {
                         break;
                     }
                 }
@@ -229,7 +231,7 @@ impl PresenceSession {
                     }
                 }
                 () = self.sessions.draining.cancelled() => {
-                    let _ = self.tx.send(Ok(close(1012, "server restarting; reconnect"))).await;
+                    let _ = self.tx.send(close(1012, "server restarting; reconnect")).await;
                     break;
                 }
             }
@@ -294,7 +296,7 @@ struct CallSession {
     peer_here: bool,
     resume: bool,
     inbound: Streaming<ClientFrame>,
-    tx: mpsc::Sender<Result<ServerFrame, Status>>,
+    tx: mpsc::Sender<ServerFrame>,
     mailbox: Mailbox,
     bucket: TokenBucket,
 }
@@ -327,7 +329,7 @@ impl CallSession {
                         match self.on_client_frame(&t).await {
                             Next::Continue => {}
                             Next::Close(code, reason) => {
-                                let _ = self.tx.send(Ok(close(code, reason))).await;
+                                let _ = self.tx.send(close(code, reason)).await;
                                 break;
                             }
                         }
@@ -338,18 +340,18 @@ impl CallSession {
                 frame = self.mailbox.next() => match frame {
                     Ok(Some(frame)) => {
                         let ended = is_call_ended(&frame.text);
-                        if self.tx.send(Ok(text(frame.text, frame.seq))).await.is_err() {
+                        if self.tx.send(text(frame.text, frame.seq)).await.is_err() {
                             break;
                         }
                         if ended {
-                            let _ = self.tx.send(Ok(close(1000, "call ended"))).await;
+                            let _ = self.tx.send(close(1000, "call ended")).await;
                             break;
                         }
                     }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(call_id = %call, error = %e, "relay read failed");
-                        let _ = self.tx.send(Ok(close(1011, "relay unavailable; reconnect"))).await;
+                        let _ = self.tx.send(close(1011, "relay unavailable; reconnect")).await;
                         break;
                     }
                 },
@@ -365,7 +367,7 @@ impl CallSession {
                                 peer_seen = false;
                                 peer_missing_since = None;
                                 let frame = format!(r#"{{"type":"user_disconnected","user_id":"{}"}}"#, self.peer);
-                                if self.tx.send(Ok(text(frame, 0))).await.is_err() {
+                                if self.tx.send(text(frame, 0)).await.is_err() {
                                     break;
                                 }
                             }
@@ -383,7 +385,7 @@ impl CallSession {
                     }
                 }
                 () = self.draining.cancelled() => {
-                    let _ = self.tx.send(Ok(close(1012, "server restarting; reconnect"))).await;
+                    let _ = self.tx.send(close(1012, "server restarting; reconnect")).await;
                     break;
                 }
             }
@@ -405,13 +407,13 @@ impl CallSession {
             tracing::warn!(call_id = %self.call.id, error = %e, "relay send failed");
             let _ = self
                 .tx
-                .send(Ok(text(error_frame("message not delivered; try again"), 0)))
+                .send(text(error_frame("message not delivered; try again"), 0))
                 .await;
         }
     }
 
     async fn reply_error(&self, message: &str) -> Next {
-        let _ = self.tx.send(Ok(text(error_frame(message), 0))).await;
+        let _ = self.tx.send(text(error_frame(message), 0)).await;
         Next::Continue
     }
 
@@ -440,7 +442,7 @@ impl CallSession {
         let field = |name: &str| value.get(name).filter(|v| !v.is_null());
         match kind {
             "ping" => {
-                let _ = self.tx.send(Ok(text(r#"{"type":"pong"}"#.to_owned(), 0))).await;
+                let _ = self.tx.send(text(r#"{"type":"pong"}"#.to_owned(), 0)).await;
             }
             "offer" | "answer" | "ice_candidate" => {
                 let name = if kind == "ice_candidate" { "candidate" } else { kind };

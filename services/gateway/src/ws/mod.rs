@@ -114,21 +114,25 @@ pub async fn signaling(
 
 /// A live stream to a signaling replica.
 struct Upstream {
-    tx: mpsc::Sender<ClientFrame>,
+    /// Client text frames; the stream wraps them (a channel of `String`s
+    /// keeps the per-socket buffer small).
+    tx: mpsc::Sender<String>,
     rx: tonic::Streaming<ServerFrame>,
 }
 
 /// Opens a `Session` stream with `open` as its first message.
 async fn connect(upstreams: &Upstreams, open: Open) -> Result<Upstream, tonic::Status> {
-    let (tx, rx) = mpsc::channel(UPSTREAM_QUEUE);
-    tx.send(ClientFrame {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = mpsc::channel::<String>(UPSTREAM_QUEUE);
+    let first = ClientFrame {
         kind: Some(client_frame::Kind::Open(open)),
-    })
-    .await
-    .map_err(|_| tonic::Status::internal("stream closed"))?;
+    };
+    let frames = tokio_stream::once(first).chain(ReceiverStream::new(rx).map(|text| ClientFrame {
+        kind: Some(client_frame::Kind::Text(text)),
+    }));
     let response = SignalingServiceClient::new(upstreams.signaling.clone())
         .max_decoding_message_size(4 * MAX_WIRE_FRAME_BYTES)
-        .session(ReceiverStream::new(rx))
+        .session(frames)
         .await?;
     Ok(Upstream {
         tx,
@@ -265,8 +269,7 @@ async fn run(
                         let _ = session.text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await;
                         continue;
                     }
-                    let frame = ClientFrame { kind: Some(client_frame::Kind::Text(text.to_string())) };
-                    if upstream.tx.send(frame).await.is_err() {
+                    if upstream.tx.send(text.to_string()).await.is_err() {
                         // The stream is gone; the next read of `upstream.rx` resumes it.
                         tracing::debug!("upstream closed while sending");
                     }
