@@ -22,8 +22,9 @@ headless Chromium, through the whole fleet:
 The browser test (scripts/e2e/e2e.mjs, playwright-core driving Debian's
 chromium with a fake camera) signs two users up and in from their emails,
 has them call each other, checks that both peer connections connect and
-decode the other's video, chats both ways, hangs up and checks both
-histories; has a call declined; kill -9s the caller's gateway mid-call (the
+decode the other's video, chats both ways, toggles mute and camera, reloads
+both pages mid-call (each rejoins), hangs up and checks both histories; has
+a call declined; kill -9s the caller's gateway mid-call (the
 page reconnects its signaling socket with last_seq through the balancer and
 misses nothing); then kill -9s the signaling replica holding the caller's
 call stream during set-up, and checks the call still connects.
@@ -34,10 +35,10 @@ loopback interface): Chromium offers loopback ICE candidates only, the fixed
 ports inside cannot clash with anything on the machine, and nothing outside
 is reached. Needs root (for unshare -n and the throwaway PostgreSQL).
 
-Missing tools are installed: chromium, nginx, postgresql, redis-server
-(apt-get) and playwright-core (npm ci from scripts/e2e/package-lock.json).
+Missing tools are installed: chromium, nginx-light, postgresql,
+redis-server (apt-get) and playwright-core (npm ci from scripts/e2e/package-lock.json).
 The run is bounded (E2E_TIMEOUT seconds, default 180, builds and installs
-excluded; a passing run takes about 20 s) and stops every process it started.
+excluded; a passing run takes about 25 s) and stops every process it started.
 
 Options:
   --no-build   use the existing target/debug binaries (no cargo build --bins)
