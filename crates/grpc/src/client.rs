@@ -3,9 +3,11 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint};
@@ -15,8 +17,12 @@ use tower::Service;
 /// connections.
 pub type GrpcChannel = InterceptedService<Deadline<Channel>, TracePropagation>;
 
-/// How often endpoint host names are resolved again.
+/// How often endpoint host names are resolved (and endpoints probed) again.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Probe interval while some endpoint is out of rotation.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// A TCP connect probe of one endpoint may take this long.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long one resolution may take.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -74,17 +80,20 @@ pub fn balanced_channel(
         .map(|u| parse_target(service, u))
         .collect::<Result<Vec<_>, _>>()?;
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(1024);
+    let failures = Arc::new(Notify::new());
     tokio::spawn(resolve_forever(
         service,
         targets,
         changes,
         connect_timeout,
         request_timeout,
+        failures.clone(),
     ));
     Ok(InterceptedService::new(
         Deadline {
             inner: channel,
             timeout: request_timeout,
+            failures,
         },
         TracePropagation,
     ))
@@ -105,12 +114,26 @@ async fn resolve(target: &Target) -> Vec<SocketAddr> {
     }
 }
 
+/// Whether something accepts TCP connections at `addr` now.
+async fn accepts(addr: SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Keeps the balancer's endpoints equal to the addresses the targets resolve
+/// to *and* that accept connections: a replica that died (and still resolves,
+/// or is in a static list) leaves the rotation within a moment of the first
+/// failed call — tonic's balancer alone keeps picking it (grpc-rust#2839) —
+/// and comes back when it answers again.
 async fn resolve_forever(
     service: &'static str,
     targets: Vec<Target>,
     changes: tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    failures: Arc<Notify>,
 ) {
     let mut current: HashSet<SocketAddr> = HashSet::new();
     loop {
@@ -120,24 +143,39 @@ async fn resolve_forever(
                 found.insert(addr, target);
             }
         }
-        // A failed lookup keeps the last known addresses rather than dropping them all.
-        if !found.is_empty() {
+        // Probed only once something was in rotation: at start-up every
+        // resolved address is used, answering or not (the upstream may start later).
+        let healthy: HashSet<SocketAddr> = if current.is_empty() {
+            found.keys().copied().collect()
+        } else {
+            let probes = found.keys().map(|a| async move { (*a, accepts(*a).await) });
+            futures_util::future::join_all(probes)
+                .await
+                .into_iter()
+                .filter_map(|(a, ok)| ok.then_some(a))
+                .collect()
+        };
+        // A failed lookup, or every replica down, keeps the last known set
+        // rather than dropping them all (calls fail with UNAVAILABLE anyway).
+        let out_of_rotation = found.len() - healthy.len().min(found.len());
+        if !healthy.is_empty() {
             for gone in current
                 .iter()
-                .filter(|a| !found.contains_key(a))
+                .filter(|a| !healthy.contains(a))
                 .copied()
                 .collect::<Vec<_>>()
             {
-                tracing::info!(service, addr = %gone, "upstream endpoint removed");
+                tracing::info!(service, addr = %gone, "upstream endpoint out of rotation");
                 if changes.send(Change::Remove(gone)).await.is_err() {
                     return;
                 }
                 current.remove(&gone);
             }
-            for (addr, target) in &found {
+            for addr in &healthy {
                 if current.contains(addr) {
                     continue;
                 }
+                let target = found[addr];
                 let uri = format!("{}://{addr}", target.scheme);
                 let Ok(endpoint) = Endpoint::from_shared(uri) else {
                     continue;
@@ -158,14 +196,40 @@ async fn resolve_forever(
         }
         let wait = if current.is_empty() {
             Duration::from_millis(500)
+        } else if out_of_rotation > 0 {
+            RETRY_INTERVAL
         } else {
             RESOLVE_INTERVAL
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            // A call could not connect: look again now.
+            () = failures.notified() => {}
             _ = changes.closed() => return,
         }
     }
+}
+
+/// Whether a failed call never reached a server (nothing was sent).
+fn is_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::TimedOut
+            )
+        {
+            return true;
+        }
+        if e.to_string().contains("connect error") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Puts a deadline on every call: sends it to the server as `grpc-timeout`
@@ -175,6 +239,8 @@ async fn resolve_forever(
 pub struct Deadline<S> {
     inner: S,
     timeout: Duration,
+    /// Told when a call could not connect (the resolver probes at once).
+    failures: Arc<Notify>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -207,12 +273,19 @@ where
         let clone = self.inner.clone();
         // Use the instance that was (logically) made ready; keep a fresh clone for the next call.
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let failures = self.failures.clone();
         Box::pin(async move {
             let call = async {
                 std::future::poll_fn(|cx| inner.poll_ready(cx))
                     .await
                     .map_err(Into::into)?;
-                inner.call(request).await.map_err(Into::into)
+                inner.call(request).await.map_err(|e| {
+                    let e: BoxError = e.into();
+                    if is_connect_error(e.as_ref()) {
+                        failures.notify_one();
+                    }
+                    e
+                })
             };
             match tokio::time::timeout(timeout, call).await {
                 Ok(result) => result,

@@ -32,7 +32,13 @@ impl From<tonic::Status> for ApiError {
     /// Maps a backend's gRPC status through the table; messages of server-side
     /// failures are replaced (they were already logged where they happened).
     fn from(status: tonic::Status) -> Self {
-        let code = ErrorCode::from_grpc(status.code());
+        let code = match status.code() {
+            // Our services never answer UNKNOWN themselves: it is tonic's
+            // report of a connection that broke mid-call (a replica died) —
+            // an outage, not a bug.
+            tonic::Code::Unknown => ErrorCode::Unavailable,
+            other => ErrorCode::from_grpc(other),
+        };
         let detail = if code.is_client_error() {
             status.message().to_owned()
         } else {
@@ -76,6 +82,8 @@ mod tests {
         assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(e.detail, "internal server error");
         let e = ApiError::from(tonic::Status::unavailable("x"));
+        assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        let e = ApiError::from(tonic::Status::unknown("transport error"));
         assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
         let e = ApiError::new(ErrorCode::Unauthenticated, "missing token");
         assert_eq!(e.error_response().headers().get("WWW-Authenticate").unwrap(), "Bearer");

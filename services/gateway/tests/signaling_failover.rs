@@ -129,5 +129,16 @@ async fn killing_the_callers_signaling_replica_loses_no_frame() {
     assert_eq!(chat["from"], ada_id);
     assert_eq!(chat["text"], "still here");
     assert!(!format!("{:?}", bob_call.next_within(Duration::from_millis(200)).await).contains("user_disconnected"));
+    // Plain requests stop reaching the dead replica: the balancer drops it
+    // at the first failed connect (tonic alone keeps picking it).
+    for (gw, token) in [(&ga, &ada), (&gb, &bob)] {
+        let mut failures = 0;
+        for _ in 0..40 {
+            if gw.get_bearer("/calls/history", token).await.0 != 200 {
+                failures += 1;
+            }
+        }
+        assert!(failures <= 2, "{failures} of 40 history requests failed after the kill");
+    }
     drop(survivor);
 }
