@@ -273,6 +273,9 @@ pub struct Settings {
     pub rate_limit_auth: u32,
     /// `RATE_LIMIT_API`: requests per minute per user elsewhere.
     pub rate_limit_api: u32,
+    /// `MAX_SOCKETS_PER_USER`: WebSockets (presence and call) one user may
+    /// hold open at once, across every gateway replica.
+    pub max_sockets_per_user: u32,
     /// `ALLOWED_EMAIL_DOMAINS`: lower-cased.
     pub allowed_email_domains: Vec<String>,
     /// `TRUSTED_PROXIES`: addresses or CIDR ranges whose `X-Forwarded-For` is believed.
@@ -628,6 +631,7 @@ impl Settings {
             allowed_origins,
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
+            max_sockets_per_user: r.bounded("MAX_SOCKETS_PER_USER", 10, 1, 10_000)?,
             allowed_email_domains,
             trusted_proxies: r.list("TRUSTED_PROXIES", &[])?,
             telemetry,
@@ -735,6 +739,16 @@ mod tests {
     fn comma_list_origins_are_accepted() {
         let s = load(&[("ALLOWED_ORIGINS", "https://a.dev, https://*.b.pages.dev")]).unwrap();
         assert_eq!(s.allowed_origins, vec!["https://a.dev", "https://*.b.pages.dev"]);
+    }
+
+    #[test]
+    fn sockets_per_user_are_capped_at_ten_unless_configured() {
+        assert_eq!(load(&[]).unwrap().max_sockets_per_user, 10);
+        assert_eq!(load(&[("MAX_SOCKETS_PER_USER", "3")]).unwrap().max_sockets_per_user, 3);
+        let err = load(&[("MAX_SOCKETS_PER_USER", "0")]).unwrap_err().to_string();
+        assert!(err.contains("MAX_SOCKETS_PER_USER is invalid"), "{err}");
+        let err = load(&[("MAX_SOCKETS_PER_USER", "many")]).unwrap_err().to_string();
+        assert!(err.contains("MAX_SOCKETS_PER_USER is invalid"), "{err}");
     }
 
     #[test]

@@ -192,6 +192,10 @@ impl Application {
         let health_upstreams = web::Data::new(upstreams);
         let upstream_settings = settings.upstreams.clone();
         let redis_settings = settings.redis.clone();
+        let socket_cap = web::Data::new(crate::ws::cap::SocketCap::new(
+            redis.clone(),
+            settings.max_sockets_per_user,
+        ));
         let draining = web::Data::new(crate::ws::Draining::default());
         let drain = draining.0.clone();
         let origins = OriginPolicy::new(&settings.allowed_origins);
@@ -218,6 +222,7 @@ impl Application {
                     .app_data(upstreams)
                     .app_data(edge)
                     .app_data(draining.clone())
+                    .app_data(socket_cap.clone())
                     .app_data(json_config())
                     .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                     .app_data(web::PathConfig::default().error_handler(|e, _| {

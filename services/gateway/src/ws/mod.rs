@@ -15,6 +15,11 @@
 //! on another replica — resuming after that number, so the client sees
 //! every frame once and in order and keeps its socket. When the gateway
 //! itself drains, clients are closed with 1012 and reconnect elsewhere.
+//!
+//! A user holds at most `MAX_SOCKETS_PER_USER` sockets across the fleet
+//! ([`cap`]); beyond that the upgrade is refused with 429.
+
+pub mod cap;
 
 use std::time::Duration;
 
@@ -31,6 +36,7 @@ use unilink_proto::signaling::{ClientFrame, Open, ServerFrame, SocketKind, clien
 use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
+use crate::ws::cap::SocketCap;
 
 /// Text frames larger than this get an `error` frame (the socket stays open).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -214,6 +220,13 @@ async fn bridge(
     if draining.0.is_cancelled() {
         return Err(ApiError::new(ErrorCode::Unavailable, "server is restarting; reconnect"));
     }
+    // Not an upgrade: refused before anything is opened or counted.
+    let (response, session, messages) =
+        actix_ws::handle(req, body).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let lease = match req.app_data::<web::Data<SocketCap>>() {
+        Some(cap) => Some(cap.acquire(&open.user_id).await?),
+        None => None,
+    };
     // The stream is opened before the upgrade is answered, so a client whose
     // socket is open is already known to the fleet (its peer joining next is
     // announced to it).
@@ -221,14 +234,14 @@ async fn bridge(
     // Retried like a resume: a replica that just died may still be in the
     // balancer for a moment.
     let opened = reconnect(&upstreams, &open).await;
-    let (response, session, messages) =
-        actix_ws::handle(req, body).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
     let messages = messages
         .max_frame_size(MAX_WIRE_FRAME_BYTES)
         .aggregate_continuations()
         .max_continuation_size(MAX_WIRE_FRAME_BYTES);
     let draining = draining.0.clone();
     actix_web::rt::spawn(async move {
+        // Held while the socket lives.
+        let _lease = lease;
         let upstream = match opened {
             Ok(upstream) => upstream,
             Err(status) => {

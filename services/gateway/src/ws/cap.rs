@@ -1,0 +1,183 @@
+//! At most `MAX_SOCKETS_PER_USER` WebSockets (presence and call together)
+//! per user across every gateway replica, so one token cannot flood the
+//! fleet with sockets and the signaling streams behind them.
+//!
+//! Each open socket holds a [`Lease`]: a member of the Redis sorted set
+//! `sockets:<user>` scored with its expiry. Taking one is one Lua script
+//! (drop lapsed leases, count, add); the lease is renewed while the socket
+//! lives and removed when it is dropped, and the leases of a gateway that
+//! died lapse by themselves after [`LEASE`]. Each replica also counts its
+//! own sockets, which alone decides while Redis is unreachable (the cap then
+//! holds per replica rather than fleet-wide).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use unilink_bus::{LuaScript, Redis};
+use unilink_errors::ErrorCode;
+
+use crate::error::ApiError;
+
+/// How long a lease lives without renewal.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// How often a live socket renews its lease.
+const RENEW_EVERY: Duration = Duration::from_secs(20);
+/// Deadline of the Redis count at an upgrade; beyond it this replica's
+/// count decides (like the rate limiter's).
+const REDIS_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// KEYS[1] the user's set; ARGV now (ms), max, lease (ms), socket id.
+/// Answers 1 when the lease was taken, 0 when the user is at the cap.
+static ACQUIRE: LuaScript = LuaScript::new(
+    r"
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+",
+);
+
+/// KEYS[1] the user's set; ARGV now (ms), lease (ms), socket id.
+static RENEW: LuaScript = LuaScript::new(
+    r"
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[3]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
+return 1
+",
+);
+
+/// KEYS[1] the user's set; ARGV socket id.
+static RELEASE: LuaScript = LuaScript::new("redis.call('ZREM', KEYS[1], ARGV[1]) return 1");
+
+fn now_ms() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string()
+}
+
+/// The per-user socket cap.
+#[derive(Debug, Clone)]
+pub struct SocketCap {
+    redis: Redis,
+    max: u32,
+    local: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl SocketCap {
+    pub fn new(redis: Redis, max: u32) -> SocketCap {
+        SocketCap {
+            redis,
+            max,
+            local: Arc::default(),
+        }
+    }
+
+    fn too_many(&self) -> ApiError {
+        ApiError::new(
+            ErrorCode::RateLimited,
+            format!("too many open connections (at most {} per user)", self.max),
+        )
+    }
+
+    /// A lease for one more socket of `user`, or 429 at the cap.
+    pub async fn acquire(&self, user: &str) -> Result<Lease, ApiError> {
+        {
+            let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            let count = local.entry(user.to_owned()).or_insert(0);
+            if *count >= self.max {
+                return Err(self.too_many());
+            }
+            *count += 1;
+        }
+        let mut lease = Lease {
+            cap: self.clone(),
+            user: user.to_owned(),
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            renew: None,
+            release: false,
+        };
+        let key = self.redis.key(&format!("sockets:{user}"));
+        let args = vec![
+            now_ms(),
+            self.max.to_string(),
+            LEASE.as_millis().to_string(),
+            lease.id.clone(),
+        ];
+        let taken = tokio::time::timeout(REDIS_TIMEOUT, self.redis.run(&ACQUIRE, vec![key.clone()], args))
+            .await
+            .unwrap_or(Err(unilink_bus::BusError::Timeout(REDIS_TIMEOUT)));
+        match taken.as_deref() {
+            Ok([Some(answer)]) if answer == "0" => return Err(self.too_many()),
+            Ok(_) => {
+                lease.release = true;
+                let (redis, id) = (self.redis.clone(), lease.id.clone());
+                lease.renew = Some(tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(RENEW_EVERY).await;
+                        let args = vec![now_ms(), LEASE.as_millis().to_string(), id.clone()];
+                        if let Err(e) = redis.run(&RENEW, vec![key.clone()], args).await {
+                            tracing::debug!(error = %e, "socket lease not renewed");
+                        }
+                    }
+                }));
+            }
+            Err(e) => {
+                // The script may still have run: remove the lease at the end anyway.
+                lease.release = true;
+                // This replica's own count still caps the user.
+                tracing::debug!(error = %e, "socket cap falls back to this replica's count");
+                metrics::counter!("socket_cap_fallback_total").increment(1);
+            }
+        }
+        Ok(lease)
+    }
+}
+
+/// One socket's place under the cap; dropping it frees the place.
+#[derive(Debug)]
+pub struct Lease {
+    cap: SocketCap,
+    user: String,
+    id: String,
+    renew: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the lease may be in Redis.
+    release: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let mut local = self.cap.local.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = local.get_mut(&self.user) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    local.remove(&self.user);
+                }
+            }
+        }
+        if let Some(renew) = self.renew.take() {
+            renew.abort();
+        }
+        if !self.release {
+            return;
+        }
+        let redis = self.cap.redis.clone();
+        let key = redis.key(&format!("sockets:{}", self.user));
+        let id = std::mem::take(&mut self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = redis.run(&RELEASE, vec![key], vec![id]).await {
+                    // The lease lapses by itself.
+                    tracing::debug!(error = %e, "socket lease not released");
+                }
+            });
+        }
+    }
+}
