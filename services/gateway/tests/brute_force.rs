@@ -1,0 +1,220 @@
+//! Brute force across two gateway replicas sharing Redis: the login and
+//! registration rate limit is one budget for both (and a forged
+//! `X-Forwarded-For` does not reset it), a login code locks after five
+//! wrong tries wherever they are sent, and one user's WebSockets are capped
+//! fleet-wide (`MAX_SOCKETS_PER_USER`), concurrent floods included.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fleet, Received};
+use serde_json::json;
+use unilink_test_support::eventually;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Fixed one-minute windows: keep clear of a boundary so a count is not
+/// reset mid-test.
+async fn away_from_a_window_boundary() {
+    let into_minute = unilink_tokens::now() % 60;
+    if into_minute > 45 {
+        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
+    }
+}
+
+#[tokio::test]
+async fn login_and_registration_share_one_rate_limit_across_both_gateways() {
+    let fleet = Fleet::start().await;
+    away_from_a_window_boundary().await;
+    let a = fleet.gateway(&[("RATE_LIMIT_AUTH", "5")]).await;
+    let b = fleet.gateway(&[("RATE_LIMIT_AUTH", "5")]).await;
+
+    // Three password guesses on A, two sign-ups on B: the budget of 5 is spent.
+    for _ in 0..3 {
+        let (status, body) = a
+            .post("/auth/login", json!({"email": "ada@kiit.ac.in", "password": "guess"}))
+            .await;
+        assert_eq!(status, 401, "{body}");
+    }
+    for name in ["one", "two"] {
+        let (status, body) = b
+            .post(
+                "/auth/register",
+                json!({"email": format!("{name}@kiit.ac.in"), "username": name, "full_name": "N", "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The sixth, on either replica, whatever the route or claimed address.
+    let attempts = [
+        (
+            &b,
+            "/auth/login",
+            json!({"email": "ada@kiit.ac.in", "password": "guess"}),
+        ),
+        (
+            &a,
+            "/auth/register",
+            json!({"email": "three@kiit.ac.in", "username": "three", "full_name": "N", "password": PASSWORD}),
+        ),
+        (
+            &a,
+            "/auth/login/verify-otp",
+            json!({"email": "ada@kiit.ac.in", "otp": "123456"}),
+        ),
+        (&b, "/auth/refresh", json!({"refresh_token": "x"})),
+    ];
+    for (gw, path, body) in attempts {
+        for forwarded in [None, Some("203.0.113.9")] {
+            let mut request = gw.http.post(gw.url(path)).json(&body);
+            if let Some(ip) = forwarded {
+                request = request.header("X-Forwarded-For", ip).header("X-Real-IP", ip);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 429, "{path} (forwarded: {forwarded:?})");
+            assert!(response.headers().contains_key("retry-after"));
+            let detail: serde_json::Value = response.json().await.unwrap();
+            assert!(detail["detail"].is_string());
+        }
+    }
+    // The limit is per client address, for auth routes only.
+    assert_eq!(a.get("/health").await.0, 200);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_login_code_locks_after_five_wrong_tries_spread_over_both_gateways() {
+    let fleet = Fleet::start().await;
+    let a = fleet.gateway(&[]).await;
+    let b = fleet.gateway(&[]).await;
+    a.sign_up_and_log_in(&fleet, "ada@kiit.ac.in", "ada").await;
+    let (status, _) = b
+        .post("/auth/login", json!({"email": "ada@kiit.ac.in", "password": PASSWORD}))
+        .await;
+    assert_eq!(status, 202);
+    let code = fleet.mail("ada@kiit.ac.in", 3).await.digits(6).unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for gw in [&a, &b, &a, &b, &a] {
+        let (status, _) = gw
+            .post(
+                "/auth/login/verify-otp",
+                json!({"email": "ada@kiit.ac.in", "otp": wrong}),
+            )
+            .await;
+        assert_eq!(status, 400);
+    }
+    for gw in [&a, &b] {
+        let (status, body) = gw
+            .post(
+                "/auth/login/verify-otp",
+                json!({"email": "ada@kiit.ac.in", "otp": code}),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("too many wrong codes"),
+            "{body}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn one_users_sockets_are_capped_across_both_gateways() {
+    let fleet = Fleet::start().await;
+    let a = fleet.gateway(&[("MAX_SOCKETS_PER_USER", "3")]).await;
+    let b = fleet.gateway(&[("MAX_SOCKETS_PER_USER", "3")]).await;
+    let (ada_id, ada) = fleet.user(&a, "ada").await;
+    let (bob_id, bob) = fleet.user(&a, "bob").await;
+    let presence = format!("/calls/ws/{ada_id}");
+
+    // Two presence sockets on A and a call socket on B: the cap of 3.
+    let mut first = a.socket(&presence, &ada).await;
+    let second = a.socket(&presence, &ada).await;
+    let mut bob_presence = b.socket(&format!("/calls/ws/{bob_id}"), &bob).await;
+    bob_presence.send_text("ping").await;
+    assert!(matches!(bob_presence.next().await, Received::Text(t) if t == "pong"));
+    let (status, call) = a
+        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let call_socket = b
+        .socket(&format!("/ws/webrtc/{}", call["id"].as_str().unwrap()), &ada)
+        .await;
+    for gw in [&a, &b] {
+        assert_eq!(gw.try_socket(&presence, &ada).await.err(), Some(429));
+    }
+    // The refusal says why; the open sockets keep working; others are not affected.
+    let refused = a
+        .http
+        .get(a.url(&format!("{presence}?token={ada}")))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("at most 3"), "{body}");
+    first.send_text("ping").await;
+    assert!(matches!(first.next().await, Received::Text(t) if t == "pong"));
+    let bob_second = a.socket(&format!("/calls/ws/{bob_id}"), &bob).await;
+
+    // Closing one frees its place (released in the background).
+    second.close().await;
+    let third = eventually("a place to free up", Duration::from_secs(10), || async {
+        b.try_socket(&presence, &ada).await.ok()
+    })
+    .await;
+    assert_eq!(b.try_socket(&presence, &ada).await.err(), Some(429));
+
+    // A concurrent flood on both replicas with every place taken: none gets
+    // through; with all closed, exactly three of twenty do.
+    let flood = |n: usize| {
+        let (a, b, presence, ada) = (&a, &b, presence.clone(), ada.clone());
+        async move {
+            let attempts = (0..n).map(|i| {
+                let gw = if i % 2 == 0 { a } else { b };
+                let (presence, ada) = (presence.clone(), ada.clone());
+                async move { gw.try_socket(&presence, &ada).await }
+            });
+            futures_util::future::join_all(attempts).await
+        }
+    };
+    let results = flood(20).await;
+    assert!(results.iter().all(|r| matches!(r, Err(429))));
+    for socket in [first, third, call_socket] {
+        socket.close().await;
+    }
+    eventually("every place freed", Duration::from_secs(10), || async {
+        match b.try_socket(&presence, &ada).await {
+            Ok(socket) => {
+                socket.close().await;
+                Some(())
+            }
+            Err(_) => None,
+        }
+    })
+    .await;
+    // Freed again after the probe above.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results = flood(20).await;
+    let opened = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        opened,
+        3,
+        "{:?}",
+        results.iter().map(|r| r.as_ref().err()).collect::<Vec<_>>()
+    );
+    assert!(results.iter().all(|r| matches!(r, Ok(_) | Err(429))));
+    drop(results);
+    bob_second.close().await;
+    bob_presence.close().await;
+    a.stop().await;
+    b.stop().await;
+}
