@@ -25,7 +25,9 @@ schemathesis (PyPI, pinned) and fails on any server error (5xx other than
      written to a temporary folder (EMAIL_OUTBOX_DIR);
   3. signs a user up and in through those mails (unilink-load bootstrap),
      makes them an administrator (scripts/make-admin.sh) and logs in again,
-     so admin routes are fuzzed beyond their 403;
+     so admin routes are fuzzed beyond their 403; signs a second user up and
+     reports them, and hands both ids to the operations that take a user or
+     report id (schemathesis.toml), so those get past their 404;
   4. installs schemathesis into a virtualenv if missing and runs
        st run <gateway>/openapi.json --checks not_a_server_error
      with the bearer token, a fixed seed and example budget; /auth/logout
@@ -228,6 +230,29 @@ sleep 1.2
 TOKEN="$("$BIN_DIR/unilink-load" bootstrap --base "$BASE" --mail-dir "$WORK/mail" --email "$EMAIL" \
   --password "$PASSWORD")" || die "could not log the fuzzing user in"
 [[ -n "$TOKEN" ]] || die "no access token"
+
+# Real ids, so operations that take one get past their 404 too: another
+# user (viewed, blocked, reported; deactivated last) and a report on them.
+sleep 1.2
+PEER_TOKEN="$("$BIN_DIR/unilink-load" bootstrap --base "$BASE" --mail-dir "$WORK/mail" \
+  --email "peer@kiit.ac.in" --password "$PASSWORD")" || die "could not sign the second user up"
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin)'"$1"')'; }
+PEER_ID="$(curl -fsS -H "Authorization: Bearer $PEER_TOKEN" "$BASE/users/me" | json_field '["id"]')" ||
+  die "could not read the second user's id"
+curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+  -d '{"reason": "spam"}' "$BASE/users/report/$PEER_ID" || die "could not report the second user"
+REPORT_ID="$(curl -fsS -H "Authorization: Bearer $TOKEN" "$BASE/admin/reports" | json_field '["reports"][0]["id"]')" ||
+  die "could not read the report's id"
+# schemathesis reads schemathesis.toml from its working directory.
+cat >"$WORK/schemathesis.toml" <<EOF
+[[operations]]
+include-operation-id = ["getUser", "blockUser", "unblockUser", "reportUser", "deactivateUser"]
+parameters = { "path.id" = "$PEER_ID" }
+
+[[operations]]
+include-operation-id = ["resolveReport"]
+parameters = { "path.id" = "$REPORT_ID" }
+EOF
 
 # ------------------------------------------------------------------- fuzz --
 
