@@ -189,21 +189,20 @@ export SIGNALING_GRPC_URL="http://127.0.0.1:${GRPC[signaling]}"
 export NOTIFICATION_GRPC_URL="http://127.0.0.1:${GRPC[notification]}"
 BASE="http://127.0.0.1:${HTTP[gateway]}"
 
-# start SERVICE [ARGS...] — the service binary with its own addresses.
+# start SERVICE [ARGS...] — exec the service binary with its own addresses.
+# Run it in a subshell (`(start …)` or `start … &`), so $! is the service.
 start() {
   local svc="$1"
   shift
-  (
-    if [[ -n "${GRPC[$svc]:-}" ]]; then
-      export GRPC_ADDR="127.0.0.1:${GRPC[$svc]}"
-    fi
-    export HTTP_ADDR="127.0.0.1:${HTTP[$svc]}"
-    exec "$BIN_DIR/unilink-$svc" "$@"
-  )
+  if [[ -n "${GRPC[$svc]:-}" ]]; then
+    export GRPC_ADDR="127.0.0.1:${GRPC[$svc]}"
+  fi
+  export HTTP_ADDR="127.0.0.1:${HTTP[$svc]}"
+  exec "$BIN_DIR/unilink-$svc" "$@"
 }
 
 for svc in "${BACKENDS[@]}"; do
-  start "$svc" migrate >"$LOG_DIR/$svc.migrate.log" 2>&1 ||
+  (start "$svc" migrate) >"$LOG_DIR/$svc.migrate.log" 2>&1 ||
     die "unilink-$svc migrate failed; see $LOG_DIR/$svc.migrate.log"
 done
 for svc in "${BACKENDS[@]}" gateway; do
