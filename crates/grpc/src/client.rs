@@ -302,8 +302,23 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TracePropagation;
 
+tokio::task_local! {
+    /// The address of the client the current request serves (set by the
+    /// gateway around each request): sent along as `x-client-ip`, so the
+    /// services' logs — audit records included — say where a request came from.
+    pub static CLIENT_IP: String;
+}
+
+/// Metadata key of the client's address on internal calls.
+pub const CLIENT_IP_HEADER: &str = "x-client-ip";
+
 impl tonic::service::Interceptor for TracePropagation {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let _ = CLIENT_IP.try_with(|ip| {
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(ip.as_str()) {
+                request.metadata_mut().insert(CLIENT_IP_HEADER, value);
+            }
+        });
         for (key, value) in unilink_telemetry::inject() {
             let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes());
             let value = tonic::metadata::MetadataValue::try_from(value.as_str());

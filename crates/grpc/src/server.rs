@@ -313,10 +313,17 @@ where
                 carrier.insert(key.to_owned(), value.to_owned());
             }
         }
+        let client_ip = request
+            .headers()
+            .get(crate::client::CLIENT_IP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         let span = tracing::info_span!(
             "grpc.request",
             otel.name = %method,
             rpc.method = %method,
+            client_ip = %client_ip,
             trace_id = tracing::field::Empty,
         );
         unilink_telemetry::adopt_remote_parent(&span, &carrier);

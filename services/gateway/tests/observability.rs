@@ -765,6 +765,8 @@ async fn audit_records_say_who_what_and_when_and_no_log_holds_a_secret() {
             "{record}"
         );
         assert!(record["trace_id"].is_string(), "{record}");
+        // From where: the gateway passes the client's address on every call.
+        assert_eq!(record["client_ip"], "127.0.0.1", "{record}");
     }
     // From where: the audit record's trace leads to the gateway's access line
     // of the request (its request id, route and timing).
@@ -787,6 +789,7 @@ async fn audit_records_say_who_what_and_when_and_no_log_holds_a_secret() {
     })
     .await;
     assert_eq!(export["user_id"], ada_id.as_str());
+    assert_eq!(export["client_ip"], "127.0.0.1", "{export}");
 
     for (name, service) in fleet.logs() {
         let text = service.logs();

@@ -105,8 +105,9 @@ pub async fn edge(
     }
 
     req.extensions_mut().insert(caller);
-    req.extensions_mut().insert(ClientAddr(client));
-    let mut response = next.call(req).await?;
+    req.extensions_mut().insert(ClientAddr(client.clone()));
+    // Backends learn the client's address with every call made for it.
+    let mut response = unilink_grpc::client::CLIENT_IP.scope(client, next.call(req)).await?;
     if let Some(d) = decision {
         set_rate_headers(response.headers_mut(), &d);
     }
