@@ -614,6 +614,17 @@ impl StreamConsumer {
         Ok(count)
     }
 
+    /// Entries of the stream the group has not read yet (`XINFO GROUPS`
+    /// `lag`; `None` when Redis cannot tell, e.g. after deletions).
+    pub async fn lag(&self) -> Result<Option<u64>, BusError> {
+        let groups: Vec<HashMap<String, fred::types::Value>> = self.client.xinfo_groups(&self.stream).await?;
+        Ok(groups
+            .iter()
+            .find(|g| g.get("name").and_then(|n| n.as_string()).as_deref() == Some(self.group.as_str()))
+            .and_then(|g| g.get("lag"))
+            .and_then(|lag| lag.as_u64()))
+    }
+
     pub async fn close(&self) {
         let _ = self.client.quit().await;
     }

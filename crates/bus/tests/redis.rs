@@ -175,3 +175,16 @@ async fn an_unreachable_redis_fails_fast_instead_of_hanging() {
     );
     redis.close().await;
 }
+
+#[tokio::test]
+async fn a_group_reports_how_far_behind_it_is() {
+    let redis = Redis::connect(&settings(&unique_prefix())).await.unwrap();
+    for n in 0..5 {
+        redis.append("events", &[("n", &n.to_string())], 1000).await.unwrap();
+    }
+    let group = StreamConsumer::join(&redis, "events", "lagging", "c1").await.unwrap();
+    assert_eq!(group.lag().await.unwrap(), Some(5));
+    let read = group.read(2, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(group.lag().await.unwrap(), Some(3));
+}

@@ -19,6 +19,8 @@ use crate::Event;
 
 /// Entries pending this long on another consumer are taken over.
 pub const RECLAIM_IDLE: Duration = Duration::from_secs(30);
+/// How often the pending and lag gauges are read from Redis.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// First retry delay; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -77,6 +79,7 @@ where
     };
     let mut retries: HashMap<String, Retry> = HashMap::new();
     let mut last_reclaim = Instant::now() - RECLAIM_IDLE;
+    let mut last_gauges = Instant::now() - GAUGES_EVERY;
     while !stop.is_cancelled() {
         let mut batch: Vec<StreamEntry> = Vec::new();
         // 1. Our own failed entries whose backoff has passed.
@@ -176,9 +179,18 @@ where
                 }
             }
         }
+        if last_gauges.elapsed() < GAUGES_EVERY {
+            continue;
+        }
+        last_gauges = Instant::now();
         if let Ok(pending) = consumer.pending_count().await {
             metrics::gauge!("stream_consumer_pending", "stream" => subscription.stream.clone(), "group" => subscription.group.clone())
                 .set(pending as f64);
+        }
+        // Entries not read by the group yet: how far behind the consumers are.
+        if let Ok(Some(lag)) = consumer.lag().await {
+            metrics::gauge!("stream_consumer_lag", "stream" => subscription.stream.clone(), "group" => subscription.group.clone())
+                .set(lag as f64);
         }
     }
     consumer.close().await;
