@@ -9,28 +9,6 @@ use serde_json::{Value, json};
 use unilink_domain::UserId;
 use unilink_test_support::eventually;
 
-/// A signed-up, logged-in user: (id, access token).
-async fn user(gw: &Gateway, fleet: &Fleet, name: &str) -> (String, String) {
-    let session = gw.sign_up_and_log_in(fleet, &format!("{name}@kiit.ac.in"), name).await;
-    let id = session["user"]["id"].as_str().unwrap().to_owned();
-    let token = session["access_token"].as_str().unwrap().to_owned();
-    // Wait for the profile service to have caught up with the account events.
-    let fleet_db = fleet.db.client().await;
-    let uid = uuid::Uuid::parse_str(&id).unwrap();
-    eventually("profile created and verified", Duration::from_secs(20), || {
-        let fleet_db = &fleet_db;
-        async move {
-            let row = fleet_db
-                .query_opt("SELECT is_verified FROM profile.profiles WHERE user_id = $1", &[&uid])
-                .await
-                .unwrap()?;
-            row.get::<_, bool>(0).then_some(())
-        }
-    })
-    .await;
-    (id, token)
-}
-
 async fn get(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
     gw.send(gw.http.get(gw.url(path)).bearer_auth(token)).await
 }
@@ -43,8 +21,8 @@ async fn put(gw: &Gateway, path: &str, token: &str, body: Value) -> (u16, Value)
 async fn profiles_are_created_from_sign_up_and_updated_by_their_owner_only() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let (ada_id, ada) = user(&gw, &fleet, "ada").await;
-    let (bob_id, bob) = user(&gw, &fleet, "bob").await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, bob) = fleet.user(&gw, "bob").await;
 
     let (status, me) = get(&gw, "/users/me", &ada).await;
     assert_eq!(status, 200, "{me}");
@@ -117,8 +95,8 @@ async fn profiles_are_created_from_sign_up_and_updated_by_their_owner_only() {
 async fn blocks_act_both_ways_and_viewing_follows_them() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let (ada_id, ada) = user(&gw, &fleet, "ada").await;
-    let (bob_id, bob) = user(&gw, &fleet, "bob").await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, bob) = fleet.user(&gw, "bob").await;
     let stranger = UserId::new().to_string();
 
     let (status, view) = get(&gw, &format!("/users/{bob_id}"), &ada).await;
@@ -181,8 +159,8 @@ async fn blocks_act_both_ways_and_viewing_follows_them() {
 async fn reports_are_limited_to_one_open_report_per_pair() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let (ada_id, ada) = user(&gw, &fleet, "ada").await;
-    let (bob_id, _bob) = user(&gw, &fleet, "bob").await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let (bob_id, _bob) = fleet.user(&gw, "bob").await;
     let path = format!("/users/report/{bob_id}");
 
     let (status, body) = gw
@@ -235,10 +213,10 @@ async fn reports_are_limited_to_one_open_report_per_pair() {
 async fn available_users_are_online_verified_newest_first_and_bounded() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let (me_id, me) = user(&gw, &fleet, "caller").await;
+    let (me_id, me) = fleet.user(&gw, "caller").await;
     let mut others = Vec::new();
     for name in ["u_one", "u_two", "u_three"] {
-        others.push(user(&gw, &fleet, name).await.0);
+        others.push(fleet.user(&gw, name).await.0);
     }
     // An unverified account that is "online" must not be listed.
     let (status, pending) = gw
