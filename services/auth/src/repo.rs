@@ -90,6 +90,7 @@ impl AccountRepository {
     }
 
     pub async fn find(&self, id: UserId) -> Result<Option<Account>, DbError> {
+        let _timer = unilink_db::QueryTimer::start("auth", "find");
         let client = self.db.get().await?;
         // Hot path: prepared once per connection, not planned per call.
         let statement = client
@@ -101,6 +102,7 @@ impl AccountRepository {
 
     /// The account with this email (case-insensitive) and its password hash.
     pub async fn find_by_email(&self, email: &str) -> Result<Option<(Account, String)>, DbError> {
+        let _timer = unilink_db::QueryTimer::start("auth", "find_by_email");
         let client = self.db.get().await?;
         let row = client
             .query_opt(
@@ -112,6 +114,7 @@ impl AccountRepository {
     }
 
     pub async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<(), DbError> {
+        let _timer = unilink_db::QueryTimer::start("auth", "set_password_hash");
         let client = self.db.get().await?;
         client
             .execute(
@@ -131,6 +134,7 @@ pub async fn insert_account(
     full_name: &str,
     password_hash: &str,
 ) -> Result<Account, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "insert_account");
     let row = tx
         .query_one(
             &format!(
@@ -150,6 +154,7 @@ pub async fn replace_verification_token(
     token_hash: &str,
     expires_at: DateTime<Utc>,
 ) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "replace_verification_token");
     tx.execute(
         "DELETE FROM verification_tokens WHERE user_id = $1 AND used_at IS NULL",
         &[&user.as_uuid()],
@@ -166,6 +171,7 @@ pub async fn replace_verification_token(
 /// Uses a live verification token: marks it used and the account verified;
 /// returns the account, or `None` when the token is unknown, used or expired.
 pub async fn use_verification_token(tx: &Transaction<'_>, token_hash: &str) -> Result<Option<Account>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "use_verification_token");
     let Some(row) = tx
         .query_opt(
             "UPDATE verification_tokens SET used_at = now()
@@ -195,6 +201,7 @@ pub async fn replace_otp(
     code_hash: &str,
     expires_at: DateTime<Utc>,
 ) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "replace_otp");
     tx.execute(
         "INSERT INTO login_otps (user_id, code_hash, expires_at) VALUES ($1, $2, $3)
          ON CONFLICT (user_id) DO UPDATE SET code_hash = $2, expires_at = $3, attempts = 0, created_at = now()",
@@ -206,6 +213,7 @@ pub async fn replace_otp(
 
 /// The user's login code, locked until the transaction ends.
 pub async fn lock_otp(tx: &Transaction<'_>, user: UserId) -> Result<Option<OtpRow>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "lock_otp");
     let row = tx
         .query_opt(
             "SELECT code_hash, expires_at, attempts FROM login_otps WHERE user_id = $1 FOR UPDATE",
@@ -220,6 +228,7 @@ pub async fn lock_otp(tx: &Transaction<'_>, user: UserId) -> Result<Option<OtpRo
 }
 
 pub async fn count_failed_otp(tx: &Transaction<'_>, user: UserId) -> Result<i32, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "count_failed_otp");
     let row = tx
         .query_one(
             "UPDATE login_otps SET attempts = attempts + 1 WHERE user_id = $1 RETURNING attempts",
@@ -230,12 +239,14 @@ pub async fn count_failed_otp(tx: &Transaction<'_>, user: UserId) -> Result<i32,
 }
 
 pub async fn delete_otp(tx: &Transaction<'_>, user: UserId) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "delete_otp");
     tx.execute("DELETE FROM login_otps WHERE user_id = $1", &[&user.as_uuid()])
         .await?;
     Ok(())
 }
 
 pub async fn account_in_tx(tx: &Transaction<'_>, user: UserId) -> Result<Option<Account>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "account_in_tx");
     let row = tx
         .query_opt(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"),
@@ -252,6 +263,7 @@ pub async fn insert_refresh_token(
     user: UserId,
     expires_at: DateTime<Utc>,
 ) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "insert_refresh_token");
     tx.execute(
         "INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)",
         &[&token_hash, &family, &user.as_uuid(), &expires_at],
@@ -262,6 +274,7 @@ pub async fn insert_refresh_token(
 
 /// A refresh token locked for rotation.
 pub async fn lock_refresh_token(tx: &Transaction<'_>, token_hash: &str) -> Result<Option<RefreshRow>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "lock_refresh_token");
     let row = tx
         .query_opt(
             "SELECT family_id, user_id, expires_at, used_at IS NOT NULL, revoked_at IS NOT NULL
@@ -279,6 +292,7 @@ pub async fn lock_refresh_token(tx: &Transaction<'_>, token_hash: &str) -> Resul
 }
 
 pub async fn mark_refresh_used(tx: &Transaction<'_>, token_hash: &str) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "mark_refresh_used");
     tx.execute(
         "UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1",
         &[&token_hash],
@@ -289,6 +303,7 @@ pub async fn mark_refresh_used(tx: &Transaction<'_>, token_hash: &str) -> Result
 
 /// Revokes every token of a family; returns how many were still live.
 pub async fn revoke_family(client: &impl GenericClient, family: Uuid) -> Result<u64, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "revoke_family");
     Ok(client
         .execute(
             "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
@@ -299,6 +314,7 @@ pub async fn revoke_family(client: &impl GenericClient, family: Uuid) -> Result<
 
 /// Deactivates an account; `None` when it does not exist.
 pub async fn deactivate(tx: &Transaction<'_>, user: UserId) -> Result<Option<Account>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "deactivate");
     let row = tx
         .query_opt(
             &format!(
@@ -312,6 +328,7 @@ pub async fn deactivate(tx: &Transaction<'_>, user: UserId) -> Result<Option<Acc
 
 /// Revokes every refresh token of a user.
 pub async fn revoke_all_sessions(tx: &Transaction<'_>, user: UserId) -> Result<u64, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "revoke_all_sessions");
     Ok(tx
         .execute(
             "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
@@ -322,6 +339,7 @@ pub async fn revoke_all_sessions(tx: &Transaction<'_>, user: UserId) -> Result<u
 
 /// Deletes an account; its tokens and codes go with it (foreign keys cascade).
 pub async fn delete_account(tx: &Transaction<'_>, user: UserId) -> Result<bool, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "delete_account");
     Ok(tx
         .execute("DELETE FROM accounts WHERE id = $1", &[&user.as_uuid()])
         .await?
@@ -330,6 +348,7 @@ pub async fn delete_account(tx: &Transaction<'_>, user: UserId) -> Result<bool, 
 
 /// The password hash of an account.
 pub async fn password_hash(tx: &Transaction<'_>, user: UserId) -> Result<Option<(Account, String)>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "password_hash");
     let row = tx
         .query_opt(
             &format!("SELECT {ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE id = $1 FOR UPDATE"),

@@ -64,6 +64,7 @@ impl DeliveryRepository {
     }
 
     pub async fn find(&self, event_id: EventId) -> Result<Option<Delivery>, NotificationError> {
+        let _timer = unilink_db::QueryTimer::start("notification", "find");
         let client = self.db.get().await.map_err(DbError::from)?;
         let row = client
             .query_opt(
@@ -169,6 +170,7 @@ impl DeliveryRepository {
     /// Records an event that can never be delivered (malformed payload,
     /// invalid address), unless it was delivered already.
     pub async fn mark_failed(&self, delivery: NewDelivery<'_>, error: &str) -> Result<(), NotificationError> {
+        let _timer = unilink_db::QueryTimer::start("notification", "mark_failed");
         let client = self.db.get().await.map_err(DbError::from)?;
         client
             .execute(
@@ -195,6 +197,7 @@ impl DeliveryRepository {
     /// A deleted user's address leaves the delivery log (the records stay,
     /// anonymous, for idempotency).
     pub async fn forget_recipient(&self, email: &str) -> Result<u64, NotificationError> {
+        let _timer = unilink_db::QueryTimer::start("notification", "forget_recipient");
         let client = self.db.get().await.map_err(unilink_db::DbError::from)?;
         Ok(client
             .execute(
