@@ -328,26 +328,7 @@ mod tests {
 
     #[test]
     fn trace_ids_exist_without_an_exporter() {
-        use std::io::Write;
-        use std::sync::{Arc, Mutex};
-
-        #[derive(Clone, Default)]
-        struct Buffer(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buffer {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-            type Writer = Buffer;
-            fn make_writer(&'a self) -> Buffer {
-                self.clone()
-            }
-        }
+        use crate::logs::tests::Buffer;
 
         // As `init` builds it when OTEL_EXPORTER_OTLP_ENDPOINT is unset.
         let provider = SdkTracerProvider::builder().build();

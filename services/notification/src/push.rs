@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
 use unilink_events::Event;
-use unilink_events::consumer::{HandlerError, Subscription};
+use unilink_events::consumer::HandlerError;
 use unilink_events::payload::{
     CALL_ACCEPTED, CALL_ENDED, CALL_INITIATED, CALL_MISSED, CALL_REJECTED, CallEvent, push_channel,
 };
-use unilink_runtime::{BackendService, Resources};
+use unilink_runtime::Resources;
 
 /// The producer whose stream carries the call events.
 pub const SIGNALING_PRODUCER: &str = "signaling";
@@ -56,24 +56,9 @@ impl PushWorker {
 
     /// Starts the consumer loop; it ends soon after `stop` is cancelled.
     pub fn spawn(self, resources: &Resources, stop: CancellationToken) -> JoinHandle<()> {
-        let subscription = Subscription {
-            stream: unilink_events::stream_of(SIGNALING_PRODUCER),
-            group: crate::worker::GROUP.to_owned(),
-            consumer: unilink_runtime::consumer_name(<crate::Notification as BackendService>::NAME),
-        };
-        let redis = resources.redis.clone();
-        tokio::spawn(async move {
-            let worker = self;
-            unilink_events::consumer::run(
-                redis,
-                subscription,
-                move |event| {
-                    let worker = worker.clone();
-                    async move { worker.handle(event).await }
-                },
-                stop,
-            )
-            .await;
+        crate::worker::spawn_consumer(SIGNALING_PRODUCER, resources, stop, move |event| {
+            let worker = self.clone();
+            async move { worker.handle(event).await }
         })
     }
 

@@ -60,24 +60,9 @@ impl EmailWorker {
 
     /// Starts the consumer loop; it ends soon after `stop` is cancelled.
     pub fn spawn(self, resources: &Resources, stop: CancellationToken) -> JoinHandle<()> {
-        let subscription = Subscription {
-            stream: unilink_events::stream_of(AUTH_PRODUCER),
-            group: GROUP.to_owned(),
-            consumer: unilink_runtime::consumer_name(<crate::Notification as BackendService>::NAME),
-        };
-        let redis = resources.redis.clone();
-        tokio::spawn(async move {
-            let worker = self;
-            unilink_events::consumer::run(
-                redis,
-                subscription,
-                move |event| {
-                    let worker = worker.clone();
-                    async move { worker.handle(event).await }
-                },
-                stop,
-            )
-            .await;
+        spawn_consumer(AUTH_PRODUCER, resources, stop, move |event| {
+            let worker = self.clone();
+            async move { worker.handle(event).await }
         })
     }
 
@@ -199,6 +184,31 @@ fn redact_quoted(text: &str) -> String {
         }
     }
     out
+}
+
+/// Runs `handler` over the events of `producer`'s stream as this service's
+/// consumer group, until `stop` is cancelled (both notification consumers).
+pub(crate) fn spawn_consumer<H, Fut>(
+    producer: &str,
+    resources: &Resources,
+    stop: CancellationToken,
+    handler: H,
+) -> JoinHandle<()>
+where
+    H: Fn(Event) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    let subscription = Subscription {
+        stream: unilink_events::stream_of(producer),
+        group: GROUP.to_owned(),
+        consumer: unilink_runtime::consumer_name(<crate::Notification as BackendService>::NAME),
+    };
+    tokio::spawn(unilink_events::consumer::run(
+        resources.redis.clone(),
+        subscription,
+        handler,
+        stop,
+    ))
 }
 
 #[cfg(test)]
