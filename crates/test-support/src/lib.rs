@@ -181,6 +181,7 @@ mod tests {
     }
 }
 
+pub mod faults;
 pub mod sentry;
 pub mod smtp;
 
@@ -389,8 +390,10 @@ pub mod service {
     }
 
     /// Environment for a service binary under test: the test database and
-    /// Redis prefix, fixed free ports for gRPC and HTTP.
-    pub fn child_env(database_url: &str, redis_prefix: &str, grpc_port: u16, http_port: u16) -> Vec<(String, String)> {
+    /// Redis prefix, both listeners on port 0 (the kernel picks free ports,
+    /// so parallel tests never race for one), and a log filter that keeps the
+    /// `serving` line that says where they are (see [`ServingChild::start`]).
+    pub fn child_env(database_url: &str, redis_prefix: &str) -> Vec<(String, String)> {
         [
             ("ENVIRONMENT", "test".to_owned()),
             ("DATABASE_URL", database_url.to_owned()),
@@ -398,32 +401,86 @@ pub mod service {
             ("DATABASE_MAX_OVERFLOW", "0".to_owned()),
             ("REDIS_URL", crate::redis_url()),
             ("REDIS_KEY_PREFIX", redis_prefix.to_owned()),
-            ("GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-            ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("GRPC_ADDR", "127.0.0.1:0".to_owned()),
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("SHUTDOWN_GRACE_SECONDS", "5".to_owned()),
-            ("LOG_LEVEL", "warn".to_owned()),
+            ("LOG_LEVEL", "warn,unilink_grpc::server=info".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
     }
 
+    /// How long a child process may take to start (the test machine may be busy).
+    pub const CHILD_STARTUP: Duration = Duration::from_secs(90);
+
+    impl ChildService {
+        /// Waits for the first log line whose `message` is `message` and
+        /// returns its address field `field`; panics at once if the process
+        /// exits first, or after `timeout`. Needs [`ChildService::start_logged`].
+        pub async fn logged_addr(&mut self, message: &str, field: &str, timeout: Duration) -> SocketAddr {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let found = self
+                    .log_lines()
+                    .into_iter()
+                    .find(|l| l["message"] == message)
+                    .and_then(|l| l[field].as_str()?.parse().ok());
+                if let Some(addr) = found {
+                    return addr;
+                }
+                if let Some(child) = self.child.as_mut()
+                    && let Some(status) = child.try_wait().expect("wait for child")
+                {
+                    panic!("process {} exited with {status} before logging {message:?}", child.id());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    panic!("timed out after {timeout:?} waiting for the log line {message:?} with its {field}");
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+
+    /// A backend service binary running as a child process, and where it serves.
+    #[derive(Debug)]
+    pub struct ServingChild {
+        pub process: ChildService,
+        pub grpc: SocketAddr,
+        pub http: SocketAddr,
+    }
+
+    impl ServingChild {
+        /// Starts `binary` with `env` (built on [`child_env`]: listeners on
+        /// port 0), reads the addresses it logs and waits for `SERVING`.
+        pub async fn start(binary: &str, env: &[(String, String)]) -> ServingChild {
+            let mut process = ChildService::start_logged(binary, env);
+            let grpc = process.logged_addr("serving", "grpc_addr", CHILD_STARTUP).await;
+            let http = process.logged_addr("serving", "http_addr", CHILD_STARTUP).await;
+            wait_serving(grpc, CHILD_STARTUP).await;
+            ServingChild { process, grpc, http }
+        }
+
+        /// `http://127.0.0.1:<grpc port>`, the form `*_GRPC_URL` takes.
+        pub fn url(&self) -> String {
+            format!("http://{}", self.grpc)
+        }
+    }
+
     /// Starts the real binary, waits for it to serve, sends SIGTERM and
     /// asserts a clean exit within `within`.
     pub async fn assert_stops_cleanly_on_sigterm(binary: &str, database_url: &str, within: Duration) {
-        let grpc_port = crate::closed_port();
-        let http_port = crate::closed_port();
-        let env = child_env(database_url, &crate::unique_prefix(), grpc_port, http_port);
-        let child = ChildService::start(binary, &env);
-        wait_serving(SocketAddr::from(([127, 0, 0, 1], grpc_port)), Duration::from_secs(30)).await;
+        let env = child_env(database_url, &crate::unique_prefix());
+        let child = ServingChild::start(binary, &env).await;
         let started = std::time::Instant::now();
-        let status = child.terminate(within).await;
+        let status = child.process.terminate(within).await;
         assert!(status.success(), "{binary} exited with {status} after SIGTERM");
         assert!(started.elapsed() <= within, "took {:?}", started.elapsed());
         // The port is released.
         assert!(
-            tokio::net::TcpStream::connect(("127.0.0.1", grpc_port)).await.is_err(),
-            "port {grpc_port} still accepting after exit"
+            tokio::net::TcpStream::connect(child.grpc).await.is_err(),
+            "{} still accepting after exit",
+            child.grpc
         );
     }
 }

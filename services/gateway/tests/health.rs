@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::Fleet;
 use unilink_test_support::closed_port;
-use unilink_test_support::service::ChildService;
+use unilink_test_support::service::{CHILD_STARTUP, ChildService};
 
 #[tokio::test]
 async fn health_is_healthy_when_everything_answers() {
@@ -114,7 +114,6 @@ async fn index_metrics_and_unknown_routes() {
 #[tokio::test]
 async fn sigterm_stops_the_gateway_binary_cleanly() {
     let fleet = Fleet::start().await;
-    let port = closed_port();
     let mut env = fleet.gateway_vars(&[]);
     env.extend(
         [
@@ -122,15 +121,16 @@ async fn sigterm_stops_the_gateway_binary_cleanly() {
             ("DATABASE_URL", fleet.db.url().to_owned()),
             ("REDIS_URL", unilink_test_support::redis_url()),
             ("REDIS_KEY_PREFIX", fleet.prefix.clone()),
-            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("SHUTDOWN_GRACE_SECONDS", "5".to_owned()),
-            ("LOG_LEVEL", "warn".to_owned()),
+            ("LOG_LEVEL", "warn,unilink_gateway::startup=info".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v)),
     );
-    let child = ChildService::start(env!("CARGO_BIN_EXE_unilink-gateway"), &env);
+    let mut child = ChildService::start_logged(env!("CARGO_BIN_EXE_unilink-gateway"), &env);
+    let addr = child.logged_addr("gateway listening", "addr", CHILD_STARTUP).await;
     let http = reqwest::Client::new();
-    let health = format!("http://127.0.0.1:{port}/health");
+    let health = format!("http://{addr}/health");
     unilink_test_support::eventually("gateway to answer /health", Duration::from_secs(30), || {
         let http = http.clone();
         let health = health.clone();

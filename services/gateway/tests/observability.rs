@@ -17,50 +17,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use unilink_test_support::sentry::SentrySink;
-use unilink_test_support::service::{ChildService, child_env, wait_serving, workspace_binary};
+use unilink_test_support::service::{CHILD_STARTUP, ChildService, ServingChild, child_env, workspace_binary};
 use unilink_test_support::smtp::SmtpSink;
 use unilink_test_support::{TestDatabase, closed_port, eventually, unique_prefix};
 
 const PASSWORD: &str = "correct horse battery";
 const WAIT: Duration = Duration::from_secs(30);
-/// How long a process may take to start (the test machine may be busy).
-const STARTUP: Duration = Duration::from_secs(90);
-
-struct Backend {
-    process: ChildService,
-    grpc: u16,
-    http: u16,
-}
-
-/// The address `field` of the first `message` line of `process`'s log.
-async fn logged_addr(process: &ChildService, message: &str, field: &str) -> SocketAddr {
-    eventually(&format!("{message:?} with its {field}"), STARTUP, || async move {
-        process
-            .log_lines()
-            .into_iter()
-            .find(|l| l["message"] == message)
-            .and_then(|l| l[field].as_str()?.parse().ok())
-    })
-    .await
-}
-
-impl Backend {
-    /// Waits for the process to log where it serves, and to report SERVING.
-    async fn serving(process: ChildService) -> Backend {
-        let grpc = logged_addr(&process, "serving", "grpc_addr").await;
-        let http = logged_addr(&process, "serving", "http_addr").await;
-        wait_serving(grpc, STARTUP).await;
-        Backend {
-            process,
-            grpc: grpc.port(),
-            http: http.port(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
-    }
-}
 
 /// A trace collector that accepts connections and never answers.
 struct SilentCollector {
@@ -107,10 +69,10 @@ struct ChildFleet {
     prefix: String,
     smtp: SmtpSink,
     sentry: SentrySink,
-    auth: Backend,
-    profile: Backend,
-    signaling: Backend,
-    notification: Backend,
+    auth: ServingChild,
+    profile: ServingChild,
+    signaling: ServingChild,
+    notification: ServingChild,
     gateway: ChildService,
     base: String,
     http: reqwest::Client,
@@ -128,8 +90,8 @@ impl ChildFleet {
         // Both try to export every 100 ms.
         let dead_collector = format!("http://127.0.0.1:{}", closed_port());
         let silent_collector = SilentCollector::start().await;
-        let common = |grpc: u16, http: u16| {
-            let mut env = child_env(db.url(), &prefix, grpc, http);
+        let common = || {
+            let mut env = child_env(db.url(), &prefix);
             env.extend(
                 [
                     ("LOG_LEVEL", "debug"),
@@ -143,25 +105,24 @@ impl ChildFleet {
             );
             env
         };
-        // Every listener on port 0; the process logs the address it got.
+        // Every listener on port 0; each process logs the address it got.
         let start = |name: &str, extra: Vec<(String, String)>| {
-            let mut env = common(0, 0);
+            let mut env = common();
             env.extend(extra);
-            ChildService::start_logged(&workspace_binary(&format!("unilink-{name}")), &env)
+            let binary = workspace_binary(&format!("unilink-{name}"));
+            async move { ServingChild::start(&binary, &env).await }
         };
         let otlp = vec![
             ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), dead_collector),
             ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
         ];
-        let auth_process = start("auth", otlp);
-        let profile_process = start("profile", Vec::new());
-        let notification_process = start("notification", Vec::new());
-        let profile = Backend::serving(profile_process).await;
-        let signaling_process = start("signaling", vec![("PROFILE_GRPC_URL".to_owned(), profile.url())]);
-        let auth = Backend::serving(auth_process).await;
-        let notification = Backend::serving(notification_process).await;
-        let signaling = Backend::serving(signaling_process).await;
-        let mut env = common(0, 0);
+        let (auth, profile, notification) = tokio::join!(
+            start("auth", otlp),
+            start("profile", Vec::new()),
+            start("notification", Vec::new())
+        );
+        let signaling = start("signaling", vec![("PROFILE_GRPC_URL".to_owned(), profile.url())]).await;
+        let mut env = common();
         env.extend(
             [
                 ("AUTH_GRPC_URL", auth.url()),
@@ -174,8 +135,8 @@ impl ChildFleet {
             .map(|(k, v)| (k.to_owned(), v)),
         );
         env.extend(gateway_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        let gateway = ChildService::start_logged(&workspace_binary("unilink-gateway"), &env);
-        let addr = logged_addr(&gateway, "gateway listening", "addr").await;
+        let mut gateway = ChildService::start_logged(&workspace_binary("unilink-gateway"), &env);
+        let addr = gateway.logged_addr("gateway listening", "addr", CHILD_STARTUP).await;
         let base = format!("http://{addr}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -183,7 +144,7 @@ impl ChildFleet {
             .unwrap();
         let probe = http.clone();
         let livez = format!("{base}/livez");
-        eventually("the gateway to answer", STARTUP, || {
+        eventually("the gateway to answer", CHILD_STARTUP, || {
             let (probe, livez) = (probe.clone(), livez.clone());
             async move {
                 probe
@@ -328,9 +289,9 @@ impl ChildFleet {
         .await
     }
 
-    async fn metrics(&self, http_port: u16) -> String {
+    async fn metrics(&self, http: SocketAddr) -> String {
         self.http
-            .get(format!("http://127.0.0.1:{http_port}/metrics"))
+            .get(format!("http://{http}/metrics"))
             .send()
             .await
             .unwrap()
@@ -821,11 +782,11 @@ async fn every_service_exports_the_metrics_the_alerts_and_dashboard_use() {
         fleet.send(fleet.get("/users/me").bearer_auth(token), "m-3").await;
     }
 
-    let gateway_port: u16 = fleet.base.rsplit(':').next().unwrap().parse().unwrap();
-    let expectations: [(&str, u16, &[&str]); 5] = [
+    let gateway: SocketAddr = fleet.base.trim_start_matches("http://").parse().unwrap();
+    let expectations: [(&str, SocketAddr, &[&str]); 5] = [
         (
             "gateway",
-            gateway_port,
+            gateway,
             &[
                 "http_requests_total{",
                 "http_request_duration_seconds_bucket{",

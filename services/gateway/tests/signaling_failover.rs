@@ -5,38 +5,29 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Fleet, Gateway};
 use serde_json::json;
-use unilink_test_support::closed_port;
-use unilink_test_support::service::{ChildService, child_env, wait_serving, workspace_binary};
+use unilink_test_support::service::{ServingChild, child_env, workspace_binary};
 
-struct Replica {
-    process: ChildService,
-    grpc: u16,
-    http: u16,
-}
+struct Replica(ServingChild);
 
 impl Replica {
     async fn start(fleet: &Fleet) -> Replica {
-        let (grpc, http) = (closed_port(), closed_port());
-        let mut env = child_env(fleet.db.url(), &fleet.prefix, grpc, http);
+        let mut env = child_env(fleet.db.url(), &fleet.prefix);
         env.push(("PROFILE_GRPC_URL".into(), fleet.profile.url()));
         env.push(("SIGNALING_FRAME_RATE".into(), "100000".into()));
-        let process = ChildService::start(&workspace_binary("unilink-signaling"), &env);
-        wait_serving(SocketAddr::from(([127, 0, 0, 1], grpc)), Duration::from_secs(30)).await;
-        Replica { process, grpc, http }
+        Replica(ServingChild::start(&workspace_binary("unilink-signaling"), &env).await)
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
+        self.0.url()
     }
 
     /// Call streams this process holds (its own metrics).
     async fn call_streams(&self) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.http))
+        let text = reqwest::get(format!("http://{}/metrics", self.0.http))
             .await
             .unwrap()
             .text()
@@ -104,7 +95,7 @@ async fn killing_the_callers_signaling_replica_loses_no_frame() {
     // kill -9 Ada's replica; Bob keeps talking meanwhile.
     let [first, second] = replicas;
     let (doomed, survivor) = if doomed == 0 { (first, second) } else { (second, first) };
-    drop(doomed.process);
+    drop(doomed.0.process);
     for i in 50..150 {
         bob_call
             .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))

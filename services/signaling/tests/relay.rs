@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
 use unilink_signaling::relay::SignalRelay;
+use unilink_test_support::faults::PrivateRedis;
 use unilink_test_support::{redis_url, unique_prefix};
 
 async fn relay() -> (SignalRelay, CancellationToken) {
@@ -149,50 +150,11 @@ async fn a_lost_tail_is_found_by_catching_up() {
     stop.cancel();
 }
 
-/// A private `redis-server` on a free port (this test restarts it).
-struct PrivateRedis {
-    child: Option<std::process::Child>,
-}
-
-impl PrivateRedis {
-    fn start(port: u16) -> PrivateRedis {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        PrivateRedis { child: Some(child) }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test]
 async fn the_relay_survives_a_redis_restart_that_loses_everything() {
-    let port = unilink_test_support::closed_port();
-    let mut server = PrivateRedis::start(port);
+    let mut server = PrivateRedis::start().await;
     let redis = Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(format!("redis://127.0.0.1:{port}")),
+        url: unilink_config::Secret::new(server.url()),
         key_prefix: unique_prefix(),
     })
     .await
@@ -213,8 +175,7 @@ async fn the_relay_survives_a_redis_restart_that_loses_everything() {
     }
 
     // Redis dies and comes back empty (nothing on disk).
-    server.kill();
-    let _server = PrivateRedis::start(port);
+    server.restart().await;
     let restarted = std::time::Instant::now();
     // Senders retry until Redis answers; the reader's subscription comes back
     // by itself and frames flow again, numbered after the old ones.
