@@ -23,7 +23,9 @@ Before that it makes sure PostgreSQL (TEST_DATABASE_URL) and Redis
 them with apt-get if needed and starts private instances under .dev/ (left
 running afterwards; stop them with `scripts/dev.sh --stop-deps`) — exports
 both URLs for the tests, and drops stale `unilink_test_%` databases left
-over by earlier runs.
+over by earlier runs. The fleet fault tests (services/gateway/tests/
+fleet_faults.rs) also need redis-server and nginx binaries: installed with
+apt-get when missing.
 
 Extra arguments are passed to the test runner (e.g. a test-name filter).
 Prints a timing line per step and a summary; exits with the failing step's
@@ -62,6 +64,9 @@ export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 ensure_postgres "$TEST_DATABASE_URL"
 ensure_redis "$TEST_REDIS_URL"
 ensure_psql
+# The fleet fault tests run a private redis-server and nginx as the balancer.
+_redis_server_bin >/dev/null || apt_install redis-server
+ensure_nginx
 
 # --------------------------------------------------- stale test databases --
 

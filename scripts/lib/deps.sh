@@ -216,6 +216,13 @@ apt_install() {
   [[ $rc -eq 0 ]] || die "apt-get install $* failed (exit $rc)"
 }
 
+# ensure_nginx — nginx on PATH or in /usr/sbin (the fleet fault tests put it
+# in front of the gateways); installs nginx-light if missing.
+ensure_nginx() {
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_install nginx-light
+  command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || die "nginx still not found after installing nginx-light"
+}
+
 ensure_psql() {
   if ! command -v psql >/dev/null 2>&1 || ! psql --version >/dev/null 2>&1; then
     apt_install postgresql-client

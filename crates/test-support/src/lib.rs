@@ -419,6 +419,19 @@ pub mod service {
         /// returns its address field `field`; panics at once if the process
         /// exits first, or after `timeout`. Needs [`ChildService::start_logged`].
         pub async fn logged_addr(&mut self, message: &str, field: &str, timeout: Duration) -> SocketAddr {
+            self.try_logged_addr(message, field, timeout)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        }
+
+        /// [`ChildService::logged_addr`], with the failure as an error (a
+        /// caller may retry: the process could not bind its port, say).
+        pub async fn try_logged_addr(
+            &mut self,
+            message: &str,
+            field: &str,
+            timeout: Duration,
+        ) -> Result<SocketAddr, String> {
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 let found = self
@@ -427,15 +440,20 @@ pub mod service {
                     .find(|l| l["message"] == message)
                     .and_then(|l| l[field].as_str()?.parse().ok());
                 if let Some(addr) = found {
-                    return addr;
+                    return Ok(addr);
                 }
                 if let Some(child) = self.child.as_mut()
                     && let Some(status) = child.try_wait().expect("wait for child")
                 {
-                    panic!("process {} exited with {status} before logging {message:?}", child.id());
+                    return Err(format!(
+                        "process {} exited with {status} before logging {message:?}",
+                        child.id()
+                    ));
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    panic!("timed out after {timeout:?} waiting for the log line {message:?} with its {field}");
+                    return Err(format!(
+                        "timed out after {timeout:?} waiting for the log line {message:?} with its {field}"
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }

@@ -214,7 +214,7 @@ async fn registration_validates_every_field_with_a_clear_detail() {
 async fn login_failures_reveal_nothing_and_codes_lock_after_five_wrong_tries() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    gw.sign_up_and_log_in(&fleet, "grace@kiit.ac.in", "grace").await;
+    gw.sign_up_and_log_in(&fleet.smtp, "grace@kiit.ac.in", "grace").await;
 
     let (status, unknown) = gw
         .post(
@@ -331,7 +331,7 @@ async fn resend_answers_the_same_and_replaces_the_previous_link() {
 async fn an_outdated_password_hash_is_upgraded_at_login() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    gw.sign_up_and_log_in(&fleet, "ken@kiit.ac.in", "ken").await;
+    gw.sign_up_and_log_in(&fleet.smtp, "ken@kiit.ac.in", "ken").await;
     use argon2::PasswordHasher as _;
     let weak = argon2::Argon2::new(
         argon2::Algorithm::Argon2id,

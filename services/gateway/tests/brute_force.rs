@@ -89,7 +89,7 @@ async fn a_login_code_locks_after_five_wrong_tries_spread_over_both_gateways() {
     let fleet = Fleet::start().await;
     let a = fleet.gateway(&[]).await;
     let b = fleet.gateway(&[]).await;
-    a.sign_up_and_log_in(&fleet, "ada@kiit.ac.in", "ada").await;
+    a.sign_up_and_log_in(&fleet.smtp, "ada@kiit.ac.in", "ada").await;
     let (status, _) = b
         .post("/auth/login", json!({"email": "ada@kiit.ac.in", "password": PASSWORD}))
         .await;

@@ -119,7 +119,7 @@ async fn logout_on_one_gateway_holds_on_the_other() {
     let fleet = Fleet::start().await;
     let a = fleet.gateway(&[]).await;
     let b = fleet.gateway(&[]).await;
-    let session = a.sign_up_and_log_in(&fleet, "eve@kiit.ac.in", "eve").await;
+    let session = a.sign_up_and_log_in(&fleet.smtp, "eve@kiit.ac.in", "eve").await;
     let access = session["access_token"].as_str().unwrap();
 
     // Logged out on A, refused on B.
@@ -308,7 +308,7 @@ async fn the_gateway_learns_rotated_keys_without_a_restart() {
     // key the first time it sees its kid.
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let session = gw.sign_up_and_log_in(&fleet, "rot@kiit.ac.in", "rotation").await;
+    let session = gw.sign_up_and_log_in(&fleet.smtp, "rot@kiit.ac.in", "rotation").await;
     let old_access = session["access_token"].as_str().unwrap().to_owned();
 
     let Fleet {

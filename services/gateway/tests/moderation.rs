@@ -18,9 +18,9 @@ async fn get(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
 async fn admins_review_reports_and_deactivate_users() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let boss = gw.sign_up_and_log_in(&fleet, "boss@kiit.ac.in", "boss").await;
-    let ada = gw.sign_up_and_log_in(&fleet, "ada@kiit.ac.in", "ada").await;
-    let bob = gw.sign_up_and_log_in(&fleet, "bob@kiit.ac.in", "bob").await;
+    let boss = gw.sign_up_and_log_in(&fleet.smtp, "boss@kiit.ac.in", "boss").await;
+    let ada = gw.sign_up_and_log_in(&fleet.smtp, "ada@kiit.ac.in", "ada").await;
+    let bob = gw.sign_up_and_log_in(&fleet.smtp, "bob@kiit.ac.in", "bob").await;
     let (ada_token, bob_token) = (
         ada["access_token"].as_str().unwrap(),
         bob["access_token"].as_str().unwrap(),

@@ -16,8 +16,8 @@ async fn get(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
 async fn a_user_exports_and_then_deletes_their_data_everywhere() {
     let fleet = Fleet::start().await;
     let gw = fleet.gateway(&[]).await;
-    let ada = gw.sign_up_and_log_in(&fleet, "ada@kiit.ac.in", "ada").await;
-    let bob = gw.sign_up_and_log_in(&fleet, "bob@kiit.ac.in", "bob").await;
+    let ada = gw.sign_up_and_log_in(&fleet.smtp, "ada@kiit.ac.in", "ada").await;
+    let bob = gw.sign_up_and_log_in(&fleet.smtp, "bob@kiit.ac.in", "bob").await;
     let (ada_token, bob_token) = (
         ada["access_token"].as_str().unwrap(),
         bob["access_token"].as_str().unwrap(),

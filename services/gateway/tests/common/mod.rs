@@ -9,6 +9,19 @@ use unilink_test_support::service::{RunningService, spawn};
 use unilink_test_support::smtp::{ReceivedMail, SmtpSink};
 use unilink_test_support::{TestDatabase, eventually, settings, unique_prefix};
 
+/// Waits (20 s at most) for the `n`-th mail to `address` at `smtp` and returns it.
+pub async fn mail(smtp: &SmtpSink, address: &str, n: usize) -> ReceivedMail {
+    eventually(
+        &format!("mail #{n} to {address}"),
+        Duration::from_secs(20),
+        || async move {
+            let mails = smtp.messages_to(address);
+            (mails.len() >= n).then(|| mails[n - 1].clone())
+        },
+    )
+    .await
+}
+
 pub struct Fleet {
     pub db: TestDatabase,
     pub prefix: String,
@@ -65,16 +78,7 @@ impl Fleet {
 
     /// Waits for the `n`-th mail to `address` and returns it.
     pub async fn mail(&self, address: &str, n: usize) -> ReceivedMail {
-        let smtp = &self.smtp;
-        eventually(
-            &format!("mail #{n} to {address}"),
-            Duration::from_secs(20),
-            || async move {
-                let mails = smtp.messages_to(address);
-                (mails.len() >= n).then(|| mails[n - 1].clone())
-            },
-        )
-        .await
+        mail(&self.smtp, address, n).await
     }
 
     /// The presence registry of this fleet (what signaling sockets will write).
@@ -115,13 +119,9 @@ impl Fleet {
             let _ = stopped.await;
         }));
         Gateway {
-            base,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
             stop: Some(stop),
-            task,
+            task: Some(task),
+            ..Gateway::at(base)
         }
     }
 }
@@ -130,10 +130,23 @@ pub struct Gateway {
     pub base: String,
     pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Gateway {
+    /// A client of a gateway (or balancer) running elsewhere at `base`.
+    pub fn at(base: String) -> Gateway {
+        Gateway {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            stop: None,
+            task: None,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -156,7 +169,7 @@ impl Gateway {
 
     /// Registers, verifies by the emailed link and logs in with the emailed
     /// code; returns the token answer of the login.
-    pub async fn sign_up_and_log_in(&self, fleet: &Fleet, email: &str, username: &str) -> serde_json::Value {
+    pub async fn sign_up_and_log_in(&self, smtp: &SmtpSink, email: &str, username: &str) -> serde_json::Value {
         let (status, body) = self
             .post(
                 "/auth/register",
@@ -164,7 +177,7 @@ impl Gateway {
             )
             .await;
         assert_eq!(status, 200, "{body}");
-        let mail = fleet.mail(email, 1).await;
+        let mail = self::mail(smtp, email, 1).await;
         let token = mail
             .token_after("verify?token=")
             .expect("verification link in the mail");
@@ -179,7 +192,7 @@ impl Gateway {
             )
             .await;
         assert_eq!(status, 202, "{body}");
-        let mail = fleet.mail(email, 2).await;
+        let mail = self::mail(smtp, email, 2).await;
         let otp = mail.digits(6).expect("code in the mail");
         let (status, body) = self
             .post(
@@ -214,7 +227,9 @@ impl Gateway {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.unwrap().unwrap();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
     }
 }
 
@@ -230,24 +245,30 @@ impl Fleet {
 
     /// A signed-up, logged-in user whose profile exists: (id, access token).
     pub async fn user(&self, gw: &Gateway, name: &str) -> (String, String) {
-        let session = gw.sign_up_and_log_in(self, &format!("{name}@kiit.ac.in"), name).await;
-        let id = session["user"]["id"].as_str().unwrap().to_owned();
-        let token = session["access_token"].as_str().unwrap().to_owned();
-        let db = self.db.client().await;
-        let uid = uuid::Uuid::parse_str(&id).unwrap();
-        eventually("profile created and verified", Duration::from_secs(20), || {
-            let db = &db;
-            async move {
-                let row = db
-                    .query_opt("SELECT is_verified FROM profile.profiles WHERE user_id = $1", &[&uid])
-                    .await
-                    .unwrap()?;
-                row.get::<_, bool>(0).then_some(())
-            }
-        })
-        .await;
-        (id, token)
+        user(&self.db, &self.smtp, gw, name).await
     }
+}
+
+/// A user signed up and logged in through `gw` (mail read at `smtp`), once
+/// its verified profile exists in `db`: (id, access token).
+pub async fn user(db: &TestDatabase, smtp: &SmtpSink, gw: &Gateway, name: &str) -> (String, String) {
+    let session = gw.sign_up_and_log_in(smtp, &format!("{name}@kiit.ac.in"), name).await;
+    let id = session["user"]["id"].as_str().unwrap().to_owned();
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let db = db.client().await;
+    let uid = uuid::Uuid::parse_str(&id).unwrap();
+    eventually("profile created and verified", Duration::from_secs(20), || {
+        let db = &db;
+        async move {
+            let row = db
+                .query_opt("SELECT is_verified FROM profile.profiles WHERE user_id = $1", &[&uid])
+                .await
+                .unwrap()?;
+            row.get::<_, bool>(0).then_some(())
+        }
+    })
+    .await;
+    (id, token)
 }
 
 impl Gateway {
