@@ -197,3 +197,413 @@ async fn a_postgres_outage_fails_fast_with_503_and_heals_itself_losing_no_acknow
     assert_eq!(gw.get_bearer("/users/me", &carol).await.0, 200);
     eprintln!("healthy again {healed:?} after PostgreSQL came back");
 }
+
+/// Ada calls Bob through the balancer; both call sockets are open and a
+/// frame has crossed. Returns (call id, Bob's presence socket, Ada's and
+/// Bob's call sockets).
+async fn call_in_progress(
+    cluster: &Cluster,
+    (ada_id, ada): (&str, &str),
+    (bob_id, bob): (&str, &str),
+) -> (String, common::Socket, common::Socket, common::Socket) {
+    let gw = &cluster.client;
+    let mut bob_presence = gw.socket(&format!("/calls/ws/{bob_id}"), bob).await;
+    bob_presence.send_text("ping").await;
+    bob_presence.expect_text("pong").await;
+    let (status, call) = gw
+        .post_bearer("/calls/initiate", ada, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    assert_eq!(bob_presence.expect("incoming_call").await["call_id"], call_id);
+    let (status, body) = gw
+        .post_bearer(&format!("/calls/accept/{call_id}"), bob, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut ada_call = gw.socket(&format!("/ws/webrtc/{call_id}"), ada).await;
+    let mut bob_call = gw.socket(&format!("/ws/webrtc/{call_id}"), bob).await;
+    ada_call.expect("connection_ready").await;
+    ada_call
+        .send_json(json!({"type": "offer", "offer": {"type": "offer", "sdp": "v=0"}}))
+        .await;
+    assert_eq!(bob_call.expect("offer").await["from"], ada_id);
+    (call_id, bob_presence, ada_call, bob_call)
+}
+
+#[tokio::test]
+async fn a_redis_outage_and_empty_restart_heal_by_themselves_and_lose_no_event() {
+    let mut cluster = Cluster::start(&[("SIGNALING_FRAME_RATE", "1000")]).await;
+    let (ada_id, ada) = cluster.user("ada").await;
+    let (bob_id, bob) = cluster.user("bob").await;
+    let (call_id, mut bob_presence, mut ada_call, mut bob_call) =
+        call_in_progress(&cluster, (&ada_id, &ada), (&bob_id, &bob)).await;
+
+    // An event that reaches the stream but no consumer before Redis dies:
+    // both notification replicas are down while Dan signs up.
+    cluster.replica(Kind::Notification, 1).kill();
+    cluster.replica(Kind::Notification, 2).kill();
+    let (status, body) = cluster
+        .client
+        .post(
+            "/auth/register",
+            json!({"email": "dan@kiit.ac.in", "username": "dan", "full_name": "Dan", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("Dan's event on the stream", RECOVERY, || async {
+        let published: i64 = cluster
+            .db
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM auth.outbox WHERE published_at IS NOT NULL AND event_type = 'user.registered'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (published >= 3).then_some(())
+    })
+    .await;
+
+    cluster.redis.kill();
+    let killed_at = Instant::now();
+    let gw = &Gateway::at(cluster.lb.base());
+    eventually("/health to report Redis down", RECOVERY, || async {
+        let (status, body) = health(gw).await;
+        (status == 503 && body["redis"] == "disconnected").then_some(())
+    })
+    .await;
+    // Requests keep answering (or fail fast with a reason), the rate limiter
+    // decides locally, liveness holds; Carol signs up in the meantime.
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    let mut carol_registered = false;
+    while killed_at.elapsed() < OUTAGE {
+        let requests: Vec<(&str, (u16, Value, Duration))> = vec![
+            ("GET /users/me", timed(gw.get_bearer("/users/me", &ada)).await),
+            ("GET /calls/active", timed(gw.get_bearer("/calls/active", &ada)).await),
+            (
+                "GET /calls/available",
+                timed(gw.get_bearer("/calls/available", &ada)).await,
+            ),
+        ];
+        for (what, (status, body, took)) in requests {
+            assert!(took <= FAIL_FAST, "{what} took {took:?} during the outage");
+            assert!(status != 500, "{what} answered 500 during the outage: {body}");
+            if status >= 400 {
+                assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: {body}");
+            }
+            *answers.entry(format!("{what} {status}")).or_default() += 1;
+        }
+        if !carol_registered {
+            let (status, body, took) = timed(gw.post(
+                "/auth/register",
+                json!({"email": "carol@kiit.ac.in", "username": "carol", "full_name": "Carol", "password": "correct horse battery"}),
+            ))
+            .await;
+            assert!(
+                took <= FAIL_FAST && status != 500,
+                "register: {status} {body} in {took:?}"
+            );
+            carol_registered = status == 200;
+        }
+        assert_all_live(&cluster).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("answers during the {OUTAGE:?} Redis outage: {answers:?}; Carol registered: {carol_registered}");
+    let fallback: f64 = metric_sum(&cluster.direct(1).metrics().await, "rate_limit_fallback_total")
+        + metric_sum(&cluster.direct(2).metrics().await, "rate_limit_fallback_total");
+    assert!(fallback > 0.0, "the rate limiter fell back to local counting");
+
+    // Redis comes back with nothing in it.
+    cluster.redis.restart().await;
+    let restarted_at = Instant::now();
+    // The relay is subscribed again: Ada's frames reach Bob on the same sockets.
+    let mut n = 0;
+    let relayed_after = loop {
+        n += 1;
+        ada_call
+            .send_json(json!({"type": "ice_candidate", "candidate": {"n": n}}))
+            .await;
+        if let Some(common::Received::Text(text)) = bob_call.next_within(Duration::from_millis(100)).await
+            && text.contains("ice_candidate")
+        {
+            break restarted_at.elapsed();
+        }
+        assert!(
+            restarted_at.elapsed() < RECOVERY,
+            "no frame relayed {RECOVERY:?} after Redis came back"
+        );
+    };
+    eprintln!("relay flowing {relayed_after:?} after Redis came back");
+    assert!(
+        relayed_after <= Duration::from_secs(2),
+        "relay back after {relayed_after:?}"
+    );
+    // (The notification replicas are still down: /health stays degraded for them.)
+    eventually("/health to see Redis again", RECOVERY, || async {
+        (health(gw).await.1["redis"] == "connected").then_some(())
+    })
+    .await;
+    // Presence is rebuilt by the sockets' heartbeats: Bob is online again.
+    eventually("Bob online again", RECOVERY, || async {
+        let (status, bob_seen) = gw.get_bearer(&format!("/users/{bob_id}"), &ada).await;
+        (status == 200 && bob_seen["is_online"] == true).then_some(())
+    })
+    .await;
+    eprintln!("Bob online again {:?} after Redis came back", restarted_at.elapsed());
+    bob_presence.send_text("ping").await;
+    bob_presence.expect_text("pong").await;
+    // The call is still ongoing, not ended for lack of live sockets.
+    let (status, call) = gw.get_bearer(&format!("/calls/by-id/{call_id}"), &ada).await;
+    assert_eq!((status, call["status"].as_str()), (200, Some("ongoing")), "{call}");
+
+    // No event is lost: Carol's (written while Redis was down) and Dan's
+    // (on the stream Redis lost) mails arrive once the notification
+    // replicas are back, each exactly once.
+    cluster.replica(Kind::Notification, 1).restart().await;
+    cluster.replica(Kind::Notification, 2).restart().await;
+    let mut expected = vec!["dan@kiit.ac.in"];
+    if carol_registered {
+        expected.push("carol@kiit.ac.in");
+    }
+    eventually("/health to be healthy again", RECOVERY, || async {
+        (health(gw).await.0 == 200).then_some(())
+    })
+    .await;
+    for address in &expected {
+        common::mail(&cluster.smtp, address, 1).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for address in &expected {
+        assert_eq!(
+            cluster.smtp.messages_to(address).len(),
+            1,
+            "exactly one mail to {address}"
+        );
+    }
+    assert_eq!(
+        cluster.smtp.messages_to("ada@kiit.ac.in").len(),
+        2,
+        "no old mail sent again"
+    );
+}
+
+/// The sum of every sample of `name` in a Prometheus text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Call sockets open on each gateway (its `websocket_connections{kind="call"}`).
+async fn call_sockets(cluster: &Cluster, n: usize) -> f64 {
+    metric_sum(
+        &cluster.direct(n).metrics().await,
+        "websocket_connections{kind=\"call\"}",
+    )
+}
+
+/// A client's call socket that, like the web client, reconnects through the
+/// balancer with `last_seq` when its connection breaks.
+struct ResumingClient {
+    path: String,
+    token: String,
+    socket: common::Socket,
+    last_seq: u64,
+    reconnects: usize,
+}
+
+impl ResumingClient {
+    /// The next text frame, reconnecting (within 10 s) when the socket breaks.
+    async fn next(&mut self, lb: &Gateway) -> Value {
+        loop {
+            match self.socket.next_within(Duration::from_secs(10)).await {
+                Some(common::Received::Text(text)) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if let Some(seq) = frame["seq"].as_u64() {
+                        self.last_seq = seq;
+                    }
+                    return frame;
+                }
+                Some(common::Received::Closed(code, reason)) => {
+                    assert!([1006, 1012].contains(&code), "closed {code} {reason}");
+                    self.reconnects += 1;
+                    let path = format!("{}?last_seq={}", self.path, self.last_seq);
+                    self.socket = eventually("the call socket to reconnect", Duration::from_secs(10), || {
+                        let (path, token) = (path.clone(), self.token.clone());
+                        async move { lb.try_socket(&path, &token).await.ok() }
+                    })
+                    .await;
+                }
+                None => panic!("no frame within 10 s"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_killed_mid_call_loses_no_frame_and_its_users_fall_offline_by_themselves() {
+    let mut cluster = Cluster::start(&[("SIGNALING_FRAME_RATE", "1000"), ("CALL_DISCONNECT_GRACE", "5")]).await;
+    let lb = Gateway::at(cluster.lb.base());
+    let (ada_id, ada) = cluster.user("ada").await;
+    let (bob_id, bob) = cluster.user("bob").await;
+    let (carol_id, carol) = cluster.user("carol").await;
+    let (_, dan) = cluster.user("dan").await;
+    let (erin_id, erin) = cluster.user("erin").await;
+    let (call_id, _bob_presence, ada_call, bob_call) =
+        call_in_progress(&cluster, (&ada_id, &ada), (&bob_id, &bob)).await;
+    // Which gateway holds Ada's call socket: that one dies. Bob must be on
+    // the other one (the balancer may have put them together; if so, Bob
+    // moves over directly).
+    drop(ada_call);
+    let before = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
+    let path = format!("/ws/webrtc/{call_id}");
+    let ada_socket = lb.socket(&path, &ada).await;
+    let after = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
+    let doomed = if after[0] > before[0] { 1 } else { 2 };
+    let survivor = 3 - doomed;
+    drop(bob_call);
+    let mut bob_call = cluster.direct(survivor).socket(&path, &bob).await;
+    let mut ada = ResumingClient {
+        path: path.clone(),
+        token: ada.clone(),
+        socket: ada_socket,
+        last_seq: 0,
+        reconnects: 0,
+    };
+    // Carol is online through the doomed gateway only; Dan and Erin talk on
+    // it and never come back.
+    let mut carol_presence = cluster
+        .direct(doomed)
+        .socket(&format!("/calls/ws/{carol_id}"), &carol)
+        .await;
+    carol_presence.send_text("ping").await;
+    carol_presence.expect_text("pong").await;
+    let doomed_gw = cluster.direct(doomed);
+    let mut erin_presence = doomed_gw.socket(&format!("/calls/ws/{erin_id}"), &erin).await;
+    let (status, call) = doomed_gw
+        .post_bearer("/calls/initiate", &dan, json!({"receiver_id": erin_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let stranded = call["id"].as_str().unwrap().to_owned();
+    erin_presence.expect("incoming_call").await;
+    let (status, _) = doomed_gw
+        .post_bearer(&format!("/calls/accept/{stranded}"), &erin, json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let _dan_call = doomed_gw.socket(&format!("/ws/webrtc/{stranded}"), &dan).await;
+    let _erin_call = doomed_gw.socket(&format!("/ws/webrtc/{stranded}"), &erin).await;
+
+    // Bob sends 300 frames at 200/s; Ada's gateway is killed after the 50th.
+    let sender = tokio::spawn(async move {
+        for n in 0..300 {
+            bob_call
+                .send_json(json!({"type": "ice_candidate", "candidate": {"n": n}}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bob_call
+    });
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        let frame = ada.next(&lb).await;
+        if frame["type"] == "ice_candidate" {
+            got.push(frame["candidate"]["n"].as_u64().unwrap());
+            if got.len() == 50 {
+                cluster.replica(Kind::Gateway, doomed).kill();
+            }
+        }
+    }
+    assert_eq!(got, (0..300).collect::<Vec<u64>>(), "every frame once, in order");
+    assert_eq!(ada.reconnects, 1, "one reconnect, through the balancer");
+    let mut bob_call = sender.await.unwrap();
+    // Ada was back well within the resume window: Bob was not told she left.
+    while let Some(common::Received::Text(text)) = bob_call.next_within(Duration::from_millis(300)).await {
+        assert!(!text.contains("user_disconnected"), "{text}");
+    }
+
+    // Carol, whose only socket died with the gateway, falls offline by herself.
+    let killed_at = Instant::now();
+    eventually("Carol offline", Duration::from_secs(35), || async {
+        let (status, seen) = lb.get_bearer(&format!("/users/{carol_id}"), &bob).await;
+        (status == 200 && seen["is_online"] == false).then_some(())
+    })
+    .await;
+    eprintln!("Carol offline {:?} after her gateway died", killed_at.elapsed());
+    // The call whose both sockets died ends after the disconnect grace.
+    eventually("the stranded call to end", Duration::from_secs(30), || async {
+        let (status, call) = lb.get_bearer(&format!("/calls/by-id/{stranded}"), &dan).await;
+        (status == 200 && call["status"] == "completed").then_some(())
+    })
+    .await;
+    eprintln!(
+        "stranded call completed {:?} after its gateway died",
+        killed_at.elapsed()
+    );
+    // The surviving path keeps working; the dead gateway is out of rotation.
+    for _ in 0..10 {
+        assert_eq!(lb.get_bearer("/users/me", &dan).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_draining_gateway_closes_a_thousand_sockets_with_1012_and_they_land_on_the_other() {
+    const SOCKETS: usize = 1000;
+    let mut cluster = Cluster::start(&[("MAX_SOCKETS_PER_USER", "2000"), ("SHUTDOWN_GRACE_SECONDS", "10")]).await;
+    let lb = Gateway::at(cluster.lb.base());
+    let (ada_id, ada) = cluster.user("ada").await;
+    let first = cluster.direct(1);
+    let path = format!("/calls/ws/{ada_id}");
+    let mut sockets = Vec::with_capacity(SOCKETS);
+    let opened = Instant::now();
+    for batch in 0..SOCKETS / 50 {
+        let opening = (0..50).map(|_| first.socket(&path, &ada));
+        sockets.extend(futures_util::future::join_all(opening).await);
+        assert_eq!(sockets.len(), (batch + 1) * 50);
+    }
+    eprintln!("{SOCKETS} presence sockets open on gateway 1 in {:?}", opened.elapsed());
+
+    // SIGTERM: every socket is told to reconnect (1012) and the process exits
+    // within its grace.
+    let draining = tokio::spawn(async move {
+        let took = cluster
+            .replica(Kind::Gateway, 1)
+            .terminate(Duration::from_secs(15))
+            .await;
+        (cluster, took)
+    });
+    let closes = futures_util::future::join_all(sockets.iter_mut().map(|s| async {
+        let started = Instant::now();
+        (s.closed().await, started.elapsed())
+    }))
+    .await;
+    let (cluster, took) = draining.await.unwrap();
+    let slowest = closes.iter().map(|(_, t)| *t).max().unwrap();
+    for ((code, reason), _) in &closes {
+        assert_eq!(*code, 1012, "{reason}");
+    }
+    eprintln!("{SOCKETS} sockets closed with 1012 within {slowest:?}; the gateway exited after {took:?}");
+    assert!(took <= Duration::from_secs(10), "exit within the grace: {took:?}");
+
+    // Each client reconnects through the balancer and lands on gateway 2.
+    let reopened = Instant::now();
+    let mut again = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS / 50 {
+        let opening = (0..50).map(|_| lb.socket(&path, &ada));
+        again.extend(futures_util::future::join_all(opening).await);
+    }
+    eprintln!(
+        "{SOCKETS} sockets reopened through the balancer in {:?}",
+        reopened.elapsed()
+    );
+    let on_second = metric_sum(
+        &cluster.direct(2).metrics().await,
+        "websocket_connections{kind=\"presence\"}",
+    );
+    assert_eq!(on_second as usize, SOCKETS, "all on the surviving gateway");
+    let socket = again.last_mut().unwrap();
+    socket.send_text("ping").await;
+    socket.expect_text("pong").await;
+}

@@ -46,6 +46,11 @@ impl BackendService for Profiles {
             name: "accounts_blocks_reports",
             sql: include_str!("../migrations/0002_accounts_blocks_reports.sql"),
         },
+        Migration {
+            version: 3,
+            name: "erased_users",
+            sql: include_str!("../migrations/0003_erased_users.sql"),
+        },
     ];
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {

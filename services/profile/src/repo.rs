@@ -124,17 +124,34 @@ impl ProfileRepository {
         Ok(row.as_ref().map(Profile::from_row))
     }
 
-    /// Creates the profile of a new account (a redelivered event changes nothing).
+    /// Creates the profile of a new account (a redelivered event changes
+    /// nothing, and one for an account erased since creates nothing).
     pub async fn create(&self, user_id: UserId, email: &str, username: &str, full_name: &str) -> Result<(), DbError> {
+        let mut client = self.db.get().await?;
+        let tx = client.transaction().await?;
+        lock_user(&tx, user_id).await?;
+        tx.execute(
+            "INSERT INTO profiles (user_id, email, username, full_name)
+             SELECT $1::uuid, $2::text, $3::text, $4::text
+             WHERE NOT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1::uuid)
+             ON CONFLICT (user_id) DO NOTHING",
+            &[&user_id.as_uuid(), &email, &username, &full_name],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the account was erased (`user.deleted` handled).
+    pub async fn is_erased(&self, user_id: UserId) -> Result<bool, DbError> {
         let client = self.db.get().await?;
-        client
-            .execute(
-                "INSERT INTO profiles (user_id, email, username, full_name) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (user_id) DO NOTHING",
-                &[&user_id.as_uuid(), &email, &username, &full_name],
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1)",
+                &[&user_id.as_uuid()],
             )
             .await?;
-        Ok(())
+        Ok(row.get(0))
     }
 
     /// Marks the account verified; false when the profile does not exist yet.
@@ -380,11 +397,18 @@ impl ProfileRepository {
     }
 
     /// Erases a deleted user: their profile, blocks either way, and reports
-    /// they made or that name them. Idempotent.
+    /// they made or that name them; remembers the id so that a replayed
+    /// `user.registered` does not recreate the profile. Idempotent.
     pub async fn erase(&self, user: UserId) -> Result<(), DbError> {
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
+        lock_user(&tx, user).await?;
         let id = user.as_uuid();
+        tx.execute(
+            "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
+            &[&id],
+        )
+        .await?;
         tx.execute("DELETE FROM blocks WHERE blocker_id = $1 OR blocked_id = $1", &[&id])
             .await?;
         tx.execute("DELETE FROM reports WHERE reporter_id = $1 OR reported_id = $1", &[&id])
@@ -393,4 +417,16 @@ impl ProfileRepository {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Serialises creating and erasing one user's profile (two consumers may
+/// handle that user's `user.registered` and `user.deleted` at once): without
+/// it, a create that does not yet see the erasure could commit after it.
+async fn lock_user(tx: &unilink_db::Transaction<'_>, user: UserId) -> Result<(), DbError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('profile.user:' || $1::uuid::text, 0))",
+        &[&user.as_uuid()],
+    )
+    .await?;
+    Ok(())
 }

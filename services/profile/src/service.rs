@@ -46,15 +46,26 @@ impl ProfileService {
             .ok_or(ProfileError::ProfileNotFound)
     }
 
+    /// Presence, or offline when Redis cannot say (logged and counted in
+    /// `presence_unavailable_total`): reading or changing a profile must not
+    /// fail because the presence store is away for a moment.
+    async fn is_online(&self, user: UserId) -> bool {
+        match self.presence.is_online(user).await {
+            Ok(online) => online,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence unavailable; answering offline");
+                metrics::counter!("presence_unavailable_total").increment(1);
+                false
+            }
+        }
+    }
+
     /// The profile of this user, with presence.
     pub async fn get_profile(&self, user_id: UserId) -> Result<ProfileView, ProfileError> {
         // PostgreSQL and Redis at once: the answer waits for the slower, not both.
-        let (profile, is_online) = tokio::join!(self.profiles.find(user_id), self.presence.is_online(user_id));
+        let (profile, is_online) = tokio::join!(self.profiles.find(user_id), self.is_online(user_id));
         let profile = profile?.ok_or(ProfileError::ProfileNotFound)?;
-        Ok(ProfileView {
-            profile,
-            is_online: is_online?,
-        })
+        Ok(ProfileView { profile, is_online })
     }
 
     /// `user`'s profile as `viewer` may see it.
@@ -66,15 +77,12 @@ impl ProfileService {
                 self.profiles.has_blocked(user, viewer).await
             }
         };
-        let (profile, blocked, is_online) = tokio::join!(self.existing(user), blocked, self.presence.is_online(user));
+        let (profile, blocked, is_online) = tokio::join!(self.existing(user), blocked, self.is_online(user));
         let profile = profile?;
         if blocked? {
             return Err(ProfileError::BlockedByUser);
         }
-        Ok(ProfileView {
-            profile,
-            is_online: is_online?,
-        })
+        Ok(ProfileView { profile, is_online })
     }
 
     /// May `caller` call `receiver`? The facts signaling decides on (the
@@ -119,7 +127,7 @@ impl ProfileService {
             .update(user_id, &changes)
             .await?
             .ok_or(ProfileError::ProfileNotFound)?;
-        let is_online = self.presence.is_online(user_id).await?;
+        let is_online = self.is_online(user_id).await;
         Ok(ProfileView { profile, is_online })
     }
 
@@ -177,7 +185,7 @@ impl ProfileService {
     ) -> Result<(Option<ProfileView>, Vec<BlockMade>, Vec<Report>), ProfileError> {
         let profile = match self.profiles.find(user).await? {
             Some(profile) => Some(ProfileView {
-                is_online: self.presence.is_online(user).await?,
+                is_online: self.is_online(user).await,
                 profile,
             }),
             None => None,

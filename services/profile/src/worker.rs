@@ -1,6 +1,14 @@
 //! Keeps profiles in step with accounts: consumes auth's durable events, so
 //! every account gets its profile even if this service was down when the
 //! account was created (it catches up from the stream).
+//!
+//! Every handler is idempotent: creating an existing profile, verifying a
+//! verified one, deactivating an inactive one or erasing an erased one
+//! changes nothing. Auth's outbox replays its last 24 h of events when Redis
+//! lost the stream, in their original order; an erased account's events then
+//! come back after its erasure, so erased ids are remembered
+//! (`erased_users`): its `user.registered` creates nothing and its
+//! `user.verified`/`user.deactivated` are done, not retried for ever.
 
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
@@ -37,6 +45,19 @@ fn retry(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::Retry(e.to_string())
 }
 
+/// An event about `user` found no profile: either `user.registered` is not in
+/// yet (retried until it is), or the account was erased since — an event
+/// replayed by auth's outbox after Redis lost the stream — and there is
+/// nothing left to change.
+async fn no_profile(profiles: &ProfileRepository, user: UserId) -> Result<(), HandlerError> {
+    if profiles.is_erased(user).await.map_err(retry)? {
+        tracing::debug!(user_id = %user, "event for an erased account; nothing to change");
+        Ok(())
+    } else {
+        Err(HandlerError::Retry("profile not created yet".to_owned()))
+    }
+}
+
 async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
         USER_REGISTERED => {
@@ -48,19 +69,20 @@ async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), Handle
         }
         USER_VERIFIED => {
             let p: UserVerified = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
-            // Verified before its profile exists: retried once `user.registered` is in.
-            if profiles.set_verified(user_id(&p.user_id)?).await.map_err(retry)? {
+            let user = user_id(&p.user_id)?;
+            if profiles.set_verified(user).await.map_err(retry)? {
                 Ok(())
             } else {
-                Err(HandlerError::Retry("profile not created yet".to_owned()))
+                no_profile(profiles, user).await
             }
         }
         USER_DEACTIVATED => {
             let p: UserRef = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
-            if profiles.set_inactive(user_id(&p.user_id)?).await.map_err(retry)? {
+            let user = user_id(&p.user_id)?;
+            if profiles.set_inactive(user).await.map_err(retry)? {
                 Ok(())
             } else {
-                Err(HandlerError::Retry("profile not created yet".to_owned()))
+                no_profile(profiles, user).await
             }
         }
         USER_DELETED => {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use unilink_bus::Redis;
+use unilink_bus::{Redis, StreamConsumer};
 use unilink_domain::EventId;
 use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, USER_REGISTERED, USER_VERIFIED};
 use unilink_events::{Event, stream_of};
@@ -113,6 +113,16 @@ impl Harness {
             self.profile(user).await.is_none().then_some(())
         })
         .await;
+    }
+
+    /// How many `events:auth` entries the profile worker has not acknowledged.
+    async fn unacknowledged(&self) -> u64 {
+        let probe = StreamConsumer::join(&self.redis, &stream_of("auth"), "profile", "test-probe")
+            .await
+            .expect("join the group");
+        let count = probe.pending_count().await.expect("XPENDING");
+        probe.close().await;
+        count
     }
 
     async fn block(&self, user: &str, target: &str) {
@@ -241,5 +251,40 @@ async fn an_unverified_or_deactivated_receiver_is_not_available() {
 
     // Availability is about the receiver only: an unverified caller may ask.
     assert!(h.eligibility(&unverified, &ana).await.unwrap().receiver_available);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_of_a_deleted_accounts_events_brings_nothing_back() {
+    let h = Harness::start().await;
+    let gone = h.account("dee_p", true).await;
+    h.deactivate(&gone).await;
+    h.delete(&gone).await;
+    // Its username is free again, and taken by a new account.
+    let heir = h.account("dee_p", true).await;
+
+    // Auth's outbox replays its events (Redis lost the stream): the account's
+    // registration, verification, deactivation and deletion, in that order…
+    let registered =
+        format!(r#"{{"user_id":"{gone}","email":"dee_p@uni.test","username":"dee_p","full_name":"dee_p"}}"#);
+    h.emit(USER_REGISTERED, registered).await;
+    h.emit(USER_VERIFIED, format!(r#"{{"user_id":"{gone}"}}"#)).await;
+    h.emit(USER_DEACTIVATED, format!(r#"{{"user_id":"{gone}"}}"#)).await;
+    h.emit(USER_DELETED, format!(r#"{{"user_id":"{gone}","email":"x@uni.test"}}"#))
+        .await;
+    // …or only the later ones, the registration being past the outbox's retention.
+    h.emit(USER_VERIFIED, format!(r#"{{"user_id":"{gone}"}}"#)).await;
+    h.emit(USER_DEACTIVATED, format!(r#"{{"user_id":"{gone}"}}"#)).await;
+    // A later account shows that the worker is past all of them.
+    h.account("eve_q", true).await;
+
+    assert!(h.profile(&gone).await.is_none(), "the erased profile stays erased");
+    let profile = h.profile(&heir).await.expect("the new account's profile");
+    assert_eq!(profile.username, "dee_p");
+    // Every replayed event was done with, none left to retry for ever.
+    eventually("every entry to be acknowledged", WAIT, || async {
+        (h.unacknowledged().await == 0).then_some(())
+    })
+    .await;
     h.stop().await;
 }

@@ -367,6 +367,17 @@ impl Socket {
         }
     }
 
+    /// Reads frames until the text frame `text` arrives.
+    pub async fn expect_text(&mut self, text: &str) {
+        loop {
+            match self.next().await {
+                Received::Text(t) if t == text => return,
+                Received::Text(_) => {}
+                Received::Closed(code, reason) => panic!("socket closed ({code} {reason}) while {text:?} was expected"),
+            }
+        }
+    }
+
     /// The close code and reason (skipping text frames).
     pub async fn closed(&mut self) -> (u16, String) {
         loop {
