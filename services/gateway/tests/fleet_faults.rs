@@ -607,3 +607,54 @@ async fn a_draining_gateway_closes_a_thousand_sockets_with_1012_and_they_land_on
     socket.send_text("ping").await;
     socket.expect_text("pong").await;
 }
+
+#[tokio::test]
+async fn sign_ups_while_the_smtp_server_and_a_notification_replica_are_down_get_every_mail_once() {
+    const USERS: usize = 12;
+    let mut cluster = Cluster::start(&[]).await;
+    let lb = Gateway::at(cluster.lb.base());
+    cluster.smtp.stop().await;
+    let register = |n: usize| {
+        let lb = &lb;
+        async move {
+            let (status, body) = lb
+                .post(
+                    "/auth/register",
+                    json!({"email": format!("user{n}@kiit.ac.in"), "username": format!("user{n}"),
+                           "full_name": "User", "password": "correct horse battery"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    futures_util::future::join_all((0..USERS / 2).map(register)).await;
+    // One notification replica dies with mails in its hands; the other
+    // replica takes them over.
+    cluster.replica(Kind::Notification, 1).kill();
+    futures_util::future::join_all((USERS / 2..USERS).map(register)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(cluster.smtp.messages().is_empty());
+
+    cluster.smtp.restart().await;
+    let back = Instant::now();
+    // The dead replica's unacknowledged mails are taken over once idle for
+    // RECLAIM_IDLE (30 s); retries back off up to 30 s.
+    let smtp = &cluster.smtp;
+    eventually("every verification mail", Duration::from_secs(90), || async move {
+        (0..USERS)
+            .all(|n| !smtp.messages_to(&format!("user{n}@kiit.ac.in")).is_empty())
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "{USERS} mails delivered {:?} after the SMTP server came back",
+        back.elapsed()
+    );
+    cluster.replica(Kind::Notification, 1).restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in 0..USERS {
+        let mails = cluster.smtp.messages_to(&format!("user{n}@kiit.ac.in"));
+        assert_eq!(mails.len(), 1, "exactly one verification mail to user{n}");
+        assert!(mails[0].token_after("verify?token=").is_some());
+    }
+}
