@@ -5,10 +5,11 @@
 //!   prefix each). [`Redis::ping`] is the readiness probe.
 //! * [`Subscriber`] — a dedicated pub/sub connection whose subscriptions are
 //!   restored after Redis comes back; used by the cross-replica relay.
-//! * Streams ([`Redis::append`], [`StreamConsumer`]) — durable events read
-//!   through consumer groups: `XREADGROUP`, `XACK`, and `XAUTOCLAIM` to take
-//!   over entries a dead consumer left pending. A consumer blocks on its own
-//!   connection so it never stalls other commands.
+//! * Streams ([`Redis::append`], [`Redis::append_if_exists`],
+//!   [`StreamConsumer`]) — durable events read through consumer groups:
+//!   `XREADGROUP`, `XACK`, and `XAUTOCLAIM` to take over entries a dead
+//!   consumer left pending. A consumer blocks on its own connection so it
+//!   never stalls other commands.
 //!
 //! Redis keeps only what may be lost or rebuilt (see ARCHITECTURE.md): the
 //! durable copy of every event is the producing service's outbox table.
@@ -305,6 +306,29 @@ impl Redis {
         Ok(self.client.xadd(self.key(stream), false, cap, "*", pairs).await?)
     }
 
+    /// Like [`Redis::append`], but only while the prefixed `marker` key
+    /// exists (one script, so one round trip): `None`, and nothing appended,
+    /// when it does not. The outbox relay uses it so that nothing is published
+    /// into a stream Redis lost before the relay has refilled it.
+    pub async fn append_if_exists(
+        &self,
+        marker: &str,
+        stream: &str,
+        fields: &[(&str, &str)],
+        max_len: u64,
+    ) -> Result<Option<String>, BusError> {
+        let mut args = Vec::with_capacity(1 + 2 * fields.len());
+        args.push(max_len.to_string());
+        for (k, v) in fields {
+            args.push((*k).to_owned());
+            args.push((*v).to_owned());
+        }
+        let answer = self
+            .run(&APPEND_IF_EXISTS, vec![self.key(marker), self.key(stream)], args)
+            .await?;
+        Ok(answer.into_iter().next().flatten())
+    }
+
     /// Closes the connection.
     pub async fn close(&self) {
         let _ = self.client.quit().await;
@@ -314,6 +338,14 @@ impl Redis {
         &self.settings
     }
 }
+
+/// KEYS: marker, stream. ARGV: max length, then field, value, field, value…
+static APPEND_IF_EXISTS: LuaScript = LuaScript::new(
+    r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+"#,
+);
 
 /// Flattens a Redis answer to strings: one entry per array element (or one
 /// for a scalar), `None` for nil.

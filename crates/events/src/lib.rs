@@ -11,7 +11,9 @@
 //! * [`outbox`] — [`outbox::enqueue`] inside the producer's transaction, and
 //!   the [`outbox::OutboxRelay`] that publishes rows in order (any replica;
 //!   `FOR UPDATE SKIP LOCKED` keeps two relays from publishing one row twice
-//!   at once) and is woken by `NOTIFY` so events leave within milliseconds.
+//!   at once) and is woken by `NOTIFY` so events leave within milliseconds;
+//!   when Redis lost a stream (its marker key is gone) the relay replays the
+//!   retained rows into it.
 //! * [`consumer`] — the loop that reads a stream through a consumer group,
 //!   retries failed events with backoff, reclaims what dead consumers left
 //!   pending and acknowledges only after the handler succeeded.

@@ -1,11 +1,68 @@
 //! The transactional outbox and its relay to Redis Streams.
+//!
+//! A producer writes each event into its schema's `outbox` table with
+//! [`enqueue`], in the same transaction as the change it describes. The
+//! [`OutboxRelay`] (one per replica; `FOR UPDATE SKIP LOCKED` keeps two
+//! relays from publishing one row at once) appends unpublished rows to
+//! `events:<producer>` in `seq` order and sets their `published_at`.
+//! Published rows are kept for [`RETENTION`], then deleted.
+//!
+//! # When Redis loses the stream
+//!
+//! Redis keeps nothing on disk: after a restart every entry consumers had not
+//! read yet is gone, while the outbox says it was published. So the relay
+//! keeps a marker key next to each stream, `outbox:mark:<stream>` (see
+//! [`marker_key`]), which says "this Redis holds what the outbox published".
+//! Every append is conditional on it (`XADD` inside a script that first
+//! checks the marker: still one round trip), so nothing new goes into a
+//! stream Redis lost ahead of what it lost. The relay also looks for the
+//! marker at start, then at most every [`MARKER_CHECK_EVERY`] while idle, and
+//! before publishing again after any Redis error. When the marker is missing,
+//! Redis lost the stream (or never had it) and the relay replays
+//! ([`OutboxRelay::check_stream`]):
+//!
+//! 1. it claims the replay in Redis (`outbox:replay:<stream>`, `SET NX` with
+//!    a random token, [`REPLAY_CLAIM_TTL`]), atomically with a second look
+//!    at the marker, so of two replicas that both saw it missing only one
+//!    replays (the other finds the claim or, later, the marker);
+//! 2. it waits for relays publishing right now (it locks the unpublished
+//!    rows) and marks every retained published row unpublished again
+//!    (`published_at = NULL`); the normal loop then republishes them in
+//!    `seq` order, together with the new ones;
+//! 3. only then it sets the marker, and only if its claim is still there:
+//!    if Redis restarted again in between, the claim went with it, the
+//!    marker stays unset and the next check replays again.
+//!
+//! Resetting before marking means a crash between the two replays again
+//! rather than losing anything. A replay logs one WARN line with the number
+//! of rows and counts `outbox_replays_total{schema}`; one that finds no
+//! retained rows (a new Redis with an empty outbox, a first start) only sets
+//! the marker. Republished rows are counted again in `outbox_published_total`
+//! and their retention starts again from the republication.
+//!
+//! Consumer groups (recreated at id 0 on the new stream) then read every
+//! retained event again, with its original id and `occurred_at`: the ones
+//! Redis lost for the first time, the others a second time. So handlers must
+//! be idempotent by event id (the consumer loop already delivers at least
+//! once), and those whose effect only matters for a short while (call
+//! pushes) drop old events.
+//!
+//! What this does not cover: rows already deleted after [`RETENTION`]; a
+//! replay of more than [`STREAM_MAX_LEN`] rows (the stream is trimmed to
+//! about that many entries, so a consumer far behind could miss the oldest
+//! ones); a
+//! stream evicted or deleted from a Redis that kept its marker (nothing in
+//! UniLink deletes streams; run Redis with `maxmemory-policy noeviction`, as
+//! the compose file does); and a Redis that restarts from an append-only file
+//! missing its last second of writes (the marker survives, the newest entries
+//! may not).
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
-use unilink_bus::Redis;
+use unilink_bus::{BusError, LuaScript, Redis};
 use unilink_db::{DbError, PgPool, Transaction, Uuid};
 
 use crate::Event;
@@ -51,7 +108,77 @@ pub async fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<(), DbError>
     Ok(())
 }
 
-/// Publishes outbox rows to `events:<producer>`, oldest first.
+/// How often the relay looks for the stream's marker (see the module docs).
+pub const MARKER_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a replica's claim on a replay lasts if it dies half way; another
+/// replica replays once it expires.
+pub const REPLAY_CLAIM_TTL: Duration = Duration::from_secs(60);
+/// Server-side deadline of each of the replay's two statements (instead of
+/// the pool's shorter one: a day of events can take a while to update).
+/// Both together fit in [`REPLAY_CLAIM_TTL`].
+const REPLAY_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Key (before the Redis prefix) of the marker that says Redis holds what the
+/// outbox published to `stream`.
+pub fn marker_key(stream: &str) -> String {
+    format!("outbox:mark:{stream}")
+}
+
+/// Key (before the Redis prefix) of the claim a replica holds while it replays
+/// the outbox into `stream`.
+pub fn replay_claim_key(stream: &str) -> String {
+    format!("outbox:replay:{stream}")
+}
+
+/// KEYS: marker, claim. ARGV: token, claim TTL in ms. The marker is there
+/// → `marked`; else the claim is taken → `claimed`, or held by someone else → `busy`.
+static CHECK_OR_CLAIM: LuaScript = LuaScript::new(
+    r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'marked' end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed' end
+return 'busy'
+"#,
+);
+
+/// KEYS: marker, claim. ARGV: token, marker value. Sets the marker and drops
+/// the claim if the claim is still ours (1); else leaves both alone (0).
+static MARK_IF_CLAIMED: LuaScript = LuaScript::new(
+    r#"
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"#,
+);
+
+/// KEYS: claim. ARGV: token. Drops the claim if it is ours.
+static RELEASE_CLAIM: LuaScript = LuaScript::new(
+    r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+);
+
+/// What [`OutboxRelay::check_stream`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamCheck {
+    /// The marker is there: Redis holds what was published.
+    Intact,
+    /// The marker was missing: `rows` published rows were marked unpublished
+    /// again (the relay republishes them), then the marker was set.
+    Replayed { rows: u64 },
+    /// The marker is missing and another relay is replaying right now.
+    ReplayingElsewhere,
+    /// `rows` rows were marked unpublished, but Redis lost the claim before
+    /// the marker could be set (it restarted again): the next check replays
+    /// again.
+    Interrupted { rows: u64 },
+}
+
+/// Publishes outbox rows to `events:<producer>`, oldest first, and refills
+/// the stream when Redis lost it (see the module docs).
 #[derive(Debug, Clone)]
 pub struct OutboxRelay {
     pub db: PgPool,
@@ -71,14 +198,48 @@ impl OutboxRelay {
         let channel = format!("{CHANNEL_PREFIX}{}", self.schema);
         let listener = tokio::spawn(listen(self.listen_url.clone(), channel, wake.clone(), stop.clone()));
         let mut last_cleanup = tokio::time::Instant::now();
+        // When the marker was last found (or set); `None`: look before publishing.
+        let mut marker_seen: Option<tokio::time::Instant> = None;
+        let mut check_failing = false;
         while !stop.is_cancelled() {
-            let published = match self.publish_batch(200).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(stream = %self.stream, error = %e, "outbox relay failed; retrying");
-                    0
+            // Go round again at once (more rows, or a marker to check now).
+            let mut again = false;
+            if marker_seen.is_none_or(|at| at.elapsed() >= MARKER_CHECK_EVERY) {
+                marker_seen = None;
+                match self.check_stream().await {
+                    Ok(StreamCheck::Intact | StreamCheck::Replayed { .. }) => {
+                        marker_seen = Some(tokio::time::Instant::now());
+                        check_failing = false;
+                    }
+                    // Wait for the marker before publishing.
+                    Ok(StreamCheck::ReplayingElsewhere | StreamCheck::Interrupted { .. }) => check_failing = false,
+                    Err(e) => {
+                        // Once per outage, not every round while Redis is down.
+                        if check_failing {
+                            tracing::debug!(stream = %self.stream, error = %e, "outbox relay cannot check the stream's marker");
+                        } else {
+                            tracing::warn!(stream = %self.stream, error = %e, "outbox relay cannot check the stream's marker; retrying");
+                        }
+                        check_failing = true;
+                    }
                 }
-            };
+            }
+            if marker_seen.is_some() {
+                match self.publish_batch(200).await {
+                    Ok(n) => again = n > 0,
+                    Err(RelayError::NotMarked) => {
+                        tracing::debug!(stream = %self.stream, "stream marker gone; checking it before publishing more");
+                        marker_seen = None;
+                        again = true;
+                    }
+                    Err(e) => {
+                        if matches!(e, RelayError::Redis(_)) {
+                            marker_seen = None;
+                        }
+                        tracing::warn!(stream = %self.stream, error = %e, "outbox relay failed; retrying");
+                    }
+                }
+            }
             if let Err(e) = self.record_lag().await {
                 tracing::debug!(error = %e, "outbox lag not measured");
             }
@@ -88,7 +249,7 @@ impl OutboxRelay {
                     tracing::warn!(error = %e, "outbox cleanup failed");
                 }
             }
-            if published == 0 {
+            if !again {
                 // Woken by NOTIFY at commit; the timeout covers lost notifications and a
                 // Redis that is down.
                 tokio::select! {
@@ -101,7 +262,10 @@ impl OutboxRelay {
         let _ = listener.await;
     }
 
-    /// Publishes up to `limit` rows; returns how many.
+    /// Publishes up to `limit` rows; returns how many. Appends only while the
+    /// stream's marker exists (checked by Redis with each append, in the same
+    /// round trip). A Redis failure or a missing marker is an error once the
+    /// rows published before it are recorded.
     pub async fn publish_batch(&self, limit: i64) -> Result<usize, RelayError> {
         let mut client = self.db.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
@@ -116,7 +280,9 @@ impl OutboxRelay {
         if rows.is_empty() {
             return Ok(0);
         }
+        let marker = marker_key(&self.stream);
         let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut failure = None;
         for row in &rows {
             let event = Event {
                 id: row.get::<_, Uuid>("id").into(),
@@ -127,12 +293,22 @@ impl OutboxRelay {
             };
             let fields = event.to_fields();
             let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            if let Err(e) = self.redis.append(&self.stream, &pairs, STREAM_MAX_LEN).await {
+            match self
+                .redis
+                .append_if_exists(&marker, &self.stream, &pairs, STREAM_MAX_LEN)
+                .await
+            {
+                Ok(Some(_)) => done.push(row.get("seq")),
                 // Keep what was published; the rest waits for the next round.
-                tracing::warn!(stream = %self.stream, error = %e, "publishing to the stream failed");
-                break;
+                Ok(None) => {
+                    failure = Some(RelayError::NotMarked);
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(RelayError::Redis(e));
+                    break;
+                }
             }
-            done.push(row.get("seq"));
         }
         if !done.is_empty() {
             tx.execute("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)", &[&done])
@@ -141,7 +317,100 @@ impl OutboxRelay {
         }
         tx.commit().await.map_err(DbError::from)?;
         metrics::counter!("outbox_published_total", "schema" => self.schema).increment(done.len() as u64);
-        Ok(done.len())
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(done.len()),
+        }
+    }
+
+    /// Looks for the stream's marker and, when it is missing, replays the
+    /// retained rows (see the module docs). The run loop calls this at start,
+    /// about every [`MARKER_CHECK_EVERY`] and after Redis errors.
+    pub async fn check_stream(&self) -> Result<StreamCheck, RelayError> {
+        let marker = self.redis.key(&marker_key(&self.stream));
+        let claim = self.redis.key(&replay_claim_key(&self.stream));
+        let token = Uuid::new_v4().to_string();
+        let found = self
+            .redis
+            .run(
+                &CHECK_OR_CLAIM,
+                vec![marker.clone(), claim.clone()],
+                vec![token.clone(), REPLAY_CLAIM_TTL.as_millis().to_string()],
+            )
+            .await?;
+        match found.first().and_then(|v| v.as_deref()) {
+            Some("marked") => return Ok(StreamCheck::Intact),
+            Some("busy") => {
+                tracing::debug!(stream = %self.stream, "another relay is replaying the outbox");
+                return Ok(StreamCheck::ReplayingElsewhere);
+            }
+            _ => {} // "claimed"
+        }
+        let rows = match self.mark_all_unpublished().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Let the next check (ours or another replica's) claim again at once.
+                let _ = self.redis.run(&RELEASE_CLAIM, vec![claim], vec![token]).await;
+                return Err(e.into());
+            }
+        };
+        let value = format!("{} {}", self.schema, chrono::Utc::now().to_rfc3339());
+        let marked = match self
+            .redis
+            .run(
+                &MARK_IF_CLAIMED,
+                vec![marker, claim.clone()],
+                vec![token.clone(), value],
+            )
+            .await
+        {
+            Ok(marked) => marked,
+            Err(e) => {
+                // The rows are reset; the next check marks (or replays again).
+                let _ = self.redis.run(&RELEASE_CLAIM, vec![claim], vec![token]).await;
+                return Err(e.into());
+            }
+        };
+        if marked.first().and_then(|v| v.as_deref()) != Some("1") {
+            tracing::warn!(stream = %self.stream, rows, "redis lost the replay claim before the stream was marked; replaying again");
+            return Ok(StreamCheck::Interrupted { rows });
+        }
+        if rows > 0 {
+            tracing::warn!(stream = %self.stream, schema = self.schema, rows, "redis lost the event stream; replaying the retained outbox");
+            metrics::counter!("outbox_replays_total", "schema" => self.schema).increment(1);
+        } else {
+            tracing::info!(stream = %self.stream, "event stream marked; no retained outbox rows to replay");
+        }
+        Ok(StreamCheck::Replayed { rows })
+    }
+
+    /// Marks every published row unpublished again, once the relays
+    /// publishing right now have committed (their rows are reset too).
+    async fn mark_all_unpublished(&self) -> Result<u64, DbError> {
+        let mut client = self.db.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            REPLAY_STATEMENT_TIMEOUT.as_millis()
+        ))
+        .await?;
+        // A relay between XADD (possibly to the Redis that is gone) and
+        // `published_at = now()` holds these row locks: wait for it, so that
+        // the UPDATE below, with a snapshot taken after its commit, resets
+        // what it published.
+        tx.execute(
+            "SELECT seq FROM outbox WHERE published_at IS NULL ORDER BY seq FOR UPDATE",
+            &[],
+        )
+        .await?;
+        let rows = tx
+            .execute(
+                "UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     async fn record_lag(&self) -> Result<(), DbError> {
@@ -175,6 +444,12 @@ impl OutboxRelay {
 pub enum RelayError {
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error(transparent)]
+    Redis(#[from] BusError),
+    /// The stream's marker is missing: Redis lost the stream, which must be
+    /// refilled ([`OutboxRelay::check_stream`]) before anything new goes in.
+    #[error("the stream's marker is missing (redis lost the stream)")]
+    NotMarked,
 }
 
 /// Keeps a `LISTEN` connection open and pokes `wake` on every notification;

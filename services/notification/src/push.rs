@@ -11,9 +11,12 @@
 //! push and sees the state by polling (`/calls/pending`, `/calls/active`). So
 //! nothing goes into the delivery ledger; a failed `PUBLISH` is retried by
 //! the consumer loop (a participant may then get a push twice, which the
-//! client tolerates: each carries the whole call), and a ring older than
-//! a minute ([`STALE_RING`]) is not pushed at all: that call is no longer
-//! ringing.
+//! client tolerates: each carries the whole call). Old events are not pushed
+//! at all: a ring older than a minute ([`STALE_RING`], or the ring timeout
+//! when longer) is for a call no longer ringing, and any other call push
+//! older than [`STALE_PUSH`] tells the participants what they have long seen
+//! by polling. This matters when the outbox replays `events:signaling` after
+//! Redis lost it: the replay carries every call event of the last 24 h.
 
 use std::time::Duration;
 
@@ -36,11 +39,17 @@ pub const SIGNALING_PRODUCER: &str = "signaling";
 /// timeout, when that is longer).
 pub const STALE_RING: Duration = Duration::from_secs(60);
 
+/// A push about a call's change (accepted, rejected, missed, ended) is not
+/// sent once its event is this old: a `call_ended` from minutes ago (after an
+/// outbox replay, or a long backlog) would only confuse the client.
+pub const STALE_PUSH: Duration = Duration::from_secs(60);
+
 /// Turns call events into pushes to the participants' presence sockets.
 #[derive(Debug, Clone)]
 pub struct PushWorker {
     redis: Redis,
-    stale_after: Duration,
+    /// Age past which a ring is not pushed.
+    stale_ring: Duration,
 }
 
 impl PushWorker {
@@ -50,7 +59,7 @@ impl PushWorker {
     pub fn new(resources: &Resources) -> PushWorker {
         PushWorker {
             redis: resources.redis.clone(),
-            stale_after: STALE_RING.max(resources.settings.calls.ring_timeout),
+            stale_ring: STALE_RING.max(resources.settings.calls.ring_timeout),
         }
     }
 
@@ -72,8 +81,9 @@ impl PushWorker {
             .payload_as()
             .map_err(|e| HandlerError::Reject(format!("invalid payload: {e}")))?;
         let push = Push::of(&event.event_type, &call)?;
-        if push.kind == Push::INCOMING_CALL && is_older_than(event.occurred_at, self.stale_after, Utc::now()) {
-            tracing::info!(event_id = %event.id, call_id = %call.call_id, occurred_at = %event.occurred_at, "ring too old to push; skipping it");
+        if is_older_than(event.occurred_at, push.max_age(self.stale_ring), Utc::now()) {
+            // Debug only: an outbox replay brings a day of these (the relay logs the replay).
+            tracing::debug!(event_id = %event.id, call_id = %call.call_id, kind = push.kind, occurred_at = %event.occurred_at, "call event too old to push; skipping it");
             return Ok(());
         }
         let text = push.body.to_string();
@@ -99,6 +109,16 @@ pub struct Push {
 
 impl Push {
     pub const INCOMING_CALL: &'static str = "incoming_call";
+
+    /// How old its event may be for this push to be sent: `stale_ring` for a
+    /// ring, [`STALE_PUSH`] for the rest.
+    pub fn max_age(&self, stale_ring: Duration) -> Duration {
+        if self.kind == Push::INCOMING_CALL {
+            stale_ring
+        } else {
+            STALE_PUSH
+        }
+    }
 
     /// The push that tells about `event_type`; `Reject` for a call event type
     /// this service does not know, or ids that are not ids.
@@ -217,6 +237,32 @@ mod tests {
         let mut c = call(None);
         c.receiver_id = "push:*".to_owned();
         assert!(matches!(Push::of(CALL_MISSED, &c), Err(HandlerError::Reject(_))));
+    }
+
+    #[test]
+    fn old_call_events_are_not_pushed() {
+        let c = call(Some("6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1"));
+        let ring_timeout = Duration::from_secs(90);
+        let ring = Push::of(CALL_INITIATED, &c).unwrap();
+        assert_eq!(ring.max_age(ring_timeout), ring_timeout);
+        for event_type in [CALL_ACCEPTED, CALL_REJECTED, CALL_MISSED, CALL_ENDED] {
+            let push = Push::of(event_type, &c).unwrap();
+            assert_eq!(push.max_age(ring_timeout), STALE_PUSH, "{event_type}");
+        }
+        // A replayed `call.ended` from five minutes ago is dropped; one from
+        // a few seconds ago (lost by Redis before it was read) still goes out.
+        let now: DateTime<Utc> = "2026-11-28T10:10:00Z".parse().unwrap();
+        let ended = Push::of(CALL_ENDED, &c).unwrap();
+        assert!(is_older_than(
+            "2026-11-28T10:05:00Z".parse().unwrap(),
+            ended.max_age(ring_timeout),
+            now
+        ));
+        assert!(!is_older_than(
+            "2026-11-28T10:09:55Z".parse().unwrap(),
+            ended.max_age(ring_timeout),
+            now
+        ));
     }
 
     #[test]

@@ -218,7 +218,7 @@ async fn call_events_are_pushed_to_the_participants_who_did_not_cause_them() {
 }
 
 #[tokio::test]
-async fn stale_rings_and_events_that_cannot_be_pushed_are_acknowledged_without_a_push() {
+async fn stale_call_events_and_events_that_cannot_be_pushed_are_acknowledged_without_a_push() {
     let mut h = Harness::start().await;
     let (ana, ben) = (h.ana.clone(), h.ben.clone());
     let call = new_call_id();
@@ -227,6 +227,15 @@ async fn stale_rings_and_events_that_cannot_be_pushed_are_acknowledged_without_a
     let mut stale = h.call_event(CALL_INITIATED, &call, json!({}));
     stale.occurred_at = Utc::now() - chrono::Duration::minutes(2);
     h.append(&stale).await;
+    // An earlier call's end, five minutes ago, as an outbox replay after Redis
+    // lost the stream brings it back: the participants saw it long ago.
+    let mut replayed = h.call_event(
+        CALL_ENDED,
+        &new_call_id(),
+        json!({"status": "completed", "actor_id": ben, "ended_at": Utc::now() - chrono::Duration::minutes(5)}),
+    );
+    replayed.occurred_at = Utc::now() - chrono::Duration::minutes(5);
+    h.append(&replayed).await;
     // A call event type this service does not know, and a payload that is not a call.
     h.append(&h.call_event("call.teleported", &call, json!({}))).await;
     h.append(&Event::new(CALL_ENDED, json!({"call_id": call}))).await;
