@@ -405,40 +405,111 @@ async fn call_sockets(cluster: &Cluster, n: usize) -> f64 {
     )
 }
 
-/// A client's call socket that, like the web client, reconnects through the
-/// balancer with `last_seq` when its connection breaks.
+/// A client's call socket that reconnects through the balancer with
+/// `last_seq` when its connection breaks (nothing it is sent is lost), and
+/// numbers what it sends (`cid` for this client session, `cseq` from 1),
+/// keeping each frame until the server's
+/// `ack` and sending it again after a reconnect or a second without the ack
+/// (nothing it sends is lost; the server relays a repeat once).
 struct ResumingClient {
     path: String,
     token: String,
     socket: common::Socket,
     last_seq: u64,
     reconnects: usize,
+    cid: String,
+    next_cseq: u64,
+    unacked: std::collections::BTreeMap<u64, String>,
+    resent: usize,
 }
 
 impl ResumingClient {
-    /// The next text frame, reconnecting (within 10 s) when the socket breaks.
-    async fn next(&mut self, lb: &Gateway) -> Value {
-        loop {
-            match self.socket.next_within(Duration::from_secs(10)).await {
-                Some(common::Received::Text(text)) => {
-                    let frame: Value = serde_json::from_str(&text).unwrap();
-                    if let Some(seq) = frame["seq"].as_u64() {
-                        self.last_seq = seq;
-                    }
-                    return frame;
-                }
-                Some(common::Received::Closed(code, reason)) => {
-                    assert!([1006, 1012].contains(&code), "closed {code} {reason}");
-                    self.reconnects += 1;
-                    let path = format!("{}?last_seq={}", self.path, self.last_seq);
-                    self.socket = eventually("the call socket to reconnect", Duration::from_secs(10), || {
-                        let (path, token) = (path.clone(), self.token.clone());
-                        async move { lb.try_socket(&path, &token).await.ok() }
-                    })
-                    .await;
-                }
-                None => panic!("no frame within 10 s"),
+    fn new(path: String, token: String, socket: common::Socket) -> ResumingClient {
+        ResumingClient {
+            path,
+            token,
+            socket,
+            last_seq: 0,
+            reconnects: 0,
+            cid: uuid::Uuid::new_v4().simple().to_string(),
+            next_cseq: 1,
+            unacked: std::collections::BTreeMap::new(),
+            resent: 0,
+        }
+    }
+
+    /// Sends `frame` with the next `cseq`; kept until acknowledged.
+    async fn send(&mut self, mut frame: Value) {
+        let cseq = self.next_cseq;
+        self.next_cseq += 1;
+        frame["cid"] = json!(self.cid);
+        frame["cseq"] = json!(cseq);
+        let text = frame.to_string();
+        self.unacked.insert(cseq, text.clone());
+        // A broken connection shows on the next read; the frame waits.
+        let _ = self.socket.try_send_text(&text).await;
+    }
+
+    async fn resend(&mut self) {
+        let frames: Vec<String> = self.unacked.values().cloned().collect();
+        self.resent += frames.len();
+        for text in frames {
+            if !self.socket.try_send_text(&text).await {
+                break;
             }
+        }
+    }
+
+    /// Waits up to a second: the next frame that is not an `ack`, or None
+    /// (an ack arrived, or the second passed and unacknowledged frames were
+    /// sent again). Reconnects when the socket breaks.
+    async fn poll(&mut self, lb: &Gateway) -> Option<Value> {
+        match self.socket.next_within(Duration::from_secs(1)).await {
+            Some(common::Received::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "ack" {
+                    let acked = frame["cseq"].as_u64().unwrap();
+                    self.unacked.retain(|cseq, _| *cseq > acked);
+                    return None;
+                }
+                if let Some(seq) = frame["seq"].as_u64() {
+                    self.last_seq = seq;
+                }
+                Some(frame)
+            }
+            Some(common::Received::Closed(code, reason)) => {
+                assert!([1006, 1012].contains(&code), "closed {code} {reason}");
+                self.reconnects += 1;
+                let path = format!("{}?last_seq={}", self.path, self.last_seq);
+                self.socket = eventually("the call socket to reconnect", Duration::from_secs(10), || {
+                    let (path, token) = (path.clone(), self.token.clone());
+                    async move { lb.try_socket(&path, &token).await.ok() }
+                })
+                .await;
+                self.resend().await;
+                None
+            }
+            None => {
+                self.resend().await;
+                None
+            }
+        }
+    }
+
+    /// The next frame that is not an `ack` (within 10 s).
+    async fn next(&mut self, lb: &Gateway) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(frame) = self.poll(lb).await {
+                return frame;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no frame within 10 s on {} after seq {} ({} reconnects)",
+                self.path,
+                self.last_seq,
+                self.reconnects
+            );
         }
     }
 }
@@ -466,13 +537,7 @@ async fn a_gateway_killed_mid_call_loses_no_frame_and_its_users_fall_offline_by_
     let survivor = 3 - doomed;
     drop(bob_call);
     let mut bob_call = cluster.direct(survivor).socket(&path, &bob).await;
-    let mut ada = ResumingClient {
-        path: path.clone(),
-        token: ada.clone(),
-        socket: ada_socket,
-        last_seq: 0,
-        reconnects: 0,
-    };
+    let mut ada = ResumingClient::new(path.clone(), ada.clone(), ada_socket);
     // Carol is online through the doomed gateway only; Dan and Erin talk on
     // it and never come back.
     let mut carol_presence = cluster
@@ -656,5 +721,367 @@ async fn sign_ups_while_the_smtp_server_and_a_notification_replica_are_down_get_
         let mails = cluster.smtp.messages_to(&format!("user{n}@kiit.ac.in"));
         assert_eq!(mails.len(), 1, "exactly one verification mail to user{n}");
         assert!(mails[0].token_after("verify?token=").is_some());
+    }
+}
+
+/// The web client's retry policy (services/gateway/web/api.js, app.js): a
+/// request the server asks to repeat (502/503/504) or that got no answer is
+/// tried again after 250 ms, 500 ms, 1 s and 2 s. Returns the final answer
+/// and how many attempts it took.
+async fn with_retry(
+    http: &reqwest::Client,
+    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> (u16, Value, usize) {
+    let waits = [250, 500, 1000, 2000];
+    let mut attempt = 0;
+    loop {
+        let (status, body) = match request(http).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.json().await.unwrap_or(Value::Null))
+            }
+            Err(_) => (0, Value::Null),
+        };
+        if ![0, 502, 503, 504].contains(&status) || attempt == waits.len() {
+            return (status, body, attempt + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(waits[attempt])).await;
+        attempt += 1;
+    }
+}
+
+/// What the simulated users did and saw.
+#[derive(Default, Debug)]
+struct Tally {
+    requests: usize,
+    retried: usize,
+    failed: Vec<String>,
+    logins: usize,
+    calls: usize,
+    frames_sent: usize,
+    frames_received: usize,
+    socket_reconnects: usize,
+    frames_resent: usize,
+    rings_missed: usize,
+    offline_answers: usize,
+}
+
+/// One side of a call: sends `frames` numbered frames, and reads until it has
+/// every one of the other side's, once and in order, and all its own are
+/// acknowledged (within 30 s).
+async fn converse(mut me: ResumingClient, lb: &Gateway, mine: &str, theirs: &str, frames: u64) -> ResumingClient {
+    for n in 0..frames {
+        me.send(json!({"type": "ice_candidate", "candidate": {"n": n, "from": mine}}))
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut expected = 0;
+    while expected < frames || !me.unacked.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{mine} on {}: {expected} of {frames} frames, {} unacknowledged, {} reconnects",
+            me.path,
+            me.unacked.len(),
+            me.reconnects
+        );
+        let Some(frame) = me.poll(lb).await else { continue };
+        if frame["type"] != "ice_candidate" {
+            continue;
+        }
+        assert_eq!(frame["candidate"]["from"], theirs);
+        assert_eq!(
+            frame["candidate"]["n"], expected,
+            "{mine}: frame lost, repeated or out of order: {frame}"
+        );
+        expected += 1;
+    }
+    me
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Tally>>;
+
+struct SimUser {
+    id: String,
+    email: String,
+    token: String,
+}
+
+/// A presence socket through the balancer that answered a ping (a socket
+/// that a draining replica closes meanwhile is opened again).
+async fn online(lb: &Gateway, user: &SimUser) -> common::Socket {
+    eventually("a presence socket", Duration::from_secs(15), || {
+        let (path, token) = (format!("/calls/ws/{}", user.id), user.token.clone());
+        async move {
+            let mut socket = lb.try_socket(&path, &token).await.ok()?;
+            if !socket.try_send_text("ping").await {
+                return None;
+            }
+            match socket.next_within(Duration::from_secs(2)).await? {
+                common::Received::Text(t) if t == "pong" => Some(socket),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+/// One request with the client's retry policy, tallied; `ok` lists the
+/// statuses that count as success.
+async fn act(
+    tally: &Shared,
+    http: &reqwest::Client,
+    what: &str,
+    ok: &[u16],
+    request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+) -> (u16, Value) {
+    let (status, body, attempts) = with_retry(http, request).await;
+    let mut t = tally.lock().unwrap();
+    t.requests += 1;
+    t.retried += usize::from(attempts > 1);
+    if !ok.contains(&status) {
+        t.failed.push(format!("{what}: {status} {body}"));
+    }
+    (status, body)
+}
+
+/// A pair of users calling each other in rounds until `stop`: the caller
+/// signs in again (password + emailed code), calls, both exchange frames on
+/// their call sockets (resuming through the balancer when one breaks), and
+/// the caller hangs up.
+#[allow(clippy::too_many_arguments)]
+async fn pair_loop(
+    base: String,
+    smtp: std::sync::Arc<unilink_test_support::smtp::SmtpSink>,
+    caller: SimUser,
+    callee: SimUser,
+    tally: Shared,
+    stop: tokio_util::sync::CancellationToken,
+) -> (String, usize) {
+    const FRAMES: u64 = 20;
+    let lb = Gateway::at(base.clone());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("{base}{path}");
+    let mut presence: Option<common::Socket> = None;
+    let mut round = 0;
+    let mut logins = 0;
+    while !stop.is_cancelled() {
+        round += 1;
+        // Sign in again: one code mail per login.
+        let (status, _) = act(&tally, &http, "login", &[202], |h| {
+            h.post(url("/auth/login"))
+                .json(&json!({"email": caller.email, "password": "correct horse battery"}))
+        })
+        .await;
+        if status == 202 {
+            let code = eventually("the login code", Duration::from_secs(60), || {
+                let smtp = smtp.clone();
+                let email = caller.email.clone();
+                async move {
+                    let mails = smtp.messages_to(&email);
+                    // The verification link, the first login's code, then one
+                    // code per login here.
+                    (mails.len() > round + 1).then(|| mails[mails.len() - 1].digits(6).expect("a code"))
+                }
+            })
+            .await;
+            act(&tally, &http, "verify-otp", &[200], |h| {
+                h.post(url("/auth/login/verify-otp"))
+                    .json(&json!({"email": caller.email, "otp": code}))
+            })
+            .await;
+            tally.lock().unwrap().logins += 1;
+            logins += 1;
+        }
+        // The callee is online (its presence socket reconnects when it breaks).
+        // Like the web client, the callee notices a closed presence socket
+        // (a draining replica) and opens another at once.
+        let mut socket = match presence.take() {
+            Some(mut socket) => {
+                let mut open = true;
+                while let Some(received) = socket.next_within(Duration::from_millis(1)).await {
+                    if let common::Received::Closed(..) = received {
+                        open = false;
+                        break;
+                    }
+                }
+                if open { socket } else { online(&lb, &callee).await }
+            }
+            None => online(&lb, &callee).await,
+        };
+        // Call; a 409 on a retry means the first attempt went through.
+        let (status, call) = act(&tally, &http, "initiate", &[200, 409, 400], |h| {
+            h.post(url("/calls/initiate"))
+                .bearer_auth(&caller.token)
+                .json(&json!({"receiver_id": callee.id}))
+        })
+        .await;
+        if status == 400 {
+            // The callee's socket was closed by a draining replica in the
+            // moment before: offline until its client reconnected.
+            assert_eq!(call["detail"], "user is offline", "{call}");
+            tally.lock().unwrap().offline_answers += 1;
+            presence = None;
+            continue;
+        }
+        let call_id = if status == 200 {
+            call["id"].as_str().unwrap().to_owned()
+        } else {
+            let (_, pending) = act(&tally, &http, "pending", &[200], |h| {
+                h.get(url("/calls/pending")).bearer_auth(&callee.token)
+            })
+            .await;
+            match pending["id"].as_str() {
+                Some(id) => id.to_owned(),
+                None => continue,
+            }
+        };
+        // The ring, or (if the presence socket was moving) the pending call.
+        let mut rung = false;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            match socket.next_within(Duration::from_millis(200)).await {
+                Some(common::Received::Text(t)) if t.contains("incoming_call") && t.contains(&call_id) => {
+                    rung = true;
+                    break;
+                }
+                Some(common::Received::Closed(..)) => break,
+                _ => {}
+            }
+        }
+        if !rung {
+            tally.lock().unwrap().rings_missed += 1;
+            socket = online(&lb, &callee).await;
+        }
+        presence = Some(socket);
+        act(&tally, &http, "accept", &[200, 409], |h| {
+            h.post(url(&format!("/calls/accept/{call_id}")))
+                .bearer_auth(&callee.token)
+        })
+        .await;
+        // Both sockets; each side sends FRAMES and must get the other's all,
+        // once, in order.
+        let path = format!("/ws/webrtc/{call_id}");
+        let open = |token: String| {
+            let (lb, path) = (&lb, path.clone());
+            async move {
+                let socket = eventually("call socket", Duration::from_secs(10), || {
+                    let (path, token) = (path.clone(), token.clone());
+                    async move { lb.try_socket(&path, &token).await.ok() }
+                })
+                .await;
+                ResumingClient::new(path, token, socket)
+            }
+        };
+        let (a, b) = tokio::join!(open(caller.token.clone()), open(callee.token.clone()));
+        let (a, b) = tokio::join!(converse(a, &lb, "a", "b", FRAMES), converse(b, &lb, "b", "a", FRAMES));
+        {
+            let mut t = tally.lock().unwrap();
+            t.frames_sent += 2 * FRAMES as usize;
+            t.frames_received += 2 * FRAMES as usize;
+            t.socket_reconnects += a.reconnects + b.reconnects;
+            t.frames_resent += a.resent + b.resent;
+            t.calls += 1;
+        }
+        // Hang up; on a retry, "not ongoing any more" is the success.
+        act(&tally, &http, "end", &[200, 409], |h| {
+            h.post(url(&format!("/calls/end/{call_id}"))).bearer_auth(&caller.token)
+        })
+        .await;
+    }
+    (caller.email, logins)
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_service_under_50_users_fails_no_request_and_loses_nothing() {
+    const PAIRS: usize = 25;
+    let mut cluster = Cluster::start(&[("SIGNALING_FRAME_RATE", "1000"), ("SHUTDOWN_GRACE_SECONDS", "5")]).await;
+    let base = cluster.lb.base();
+    // 50 users, signed up through the balancer ten at a time.
+    let mut users = Vec::new();
+    for batch in 0..(2 * PAIRS) / 10 {
+        let made = futures_util::future::join_all((0..10).map(|i| {
+            let cluster = &cluster;
+            async move {
+                let name = format!("user{}", batch * 10 + i);
+                let (id, token) = cluster.user(&name).await;
+                SimUser {
+                    id,
+                    email: format!("{name}@kiit.ac.in"),
+                    token,
+                }
+            }
+        }))
+        .await;
+        users.extend(made);
+    }
+    let smtp = cluster.smtp.clone();
+    let tally = Shared::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    while users.len() >= 2 {
+        let callee = users.pop().unwrap();
+        let caller = users.pop().unwrap();
+        workers.push(tokio::spawn(pair_loop(
+            base.clone(),
+            smtp.clone(),
+            caller,
+            callee,
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Every service, one replica at a time: SIGTERM, wait for the exit,
+    // start it again on its ports, wait until it serves.
+    let rolling = Instant::now();
+    for kind in [
+        Kind::Auth,
+        Kind::Profile,
+        Kind::Notification,
+        Kind::Signaling,
+        Kind::Gateway,
+    ] {
+        for n in 1..=2 {
+            let replica = cluster.replica(kind, n);
+            let took = replica.terminate(Duration::from_secs(15)).await;
+            replica.restart().await;
+            eprintln!("{} restarted (stopped in {took:?})", replica.name);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    let rolled = rolling.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+    let mut logins = std::collections::HashMap::new();
+    for worker in workers {
+        let (email, n) = tokio::time::timeout(Duration::from_secs(90), worker)
+            .await
+            .expect("a simulated user finishes its round")
+            .expect("a simulated user saw a lost or repeated frame");
+        logins.insert(email, n);
+    }
+    let t = tally.lock().unwrap();
+    eprintln!(
+        "rolling restart of 10 replicas in {rolled:?} under {} users: {t:?}",
+        2 * PAIRS
+    );
+    assert!(
+        t.failed.is_empty(),
+        "requests failed beyond the client's retry: {:?}",
+        t.failed
+    );
+    assert_eq!(t.frames_received, t.frames_sent);
+    assert!(t.calls >= PAIRS, "every pair completed calls: {t:?}");
+    // Every mail once: the verification link and the first login's code,
+    // then one code per login during the restart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in 0..2 * PAIRS {
+        let email = format!("user{n}@kiit.ac.in");
+        let expected = 2 + logins.get(&email).copied().unwrap_or(0);
+        assert_eq!(smtp.messages_to(&email).len(), expected, "mails to {email}");
     }
 }

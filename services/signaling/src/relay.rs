@@ -38,9 +38,15 @@ const RESYNC: &str = "resync";
 /// Version of the relay message format.
 const FORMAT: &str = "1";
 
-/// KEYS: seq, buffer, channel. ARGV: frame JSON (starting with `{`), header
-/// (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl seconds,
-/// now in ms. Returns the sequence number. The message is
+/// KEYS: seq, buffer, channel, the last client sequence number accepted
+/// from this sender's client session. ARGV: frame JSON (starting with `{`),
+/// header (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl
+/// seconds, now in ms, the frame's client sequence number (`cseq`, or empty).
+/// Returns the sequence number; with a `cseq`, 0 when it is not above the
+/// last one accepted (a frame the client sent again because its connection
+/// broke before the `ack`: relayed once already) and -1 when it is not the
+/// next one (an earlier frame was lost on the way: the client sends every
+/// unacknowledged frame again, in order). The message is
 /// `1|<seq>|<sender>|<sent µs>|<traceparent>|<frame with "seq">`.
 ///
 /// A new mailbox (or one Redis lost, e.g. in a restart) starts counting at
@@ -48,6 +54,17 @@ const FORMAT: &str = "1";
 /// readers and resuming clients never mistake new frames for old ones.
 static SEND: LuaScript = LuaScript::new(
     r#"
+if ARGV[6] ~= '' then
+  local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local cseq = tonumber(ARGV[6])
+  if cseq <= last then
+    return 0
+  end
+  if cseq > last + 1 then
+    return -1
+  end
+  redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[4])
+end
 local seq = redis.call('INCR', KEYS[1])
 -- Lua prints numbers this large with an exponent unless told otherwise.
 if seq == 1 then
@@ -67,6 +84,18 @@ redis.call('PUBLISH', KEYS[3], message)
 return seq
 "#,
 );
+
+/// What became of a frame given to [`SignalRelay::send_once`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Relayed with this sequence number.
+    Relayed(u64),
+    /// Relayed before (the client sent it again): acknowledge, do not relay.
+    Repeat,
+    /// An earlier frame of this client is missing: not relayed and not
+    /// acknowledged; the client sends all unacknowledged frames again.
+    OutOfOrder,
+}
 
 /// Gaps this large are a mailbox that started again (after Redis lost it),
 /// not lost frames.
@@ -191,11 +220,32 @@ impl SignalRelay {
         frame: &str,
         traceparent: &str,
     ) -> Result<u64, BusError> {
+        match self.send_once(call, user, sender, frame, traceparent, None).await? {
+            SendOutcome::Relayed(seq) => Ok(seq),
+            SendOutcome::Repeat | SendOutcome::OutOfOrder => unreachable!("only numbered frames are refused"),
+        }
+    }
+
+    /// [`SignalRelay::send`] of a frame numbered by the client: `cseq`
+    /// counts 1, 2, 3… per client session `client` (an id the client picks
+    /// per page load). Atomic with the relay itself, so two replicas racing
+    /// with the same frame relay it once; see [`Relayed`].
+    pub async fn send_once(
+        &self,
+        call: CallId,
+        user: UserId,
+        sender: &str,
+        frame: &str,
+        traceparent: &str,
+        numbered: Option<(&str, u64)>,
+    ) -> Result<SendOutcome, BusError> {
         debug_assert!(frame.starts_with('{'));
+        let client = numbered.map_or("", |(client, _)| client);
         let keys = vec![
             self.redis.key(&seq_key(call, user)),
             self.redis.key(&buffer_key(call, user)),
             self.redis.key(&channel(call, user)),
+            self.redis.key(&format!("relay:cseq:{call}:{user}:{sender}:{client}")),
         ];
         let args = vec![
             frame.to_owned(),
@@ -203,15 +253,27 @@ impl SignalRelay {
             BUFFER_LEN.to_string(),
             MAILBOX_TTL.as_secs().to_string(),
             (now_us() / 1000).to_string(),
+            numbered.map(|(_, cseq)| cseq.to_string()).unwrap_or_default(),
         ];
         let answer = self.redis.run(&SEND, keys, args).await?;
-        metrics::counter!("signaling_relay_frames_total", "direction" => "sent").increment(1);
-        Ok(answer
+        let seq: i64 = answer
             .first()
             .cloned()
             .flatten()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        let outcome = match seq {
+            0 => SendOutcome::Repeat,
+            s if s < 0 => SendOutcome::OutOfOrder,
+            s => SendOutcome::Relayed(s as u64),
+        };
+        let direction = match outcome {
+            SendOutcome::Relayed(_) => "sent",
+            SendOutcome::Repeat => "repeated",
+            SendOutcome::OutOfOrder => "out_of_order",
+        };
+        metrics::counter!("signaling_relay_frames_total", "direction" => direction).increment(1);
+        Ok(outcome)
     }
 
     /// Routes messages of `name` to a new receiver, subscribing to the
@@ -237,6 +299,13 @@ impl SignalRelay {
     /// after `resume_after` (0 = from what was last recorded as delivered).
     /// Frames still buffered after that point come first, then live ones.
     pub async fn open(&self, call: CallId, user: UserId, resume_after: u64) -> Result<Mailbox, BusError> {
+        self.open_after(call, user, (resume_after > 0).then_some(resume_after))
+            .await
+    }
+
+    /// [`SignalRelay::open`]: after `resume_after` when given (0: the whole
+    /// buffer), else after the last frame delivered to `user`.
+    pub async fn open_after(&self, call: CallId, user: UserId, resume_after: Option<u64>) -> Result<Mailbox, BusError> {
         let name = channel(call, user);
         let (id, rx) = self.attach(&name).await?;
         let mut mailbox = Mailbox {
@@ -251,14 +320,14 @@ impl SignalRelay {
             resync: false,
             gap_checked: false,
         };
-        mailbox.last = if resume_after > 0 {
-            resume_after
-        } else {
-            self.redis
+        mailbox.last = match resume_after {
+            Some(after) => after,
+            None => self
+                .redis
                 .get(&delivered_key(call, user))
                 .await?
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+                .unwrap_or(0),
         };
         let backlog = mailbox.fetch_after(mailbox.last, None).await?;
         mailbox.insert(backlog);

@@ -27,7 +27,7 @@ use unilink_proto::signaling::{ClientFrame, Close, Open, ServerFrame, SocketKind
 
 use crate::connections::BEAT;
 use crate::error::SignalingError;
-use crate::relay::Mailbox;
+use crate::relay::{Mailbox, SendOutcome};
 use crate::repo::Call;
 use crate::service::CallService;
 
@@ -143,7 +143,11 @@ impl Sessions {
                 if !call.status.is_open() {
                     return Err(SignalingError::WrongState(format!("call is {}", call.status.as_str())));
                 }
-                let mailbox = self.core.relay.open(call_id, user, open.resume_after).await?;
+                // A client that says where it was (even "nothing yet", 0)
+                // gets everything after that; otherwise it starts after what
+                // the fleet last delivered to this user.
+                let resume_after = (open.resume || open.resume_after > 0).then_some(open.resume_after);
+                let mailbox = self.core.relay.open_after(call_id, user, resume_after).await?;
                 let connection = connection_id(&open);
                 let peer = call.peer_of(user);
                 // Registered before the stream is answered: whoever joins
@@ -317,7 +321,7 @@ impl CallSession {
                 r#"{{"type":"connection_ready","user_id":"{}","message":"peer connected"}}"#,
                 self.user
             );
-            self.relay_to(self.peer, &frame).await;
+            self.relay_to(self.peer, &frame, None).await;
         }
         let mut beat = tokio::time::interval(BEAT);
         beat.tick().await;
@@ -395,19 +399,47 @@ impl CallSession {
         metrics::gauge!("signaling_streams", "kind" => "call").decrement(1.0);
     }
 
-    async fn relay_to(&self, user: UserId, frame: &str) {
+    /// Relays `frame` to `user`'s mailbox. With the client's numbering, a
+    /// repeat is not relayed again and a frame after a gap is held back.
+    /// `None` if it could not (the client was told).
+    async fn relay_to(&self, user: UserId, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
         let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
         let sender = self.user.to_string();
-        if let Err(e) = self
+        match self
             .core
             .relay
-            .send(self.call.id, user, &sender, frame, &traceparent)
+            .send_once(self.call.id, user, &sender, frame, &traceparent, numbered)
             .await
         {
-            tracing::warn!(call_id = %self.call.id, error = %e, "relay send failed");
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                tracing::warn!(call_id = %self.call.id, error = %e, "relay send failed");
+                let _ = self
+                    .tx
+                    .send(text(error_frame("message not delivered; try again"), 0))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Relays a numbered (or unnumbered) client frame to the peer and
+    /// acknowledges it once it is relayed, now or before.
+    async fn relay_and_ack(&self, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
+        let outcome = self.relay_to(self.peer, frame, numbered).await;
+        if matches!(outcome, Some(SendOutcome::Relayed(_) | SendOutcome::Repeat)) {
+            self.ack(numbered).await;
+        }
+        outcome
+    }
+
+    /// `{"type":"ack","cseq":n}`: the frame numbered `n` by the client is
+    /// relayed (or handled) and need not be sent again.
+    async fn ack(&self, numbered: Option<(&str, u64)>) {
+        if let Some((_, cseq)) = numbered {
             let _ = self
                 .tx
-                .send(text(error_frame("message not delivered; try again"), 0))
+                .send(text(format!(r#"{{"type":"ack","cseq":{cseq}}}"#), 0))
                 .await;
         }
     }
@@ -440,9 +472,16 @@ impl CallSession {
         };
         let me = self.user;
         let field = |name: &str| value.get(name).filter(|v| !v.is_null());
+        // The client's numbering, when it asks for acknowledgements: its
+        // session id (`cid`) and the frame's number in it (`cseq`, from 1).
+        let cid = field("cid")
+            .and_then(|c| c.as_str())
+            .filter(|c| !c.is_empty() && c.len() <= 64);
+        let cseq = cid.zip(field("cseq").and_then(serde_json::Value::as_u64).filter(|c| *c > 0));
         match kind {
             "ping" => {
                 let _ = self.tx.send(text(r#"{"type":"pong"}"#.to_owned(), 0)).await;
+                self.ack(cseq).await;
             }
             "offer" | "answer" | "ice_candidate" => {
                 let name = if kind == "ice_candidate" { "candidate" } else { kind };
@@ -450,7 +489,7 @@ impl CallSession {
                     return self.reply_error(&format!("{kind} needs a \"{name}\" field")).await;
                 };
                 let frame = format!(r#"{{"type":"{kind}","{name}":{payload},"from":"{me}"}}"#);
-                self.relay_to(self.peer, &frame).await;
+                self.relay_and_ack(&frame, cseq).await;
             }
             "connection_state" => {
                 let Some(state) = field("state").and_then(|s| s.as_str()) else {
@@ -465,7 +504,7 @@ impl CallSession {
                     r#"{{"type":"connection_state","user_id":"{me}","state":{}}}"#,
                     json_string(&state)
                 );
-                self.relay_to(self.peer, &frame).await;
+                self.relay_and_ack(&frame, cseq).await;
             }
             "chat_message" => {
                 let Some(body) = field("text").and_then(|s| s.as_str()) else {
@@ -484,12 +523,14 @@ impl CallSession {
                     r#"{{"type":"chat_message","from":"{me}","text":{},"timestamp":{timestamp}}}"#,
                     json_string(body)
                 );
-                // Both sides, through their mailboxes, so each sees one order.
-                self.relay_to(self.peer, &frame).await;
-                self.relay_to(me, &frame).await;
+                // Both sides, through their mailboxes, so each sees one order;
+                // the sender's copy only when the peer's was relayed just now.
+                if let Some(SendOutcome::Relayed(_)) = self.relay_and_ack(&frame, cseq).await {
+                    self.relay_to(me, &frame, None).await;
+                }
             }
             "end_call" => match self.core.end(me, self.call.id).await {
-                Ok(_) => {}
+                Ok(_) => self.ack(cseq).await,
                 Err(SignalingError::WrongState(m)) => return self.reply_error(&m).await,
                 Err(e) => {
                     tracing::warn!(call_id = %self.call.id, error = %e, "end_call failed");

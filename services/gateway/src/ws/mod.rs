@@ -325,7 +325,10 @@ async fn run(
                 };
                 if resume {
                     metrics::counter!("signaling_reconnects_total", "kind" => kind.label()).increment(1);
-                    open.resume = true;
+                    // After the last frame this socket passed on; a socket
+                    // that has passed none and was opened without `last_seq`
+                    // starts where the fleet last delivered, as at first.
+                    open.resume = open.resume || last_seq > 0;
                     open.resume_after = last_seq;
                     match reconnect(&upstreams, &open).await {
                         Ok(fresh) => upstream = fresh,

@@ -300,7 +300,7 @@ pub struct Cluster {
     /// The path from every service to PostgreSQL.
     pub pg: CutProxy,
     pub redis: PrivateRedis,
-    pub smtp: SmtpSink,
+    pub smtp: std::sync::Arc<SmtpSink>,
     pub prefix: String,
     pub replicas: Vec<(Kind, Replica)>,
     pub lb: Nginx,
@@ -311,10 +311,15 @@ pub struct Cluster {
 impl Cluster {
     /// Two replicas of everything; `extra` is added to every process's environment.
     pub async fn start(extra: &[(&str, &str)]) -> Cluster {
+        // Boxed: the start holds ten process handles across awaits.
+        Box::pin(Cluster::launch(extra)).await
+    }
+
+    async fn launch(extra: &[(&str, &str)]) -> Cluster {
         let db = TestDatabase::create().await;
         let pg = CutProxy::start(database_addr(db.url()).await).await;
         let redis = PrivateRedis::start().await;
-        let smtp = SmtpSink::start().await;
+        let smtp = std::sync::Arc::new(SmtpSink::start().await);
         let prefix = unique_prefix();
         let database_url = replace_host(db.url(), &pg.addr().to_string());
         let mut common = child_env(&database_url, &prefix);

@@ -317,6 +317,15 @@ impl Socket {
             .expect("websocket send");
     }
 
+    /// Sends a text frame; false if the connection is broken.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_json(&mut self, value: serde_json::Value) {
         self.send_text(&value.to_string()).await;
     }
