@@ -1076,6 +1076,7 @@ async fn a_rolling_restart_of_every_service_under_50_users_fails_no_request_and_
     );
     assert_eq!(t.frames_received, t.frames_sent);
     assert!(t.calls >= PAIRS, "every pair completed calls: {t:?}");
+    drop(t);
     // Every mail once: the verification link and the first login's code,
     // then one code per login during the restart.
     tokio::time::sleep(Duration::from_secs(2)).await;
