@@ -371,9 +371,44 @@ async fn a_redis_outage_and_empty_restart_heal_by_themselves_and_lose_no_event()
         (health(gw).await.0 == 200).then_some(())
     })
     .await;
-    for address in &expected {
-        common::mail(&cluster.smtp, address, 1).await;
+    let waiting = Instant::now();
+    while !expected.iter().all(|a| !cluster.smtp.messages_to(a).is_empty()) {
+        if waiting.elapsed() > Duration::from_secs(60) {
+            let outbox: Vec<String> = cluster
+                .db
+                .client()
+                .await
+                .query(
+                    "SELECT seq, event_type, published_at IS NOT NULL FROM auth.outbox ORDER BY seq",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {} published={}",
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, bool>(2)
+                    )
+                })
+                .collect();
+            for (kind, replica) in &cluster.replicas {
+                if matches!(kind, Kind::Auth | Kind::Notification) {
+                    eprintln!("--- {} log:\n{}", replica.name, replica.logs());
+                }
+            }
+            panic!(
+                "mails to {expected:?} missing 60 s after the notification replicas came back; auth outbox: {outbox:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "mails delivered {:?} after the notification replicas came back",
+        waiting.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     for address in &expected {
         assert_eq!(
@@ -967,11 +1002,17 @@ async fn pair_loop(
         let open = |token: String| {
             let (lb, path) = (&lb, path.clone());
             async move {
-                let socket = eventually("call socket", Duration::from_secs(10), || {
-                    let (path, token) = (path.clone(), token.clone());
-                    async move { lb.try_socket(&path, &token).await.ok() }
-                })
-                .await;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let socket = loop {
+                    match lb.try_socket(&path, &token).await {
+                        Ok(socket) => break socket,
+                        Err(status) => assert!(
+                            Instant::now() < deadline,
+                            "call socket {path} refused with {status} for 10 s"
+                        ),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
                 ResumingClient::new(path, token, socket)
             }
         };
