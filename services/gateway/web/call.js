@@ -10,14 +10,23 @@
 //
 // A dropped socket is opened again with `&last_seq=<seq of the last relayed
 // frame seen>`; the server resumes right after it, so nothing is lost or
-// repeated. Frames sent while the socket is down wait in a queue. Close
-// 1000 (after `call_ended`) and 1008 (refused) are final.
+// repeated. Frames we send carry `cid` (this page's id) and `cseq` (1, 2,
+// 3…) and are kept until the server's `{"type":"ack","cseq":n}`; after a
+// reconnect, or a second without the ack, every unacknowledged frame is
+// sent again, in order (the server relays each once). Close 1000 (after
+// `call_ended`) and 1008 (refused) are final.
 
 import { calls, socketUrl } from './api.js';
 
 const RECONNECT_GIVE_UP_MS = 30_000;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const STATS_EVERY_MS = 1_000;
+/** Unacknowledged frames are sent again after this long. */
+const RESEND_AFTER_MS = 1_000;
+
+function clientId() {
+  return globalThis.crypto?.randomUUID?.().replaceAll('-', '') ?? `${Date.now()}${Math.random()}`.replace('.', '');
+}
 
 /** The session id of an SDP (`o=<user> <session id> …`): one per peer connection. */
 function sdpSession(sdp) {
@@ -61,7 +70,11 @@ export class CallSession {
     this.lastSeq = 0;
     this.everOpened = false;
     this.socketsOpened = 0;
-    this.queue = [];
+    this.cid = clientId();
+    this.nextCseq = 1;
+    this.unacked = new Map(); // cseq → frame text, in sending order
+    this.lastSent = 0;
+    this.resendTimer = null;
     this.pendingCandidates = [];
     this.offered = false;
     this.ended = false;
@@ -132,7 +145,9 @@ export class CallSession {
 
   async openSocket() {
     if (this.ended) return;
-    const resume = this.everOpened ? { last_seq: this.lastSeq } : {};
+    // Without a frame seen yet, the server starts after what it last
+    // delivered to us (as for a fresh page).
+    const resume = this.everOpened && this.lastSeq > 0 ? { last_seq: this.lastSeq } : {};
     let url;
     try {
       url = await socketUrl(`/ws/webrtc/${encodeURIComponent(this.id)}`, resume);
@@ -168,8 +183,11 @@ export class CallSession {
     this.backoff = 250;
     this.reconnectSince = null;
     this.on.notice('');
-    const waiting = this.queue.splice(0);
-    for (const frame of waiting) ws.send(JSON.stringify(frame));
+    this.resend();
+    clearInterval(this.resendTimer);
+    this.resendTimer = setInterval(() => {
+      if (this.unacked.size > 0 && Date.now() - this.lastSent >= RESEND_AFTER_MS) this.resend();
+    }, RESEND_AFTER_MS / 2);
     if (this.isCaller && !this.offered) {
       try {
         const state = await calls.connectionState(this.id);
@@ -194,13 +212,27 @@ export class CallSession {
     this.reconnectTimer = setTimeout(() => this.openSocket(), wait);
   }
 
+  /** Sends a frame now, or when the socket is back; kept until acknowledged. */
   send(frame) {
     if (this.ended) return;
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify(frame));
-    } else if (frame.type !== 'ping') {
-      this.queue.push(frame);
+    if (frame.type === 'ping') {
+      if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+      return;
     }
+    const cseq = this.nextCseq++;
+    const text = JSON.stringify({ ...frame, cid: this.cid, cseq });
+    this.unacked.set(cseq, text);
+    if (this.ws?.readyState === WebSocket.OPEN) {
+      this.ws.send(text);
+      this.lastSent = Date.now();
+    }
+  }
+
+  /** Every unacknowledged frame again, in order. */
+  resend() {
+    if (this.ws?.readyState !== WebSocket.OPEN) return;
+    for (const text of this.unacked.values()) this.ws.send(text);
+    this.lastSent = Date.now();
   }
 
   async offer({ iceRestart = false } = {}) {
@@ -222,6 +254,12 @@ export class CallSession {
     try {
       frame = JSON.parse(data);
     } catch {
+      return;
+    }
+    if (frame.type === 'ack') {
+      for (const cseq of this.unacked.keys()) {
+        if (cseq <= frame.cseq) this.unacked.delete(cseq);
+      }
       return;
     }
     if (typeof frame.seq === 'number' && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
@@ -402,6 +440,7 @@ export class CallSession {
     this.onEnded?.();
     clearTimeout(this.reconnectTimer);
     clearInterval(this.statsTimer);
+    clearInterval(this.resendTimer);
     if (this.ws) this.ws.close(1000, 'call over');
     this.ws = null;
     if (this.pc) this.pc.close();
