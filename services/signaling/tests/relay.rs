@@ -209,3 +209,46 @@ async fn the_relay_survives_a_redis_restart_that_loses_everything() {
     }
     stop.cancel();
 }
+
+#[tokio::test]
+async fn numbered_client_frames_are_relayed_once_and_in_order() {
+    use unilink_signaling::relay::SendOutcome;
+    let (relay, stop) = relay().await;
+    let (call, user) = (CallId::new(), UserId::new());
+    let mut mailbox = relay.open(call, user, 0).await.unwrap();
+    let send = |cid: &'static str, n: u64| {
+        let relay = relay.clone();
+        async move {
+            relay
+                .send_once(call, user, "peer", &frame(n as u32), "", Some((cid, n)))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(matches!(send("page1", 1).await, SendOutcome::Relayed(_)));
+    // Sent again (the client lost its connection before the ack): not relayed.
+    assert_eq!(send("page1", 1).await, SendOutcome::Repeat);
+    // Frame 2 was lost on the way: 3 is held back until 2 comes.
+    assert_eq!(send("page1", 3).await, SendOutcome::OutOfOrder);
+    assert!(matches!(send("page1", 2).await, SendOutcome::Relayed(_)));
+    assert!(matches!(send("page1", 3).await, SendOutcome::Relayed(_)));
+    // Another page of the same user numbers from 1 again.
+    assert!(matches!(send("page2", 1).await, SendOutcome::Relayed(_)));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+            .await
+            .expect("frame within 5 s")
+            .unwrap()
+            .unwrap();
+        got.push(n_of(&frame.text));
+    }
+    assert_eq!(got, [1, 2, 3, 1]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), mailbox.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+    stop.cancel();
+}
