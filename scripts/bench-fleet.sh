@@ -212,7 +212,9 @@ http {
 }
 EOF
 chmod -R a+rwX "$WORK"
-start nginx "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g "daemon off;"
+"$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g "daemon off;" >"$LOG_DIR/nginx.log" 2>&1 </dev/null &
+PID[nginx]=$!
+STARTED+=(nginx)
 deadline=$((SECONDS + 90))
 until healthy "http://127.0.0.1:8011" && healthy "http://127.0.0.1:8012" && healthy "$LB"; do
   for name in "${STARTED[@]}"; do
@@ -236,7 +238,8 @@ done
 FLEET1[gateway]="$(pid_of_port 8000)"
 FLEET2[gateway-1]="${PID[gateway-g1]}"
 FLEET2[gateway-2]="${PID[gateway-g2]}"
-FLEET2[nginx]="${PID[nginx]}"
+# nginx's work is done by its worker processes.
+FLEET2[nginx]="${PID[nginx]} $(pgrep -P "${PID[nginx]}" | tr '\n' ' ')"
 for name in "${!FLEET1[@]}"; do
   [[ -n "${FLEET1[$name]}" ]] || die "no process found listening for $name of the dev fleet"
 done
@@ -261,7 +264,8 @@ cpu_report() {
   local -n procs="$layout"
   hz="$(getconf CLK_TCK)"
   declare -A before=()
-  for name in "${!procs[@]}"; do before[$name]="$(ticks "${procs[$name]}")"; done
+  # shellcheck disable=SC2086 # a name may stand for several processes
+  for name in "${!procs[@]}"; do before[$name]="$(ticks ${procs[$name]})"; done
   local redis_before pg_before self_before
   redis_before="$(ticks "$REDIS_PID")"
   # shellcheck disable=SC2046
@@ -271,7 +275,8 @@ cpu_report() {
   "$@"
   local line="cpu s during $label ($((SECONDS - started)) s):"
   for name in $(printf '%s\n' "${!procs[@]}" | sort); do
-    line+=" $name=$(awk -v a="${before[$name]}" -v b="$(ticks "${procs[$name]}")" -v hz="$hz" 'BEGIN{printf "%.1f", (b-a)/hz}')"
+    # shellcheck disable=SC2086
+    line+=" $name=$(awk -v a="${before[$name]}" -v b="$(ticks ${procs[$name]})" -v hz="$hz" 'BEGIN{printf "%.1f", (b-a)/hz}')"
   done
   line+=" redis=$(awk -v a="$redis_before" -v b="$(ticks "$REDIS_PID")" -v hz="$hz" 'BEGIN{printf "%.1f", (b-a)/hz}')"
   # shellcheck disable=SC2046
