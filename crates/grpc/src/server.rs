@@ -13,7 +13,6 @@ use axum::http::StatusCode;
 use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::{Layer, Service};
@@ -123,15 +122,19 @@ impl ServiceHost {
         let http_server = tokio::spawn(serve_http(http, probe_rx, stop_rx.clone()));
 
         let mut grpc_stop = stop_rx.clone();
+        // The builder's `tcp_nodelay` applies only to listeners it binds
+        // itself; on ours it must be set on the incoming stream, or every
+        // answer written in more than one segment waits for the caller's
+        // delayed ACK (40 ms on Linux).
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         let grpc_server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // Every client WebSocket is one stream on a gateway's connection.
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .layer(ServerTelemetryLayer)
             .add_routes(routes.add_service(health))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stop.wait_for(|stop| *stop).await;
             });
         let mut grpc_server = Box::pin(grpc_server);

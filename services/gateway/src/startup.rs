@@ -240,6 +240,9 @@ impl Application {
                     .configure(rest::configure)
                     .default_service(web::to(rest::not_found))
             })
+            // Small writes (WebSocket frames, pongs) go out at once, not
+            // after the client's delayed ACK.
+            .tcp_nodelay(true)
             .listen(listener)?
             .disable_signals()
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
