@@ -456,6 +456,7 @@ struct ResumingClient {
     next_cseq: u64,
     unacked: std::collections::BTreeMap<u64, String>,
     resent: usize,
+    last_sent: Instant,
 }
 
 impl ResumingClient {
@@ -470,6 +471,7 @@ impl ResumingClient {
             next_cseq: 1,
             unacked: std::collections::BTreeMap::new(),
             resent: 0,
+            last_sent: Instant::now(),
         }
     }
 
@@ -481,11 +483,13 @@ impl ResumingClient {
         frame["cseq"] = json!(cseq);
         let text = frame.to_string();
         self.unacked.insert(cseq, text.clone());
+        self.last_sent = Instant::now();
         // A broken connection shows on the next read; the frame waits.
         let _ = self.socket.try_send_text(&text).await;
     }
 
     async fn resend(&mut self) {
+        self.last_sent = Instant::now();
         let frames: Vec<String> = self.unacked.values().cloned().collect();
         self.resent += frames.len();
         for text in frames {
@@ -499,7 +503,13 @@ impl ResumingClient {
     /// (an ack arrived, or the second passed and unacknowledged frames were
     /// sent again). Reconnects when the socket breaks.
     async fn poll(&mut self, lb: &Gateway) -> Option<Value> {
-        match self.socket.next_within(Duration::from_secs(1)).await {
+        self.poll_for(lb, Duration::from_secs(1)).await
+    }
+
+    /// [`ResumingClient::poll`] waiting `wait`; unacknowledged frames are
+    /// sent again only once a second has passed since the last sending.
+    async fn poll_for(&mut self, lb: &Gateway, wait: Duration) -> Option<Value> {
+        match self.socket.next_within(wait).await {
             Some(common::Received::Text(text)) => {
                 let frame: Value = serde_json::from_str(&text).unwrap();
                 if frame["type"] == "ack" {
@@ -525,7 +535,9 @@ impl ResumingClient {
                 None
             }
             None => {
-                self.resend().await;
+                if self.last_sent.elapsed() >= Duration::from_secs(1) {
+                    self.resend().await;
+                }
                 None
             }
         }
@@ -1125,4 +1137,109 @@ async fn a_rolling_restart_of_every_service_under_50_users_fails_no_request_and_
         let expected = 2 + logins.get(&email).copied().unwrap_or(0);
         assert_eq!(smtp.messages_to(&email).len(), expected, "mails to {email}");
     }
+}
+
+/// Call streams a signaling replica holds (its `signaling_streams{kind="call"}`).
+async fn signaling_call_streams(cluster: &mut Cluster, n: usize) -> f64 {
+    let http = cluster.replica(Kind::Signaling, n).http;
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_sum(&text, "signaling_streams{kind=\"call\"}")
+}
+
+#[tokio::test]
+async fn a_signaling_replica_killed_mid_call_behind_the_balancer_loses_no_frame_either_way() {
+    let mut cluster = Cluster::start(&[("SIGNALING_FRAME_RATE", "1000")]).await;
+    let lb = Gateway::at(cluster.lb.base());
+    let (ada_id, ada) = cluster.user("ada").await;
+    let (bob_id, bob) = cluster.user("bob").await;
+    let (call_id, _bob_presence, ada_call, bob_call) =
+        call_in_progress(&cluster, (&ada_id, &ada), (&bob_id, &bob)).await;
+    drop((ada_call, bob_call));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Ada's new stream: whichever replica's count goes up dies.
+    let path = format!("/ws/webrtc/{call_id}");
+    let before = [
+        signaling_call_streams(&mut cluster, 1).await,
+        signaling_call_streams(&mut cluster, 2).await,
+    ];
+    let ada_socket = lb.socket(&path, &ada).await;
+    let after = [
+        signaling_call_streams(&mut cluster, 1).await,
+        signaling_call_streams(&mut cluster, 2).await,
+    ];
+    let doomed = if after[0] > before[0] { 1 } else { 2 };
+    assert!(after[doomed - 1] > before[doomed - 1], "{before:?} -> {after:?}");
+    let bob_socket = lb.socket(&path, &bob).await;
+    let a = ResumingClient::new(path.clone(), ada.clone(), ada_socket);
+    let b = ResumingClient::new(path.clone(), bob.clone(), bob_socket);
+
+    // Both talk (200 frames each, acknowledged and resent when needed) while
+    // the replica holding Ada's stream is killed.
+    const FRAMES: u64 = 200;
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        cluster.replica(Kind::Signaling, doomed).kill();
+    };
+    let talk = async {
+        tokio::join!(
+            converse_slowly(a, &lb, "a", "b", FRAMES),
+            converse_slowly(b, &lb, "b", "a", FRAMES)
+        )
+    };
+    let ((a, b), ()) = tokio::join!(talk, kill);
+    eprintln!(
+        "replica {doomed} killed: {FRAMES} frames each way arrived once in order; \
+         socket reconnects {} / {}, frames sent again {} / {}",
+        a.reconnects, b.reconnects, a.resent, b.resent
+    );
+    // The call carries on and nobody was told the other left.
+    let (status, call) = lb.get_bearer(&format!("/calls/by-id/{call_id}"), &ada).await;
+    assert_eq!((status, call["status"].as_str()), (200, Some("ongoing")), "{call}");
+}
+
+/// [`converse`], sending one frame every 5 ms (so that a fault lands mid-stream).
+async fn converse_slowly(
+    mut me: ResumingClient,
+    lb: &Gateway,
+    mine: &str,
+    theirs: &str,
+    frames: u64,
+) -> ResumingClient {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut sent, mut expected) = (0, 0);
+    let mut next_send = Instant::now();
+    while expected < frames || sent < frames || !me.unacked.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{mine}: {expected} of {frames} frames, {} unacknowledged, {} reconnects",
+            me.unacked.len(),
+            me.reconnects
+        );
+        if sent < frames && Instant::now() >= next_send {
+            me.send(json!({"type": "ice_candidate", "candidate": {"n": sent, "from": mine}}))
+                .await;
+            sent += 1;
+            next_send += Duration::from_millis(5);
+            continue;
+        }
+        let Some(frame) = me.poll_for(lb, Duration::from_millis(5)).await else {
+            continue;
+        };
+        assert!(frame["type"] != "user_disconnected", "{mine} was told: {frame}");
+        if frame["type"] != "ice_candidate" {
+            continue;
+        }
+        assert_eq!(frame["candidate"]["from"], theirs);
+        assert_eq!(
+            frame["candidate"]["n"], expected,
+            "{mine}: frame lost, repeated or out of order: {frame}"
+        );
+        expected += 1;
+    }
+    me
 }
