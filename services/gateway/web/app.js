@@ -549,6 +549,19 @@ function onPush(push) {
 
 // --------------------------------------------------------------- sessions --
 
+/** Shows the ring of a call pending for us, if any. */
+async function ringIfPending() {
+  if (state.call) return;
+  try {
+    const pending = await calls.pending();
+    if (pending && !state.call && pending.receiver_id === currentUser()?.id) {
+      showIncoming({ call_id: pending.id, caller_id: pending.initiator_id, caller_username: pending.initiator_username ?? '' });
+    }
+  } catch {
+    /* the next push or poll will tell */
+  }
+}
+
 /** A call that is still open (after a reload): ring again or rejoin it. */
 async function resumeOpenCall() {
   try {
@@ -578,12 +591,18 @@ function signedIn(user) {
   $('whoami').hidden = false;
   if (!state.call) showView('home');
   if (!state.presence) {
+    let wasOnline = false;
     state.presence = new PresenceSocket(user.id, {
       onPush,
       onStatus: (status) => {
         const badge = $('presence-status');
         badge.textContent = status;
         badge.dataset.status = status;
+        // Back after a break (a replica restarted): a ring pushed meanwhile
+        // was lost with the old socket, so ask for it.
+        if (status === 'online' && wasOnline === null) ringIfPending();
+        if (status === 'online') wasOnline = true;
+        else if (wasOnline) wasOnline = null;
       },
     });
   }
