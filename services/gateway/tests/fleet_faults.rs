@@ -698,6 +698,10 @@ async fn a_draining_gateway_closes_a_thousand_sockets_with_1012_and_they_land_on
     }
     eprintln!("{SOCKETS} sockets closed with 1012 within {slowest:?}; the gateway exited after {took:?}");
     assert!(took <= Duration::from_secs(10), "exit within the grace: {took:?}");
+    // Told to reconnect, Ada has not yet: she stays online meanwhile (her
+    // presence would expire with its TTL if she did not come back).
+    let (status, me) = lb.get_bearer("/users/me", &ada).await;
+    assert_eq!((status, &me["is_online"]), (200, &json!(true)), "{me}");
 
     // Each client reconnects through the balancer and lands on gateway 2.
     let reopened = Instant::now();

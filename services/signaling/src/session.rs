@@ -197,6 +197,10 @@ impl PresenceSession {
     async fn run(mut self) {
         let mut beat = tokio::time::interval(unilink_presence::DEFAULT_TTL / 3);
         beat.tick().await;
+        // Whether the client was told to reconnect elsewhere (this replica or
+        // its gateway drains): then its presence is left to the next socket,
+        // or to its TTL, instead of flickering offline in between.
+        let mut handover = false;
         loop {
             tokio::select! {
                 message = self.inbound.message() => match message {
@@ -213,6 +217,10 @@ impl PresenceSession {
                         }
                         // Any client message shows the socket is alive.
                         let _ = self.sessions.presence.heartbeat(self.user, &self.connection).await;
+                    }
+                    Ok(Some(ClientFrame { kind: Some(client_frame::Kind::Handover(_)) })) => {
+                        handover = true;
+                        break;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
@@ -236,11 +244,14 @@ impl PresenceSession {
                 }
                 () = self.sessions.draining.cancelled() => {
                     let _ = self.tx.send(close(1012, "server restarting; reconnect")).await;
+                    handover = true;
                     break;
                 }
             }
         }
-        if let Err(e) = self.sessions.presence.disconnect(self.user, &self.connection).await {
+        if handover {
+            metrics::counter!("presence_handovers_total").increment(1);
+        } else if let Err(e) = self.sessions.presence.disconnect(self.user, &self.connection).await {
             tracing::warn!(user_id = %self.user, error = %e, "presence not cleared; it expires with its TTL");
         }
         metrics::gauge!("signaling_streams", "kind" => "presence").decrement(1.0);

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use unilink_domain::{CallId, UserId};
 use unilink_errors::ErrorCode;
 use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
-use unilink_proto::signaling::{ClientFrame, Open, ServerFrame, SocketKind, client_frame, server_frame};
+use unilink_proto::signaling::{ClientFrame, Handover, Open, ServerFrame, SocketKind, client_frame, server_frame};
 
 use crate::clients::Upstreams;
 use crate::error::ApiError;
@@ -44,6 +44,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 const MAX_WIRE_FRAME_BYTES: usize = 1024 * 1024;
 /// How long the bridge keeps trying to reach another signaling replica.
 const RESUME_WINDOW: Duration = Duration::from_secs(5);
+/// How long a draining gateway waits for signaling to take a presence handover.
+const HANDOVER_WAIT: Duration = Duration::from_millis(500);
 /// Client frames queued towards signaling per socket.
 const UPSTREAM_QUEUE: usize = 64;
 
@@ -120,21 +122,25 @@ pub async fn signaling(
 
 /// A live stream to a signaling replica.
 struct Upstream {
-    /// Client text frames; the stream wraps them (a channel of `String`s
-    /// keeps the per-socket buffer small).
-    tx: mpsc::Sender<String>,
+    /// Client text frames, or `None` for the handover before a drain; the
+    /// stream wraps them (a channel of `Option<String>`, as small as one of
+    /// `String`s, keeps the per-socket buffer small).
+    tx: mpsc::Sender<Option<String>>,
     rx: tonic::Streaming<ServerFrame>,
 }
 
 /// Opens a `Session` stream with `open` as its first message.
 async fn connect(upstreams: &Upstreams, open: Open) -> Result<Upstream, tonic::Status> {
     use tokio_stream::StreamExt;
-    let (tx, rx) = mpsc::channel::<String>(UPSTREAM_QUEUE);
+    let (tx, rx) = mpsc::channel::<Option<String>>(UPSTREAM_QUEUE);
     let first = ClientFrame {
         kind: Some(client_frame::Kind::Open(open)),
     };
     let frames = tokio_stream::once(first).chain(ReceiverStream::new(rx).map(|text| ClientFrame {
-        kind: Some(client_frame::Kind::Text(text)),
+        kind: Some(match text {
+            Some(text) => client_frame::Kind::Text(text),
+            None => client_frame::Kind::Handover(Handover {}),
+        }),
     }));
     let response = SignalingServiceClient::new(upstreams.signaling.clone())
         .max_decoding_message_size(4 * MAX_WIRE_FRAME_BYTES)
@@ -144,6 +150,20 @@ async fn connect(upstreams: &Upstreams, open: Open) -> Result<Upstream, tonic::S
         tx,
         rx: response.into_inner(),
     })
+}
+
+/// Tells signaling that this presence socket's client is about to be asked
+/// to reconnect elsewhere, so the user stays online in between, and waits
+/// (briefly) until signaling has it and ends the stream: dropping the stream
+/// at once would cancel it before the message goes out.
+async fn handover(upstream: &mut Upstream) {
+    if upstream.tx.send(None).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(HANDOVER_WAIT, async {
+        while let Ok(Some(_)) = upstream.rx.message().await {}
+    })
+    .await;
 }
 
 /// Keeps trying to open the stream again on a live replica, for up to
@@ -282,7 +302,7 @@ async fn run(
                         let _ = session.text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await;
                         continue;
                     }
-                    if upstream.tx.send(text.to_string()).await.is_err() {
+                    if upstream.tx.send(Some(text.to_string())).await.is_err() {
                         // The stream is gone; the next read of `upstream.rx` resumes it.
                         tracing::debug!("upstream closed while sending");
                     }
@@ -336,7 +356,12 @@ async fn run(
                     }
                 }
             },
-            () = draining.cancelled() => break End::Close(close_reason(1012, "server restarting; reconnect")),
+            () = draining.cancelled() => {
+                if matches!(kind, Kind::Presence) {
+                    handover(&mut upstream).await;
+                }
+                break End::Close(close_reason(1012, "server restarting; reconnect"));
+            }
         }
     };
     // Dropping the upstream ends the stream: signaling cleans up.
