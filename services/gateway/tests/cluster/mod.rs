@@ -154,6 +154,7 @@ pub struct Nginx {
     dir: std::path::PathBuf,
     child: Child,
     pub port: u16,
+    gateways: Vec<SocketAddr>,
 }
 
 impl Nginx {
@@ -164,7 +165,7 @@ impl Nginx {
         let _ = Command::new("chmod").args(["-R", "0777"]).arg(&dir).status();
         for _ in 0..20 {
             let port = closed_port();
-            std::fs::write(dir.join("nginx.conf"), nginx_conf(&dir, port, gateways)).expect("nginx.conf");
+            std::fs::write(dir.join("nginx.conf"), nginx_conf(&dir, port, gateways, None)).expect("nginx.conf");
             let mut child = Command::new(nginx_binary())
                 .arg("-p")
                 .arg(&dir)
@@ -185,7 +186,12 @@ impl Nginx {
                     .await
                     .is_ok_and(|r| r.status() == 200);
                 if up {
-                    return Nginx { dir, child, port };
+                    return Nginx {
+                        dir,
+                        child,
+                        port,
+                        gateways: gateways.to_vec(),
+                    };
                 }
                 assert!(
                     tokio::time::Instant::now() < deadline,
@@ -203,6 +209,27 @@ impl Nginx {
 
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Takes `gateway` out of rotation (`Some`) or puts every gateway back
+    /// (`None`) with a graceful reload — what removing a pod from a Service's
+    /// endpoints before its SIGTERM does in Kubernetes.
+    pub async fn set_down(&self, gateway: Option<SocketAddr>) {
+        let conf = self.dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&self.dir, self.port, &self.gateways, gateway)).expect("nginx.conf");
+        let status = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "reload"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("nginx -s reload");
+        assert!(status.success(), "nginx -s reload failed");
+        // New workers take over; the old ones finish what they hold.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -241,11 +268,14 @@ fn nginx_binary() -> String {
 /// Round robin over the gateways; a refused connection (a dead or draining
 /// replica) is retried on the other one, a failing one is left out for a
 /// second; WebSocket upgrades pass through.
-fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[SocketAddr]) -> String {
+fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[SocketAddr], down: Option<SocketAddr>) -> String {
     let dir = dir.display();
     let servers: String = gateways
         .iter()
-        .map(|g| format!("    server {g} max_fails=1 fail_timeout=1s;\n"))
+        .map(|g| {
+            let down = if Some(*g) == down { " down" } else { "" };
+            format!("    server {g} max_fails=1 fail_timeout=1s{down};\n")
+        })
         .collect();
     format!(
         r#"worker_processes 1;
