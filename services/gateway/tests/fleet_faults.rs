@@ -576,11 +576,17 @@ async fn a_gateway_killed_mid_call_loses_no_frame_and_its_users_fall_offline_by_
     // the other one (the balancer may have put them together; if so, Bob
     // moves over directly).
     drop(ada_call);
+    // Counted once the gateway has let go of the old socket: only Bob's is open.
+    eventually("Ada's old call socket to be gone", RECOVERY, || async {
+        (call_sockets(&cluster, 1).await + call_sockets(&cluster, 2).await == 1.0).then_some(())
+    })
+    .await;
     let before = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
     let path = format!("/ws/webrtc/{call_id}");
     let ada_socket = lb.socket(&path, &ada).await;
     let after = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
     let doomed = if after[0] > before[0] { 1 } else { 2 };
+    assert!(after[doomed - 1] > before[doomed - 1], "{before:?} -> {after:?}");
     let survivor = 3 - doomed;
     drop(bob_call);
     let mut bob_call = cluster.direct(survivor).socket(&path, &bob).await;
@@ -1174,7 +1180,12 @@ async fn a_signaling_replica_killed_mid_call_behind_the_balancer_loses_no_frame_
     let (call_id, _bob_presence, ada_call, bob_call) =
         call_in_progress(&cluster, (&ada_id, &ada), (&bob_id, &bob)).await;
     drop((ada_call, bob_call));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Counted once both replicas have let go of the old streams.
+    let settle = Instant::now();
+    while signaling_call_streams(&mut cluster, 1).await + signaling_call_streams(&mut cluster, 2).await > 0.0 {
+        assert!(settle.elapsed() < RECOVERY, "the old call streams did not end");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     // Ada's new stream: whichever replica's count goes up dies.
     let path = format!("/ws/webrtc/{call_id}");
     let before = [
