@@ -584,9 +584,14 @@ async fn a_gateway_killed_mid_call_loses_no_frame_and_its_users_fall_offline_by_
     let before = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
     let path = format!("/ws/webrtc/{call_id}");
     let ada_socket = lb.socket(&path, &ada).await;
-    let after = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
-    let doomed = if after[0] > before[0] { 1 } else { 2 };
-    assert!(after[doomed - 1] > before[doomed - 1], "{before:?} -> {after:?}");
+    // The gauge moves when the gateway's bridge task starts: wait for it.
+    let doomed = eventually("Ada's socket to be counted", RECOVERY, || async {
+        let after = [call_sockets(&cluster, 1).await, call_sockets(&cluster, 2).await];
+        (after[0] > before[0])
+            .then_some(1)
+            .or((after[1] > before[1]).then_some(2))
+    })
+    .await;
     let survivor = 3 - doomed;
     drop(bob_call);
     let mut bob_call = cluster.direct(survivor).socket(&path, &bob).await;
@@ -1193,12 +1198,24 @@ async fn a_signaling_replica_killed_mid_call_behind_the_balancer_loses_no_frame_
         signaling_call_streams(&mut cluster, 2).await,
     ];
     let ada_socket = lb.socket(&path, &ada).await;
-    let after = [
-        signaling_call_streams(&mut cluster, 1).await,
-        signaling_call_streams(&mut cluster, 2).await,
-    ];
-    let doomed = if after[0] > before[0] { 1 } else { 2 };
-    assert!(after[doomed - 1] > before[doomed - 1], "{before:?} -> {after:?}");
+    let settle = Instant::now();
+    let doomed = loop {
+        let after = [
+            signaling_call_streams(&mut cluster, 1).await,
+            signaling_call_streams(&mut cluster, 2).await,
+        ];
+        if after[0] > before[0] {
+            break 1;
+        }
+        if after[1] > before[1] {
+            break 2;
+        }
+        assert!(
+            settle.elapsed() < RECOVERY,
+            "Ada's stream not counted: {before:?} -> {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     let bob_socket = lb.socket(&path, &bob).await;
     let a = ResumingClient::new(path.clone(), ada.clone(), ada_socket);
     let b = ResumingClient::new(path.clone(), bob.clone(), bob_socket);
