@@ -72,20 +72,24 @@ async fn health(gw: &Gateway) -> (u16, Value) {
     gw.get("/health").await
 }
 
+/// `PUT /users/me` with a new bio.
+async fn put_bio(gw: &Gateway, token: &str, bio: &str) -> (u16, Value) {
+    gw.send(
+        gw.http
+            .put(gw.url("/users/me"))
+            .bearer_auth(token)
+            .json(&json!({ "bio": bio })),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_postgres_outage_fails_fast_with_503_and_heals_itself_losing_no_acknowledged_write() {
     let cluster = Cluster::start(&[]).await;
     let gw = &cluster.client;
     let (_, ada) = cluster.user("ada").await;
     let (bob_id, bob) = cluster.user("bob").await;
-    let (status, body) = gw
-        .send(
-            gw.http
-                .put(gw.url("/users/me"))
-                .bearer_auth(&ada)
-                .json(&json!({"bio": "before"})),
-        )
-        .await;
+    let (status, body) = put_bio(gw, &ada, "before").await;
     assert_eq!(status, 200, "{body}");
 
     cluster.pg.cut().await;
@@ -117,18 +121,7 @@ async fn a_postgres_outage_fails_fast_with_503_and_heals_itself_losing_no_acknow
         let bio = format!("during {round}");
         let requests: Vec<(&str, (u16, Value, Duration))> = vec![
             ("GET /users/me", timed(gw.get_bearer("/users/me", &ada)).await),
-            (
-                "PUT /users/me",
-                timed(
-                    gw.send(
-                        gw.http
-                            .put(gw.url("/users/me"))
-                            .bearer_auth(&ada)
-                            .json(&json!({"bio": bio})),
-                    ),
-                )
-                .await,
-            ),
+            ("PUT /users/me", timed(put_bio(gw, &ada, &bio)).await),
             (
                 "GET /users/{id}",
                 timed(gw.get_bearer(&format!("/users/{bob_id}"), &ada)).await,
@@ -184,14 +177,7 @@ async fn a_postgres_outage_fails_fast_with_503_and_heals_itself_losing_no_acknow
     assert_eq!(status, 200, "{me}");
     let expected = acknowledged.last().map_or("before", String::as_str);
     assert_eq!(me["bio"], expected, "the last acknowledged write survives");
-    let (status, body) = gw
-        .send(
-            gw.http
-                .put(gw.url("/users/me"))
-                .bearer_auth(&ada)
-                .json(&json!({"bio": "after"})),
-        )
-        .await;
+    let (status, body) = put_bio(gw, &ada, "after").await;
     assert_eq!(status, 200, "{body}");
     let (_, carol) = cluster.user("carol").await;
     assert_eq!(gw.get_bearer("/users/me", &carol).await.0, 200);
@@ -457,6 +443,8 @@ struct ResumingClient {
     unacked: std::collections::BTreeMap<u64, String>,
     resent: usize,
     last_sent: Instant,
+    /// A `user_disconnected` frame, if the peer was ever reported gone.
+    told_disconnected: Option<Value>,
 }
 
 impl ResumingClient {
@@ -472,6 +460,7 @@ impl ResumingClient {
             unacked: std::collections::BTreeMap::new(),
             resent: 0,
             last_sent: Instant::now(),
+            told_disconnected: None,
         }
     }
 
@@ -519,6 +508,9 @@ impl ResumingClient {
                 }
                 if let Some(seq) = frame["seq"].as_u64() {
                     self.last_seq = seq;
+                }
+                if frame["type"] == "user_disconnected" {
+                    self.told_disconnected = Some(frame.clone());
                 }
                 Some(frame)
             }
@@ -828,17 +820,21 @@ struct Tally {
     offline_answers: usize,
 }
 
-/// One side of a call: sends `frames` numbered frames, and reads until it has
-/// every one of the other side's, once and in order, and all its own are
-/// acknowledged (within 30 s).
-async fn converse(mut me: ResumingClient, lb: &Gateway, mine: &str, theirs: &str, frames: u64) -> ResumingClient {
-    for n in 0..frames {
-        me.send(json!({"type": "ice_candidate", "candidate": {"n": n, "from": mine}}))
-            .await;
-    }
+/// One side of a call: sends `frames` numbered frames, one every `every`
+/// (`Duration::ZERO`: all at once), and reads until it has every one of the
+/// other side's, once and in order, and all its own are acknowledged
+/// (within 30 s).
+async fn converse(
+    mut me: ResumingClient,
+    lb: &Gateway,
+    (mine, theirs): (&str, &str),
+    frames: u64,
+    every: Duration,
+) -> ResumingClient {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut expected = 0;
-    while expected < frames || !me.unacked.is_empty() {
+    let (mut sent, mut expected) = (0, 0);
+    let mut next_send = Instant::now();
+    while expected < frames || sent < frames || !me.unacked.is_empty() {
         assert!(
             Instant::now() < deadline,
             "{mine} on {}: {expected} of {frames} frames, {} unacknowledged, {} reconnects",
@@ -846,7 +842,17 @@ async fn converse(mut me: ResumingClient, lb: &Gateway, mine: &str, theirs: &str
             me.unacked.len(),
             me.reconnects
         );
-        let Some(frame) = me.poll(lb).await else { continue };
+        if sent < frames && Instant::now() >= next_send {
+            me.send(json!({"type": "ice_candidate", "candidate": {"n": sent, "from": mine}}))
+                .await;
+            sent += 1;
+            next_send += every;
+            continue;
+        }
+        let wait = if sent < frames { every } else { Duration::from_secs(1) };
+        let Some(frame) = me.poll_for(lb, wait).await else {
+            continue;
+        };
         if frame["type"] != "ice_candidate" {
             continue;
         }
@@ -1044,7 +1050,10 @@ async fn pair_loop(
             }
         };
         let (a, b) = tokio::join!(open(caller.token.clone()), open(callee.token.clone()));
-        let (a, b) = tokio::join!(converse(a, &lb, "a", "b", FRAMES), converse(b, &lb, "b", "a", FRAMES));
+        let (a, b) = tokio::join!(
+            converse(a, &lb, ("a", "b"), FRAMES, Duration::ZERO),
+            converse(b, &lb, ("b", "a"), FRAMES, Duration::ZERO)
+        );
         {
             let mut t = tally.lock().unwrap();
             t.frames_sent += 2 * FRAMES as usize;
@@ -1229,8 +1238,8 @@ async fn a_signaling_replica_killed_mid_call_behind_the_balancer_loses_no_frame_
     };
     let talk = async {
         tokio::join!(
-            converse_slowly(a, &lb, "a", "b", FRAMES),
-            converse_slowly(b, &lb, "b", "a", FRAMES)
+            converse(a, &lb, ("a", "b"), FRAMES, Duration::from_millis(5)),
+            converse(b, &lb, ("b", "a"), FRAMES, Duration::from_millis(5))
         )
     };
     let ((a, b), ()) = tokio::join!(talk, kill);
@@ -1240,48 +1249,13 @@ async fn a_signaling_replica_killed_mid_call_behind_the_balancer_loses_no_frame_
         a.reconnects, b.reconnects, a.resent, b.resent
     );
     // The call carries on and nobody was told the other left.
+    for (who, client) in [("a", &a), ("b", &b)] {
+        assert!(
+            client.told_disconnected.is_none(),
+            "{who} was told: {:?}",
+            client.told_disconnected
+        );
+    }
     let (status, call) = lb.get_bearer(&format!("/calls/by-id/{call_id}"), &ada).await;
     assert_eq!((status, call["status"].as_str()), (200, Some("ongoing")), "{call}");
-}
-
-/// [`converse`], sending one frame every 5 ms (so that a fault lands mid-stream).
-async fn converse_slowly(
-    mut me: ResumingClient,
-    lb: &Gateway,
-    mine: &str,
-    theirs: &str,
-    frames: u64,
-) -> ResumingClient {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut sent, mut expected) = (0, 0);
-    let mut next_send = Instant::now();
-    while expected < frames || sent < frames || !me.unacked.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{mine}: {expected} of {frames} frames, {} unacknowledged, {} reconnects",
-            me.unacked.len(),
-            me.reconnects
-        );
-        if sent < frames && Instant::now() >= next_send {
-            me.send(json!({"type": "ice_candidate", "candidate": {"n": sent, "from": mine}}))
-                .await;
-            sent += 1;
-            next_send += Duration::from_millis(5);
-            continue;
-        }
-        let Some(frame) = me.poll_for(lb, Duration::from_millis(5)).await else {
-            continue;
-        };
-        assert!(frame["type"] != "user_disconnected", "{mine} was told: {frame}");
-        if frame["type"] != "ice_candidate" {
-            continue;
-        }
-        assert_eq!(frame["candidate"]["from"], theirs);
-        assert_eq!(
-            frame["candidate"]["n"], expected,
-            "{mine}: frame lost, repeated or out of order: {frame}"
-        );
-        expected += 1;
-    }
-    me
 }

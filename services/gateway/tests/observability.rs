@@ -12,6 +12,8 @@
 //!
 //! Needs the service binaries (`cargo build --bins`, or run with `--workspace`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -246,19 +248,7 @@ impl ChildFleet {
             .await;
         assert_eq!(status, 200, "{session}");
         let id = session["user"]["id"].as_str().unwrap().to_owned();
-        let uid = uuid::Uuid::parse_str(&id).unwrap();
-        let db = self.db.client().await;
-        eventually("profile created and verified", WAIT, || {
-            let db = &db;
-            async move {
-                let row = db
-                    .query_opt("SELECT is_verified FROM profile.profiles WHERE user_id = $1", &[&uid])
-                    .await
-                    .unwrap()?;
-                row.get::<_, bool>(0).then_some(())
-            }
-        })
-        .await;
+        common::wait_verified_profile(&self.db, &id, WAIT).await;
         (id, session)
     }
 

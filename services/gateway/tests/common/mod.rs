@@ -255,9 +255,15 @@ pub async fn user(db: &TestDatabase, smtp: &SmtpSink, gw: &Gateway, name: &str) 
     let session = gw.sign_up_and_log_in(smtp, &format!("{name}@kiit.ac.in"), name).await;
     let id = session["user"]["id"].as_str().unwrap().to_owned();
     let token = session["access_token"].as_str().unwrap().to_owned();
+    wait_verified_profile(db, &id, Duration::from_secs(20)).await;
+    (id, token)
+}
+
+/// Waits (`timeout` at most) until the profile of user `id` exists and is verified.
+pub async fn wait_verified_profile(db: &TestDatabase, id: &str, timeout: Duration) {
     let db = db.client().await;
-    let uid = uuid::Uuid::parse_str(&id).unwrap();
-    eventually("profile created and verified", Duration::from_secs(20), || {
+    let uid = uuid::Uuid::parse_str(id).unwrap();
+    eventually("profile created and verified", timeout, || {
         let db = &db;
         async move {
             let row = db
@@ -268,7 +274,6 @@ pub async fn user(db: &TestDatabase, smtp: &SmtpSink, gw: &Gateway, name: &str) 
         }
     })
     .await;
-    (id, token)
 }
 
 impl Gateway {
