@@ -38,8 +38,8 @@ const RESYNC: &str = "resync";
 /// Version of the relay message format.
 const FORMAT: &str = "1";
 
-/// KEYS: seq, buffer, channel, the last client sequence number accepted
-/// from this sender's client session. ARGV: frame JSON (starting with `{`),
+/// KEYS: seq, buffer, channel, and (numbered frames only) the last client
+/// sequence number accepted from this sender's client session. ARGV: frame JSON (starting with `{`),
 /// header (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl
 /// seconds, now in ms, the frame's client sequence number (`cseq`, or empty).
 /// Returns the sequence number; with a `cseq`, 0 when it is not above the
@@ -229,7 +229,7 @@ impl SignalRelay {
     /// [`SignalRelay::send`] of a frame numbered by the client: `cseq`
     /// counts 1, 2, 3… per client session `client` (an id the client picks
     /// per page load). Atomic with the relay itself, so two replicas racing
-    /// with the same frame relay it once; see [`Relayed`].
+    /// with the same frame relay it once; see [`SendOutcome`].
     pub async fn send_once(
         &self,
         call: CallId,
@@ -240,13 +240,16 @@ impl SignalRelay {
         numbered: Option<(&str, u64)>,
     ) -> Result<SendOutcome, BusError> {
         debug_assert!(frame.starts_with('{'));
-        let client = numbered.map_or("", |(client, _)| client);
-        let keys = vec![
+        let mut keys = vec![
             self.redis.key(&seq_key(call, user)),
             self.redis.key(&buffer_key(call, user)),
             self.redis.key(&channel(call, user)),
-            self.redis.key(&format!("relay:cseq:{call}:{user}:{sender}:{client}")),
         ];
+        // The client-numbering key only for numbered frames (the script
+        // reads it only then).
+        if let Some((client, _)) = numbered {
+            keys.push(self.redis.key(&format!("relay:cseq:{call}:{user}:{sender}:{client}")));
+        }
         let args = vec![
             frame.to_owned(),
             format!("{sender}|{}|{traceparent}", now_us()),
