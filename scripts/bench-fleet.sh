@@ -68,11 +68,6 @@ SETUP_PAIRS=20
 SOCKETS=5000
 ONLY="signin,setup,relay,idle"
 
-number() {
-  [[ "${2:-}" =~ ^[0-9]+$ ]] || die "$1 needs a number, got '${2:-}'"
-  printf '%s' "$2"
-}
-
 while (($# > 0)); do
   case "$1" in
     -h | --help)
@@ -119,9 +114,6 @@ declare -A GRPC1=([auth]=50051 [profile]=50052 [signaling]=50053 [notification]=
 declare -A GRPC2=([auth]=50061 [profile]=50062 [signaling]=50063 [notification]=50064)
 declare -A HTTP2=([auth]=9111 [profile]=9112 [signaling]=9113 [notification]=9114)
 
-healthy() {
-  curl -fsS -o /dev/null --max-time 2 "$1/health" 2>/dev/null
-}
 healthy "$ONE" || die "no healthy gateway at $ONE: start the fleet first (scripts/dev.sh, see --help)"
 for port in 50061 50062 50063 50064 9111 9112 9113 9114 8011 8012 8080; do
   tcp_open 127.0.0.1 "$port" && die "port 127.0.0.1:$port is already in use"

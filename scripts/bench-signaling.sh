@@ -67,11 +67,6 @@ SETUP_PAIRS=4
 SETUP_SECONDS=10
 ONLY="relay,presence,setup"
 
-number() {
-  [[ "${2:-}" =~ ^[0-9]+$ ]] || die "$1 needs a number, got '${2:-}'"
-  printf '%s' "$2"
-}
-
 while (($# > 0)); do
   case "$1" in
     -h | --help)
@@ -118,9 +113,6 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 GATEWAY_A="http://127.0.0.1:8000"
 GATEWAY_B="http://127.0.0.1:8001"
 
-healthy() {
-  curl -fsS -o /dev/null --max-time 2 "$1/health" 2>/dev/null
-}
 
 command -v curl >/dev/null 2>&1 || die "curl not found"
 healthy "$GATEWAY_A" || die "no healthy gateway at $GATEWAY_A: start the fleet first (scripts/dev.sh, see --help)"

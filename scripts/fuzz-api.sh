@@ -210,8 +210,7 @@ for svc in "${BACKENDS[@]}" gateway; do
   PIDS[$svc]=$!
 done
 log "fleet starting (gateway $BASE, database $DB_NAME, redis prefix $PREFIX)"
-healthy() { curl -fsS -o /dev/null --max-time 2 "$BASE/health" 2>/dev/null; }
-wait_until 60 healthy || {
+wait_until 60 healthy "$BASE" || {
   tail -n 20 "$LOG_DIR/gateway.log" >&2 || true
   die "the gateway did not become healthy within 60 s"
 }

@@ -147,6 +147,18 @@ _is_local_host() {
 
 # ---------------------------------------------------------------- probing --
 
+# healthy BASE_URL — true if BASE_URL/health answers 2xx within 2 s.
+healthy() {
+  curl -fsS -o /dev/null --max-time 2 "$1/health" 2>/dev/null
+}
+
+# number OPTION VALUE — prints VALUE if it is a whole number, else dies
+# naming OPTION (for option parsing: `N="$(number "$1" "${2:-}")"`).
+number() {
+  [[ "${2:-}" =~ ^[0-9]+$ ]] || die "$1 needs a number, got '${2:-}'"
+  printf '%s' "$2"
+}
+
 # tcp_open HOST PORT — true if a TCP connection can be established (2 s).
 tcp_open() {
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
