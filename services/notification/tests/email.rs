@@ -3,7 +3,11 @@
 //! real SMTP server (the test-support sink) receiving the mails. Tokens and
 //! codes are read out of the delivered mail, never from the database.
 
+mod common;
+
 use std::time::Duration;
+
+use common::{random_token, verification_event};
 
 use chrono::Utc;
 use unilink_bus::Redis;
@@ -103,20 +107,6 @@ struct Ledger {
     recipient: Option<String>,
 }
 
-fn verification_event(email: &str, token: &str) -> Event {
-    Event::new(
-        USER_VERIFICATION_REQUESTED,
-        serde_json::json!({
-            "user_id": uuid::Uuid::new_v4().to_string(),
-            "email": email,
-            "username": "ana_k",
-            "full_name": "Ana <b>Kumar</b>",
-            "token": token,
-            "expires_at": (Utc::now() + chrono::Duration::hours(24)).to_rfc3339(),
-        }),
-    )
-}
-
 fn otp_event(email: &str, otp: &str) -> Event {
     Event::new(
         USER_LOGIN_OTP_REQUESTED,
@@ -128,11 +118,6 @@ fn otp_event(email: &str, otp: &str) -> Event {
             "expires_at": (Utc::now() + chrono::Duration::minutes(10)).to_rfc3339(),
         }),
     )
-}
-
-fn random_token() -> String {
-    // Like auth's: base64url, at least 128 bits.
-    format!("{}-{}_x", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 fn mails_to(mails: &[ReceivedMail], address: &str) -> usize {

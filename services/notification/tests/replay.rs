@@ -3,15 +3,17 @@
 //! the stream lost, and the delivery ledger keeps a mail that was already
 //! sent from going out twice.
 
+mod common;
+
 use std::time::Duration;
 
-use chrono::Utc;
+use common::{random_token, verification_event};
+
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_config::Settings;
 use unilink_db::{Migration, PgPool};
 use unilink_events::outbox::{self, OutboxRelay};
-use unilink_events::payload::USER_VERIFICATION_REQUESTED;
 use unilink_events::{Event, stream_of};
 use unilink_notification::Notification;
 use unilink_test_support::faults::PrivateRedis;
@@ -20,20 +22,6 @@ use unilink_test_support::smtp::{ReceivedMail, SmtpSink};
 use unilink_test_support::{TestDatabase, eventually, settings, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn verification_event(email: &str) -> Event {
-    Event::new(
-        USER_VERIFICATION_REQUESTED,
-        serde_json::json!({
-            "user_id": uuid::Uuid::new_v4().to_string(),
-            "email": email,
-            "username": "ana_k",
-            "full_name": "Ana Kumar",
-            "token": format!("{}-{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
-            "expires_at": (Utc::now() + chrono::Duration::hours(24)).to_rfc3339(),
-        }),
-    )
-}
 
 fn mails_to(mails: &[ReceivedMail], address: &str) -> usize {
     mails
@@ -112,14 +100,14 @@ async fn a_mail_redis_lost_is_sent_after_the_restart_and_a_sent_one_is_not_sent_
 
     // A first mail is sent while everything runs.
     let service = spawn::<Notification>(settings.clone()).await;
-    let sent = verification_event("sent@kiit.ac.in");
+    let sent = verification_event("sent@kiit.ac.in", &random_token());
     enqueue(&pool, &sent).await;
     sink.wait_for(1, WAIT).await;
     service.stop().await.unwrap();
 
     // The service is down; a second event is published but nobody reads it,
     // and then Redis restarts with nothing.
-    let lost = verification_event("lost@kiit.ac.in");
+    let lost = verification_event("lost@kiit.ac.in", &random_token());
     enqueue(&pool, &lost).await;
     wait_published(&db, &lost).await;
     redis.restart().await;
@@ -127,7 +115,7 @@ async fn a_mail_redis_lost_is_sent_after_the_restart_and_a_sent_one_is_not_sent_
     // The service comes back: the lost mail goes out, the sent one does not
     // go out again (the relay replays both), and a later one follows them.
     let service = spawn::<Notification>(settings.clone()).await;
-    let later = verification_event("later@kiit.ac.in");
+    let later = verification_event("later@kiit.ac.in", &random_token());
     enqueue(&pool, &later).await;
     let mails = sink.wait_for(3, WAIT).await;
     assert_eq!(mails_to(&mails, "lost@kiit.ac.in"), 1, "{mails:#?}");
