@@ -151,8 +151,18 @@ impl PresenceRegistry {
         Ok(())
     }
 
-    fn oldest_live(&self) -> i64 {
+    /// The oldest heartbeat time (ms) that still counts as online.
+    pub fn oldest_live(&self) -> i64 {
         now_ms() - self.ttl.as_millis() as i64
+    }
+
+    /// The (prefixed) sorted set of online users, for a caller that reads
+    /// presence inside its own script together with data of its own: a
+    /// member with a score of at least [`oldest_live`](Self::oldest_live) is
+    /// online. Stale members may be dropped by such a script
+    /// (`ZREMRANGEBYSCORE`); nothing else may be written there.
+    pub fn online_key(&self) -> String {
+        self.redis.key(ONLINE)
     }
 
     /// Whether `user` is online now.

@@ -243,6 +243,7 @@ impl Application {
             // Small writes (WebSocket frames, pongs) go out at once, not
             // after the client's delayed ACK.
             .tcp_nodelay(true)
+            .workers(http_workers(settings.listen.http_workers))
             .listen(listener)?
             .disable_signals()
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
@@ -284,6 +285,16 @@ impl Application {
         tracing::info!(service = crate::SERVICE, "stopped");
         result.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
+}
+
+/// `HTTP_WORKERS`, where 0 means half the cores (at least one): each worker
+/// has its own gRPC and Redis clients, and the Tokio runtime and the backends
+/// want the other cores.
+fn http_workers(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The gateway binary's `main`.

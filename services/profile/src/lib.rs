@@ -11,6 +11,7 @@
 //! For the same reason signaling asks here, with `CallEligibility`, whether a
 //! receiver exists, may be called and is not blocked either way.
 
+pub mod cache;
 pub mod error;
 pub mod grpc;
 pub mod repo;
@@ -57,7 +58,7 @@ impl BackendService for Profiles {
         let presence = PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL);
         let read = unilink_db::read_pool(&resources.settings.database, &resources.db, Self::SCHEMA, Self::NAME)?;
         let profiles = repo::ProfileRepository::new(resources.db.clone()).with_read_pool(read);
-        let core = service::ProfileService::new(profiles, presence);
+        let core = service::ProfileService::new(profiles, presence, resources.redis.clone());
         Ok(tonic::service::Routes::new(grpc::server(core)))
     }
 

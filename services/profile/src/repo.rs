@@ -124,6 +124,43 @@ impl ProfileRepository {
         Ok(row.as_ref().map(Profile::from_row))
     }
 
+    /// The profiles of `users` that exist, in no particular order, read from
+    /// the primary (a read cache must not fill itself from a lagging replica).
+    pub async fn find_many(&self, users: &[Uuid]) -> Result<Vec<Profile>, DbError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "find_profiles");
+        let client = self.db.get().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM profiles WHERE user_id = ANY($1::uuid[])"
+            ))
+            .await?;
+        let rows = client.query(&statement, &[&users]).await?;
+        Ok(rows.iter().map(Profile::from_row).collect())
+    }
+
+    /// Whom `user` has blocked, and who has blocked `user` (from the primary).
+    pub async fn blocks_of(&self, user: UserId) -> Result<(Vec<Uuid>, Vec<Uuid>), DbError> {
+        let _timer = unilink_db::QueryTimer::start(SCHEMA, "blocks_of");
+        let client = self.db.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT blocked_id AS other, true AS made FROM blocks WHERE blocker_id = $1
+                 UNION ALL
+                 SELECT blocker_id, false FROM blocks WHERE blocked_id = $1",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&user.as_uuid()]).await?;
+        let (mut made, mut received) = (Vec::new(), Vec::new());
+        for row in &rows {
+            if row.get::<_, bool>("made") {
+                made.push(row.get("other"));
+            } else {
+                received.push(row.get("other"));
+            }
+        }
+        Ok((made, received))
+    }
+
     /// Creates the profile of a new account (a redelivered event changes
     /// nothing, and one for an account erased since creates nothing).
     pub async fn create(&self, user_id: UserId, email: &str, username: &str, full_name: &str) -> Result<(), DbError> {
@@ -281,29 +318,6 @@ impl ProfileRepository {
             blocked: row.get("blocked"),
         }))
     }
-
-    /// Of `candidates` (in order), the verified, active users that are not
-    /// `viewer` and not blocked either way with them, keeping the order; at most `limit`.
-    pub async fn discoverable(&self, viewer: UserId, candidates: &[Uuid], limit: i64) -> Result<Vec<Profile>, DbError> {
-        let _timer = unilink_db::QueryTimer::start(SCHEMA, "discoverable");
-        let client = self.read.get().await?;
-        // Hot path: prepared once per connection (planning cost more than running it).
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM unnest($1::uuid[]) WITH ORDINALITY AS c(id, ord)
-                 JOIN profiles p ON p.user_id = c.id
-                 WHERE p.is_verified AND p.is_active AND p.user_id <> $2
-                   AND NOT EXISTS (SELECT 1 FROM blocks b
-                                   WHERE (b.blocker_id = $2 AND b.blocked_id = p.user_id)
-                                      OR (b.blocker_id = p.user_id AND b.blocked_id = $2))
-                 ORDER BY c.ord LIMIT $3"
-            ))
-            .await?;
-        let rows = client
-            .query(&statement, &[&candidates, &viewer.as_uuid(), &limit])
-            .await?;
-        Ok(rows.iter().map(Profile::from_row).collect())
-    }
 }
 
 impl ProfileRepository {
@@ -398,8 +412,9 @@ impl ProfileRepository {
 
     /// Erases a deleted user: their profile, blocks either way, and reports
     /// they made or that name them; remembers the id so that a replayed
-    /// `user.registered` does not recreate the profile. Idempotent.
-    pub async fn erase(&self, user: UserId) -> Result<(), DbError> {
+    /// `user.registered` does not recreate the profile. Idempotent. Returns
+    /// the users a removed block involved.
+    pub async fn erase(&self, user: UserId) -> Result<Vec<UserId>, DbError> {
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
         lock_user(&tx, user).await?;
@@ -409,13 +424,21 @@ impl ProfileRepository {
             &[&id],
         )
         .await?;
-        tx.execute("DELETE FROM blocks WHERE blocker_id = $1 OR blocked_id = $1", &[&id])
+        let others = tx
+            .query(
+                "DELETE FROM blocks WHERE blocker_id = $1 OR blocked_id = $1
+                 RETURNING CASE WHEN blocker_id = $1 THEN blocked_id ELSE blocker_id END AS other",
+                &[&id],
+            )
             .await?;
         tx.execute("DELETE FROM reports WHERE reporter_id = $1 OR reported_id = $1", &[&id])
             .await?;
         tx.execute("DELETE FROM profiles WHERE user_id = $1", &[&id]).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(others
+            .iter()
+            .map(|row| UserId::from(row.get::<_, Uuid>("other")))
+            .collect())
     }
 }
 

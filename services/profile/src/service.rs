@@ -1,9 +1,13 @@
 //! The profile core: profiles, blocks, reports and discovery, independent of transport.
 
+use std::sync::Arc;
+
+use unilink_bus::{BusError, Redis};
 use unilink_db::Uuid;
 use unilink_domain::{Bio, FullName, PictureUrl, ReportReason, UserId, parse_report_description};
 use unilink_presence::PresenceRegistry;
 
+use crate::cache::{Among, ReadCache, Versions};
 use crate::error::ProfileError;
 use crate::repo::{BlockMade, CallParties, Changes, Profile, ProfileRepository, Report};
 
@@ -31,11 +35,25 @@ pub const MAX_AVAILABLE: u32 = 50;
 pub struct ProfileService {
     profiles: ProfileRepository,
     presence: PresenceRegistry,
+    cache: Arc<ReadCache>,
+    versions: Versions,
+}
+
+/// Logs and counts a read that could not use the cache (Redis away) and
+/// falls back to PostgreSQL, with presence unknown (offline).
+fn uncached(e: &BusError) {
+    tracing::warn!(error = %e, "presence and read cache unavailable; reading PostgreSQL, answering offline");
+    metrics::counter!("presence_unavailable_total").increment(1);
 }
 
 impl ProfileService {
-    pub fn new(profiles: ProfileRepository, presence: PresenceRegistry) -> Self {
-        ProfileService { profiles, presence }
+    pub fn new(profiles: ProfileRepository, presence: PresenceRegistry, redis: Redis) -> Self {
+        ProfileService {
+            cache: Arc::new(ReadCache::new(redis.clone(), presence.clone())),
+            versions: Versions::new(redis),
+            profiles,
+            presence,
+        }
     }
 
     async fn existing(&self, user_id: UserId) -> Result<Profile, ProfileError> {
@@ -62,14 +80,55 @@ impl ProfileService {
 
     /// The profile of this user, with presence.
     pub async fn get_profile(&self, user_id: UserId) -> Result<ProfileView, ProfileError> {
-        // PostgreSQL and Redis at once: the answer waits for the slower, not both.
-        let (profile, is_online) = tokio::join!(self.profiles.find(user_id), self.is_online(user_id));
-        let profile = profile?.ok_or(ProfileError::ProfileNotFound)?;
-        Ok(ProfileView { profile, is_online })
+        let look = match self.cache.look(None, Among::Users(&[user_id])).await {
+            Ok(look) => look,
+            Err(e) => {
+                uncached(&e);
+                let profile = self.profiles.find(user_id).await?;
+                let profile = profile.ok_or(ProfileError::ProfileNotFound)?;
+                return Ok(ProfileView {
+                    profile,
+                    is_online: false,
+                });
+            }
+        };
+        let profile = self.cache.profiles(&self.profiles, &look.seen).await?.pop().flatten();
+        let profile = profile.ok_or(ProfileError::ProfileNotFound)?;
+        Ok(ProfileView {
+            profile: Arc::unwrap_or_clone(profile),
+            is_online: self.cache.is_live(look.seen[0].last_seen_ms),
+        })
     }
 
     /// `user`'s profile as `viewer` may see it.
     pub async fn view_profile(&self, viewer: UserId, user: UserId) -> Result<ProfileView, ProfileError> {
+        let look = match self.cache.look(Some(viewer), Among::Users(&[user])).await {
+            Ok(look) => look,
+            Err(e) => {
+                uncached(&e);
+                return self.view_profile_uncached(viewer, user).await;
+            }
+        };
+        let (profile, blocks) = tokio::try_join!(
+            self.cache.profiles(&self.profiles, &look.seen),
+            self.cache.blocks(&self.profiles, viewer, &look)
+        )?;
+        let profile = profile
+            .into_iter()
+            .next()
+            .flatten()
+            .filter(|p| p.is_active)
+            .ok_or(ProfileError::ProfileNotFound)?;
+        if viewer != user && blocks.received.contains(&user) {
+            return Err(ProfileError::BlockedByUser);
+        }
+        Ok(ProfileView {
+            profile: Arc::unwrap_or_clone(profile),
+            is_online: self.cache.is_live(look.seen[0].last_seen_ms),
+        })
+    }
+
+    async fn view_profile_uncached(&self, viewer: UserId, user: UserId) -> Result<ProfileView, ProfileError> {
         let blocked = async {
             if viewer == user {
                 Ok(false)
@@ -90,10 +149,30 @@ impl ProfileService {
     /// verdict. A caller without a profile yet gets an empty username rather
     /// than an error: the receiver is the one who must exist.
     pub async fn call_eligibility(&self, caller: UserId, receiver: UserId) -> Result<CallParties, ProfileError> {
-        self.profiles
-            .call_parties(caller, receiver)
-            .await?
-            .ok_or(ProfileError::ProfileNotFound)
+        let look = match self.cache.look(Some(caller), Among::Users(&[caller, receiver])).await {
+            Ok(look) => look,
+            Err(e) => {
+                uncached(&e);
+                return self
+                    .profiles
+                    .call_parties(caller, receiver)
+                    .await?
+                    .ok_or(ProfileError::ProfileNotFound);
+            }
+        };
+        let (profiles, blocks) = tokio::try_join!(
+            self.cache.profiles(&self.profiles, &look.seen),
+            self.cache.blocks(&self.profiles, caller, &look)
+        )?;
+        let mut profiles = profiles.into_iter();
+        let (caller_profile, receiver_profile) = (profiles.next().flatten(), profiles.next().flatten());
+        let receiver_profile = receiver_profile.ok_or(ProfileError::ProfileNotFound)?;
+        Ok(CallParties {
+            caller_username: caller_profile.map(|p| p.username.clone()).unwrap_or_default(),
+            receiver_username: receiver_profile.username.clone(),
+            receiver_available: receiver_profile.is_verified && receiver_profile.is_active,
+            blocked: blocks.either_way(&receiver),
+        })
     }
 
     /// Partial update of the caller's own profile.
@@ -127,6 +206,9 @@ impl ProfileService {
             .update(user_id, &changes)
             .await?
             .ok_or(ProfileError::ProfileNotFound)?;
+        self.versions
+            .after_write(self.versions.profile_changed(user_id).await)
+            .await;
         let is_online = self.is_online(user_id).await;
         Ok(ProfileView { profile, is_online })
     }
@@ -137,6 +219,9 @@ impl ProfileService {
         }
         self.existing(target).await?;
         self.profiles.block(user, target).await?;
+        self.versions
+            .after_write(self.versions.blocks_changed(&[user, target]).await)
+            .await;
         tracing::info!(audit = true, action = "user.blocked", user_id = %user, target = %target, "blocked");
         Ok(())
     }
@@ -148,6 +233,9 @@ impl ProfileService {
         if !self.profiles.unblock(user, target).await? {
             return Err(ProfileError::NotBlocked);
         }
+        self.versions
+            .after_write(self.versions.blocks_changed(&[user, target]).await)
+            .await;
         tracing::info!(audit = true, action = "user.unblocked", user_id = %user, target = %target, "unblocked");
         Ok(())
     }
@@ -230,8 +318,9 @@ impl ProfileService {
 
     /// Up to `limit` users the caller may call: online, verified, active, not
     /// the caller, not blocked either way; most recently online first. One
-    /// presence read and one query per round; rounds widen the window only
-    /// when many online users are filtered out.
+    /// script per round (presence and cache tokens), and PostgreSQL only for
+    /// what the cache lacks; rounds widen the window only when many online
+    /// users are filtered out.
     pub async fn list_available(&self, user: UserId, limit: u32) -> Result<Vec<ProfileView>, ProfileError> {
         let limit = if limit == 0 {
             DEFAULT_AVAILABLE
@@ -240,17 +329,23 @@ impl ProfileService {
         } as usize;
         let mut window = (limit * 3).max(30);
         loop {
-            let online = self.presence.recently_online(window).await?;
-            let candidates: Vec<Uuid> = online.iter().map(|o| o.user.as_uuid()).collect();
-            let found = self.profiles.discoverable(user, &candidates, limit as i64).await?;
-            if found.len() >= limit || online.len() < window || window >= 20_000 {
-                return Ok(found
-                    .into_iter()
-                    .map(|profile| ProfileView {
-                        profile,
-                        is_online: true,
-                    })
-                    .collect());
+            let look = self.cache.look(Some(user), Among::RecentlyOnline(window)).await?;
+            let (profiles, blocks) = tokio::try_join!(
+                self.cache.profiles(&self.profiles, &look.seen),
+                self.cache.blocks(&self.profiles, user, &look)
+            )?;
+            let found: Vec<ProfileView> = profiles
+                .into_iter()
+                .flatten()
+                .filter(|p| p.is_verified && p.is_active && p.user_id != user && !blocks.either_way(&p.user_id))
+                .take(limit)
+                .map(|profile| ProfileView {
+                    profile: Arc::unwrap_or_clone(profile),
+                    is_online: true,
+                })
+                .collect();
+            if found.len() >= limit || look.seen.len() < window || window >= 20_000 {
+                return Ok(found);
             }
             window *= 4;
         }

@@ -19,20 +19,22 @@ use unilink_events::payload::{
 };
 use unilink_events::{Event, stream_of};
 
+use crate::cache::Versions;
 use crate::repo::ProfileRepository;
 
 /// Consumer group of the profile service on `events:auth`.
 pub const GROUP: &str = "profile";
 
 pub async fn run(redis: Redis, profiles: ProfileRepository, stop: CancellationToken) {
+    let versions = Versions::new(redis.clone());
     let subscription = Subscription {
         stream: stream_of("auth"),
         group: GROUP.to_owned(),
         consumer: unilink_runtime::consumer_name("profile"),
     };
     let handler = move |event: Event| {
-        let profiles = profiles.clone();
-        async move { handle(&profiles, event).await }
+        let (profiles, versions) = (profiles.clone(), versions.clone());
+        async move { handle(&profiles, &versions, event).await }
     };
     unilink_events::consumer::run(redis, subscription, handler, stop).await;
 }
@@ -58,7 +60,9 @@ async fn no_profile(profiles: &ProfileRepository, user: UserId) -> Result<(), Ha
     }
 }
 
-async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), HandlerError> {
+/// Each change is committed, then published to the read caches (a failure
+/// to publish is retried with the event: the change is idempotent).
+async fn handle(profiles: &ProfileRepository, versions: &Versions, event: Event) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
         USER_REGISTERED => {
             let p: UserRegistered = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
@@ -71,7 +75,7 @@ async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), Handle
             let p: UserVerified = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
             let user = user_id(&p.user_id)?;
             if profiles.set_verified(user).await.map_err(retry)? {
-                Ok(())
+                versions.profile_changed(user).await.map_err(retry)
             } else {
                 no_profile(profiles, user).await
             }
@@ -80,14 +84,18 @@ async fn handle(profiles: &ProfileRepository, event: Event) -> Result<(), Handle
             let p: UserRef = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
             let user = user_id(&p.user_id)?;
             if profiles.set_inactive(user).await.map_err(retry)? {
-                Ok(())
+                versions.profile_changed(user).await.map_err(retry)
             } else {
                 no_profile(profiles, user).await
             }
         }
         USER_DELETED => {
             let p: UserDeleted = event.payload_as().map_err(|e| HandlerError::Reject(e.to_string()))?;
-            profiles.erase(user_id(&p.user_id)?).await.map_err(retry)
+            let user = user_id(&p.user_id)?;
+            let mut involved = profiles.erase(user).await.map_err(retry)?;
+            versions.profile_changed(user).await.map_err(retry)?;
+            involved.push(user);
+            versions.blocks_changed(&involved).await.map_err(retry)
         }
         _ => Ok(()),
     }
