@@ -35,12 +35,16 @@ pub enum BusError {
     Redis(#[from] fred::error::Error),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A script answered in a shape its caller does not expect (a bug, or
+    /// another version of the script under the same keys).
+    #[error("unexpected reply from redis: {0}")]
+    Reply(String),
 }
 
 impl HasErrorCode for BusError {
     fn code(&self) -> ErrorCode {
         match self {
-            BusError::Config(_) => ErrorCode::Internal,
+            BusError::Config(_) | BusError::Reply(_) => ErrorCode::Internal,
             BusError::Redis(_) | BusError::Timeout(_) => ErrorCode::Unavailable,
         }
     }

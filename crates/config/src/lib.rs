@@ -227,7 +227,7 @@ pub struct ListenSettings {
     pub http_addr: SocketAddr,
     /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight work may take after SIGTERM.
     pub shutdown_grace: Duration,
-    /// `HTTP_WORKERS`: HTTP worker threads of the gateway (0 = half the cores, at least 1).
+    /// `HTTP_WORKERS`: HTTP worker threads of the gateway (0 = one per core).
     pub http_workers: usize,
 }
 

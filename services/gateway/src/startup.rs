@@ -287,14 +287,15 @@ impl Application {
     }
 }
 
-/// `HTTP_WORKERS`, where 0 means half the cores (at least one): each worker
-/// has its own gRPC and Redis clients, and the Tokio runtime and the backends
-/// want the other cores.
+/// `HTTP_WORKERS`, where 0 means one per core: each worker has its own
+/// gRPC and Redis clients, so a request's I/O stays on its thread (on two
+/// cores, two workers served `/users/me` at 5,711-6,195 req/s, one worker at
+/// 4,073-4,812; BENCHMARKS.md).
 fn http_workers(configured: usize) -> usize {
     if configured > 0 {
         return configured;
     }
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The gateway binary's `main`.

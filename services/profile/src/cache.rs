@@ -54,13 +54,19 @@ fn fresh_token() -> String {
 /// KEYS: online, profile versions, block versions. ARGV: fresh token,
 /// viewer (or ""), oldest live score, count, ids... With a count above 0,
 /// drops stale members and reads up to count users, most recently online
-/// first; else reads the given ids. Returns the viewer's block token (or
-/// ""), then per user: id, heartbeat score (or ""), profile token. Missing
-/// tokens are set to the fresh one.
+/// first; else reads the given ids and their heartbeat scores. Returns the
+/// viewer's block token (or ""), the ids, their profile tokens, and (for
+/// given ids) their scores. Missing tokens are set to the fresh one.
+/// Replies are passed back as Redis gave them: building new Lua tables
+/// cost more than the commands themselves.
 static LOOK: LuaScript = LuaScript::new(
     r#"
 -- A command over many members, 1,000 at a time (unpack has a limit).
 local function chunked(command, key, members)
+  if #members <= 1000 then
+    if #members == 0 then return {} end
+    return redis.call(command, key, unpack(members))
+  end
   local out = {}
   for first = 1, #members, 1000 do
     local part = redis.call(command, key, unpack(members, first, math.min(first + 999, #members)))
@@ -69,41 +75,32 @@ local function chunked(command, key, members)
   return out
 end
 local token = ARGV[1]
-local ids, scores = {}, {}
+local ids, scores
 if tonumber(ARGV[4]) > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-  local flat = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[4]))
-  for i = 1, #flat, 2 do
-    ids[#ids + 1] = flat[i]
-    scores[#scores + 1] = flat[i + 1]
-  end
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+  scores = {}
 else
+  ids = {}
   for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
   scores = chunked('ZMSCORE', KEYS[1], ids)
 end
-local out = {''}
+local blocks = ''
 if ARGV[2] ~= '' then
-  local v = redis.call('HGET', KEYS[3], ARGV[2])
-  if not v then
+  blocks = redis.call('HGET', KEYS[3], ARGV[2])
+  if not blocks then
     redis.call('HSET', KEYS[3], ARGV[2], token)
-    v = token
-  end
-  out[1] = v
-end
-if #ids > 0 then
-  local versions = chunked('HMGET', KEYS[2], ids)
-  for i = 1, #ids do
-    local v = versions[i]
-    if not v then
-      redis.call('HSET', KEYS[2], ids[i], token)
-      v = token
-    end
-    out[#out + 1] = ids[i]
-    out[#out + 1] = scores[i] or ''
-    out[#out + 1] = v
+    blocks = token
   end
 end
-return out
+local versions = chunked('HMGET', KEYS[2], ids)
+for i = 1, #ids do
+  if not versions[i] then
+    redis.call('HSET', KEYS[2], ids[i], token)
+    versions[i] = token
+  end
+end
+return {blocks, ids, versions, scores}
 "#,
 );
 
@@ -177,8 +174,8 @@ impl Blocks {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub user: UserId,
-    /// Time of the latest heartbeat (ms), when there is one.
-    pub last_seen_ms: Option<i64>,
+    /// Whether a heartbeat of theirs is recent enough.
+    pub online: bool,
     version: String,
 }
 
@@ -271,11 +268,6 @@ impl ReadCache {
         }
     }
 
-    /// Whether a heartbeat this recent counts as online.
-    pub fn is_live(&self, last_seen_ms: Option<i64>) -> bool {
-        last_seen_ms.is_some_and(|t| t >= self.presence.oldest_live())
-    }
-
     /// Presence of `among` and the tokens of their profiles (and of
     /// `viewer`'s block list), in one script.
     pub async fn look(&self, viewer: Option<UserId>, among: Among<'_>) -> Result<Look, BusError> {
@@ -283,10 +275,11 @@ impl ReadCache {
             Among::Users(users) => (0, users),
             Among::RecentlyOnline(n) => (n.max(1), &[][..]),
         };
+        let oldest = self.presence.oldest_live();
         let mut args = Vec::with_capacity(4 + ids.len());
         args.push(fresh_token());
         args.push(viewer.map(|v| v.to_string()).unwrap_or_default());
-        args.push(self.presence.oldest_live().to_string());
+        args.push(oldest.to_string());
         args.push(count.to_string());
         args.extend(ids.iter().map(ToString::to_string));
         let keys = vec![
@@ -294,17 +287,35 @@ impl ReadCache {
             self.redis.key(PROFILE_VERSIONS),
             self.redis.key(BLOCK_VERSIONS),
         ];
-        let flat = self.redis.run(&LOOK, keys, args).await?;
-        let mut flat = flat.into_iter().map(Option::unwrap_or_default);
-        let blocks_version = flat.next().filter(|v| !v.is_empty());
-        let mut seen = Vec::new();
-        while let (Some(id), Some(score), Some(version)) = (flat.next(), flat.next(), flat.next()) {
+        let mut flat = self.redis.run(&LOOK, keys, args).await?.into_iter();
+        let blocks_version = flat.next().flatten().filter(|v| !v.is_empty());
+        // Then n ids, n tokens and, for given ids, n scores.
+        let rest: Vec<Option<String>> = flat.collect();
+        let n = if count > 0 { rest.len() / 2 } else { ids.len() };
+        if rest.len() != if count > 0 { 2 * n } else { 3 * n } {
+            return Err(BusError::Reply(format!(
+                "read-cache script answered {} values for {n} users",
+                rest.len()
+            )));
+        }
+        let mut seen = Vec::with_capacity(n);
+        for i in 0..n {
             // Ids come from our own writes; anything else is skipped.
-            let Ok(user) = UserId::parse(&id) else { continue };
+            let Some(Ok(user)) = rest[i].as_deref().map(UserId::parse) else {
+                continue;
+            };
+            let online = if count > 0 {
+                true
+            } else {
+                rest[2 * n + i]
+                    .as_deref()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .is_some_and(|score| score as i64 >= oldest)
+            };
             seen.push(Seen {
                 user,
-                last_seen_ms: score.parse::<f64>().ok().map(|s| s as i64),
-                version,
+                online,
+                version: rest[n + i].clone().unwrap_or_default(),
             });
         }
         Ok(Look { blocks_version, seen })

@@ -96,7 +96,7 @@ impl ProfileService {
         let profile = profile.ok_or(ProfileError::ProfileNotFound)?;
         Ok(ProfileView {
             profile: Arc::unwrap_or_clone(profile),
-            is_online: self.cache.is_live(look.seen[0].last_seen_ms),
+            is_online: look.seen.first().is_some_and(|s| s.online),
         })
     }
 
@@ -124,7 +124,7 @@ impl ProfileService {
         }
         Ok(ProfileView {
             profile: Arc::unwrap_or_clone(profile),
-            is_online: self.cache.is_live(look.seen[0].last_seen_ms),
+            is_online: look.seen.first().is_some_and(|s| s.online),
         })
     }
 
