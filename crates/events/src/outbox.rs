@@ -92,8 +92,15 @@ pub const STREAM_MAX_LEN: u64 = 100_000;
 /// Records `event` in the outbox inside the caller's transaction; it is
 /// published once the transaction commits.
 pub async fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<(), DbError> {
+    // Hot path (every event): prepared once per connection, not parsed and
+    // planned per call.
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO outbox (id, event_type, payload, occurred_at, traceparent) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO outbox (id, event_type, payload, occurred_at, traceparent) VALUES ($1, $2, $3, $4, $5)",
+        &insert,
         &[
             &event.id.as_uuid(),
             &event.event_type,
@@ -103,10 +110,17 @@ pub async fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<(), DbError>
         ],
     )
     .await?;
-    tx.execute("SELECT pg_notify($1 || current_schema(), '')", &[&CHANNEL_PREFIX])
+    let notify = tx
+        .prepare_cached("SELECT pg_notify($1 || current_schema(), '')")
         .await?;
+    tx.execute(&notify, &[&CHANNEL_PREFIX]).await?;
     Ok(())
 }
+
+/// Rows published per transaction.
+const BATCH: i64 = 200;
+/// How often the relay measures its backlog (`outbox_pending`, `outbox_lag_seconds`).
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the relay looks for the stream's marker (see the module docs).
 pub const MARKER_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -198,6 +212,7 @@ impl OutboxRelay {
         let channel = format!("{CHANNEL_PREFIX}{}", self.schema);
         let listener = tokio::spawn(listen(self.listen_url.clone(), channel, wake.clone(), stop.clone()));
         let mut last_cleanup = tokio::time::Instant::now();
+        let mut last_lag: Option<tokio::time::Instant> = None;
         // When the marker was last found (or set); `None`: look before publishing.
         let mut marker_seen: Option<tokio::time::Instant> = None;
         let mut check_failing = false;
@@ -225,8 +240,10 @@ impl OutboxRelay {
                 }
             }
             if marker_seen.is_some() {
-                match self.publish_batch(200).await {
-                    Ok(n) => again = n > 0,
+                match self.publish_batch(BATCH).await {
+                    // A short batch took every row there was: rows committed
+                    // since then have notified, and wake this loop.
+                    Ok(n) => again = n as i64 >= BATCH,
                     Err(RelayError::NotMarked) => {
                         tracing::debug!(stream = %self.stream, "stream marker gone; checking it before publishing more");
                         marker_seen = None;
@@ -240,8 +257,11 @@ impl OutboxRelay {
                     }
                 }
             }
-            if let Err(e) = self.record_lag().await {
-                tracing::debug!(error = %e, "outbox lag not measured");
+            if last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                last_lag = Some(tokio::time::Instant::now());
+                if let Err(e) = self.record_lag().await {
+                    tracing::debug!(error = %e, "outbox lag not measured");
+                }
             }
             if last_cleanup.elapsed() > Duration::from_secs(60) {
                 last_cleanup = tokio::time::Instant::now();
@@ -269,14 +289,14 @@ impl OutboxRelay {
     pub async fn publish_batch(&self, limit: i64) -> Result<usize, RelayError> {
         let mut client = self.db.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
-        let rows = tx
-            .query(
+        let select = tx
+            .prepare_cached(
                 "SELECT seq, id, event_type, payload, occurred_at, traceparent FROM outbox
                  WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&limit],
             )
             .await
             .map_err(DbError::from)?;
+        let rows = tx.query(&select, &[&limit]).await.map_err(DbError::from)?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -311,9 +331,11 @@ impl OutboxRelay {
             }
         }
         if !done.is_empty() {
-            tx.execute("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)", &[&done])
+            let update = tx
+                .prepare_cached("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
                 .await
                 .map_err(DbError::from)?;
+            tx.execute(&update, &[&done]).await.map_err(DbError::from)?;
         }
         tx.commit().await.map_err(DbError::from)?;
         metrics::counter!("outbox_published_total", "schema" => self.schema).increment(done.len() as u64);

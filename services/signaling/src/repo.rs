@@ -225,12 +225,17 @@ impl CallRepository {
         let _timer = unilink_db::QueryTimer::start(SCHEMA, "create_call");
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(DbError::from)?;
+        // Hot path (every call attempt): statements prepared once per connection.
+        let insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO calls (id, initiator_id, receiver_id, initiator_username, receiver_username, call_token)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+            ))
+            .await
+            .map_err(DbError::from)?;
         let row = tx
             .query_one(
-                &format!(
-                    "INSERT INTO calls (id, initiator_id, receiver_id, initiator_username, receiver_username, call_token)
-                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-                ),
+                &insert,
                 &[
                     &call.id.as_uuid(),
                     &call.initiator_id.as_uuid(),
@@ -244,8 +249,12 @@ impl CallRepository {
             .map_err(DbError::from)?;
         let created = Call::from_row(&row)?;
         let busy = tx
+            .prepare_cached("INSERT INTO busy_users (user_id, call_id) VALUES ($1, $3), ($2, $3)")
+            .await
+            .map_err(DbError::from)?;
+        let busy = tx
             .execute(
-                "INSERT INTO busy_users (user_id, call_id) VALUES ($1, $3), ($2, $3)",
+                &busy,
                 &[
                     &call.initiator_id.as_uuid(),
                     &call.receiver_id.as_uuid(),
@@ -274,13 +283,11 @@ impl CallRepository {
         let _timer = unilink_db::QueryTimer::start(SCHEMA, "transition_call");
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(DbError::from)?;
-        let row = tx
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM calls WHERE id = $1 FOR UPDATE"),
-                &[&id.as_uuid()],
-            )
+        let select = tx
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = $1 FOR UPDATE"))
             .await
             .map_err(DbError::from)?;
+        let row = tx.query_opt(&select, &[&id.as_uuid()]).await.map_err(DbError::from)?;
         let call = row
             .as_ref()
             .map(Call::from_row)
@@ -410,10 +417,9 @@ impl CallRepository {
 /// Writes one state change, frees the participants when the call closes and
 /// records the event — inside the caller's transaction.
 async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<Call, SignalingError> {
-    let row = tx
-        .query_one(
-            &format!(
-                "UPDATE calls SET
+    let update = tx
+        .prepare_cached(&format!(
+            "UPDATE calls SET
                     status = $2,
                     started_at = CASE WHEN $2 = 'ongoing' THEN now() ELSE started_at END,
                     ended_at = CASE WHEN $2 IN ('pending', 'ongoing') THEN ended_at ELSE now() END,
@@ -426,7 +432,12 @@ async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<
                     end_reason = $4
                  WHERE id = $1
                  RETURNING {COLUMNS}"
-            ),
+        ))
+        .await
+        .map_err(DbError::from)?;
+    let row = tx
+        .query_one(
+            &update,
             &[
                 &call.id.as_uuid(),
                 &change.to.as_str(),
@@ -438,9 +449,11 @@ async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<
         .map_err(DbError::from)?;
     let changed = Call::from_row(&row)?;
     if !changed.status.is_open() {
-        tx.execute("DELETE FROM busy_users WHERE call_id = $1", &[&call.id.as_uuid()])
+        let free = tx
+            .prepare_cached("DELETE FROM busy_users WHERE call_id = $1")
             .await
             .map_err(DbError::from)?;
+        tx.execute(&free, &[&call.id.as_uuid()]).await.map_err(DbError::from)?;
     }
     unilink_events::outbox::enqueue(tx, &changed.event(change.actor, change.reason)).await?;
     Ok(changed)
