@@ -314,6 +314,7 @@ for layout in FLEET2 FLEET1; do
       --connections 64 --logins "$LOGINS" --seconds "$SECS"
   fi
   if wants setup; then
+    vacuum_calls "$DATABASE_URL"
     cpu_report "call set-up, $what" "$layout" \
       "$LOAD" call-setup --base-a "$base" --base-b "$base" --users "$WORK/users" \
       --pairs "$SETUP_PAIRS" --seconds "$SECS"

@@ -221,6 +221,7 @@ if wants relay; then
 fi
 if wants setup; then
   log "call-setup: $SETUP_PAIRS pairs for ${SETUP_SECONDS}s"
+  vacuum_calls "$DATABASE_URL"
   "$LOAD" call-setup --base-a "$GATEWAY_A" --base-b "$GATEWAY_B" --users "$WORK/users" \
     --pairs "$SETUP_PAIRS" --seconds "$SETUP_SECONDS"
 fi

@@ -159,6 +159,19 @@ number() {
   printf '%s' "$2"
 }
 
+# vacuum_calls DATABASE_URL — VACUUM ANALYZE the tables every call set-up
+# inserts into and deletes from (when psql is there). A benchmark repeats
+# calls between the same few users; on a server running with autovacuum off
+# (as some CI machines do) their dead rows pile up, and every insert into
+# busy_users walks them in the unique index, so a later run measures bloat.
+vacuum_calls() {
+  command -v psql >/dev/null 2>&1 || return 0
+  local table
+  for table in signaling.calls signaling.busy_users signaling.outbox; do
+    psql "$1" -qc "VACUUM ANALYZE $table" >/dev/null 2>&1 || warn "could not VACUUM $table"
+  done
+}
+
 # tcp_open HOST PORT — true if a TCP connection can be established (2 s).
 tcp_open() {
   timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
