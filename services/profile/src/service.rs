@@ -327,7 +327,10 @@ impl ProfileService {
         } else {
             limit.min(MAX_AVAILABLE)
         } as usize;
-        let mut window = (limit * 3).max(30);
+        // Most online users are callable (only verified users can sign in;
+        // blocks are few), so the first round looks at a few more than asked
+        // for; the window grows only when that was not enough.
+        let mut window = limit + 10;
         loop {
             let look = self.cache.look(Some(user), Among::RecentlyOnline(window)).await?;
             let (profiles, blocks) = tokio::try_join!(
