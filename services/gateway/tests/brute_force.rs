@@ -218,3 +218,35 @@ async fn one_users_sockets_are_capped_across_both_gateways() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn leases_are_renewed_while_held_and_freed_when_dropped() {
+    use unilink_gateway::ws::cap::SocketCap;
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
+        url: unilink_config::Secret::new(unilink_test_support::redis_url()),
+        key_prefix: unilink_test_support::unique_prefix(),
+    })
+    .await
+    .expect("connect to Redis");
+    // Two caps share Redis as two gateways do; leases of 600 ms, renewed
+    // every 200 ms by each cap's one renewal task.
+    let lease = Duration::from_millis(600);
+    let a = SocketCap::with_lease(redis.clone(), 2, lease);
+    let b = SocketCap::with_lease(redis.clone(), 2, lease);
+    let first = a.acquire("ada").await.expect("a first socket");
+    let second = b.acquire("ada").await.expect("a second socket");
+    // Five lease lengths later both places are still taken: renewed.
+    tokio::time::sleep(lease * 5).await;
+    let refused = a.acquire("ada").await.expect_err("a third socket over the cap");
+    assert_eq!(refused.code, unilink_errors::ErrorCode::RateLimited);
+    // The cap is per user.
+    let other = b.acquire("bob").await.expect("another user's socket");
+    // A dropped lease frees its place at once, in Redis too.
+    drop(second);
+    eventually("the dropped place to be free", Duration::from_secs(2), || async {
+        a.acquire("ada").await.ok()
+    })
+    .await;
+    drop((first, other));
+    redis.close().await;
+}

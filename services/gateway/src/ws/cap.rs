@@ -6,12 +6,14 @@
 //! `sockets:<user>` scored with its expiry. Taking one is one Lua script
 //! (drop lapsed leases, count, add); the lease is renewed while the socket
 //! lives and removed when it is dropped, and the leases of a gateway that
-//! died lapse by themselves after [`LEASE`]. Each replica also counts its
+//! died lapse by themselves after [`LEASE`]. One task per gateway renews all
+//! of its leases, a few hundred per script (a renewal task per socket cost
+//! each idle socket ~5.5 KiB). Each replica also counts its
 //! own sockets, which alone decides while Redis is unreachable (the cap then
 //! holds per replica rather than fleet-wide).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use unilink_bus::{LuaScript, Redis};
@@ -21,8 +23,6 @@ use crate::error::ApiError;
 
 /// How long a lease lives without renewal.
 pub const LEASE: Duration = Duration::from_secs(60);
-/// How often a live socket renews its lease.
-const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// Deadline of the Redis count at an upgrade; beyond it this replica's
 /// count decides (like the rate limiter's).
 const REDIS_TIMEOUT: Duration = Duration::from_millis(300);
@@ -42,15 +42,22 @@ return 1
 ",
 );
 
-/// KEYS[1] the user's set; ARGV now (ms), lease (ms), socket id.
+/// KEYS the users' sets; ARGV now (ms), lease (ms), then one socket id per
+/// key. Renews the leases that still exist (a lapsed one stays gone).
 static RENEW: LuaScript = LuaScript::new(
     r"
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[3]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+local lease = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[1]) + lease
+for i, key in ipairs(KEYS) do
+  if redis.call('ZADD', key, 'XX', 'CH', expiry, ARGV[i + 2]) == 1 then
+    redis.call('PEXPIRE', key, lease)
+  end
 end
-return 1
+return #KEYS
 ",
 );
+/// Leases renewed per script.
+const RENEW_BATCH: usize = 500;
 
 /// KEYS[1] the user's set; ARGV socket id.
 static RELEASE: LuaScript = LuaScript::new("redis.call('ZREM', KEYS[1], ARGV[1]) return 1");
@@ -62,21 +69,37 @@ fn now_ms() -> String {
         .to_string()
 }
 
+/// Leases this gateway holds in Redis: lease id → user.
+type Held = Mutex<HashMap<String, String>>;
+
 /// The per-user socket cap.
 #[derive(Debug, Clone)]
 pub struct SocketCap {
     redis: Redis,
     max: u32,
     local: Arc<Mutex<HashMap<String, u32>>>,
+    held: Arc<Held>,
+    lease: Duration,
 }
 
 impl SocketCap {
+    /// Also starts the task renewing this gateway's leases; it ends once the
+    /// cap and every lease taken from it are dropped.
     pub fn new(redis: Redis, max: u32) -> SocketCap {
-        SocketCap {
+        SocketCap::with_lease(redis, max, LEASE)
+    }
+
+    /// With leases of `lease` instead of [`LEASE`], renewed every third of it.
+    pub fn with_lease(redis: Redis, max: u32, lease: Duration) -> SocketCap {
+        let cap = SocketCap {
             redis,
             max,
             local: Arc::default(),
-        }
+            held: Arc::default(),
+            lease,
+        };
+        tokio::spawn(renew_leases(cap.redis.clone(), Arc::downgrade(&cap.held), lease));
+        cap
     }
 
     fn too_many(&self) -> ApiError {
@@ -89,7 +112,7 @@ impl SocketCap {
     /// A lease for one more socket of `user`, or 429 at the cap.
     pub async fn acquire(&self, user: &str) -> Result<Lease, ApiError> {
         {
-            let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+            let mut local = lock(&self.local);
             let count = local.entry(user.to_owned()).or_insert(0);
             if *count >= self.max {
                 return Err(self.too_many());
@@ -100,14 +123,13 @@ impl SocketCap {
             cap: self.clone(),
             user: user.to_owned(),
             id: uuid::Uuid::new_v4().simple().to_string(),
-            renew: None,
             release: false,
         };
         let key = self.redis.key(&format!("sockets:{user}"));
         let args = vec![
             now_ms(),
             self.max.to_string(),
-            LEASE.as_millis().to_string(),
+            self.lease.as_millis().to_string(),
             lease.id.clone(),
         ];
         let taken = tokio::time::timeout(REDIS_TIMEOUT, self.redis.run(&ACQUIRE, vec![key.clone()], args))
@@ -117,16 +139,7 @@ impl SocketCap {
             Ok([Some(answer)]) if answer == "0" => return Err(self.too_many()),
             Ok(_) => {
                 lease.release = true;
-                let (redis, id) = (self.redis.clone(), lease.id.clone());
-                lease.renew = Some(tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(RENEW_EVERY).await;
-                        let args = vec![now_ms(), LEASE.as_millis().to_string(), id.clone()];
-                        if let Err(e) = redis.run(&RENEW, vec![key.clone()], args).await {
-                            tracing::debug!(error = %e, "socket lease not renewed");
-                        }
-                    }
-                }));
+                lock(&self.held).insert(lease.id.clone(), user.to_owned());
             }
             Err(e) => {
                 // The script may still have run: remove the lease at the end anyway.
@@ -146,7 +159,6 @@ pub struct Lease {
     cap: SocketCap,
     user: String,
     id: String,
-    renew: Option<tokio::task::JoinHandle<()>>,
     /// Whether the lease may be in Redis.
     release: bool,
 }
@@ -154,7 +166,7 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         {
-            let mut local = self.cap.local.lock().unwrap_or_else(|e| e.into_inner());
+            let mut local = lock(&self.cap.local);
             if let Some(count) = local.get_mut(&self.user) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
@@ -162,9 +174,7 @@ impl Drop for Lease {
                 }
             }
         }
-        if let Some(renew) = self.renew.take() {
-            renew.abort();
-        }
+        lock(&self.cap.held).remove(&self.id);
         if !self.release {
             return;
         }
@@ -178,6 +188,36 @@ impl Drop for Lease {
                     tracing::debug!(error = %e, "socket lease not released");
                 }
             });
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every third of `lease`, renews the leases in `held`, [`RENEW_BATCH`] per
+/// script; returns once `held` is gone (the cap and its leases dropped).
+async fn renew_leases(redis: Redis, held: Weak<Held>, lease: Duration) {
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let Some(leases) = held.upgrade() else { return };
+        let leases: Vec<(String, String)> = lock(&leases)
+            .iter()
+            .map(|(id, user)| (id.clone(), user.clone()))
+            .collect();
+        for batch in leases.chunks(RENEW_BATCH) {
+            let keys = batch
+                .iter()
+                .map(|(_, user)| redis.key(&format!("sockets:{user}")))
+                .collect();
+            let mut args = Vec::with_capacity(batch.len() + 2);
+            args.push(now_ms());
+            args.push(lease.as_millis().to_string());
+            args.extend(batch.iter().map(|(id, _)| id.clone()));
+            if let Err(e) = redis.run(&RENEW, keys, args).await {
+                tracing::debug!(error = %e, leases = batch.len(), "socket leases not renewed");
+            }
         }
     }
 }

@@ -350,7 +350,10 @@ async fn run(
                     // starts where the fleet last delivered, as at first.
                     open.resume = open.resume || last_seq > 0;
                     open.resume_after = last_seq;
-                    match reconnect(&upstreams, &open).await {
+                    // Boxed: a stream being opened (a gRPC call in flight) is
+                    // many times larger than the rest of this task, which every
+                    // idle socket holds for its whole life.
+                    match Box::pin(reconnect(&upstreams, &open)).await {
                         Ok(fresh) => upstream = fresh,
                         Err(status) => break End::Close(resume_failed(&status)),
                     }
@@ -358,7 +361,7 @@ async fn run(
             },
             () = draining.cancelled() => {
                 if matches!(kind, Kind::Presence) {
-                    handover(&mut upstream).await;
+                    Box::pin(handover(&mut upstream)).await;
                 }
                 break End::Close(close_reason(1012, "server restarting; reconnect"));
             }
