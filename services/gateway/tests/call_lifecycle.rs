@@ -70,6 +70,28 @@ async fn calls_end_at_the_maximum_duration_and_when_abandoned() {
     assert_eq!(ended["status"], "completed");
     assert!(ended["message"].as_str().unwrap().contains("maximum duration"));
     assert_eq!(ada_call.closed().await.0, 1000);
+    // Its relay mailboxes now expire within minutes, not the hour an open call's keep.
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
+        url: unilink_config::Secret::new(unilink_test_support::redis_url()),
+        key_prefix: fleet.prefix.clone(),
+    })
+    .await
+    .unwrap();
+    for user in [&ada_id, &bob_id] {
+        let key = redis.key(&format!("relay:{long}:{user}:buf"));
+        eventually("the ended call's mailbox to be retired", Duration::from_secs(5), || {
+            let (redis, key) = (redis.clone(), key.clone());
+            async move {
+                let ttl = redis
+                    .script("return redis.call('TTL', KEYS[1])", vec![key], vec![])
+                    .await
+                    .ok()?;
+                let ttl: i64 = ttl.first()?.as_deref()?.parse().ok()?;
+                (1..=120).contains(&ttl).then_some(())
+            }
+        })
+        .await;
+    }
     let pushed = ada_presence.expect("call_ended").await;
     assert_eq!(pushed["call_id"], long);
     assert_eq!(

@@ -28,6 +28,19 @@ use unilink_domain::{CallId, UserId};
 pub const BUFFER_LEN: u64 = 4096;
 /// Mailboxes expire this long after their last frame.
 const MAILBOX_TTL: Duration = Duration::from_secs(3600);
+/// How long a closed call's mailboxes stay after [`SignalRelay::retire`]:
+/// long enough for a client reconnecting within the 30 s resume window to
+/// read its last frames (`call_ended`), not the hour an open call's keep.
+pub const RETIRED_TTL: Duration = Duration::from_secs(120);
+
+/// KEYS: keys of a mailbox. ARGV: seconds. Shortens their expiry (never
+/// lengthens it; missing keys stay missing).
+static RETIRE: LuaScript = LuaScript::new(
+    r"
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1], 'LT') end
+return #KEYS
+",
+);
 /// Undelivered live messages queued per subscriber before the dispatcher
 /// drops them (they are then fetched from the buffer as a gap).
 const INBOX_CAPACITY: usize = 1024;
@@ -207,6 +220,19 @@ impl SignalRelay {
 
     fn routes(&self) -> std::sync::MutexGuard<'_, RouteTable> {
         self.inner.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The call is closed and its last frame sent: `user`'s mailbox of it
+    /// expires after [`RETIRED_TTL`].
+    pub async fn retire(&self, call: CallId, user: UserId) -> Result<(), BusError> {
+        let keys = [seq_key(call, user), buffer_key(call, user), delivered_key(call, user)]
+            .iter()
+            .map(|k| self.redis.key(k))
+            .collect();
+        self.redis
+            .run(&RETIRE, keys, vec![RETIRED_TTL.as_secs().to_string()])
+            .await?;
+        Ok(())
     }
 
     /// Sends one frame (a JSON object) to `user`'s mailbox of `call`;

@@ -192,6 +192,11 @@ impl CallService {
             if let Err(e) = self.relay.send(call.id, user, "system", &frame, &traceparent).await {
                 tracing::warn!(call_id = %call.id, error = %e, "could not relay call_ended");
             }
+            // Nothing follows `call_ended`: the mailbox only has to outlive
+            // the resume window, not the hour an open call's does.
+            if let Err(e) = self.relay.retire(call.id, user).await {
+                tracing::debug!(call_id = %call.id, error = %e, "mailbox keeps its longer expiry");
+            }
         }
     }
 

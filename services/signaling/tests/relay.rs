@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
-use unilink_signaling::relay::SignalRelay;
+use unilink_signaling::relay::{RETIRED_TTL, SignalRelay};
 use unilink_test_support::faults::PrivateRedis;
 use unilink_test_support::{redis_url, unique_prefix};
 
@@ -250,5 +250,52 @@ async fn numbered_client_frames_are_relayed_once_and_in_order() {
             .is_err(),
         "nothing more"
     );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_retired_mailbox_expires_within_minutes_and_still_replays() {
+    let redis = Redis::connect(&unilink_config::RedisSettings {
+        url: unilink_config::Secret::new(redis_url()),
+        key_prefix: unique_prefix(),
+    })
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    let relay = SignalRelay::new(redis.clone(), stop.clone());
+    let (call, user) = (CallId::new(), UserId::new());
+    for n in 0..3 {
+        relay.send(call, user, "system", &frame(n), "").await.unwrap();
+    }
+    let ttl = |suffix: &'static str| {
+        let key = redis.key(&format!("relay:{call}:{user}:{suffix}"));
+        let redis = redis.clone();
+        async move {
+            let answer = redis
+                .script("return redis.call('TTL', KEYS[1])", vec![key], vec![])
+                .await
+                .unwrap();
+            answer[0].as_deref().unwrap().parse::<i64>().unwrap()
+        }
+    };
+    assert!(ttl("buf").await > 3000, "an open call's mailbox keeps an hour");
+    relay.retire(call, user).await.unwrap();
+    for suffix in ["seq", "buf"] {
+        let left = ttl(suffix).await;
+        assert!(
+            (1..=RETIRED_TTL.as_secs() as i64).contains(&left),
+            "{suffix}: {left} s left"
+        );
+    }
+    // A client reconnecting in the resume window still reads every frame.
+    let mut mailbox = relay.open(call, user, 0).await.unwrap();
+    for n in 0..3u64 {
+        let got = tokio::time::timeout(Duration::from_secs(2), mailbox.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(n_of(&got.text), n);
+    }
     stop.cancel();
 }
