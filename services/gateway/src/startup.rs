@@ -27,6 +27,25 @@ use crate::middleware::rate_limit::RateLimiter;
 use crate::rest;
 use crate::rest::health::HealthChecker;
 
+/// Listen backlog of the public port. A drained gateway's clients all
+/// reconnect at once, through the balancer, to the others: with std's
+/// default of 128, 256 clients connecting together overflowed the accept
+/// queue and some waited for the kernel's 1 s SYN retransmission.
+const LISTEN_BACKLOG: u32 = 2048;
+
+/// Binds the public port with [`LISTEN_BACKLOG`] (the kernel caps it at
+/// `net.core.somaxconn`).
+fn bind_public(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -201,7 +220,7 @@ impl Application {
         let origins = OriginPolicy::new(&settings.allowed_origins);
         let production = settings.environment.is_production();
 
-        let listener = TcpListener::bind(settings.listen.http_addr)?;
+        let listener = bind_public(settings.listen.http_addr)?;
         let addr = listener.local_addr()?;
         let server =
             HttpServer::new(move || {
