@@ -245,7 +245,10 @@ impl Redis {
                 "script could not be loaded",
             ))
         };
-        let value = match tokio::time::timeout(COMMAND_TIMEOUT, work).await {
+        // Boxed: the client's command future is large, and a task that keeps
+        // a script call among its await points (a presence session, which
+        // every idle socket holds) would otherwise be sized for it for life.
+        let value = match tokio::time::timeout(COMMAND_TIMEOUT, Box::pin(work)).await {
             Ok(result) => result?,
             Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
         };

@@ -117,6 +117,18 @@ pub async fn enqueue(tx: &Transaction<'_>, event: &Event) -> Result<(), DbError>
     Ok(())
 }
 
+/// Appends `event` to `stream` as the relay does, but without the marker
+/// check: for tests and tools that stand in for a producer's relay.
+pub async fn append(redis: &Redis, stream: &str, event: &Event) -> Result<String, BusError> {
+    let fields = event.to_fields();
+    redis.append(stream, &as_pairs(&fields), STREAM_MAX_LEN).await
+}
+
+/// Stream fields as the Redis client takes them.
+fn as_pairs<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// Rows published per transaction.
 const BATCH: i64 = 200;
 /// How often the relay measures its backlog (`outbox_pending`, `outbox_lag_seconds`).
@@ -312,10 +324,9 @@ impl OutboxRelay {
                 traceparent: row.get("traceparent"),
             };
             let fields = event.to_fields();
-            let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
             match self
                 .redis
-                .append_if_exists(&marker, &self.stream, &pairs, STREAM_MAX_LEN)
+                .append_if_exists(&marker, &self.stream, &as_pairs(&fields), STREAM_MAX_LEN)
                 .await
             {
                 Ok(Some(_)) => done.push(row.get("seq")),

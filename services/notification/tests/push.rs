@@ -68,10 +68,7 @@ impl Harness {
 
     /// Appends `event` to `events:signaling` as signaling's outbox relay does.
     async fn append(&self, event: &Event) {
-        let fields = event.to_fields();
-        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.redis
-            .append(&stream_of("signaling"), &pairs, 100_000)
+        unilink_events::outbox::append(&self.redis, &stream_of("signaling"), event)
             .await
             .expect("append to events:signaling");
     }

@@ -146,7 +146,7 @@ impl Versions {
 
     /// After a write made through the API: a failure is logged and counted,
     /// not returned (the write is committed; caches see it within [`ENTRY_TTL`]).
-    pub async fn after_write(&self, bumped: Result<(), BusError>) {
+    pub fn after_write(&self, bumped: Result<(), BusError>) {
         if let Err(e) = bumped {
             tracing::warn!(error = %e, "could not publish a profile change to the read caches");
             metrics::counter!("profile_cache_bump_failures_total").increment(1);
@@ -220,9 +220,16 @@ impl<K: Hash + Eq + Copy, T: Clone> Shelf<K, T> {
     }
 
     fn get(&self, key: &K, version: &str) -> Option<T> {
+        current(&self.lock(), key, version)
+    }
+
+    /// [`Shelf::get`] of each, under one lock.
+    fn get_many<'a>(&self, wanted: impl Iterator<Item = (&'a K, &'a str)>) -> Vec<Option<T>>
+    where
+        K: 'a,
+    {
         let entries = self.lock();
-        let entry = entries.get(key)?;
-        (entry.version == version && entry.filled.elapsed() < ENTRY_TTL).then(|| entry.value.clone())
+        wanted.map(|(key, version)| current(&entries, key, version)).collect()
     }
 
     fn put(&self, key: K, version: String, value: T) {
@@ -242,6 +249,12 @@ impl<K: Hash + Eq + Copy, T: Clone> Shelf<K, T> {
             },
         );
     }
+}
+
+/// The value under `key` if it was filled under `version` less than [`ENTRY_TTL`] ago.
+fn current<K: Hash + Eq, T: Clone>(entries: &HashMap<K, Entry<T>>, key: &K, version: &str) -> Option<T> {
+    let entry = entries.get(key)?;
+    (entry.version == version && entry.filled.elapsed() < ENTRY_TTL).then(|| entry.value.clone())
 }
 
 /// The read cache of one replica.
@@ -329,7 +342,9 @@ impl ReadCache {
         repo: &ProfileRepository,
         seen: &[Seen],
     ) -> Result<Vec<Option<Arc<Profile>>>, ProfileError> {
-        let mut out: Vec<Option<Arc<Profile>>> = seen.iter().map(|s| self.profiles.get(&s.user, &s.version)).collect();
+        let mut out = self
+            .profiles
+            .get_many(seen.iter().map(|s| (&s.user, s.version.as_str())));
         let missing: Vec<Uuid> = seen
             .iter()
             .zip(&out)

@@ -206,9 +206,7 @@ impl ProfileService {
             .update(user_id, &changes)
             .await?
             .ok_or(ProfileError::ProfileNotFound)?;
-        self.versions
-            .after_write(self.versions.profile_changed(user_id).await)
-            .await;
+        self.versions.after_write(self.versions.profile_changed(user_id).await);
         let is_online = self.is_online(user_id).await;
         Ok(ProfileView { profile, is_online })
     }
@@ -220,8 +218,7 @@ impl ProfileService {
         self.existing(target).await?;
         self.profiles.block(user, target).await?;
         self.versions
-            .after_write(self.versions.blocks_changed(&[user, target]).await)
-            .await;
+            .after_write(self.versions.blocks_changed(&[user, target]).await);
         tracing::info!(audit = true, action = "user.blocked", user_id = %user, target = %target, "blocked");
         Ok(())
     }
@@ -234,8 +231,7 @@ impl ProfileService {
             return Err(ProfileError::NotBlocked);
         }
         self.versions
-            .after_write(self.versions.blocks_changed(&[user, target]).await)
-            .await;
+            .after_write(self.versions.blocks_changed(&[user, target]).await);
         tracing::info!(audit = true, action = "user.unblocked", user_id = %user, target = %target, "unblocked");
         Ok(())
     }

@@ -13,8 +13,7 @@ use unilink_test_support::eventually;
 #[tokio::test]
 async fn a_verified_active_receiver_is_available_with_both_usernames() {
     let h = Harness::start().await;
-    let ana = h.account("ana_k", true).await;
-    let ben = h.account("ben_o", true).await;
+    let [ana, ben] = h.accounts(["ana_k", "ben_o"]).await;
 
     let reply = h.eligibility(&ana, &ben).await.unwrap();
     assert_eq!(
@@ -67,9 +66,7 @@ async fn an_unknown_or_deleted_receiver_is_not_found_and_bad_ids_are_invalid() {
 #[tokio::test]
 async fn a_block_in_either_direction_is_reported() {
     let h = Harness::start().await;
-    let ana = h.account("ana_k", true).await;
-    let ben = h.account("ben_o", true).await;
-    let cai = h.account("cai_l", true).await;
+    let [ana, ben, cai] = h.accounts(["ana_k", "ben_o", "cai_l"]).await;
 
     // Ana blocked Ben: blocked whoever calls whom.
     h.block(&ana, &ben).await;

@@ -11,10 +11,7 @@ use tonic::Code;
 #[tokio::test]
 async fn a_write_on_one_replica_is_read_at_once_on_the_other() {
     let h = Harness::replicas(2).await;
-    let ana = h.account("ana_k", true).await;
-    let ben = h.account("ben_o", true).await;
-    h.online(&ana).await;
-    h.online(&ben).await;
+    let [ana, ben] = h.online_accounts(["ana_k", "ben_o"]).await;
 
     for round in 0..10 {
         let (writer, reader) = (round % 2, 1 - round % 2);
@@ -37,12 +34,7 @@ async fn a_write_on_one_replica_is_read_at_once_on_the_other() {
 #[tokio::test]
 async fn blocks_and_unblocks_reach_every_replica_at_once() {
     let h = Harness::replicas(2).await;
-    let ana = h.account("ana_k", true).await;
-    let ben = h.account("ben_o", true).await;
-    let cai = h.account("cai_l", true).await;
-    for user in [&ana, &ben, &cai] {
-        h.online(user).await;
-    }
+    let [ana, ben, cai] = h.online_accounts(["ana_k", "ben_o", "cai_l"]).await;
     let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
 
     for _ in 0..3 {
@@ -77,12 +69,7 @@ async fn blocks_and_unblocks_reach_every_replica_at_once() {
 #[tokio::test]
 async fn deactivation_and_erasure_by_events_reach_warm_caches() {
     let h = Harness::replicas(2).await;
-    let ana = h.account("ana_k", true).await;
-    let ben = h.account("ben_o", true).await;
-    let cai = h.account("cai_l", true).await;
-    for user in [&ana, &ben, &cai] {
-        h.online(user).await;
-    }
+    let [ana, ben, cai] = h.online_accounts(["ana_k", "ben_o", "cai_l"]).await;
     h.block_on(0, &cai, &ana).await;
     // Both replicas warm.
     for n in 0..2 {
@@ -136,8 +123,7 @@ async fn tokens_lost_by_redis_are_set_again_and_writes_still_show() {
 #[tokio::test]
 async fn discovery_widens_past_thousands_of_filtered_users() {
     let h = Harness::start().await;
-    let ana = h.account("ana_k", true).await;
-    let zoe = h.account("zoe_z", true).await;
+    let [ana, zoe] = h.accounts(["ana_k", "zoe_z"]).await;
     // Zoe came online first; then 3,000 unverified accounts after her.
     h.online(&zoe).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -194,9 +194,8 @@ struct PresenceSession {
 }
 
 impl PresenceSession {
-    /// Lives as long as the socket; Redis calls are boxed so that this task,
-    /// which every idle socket holds, stays small (a Redis script call in
-    /// flight is many times larger than the rest of it).
+    /// Lives as long as the socket, so it must stay small: the Redis calls
+    /// it awaits box their command futures (`Redis::run`).
     async fn run(mut self) {
         let mut beat = tokio::time::interval(unilink_presence::DEFAULT_TTL / 3);
         beat.tick().await;
@@ -219,7 +218,7 @@ impl PresenceSession {
                             break;
                         }
                         // Any client message shows the socket is alive.
-                        let _ = Box::pin(self.sessions.presence.heartbeat(self.user, &self.connection)).await;
+                        let _ = self.sessions.presence.heartbeat(self.user, &self.connection).await;
                     }
                     Ok(Some(ClientFrame { kind: Some(client_frame::Kind::Handover(_)) })) => {
                         handover = true;
@@ -241,7 +240,7 @@ impl PresenceSession {
                     }
                 }
                 _ = beat.tick() => {
-                    if let Err(e) = Box::pin(self.sessions.presence.heartbeat(self.user, &self.connection)).await {
+                    if let Err(e) = self.sessions.presence.heartbeat(self.user, &self.connection).await {
                         tracing::warn!(user_id = %self.user, error = %e, "presence heartbeat failed");
                     }
                 }
@@ -254,7 +253,7 @@ impl PresenceSession {
         }
         if handover {
             metrics::counter!("presence_handovers_total").increment(1);
-        } else if let Err(e) = Box::pin(self.sessions.presence.disconnect(self.user, &self.connection)).await {
+        } else if let Err(e) = self.sessions.presence.disconnect(self.user, &self.connection).await {
             tracing::warn!(user_id = %self.user, error = %e, "presence not cleared; it expires with its TTL");
         }
         metrics::gauge!("signaling_streams", "kind" => "presence").decrement(1.0);

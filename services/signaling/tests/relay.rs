@@ -10,15 +10,19 @@ use unilink_signaling::relay::{RETIRED_TTL, SignalRelay};
 use unilink_test_support::faults::PrivateRedis;
 use unilink_test_support::{redis_url, unique_prefix};
 
-async fn relay() -> (SignalRelay, CancellationToken) {
-    let redis = Redis::connect(&unilink_config::RedisSettings {
+/// Redis under a key prefix of the test's own.
+async fn redis() -> Redis {
+    Redis::connect(&unilink_config::RedisSettings {
         url: unilink_config::Secret::new(redis_url()),
         key_prefix: unique_prefix(),
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn relay() -> (SignalRelay, CancellationToken) {
     let stop = CancellationToken::new();
-    (SignalRelay::new(redis, stop.clone()), stop)
+    (SignalRelay::new(redis().await, stop.clone()), stop)
 }
 
 fn frame(n: u32) -> String {
@@ -255,12 +259,7 @@ async fn numbered_client_frames_are_relayed_once_and_in_order() {
 
 #[tokio::test]
 async fn a_retired_mailbox_expires_within_minutes_and_still_replays() {
-    let redis = Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(redis_url()),
-        key_prefix: unique_prefix(),
-    })
-    .await
-    .unwrap();
+    let redis = redis().await;
     let stop = CancellationToken::new();
     let relay = SignalRelay::new(redis.clone(), stop.clone());
     let (call, user) = (CallId::new(), UserId::new());

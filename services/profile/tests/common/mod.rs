@@ -5,12 +5,11 @@
 
 #![allow(dead_code)] // Each test binary uses its own part.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::transport::Channel;
 use unilink_bus::{Redis, StreamConsumer};
-use unilink_domain::{EventId, UserId};
+use unilink_domain::UserId;
 use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, USER_REGISTERED, USER_VERIFIED};
 use unilink_events::{Event, stream_of};
 use unilink_presence::PresenceRegistry;
@@ -72,17 +71,8 @@ impl Harness {
 
     /// Appends an auth event to `events:auth` as auth's outbox relay does.
     pub async fn emit(&self, event_type: &str, payload: String) {
-        let fields = HashMap::from([
-            ("id".to_owned(), EventId::new().to_string()),
-            ("type".to_owned(), event_type.to_owned()),
-            ("occurred_at".to_owned(), chrono::Utc::now().to_rfc3339()),
-            ("payload".to_owned(), payload),
-        ]);
-        let event = Event::from_fields(&fields).expect("a well-formed event");
-        let fields = event.to_fields();
-        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.redis
-            .append(&stream_of("auth"), &pairs, 100_000)
+        let payload = serde_json::from_str(&payload).expect("a JSON payload");
+        unilink_events::outbox::append(&self.redis, &stream_of("auth"), &Event::new(event_type, payload))
             .await
             .expect("append to events:auth");
     }
@@ -154,23 +144,11 @@ impl Harness {
     }
 
     pub async fn block_on(&self, n: usize, user: &str, target: &str) {
-        self.on(n)
-            .block(BlockRequest {
-                user_id: user.to_owned(),
-                target_id: target.to_owned(),
-            })
-            .await
-            .expect("block");
+        self.on(n).block(pair(user, target)).await.expect("block");
     }
 
     pub async fn unblock_on(&self, n: usize, user: &str, target: &str) {
-        self.on(n)
-            .unblock(BlockRequest {
-                user_id: user.to_owned(),
-                target_id: target.to_owned(),
-            })
-            .await
-            .expect("unblock");
+        self.on(n).unblock(pair(user, target)).await.expect("unblock");
     }
 
     pub async fn eligibility(&self, caller: &str, receiver: &str) -> Result<CallEligibilityReply, tonic::Status> {
@@ -230,6 +208,24 @@ impl Harness {
             .collect()
     }
 
+    /// Verified accounts with these usernames; their ids, in order.
+    pub async fn accounts<const N: usize>(&self, names: [&str; N]) -> [String; N] {
+        let mut ids = Vec::with_capacity(N);
+        for name in names {
+            ids.push(self.account(name, true).await);
+        }
+        ids.try_into().expect("one id per name")
+    }
+
+    /// [`Harness::accounts`], each marked online.
+    pub async fn online_accounts<const N: usize>(&self, names: [&str; N]) -> [String; N] {
+        let ids = self.accounts(names).await;
+        for id in &ids {
+            self.online(id).await;
+        }
+        ids
+    }
+
     /// Marks `user` online, as a presence socket does.
     pub async fn online(&self, user: &str) {
         let presence = PresenceRegistry::new(self.redis.clone(), unilink_presence::DEFAULT_TTL);
@@ -237,5 +233,12 @@ impl Harness {
             .connect(UserId::parse(user).unwrap(), "test-socket")
             .await
             .expect("mark online");
+    }
+}
+
+fn pair(user: &str, target: &str) -> BlockRequest {
+    BlockRequest {
+        user_id: user.to_owned(),
+        target_id: target.to_owned(),
     }
 }
