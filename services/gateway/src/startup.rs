@@ -1,17 +1,23 @@
 //! Building and running the gateway.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use actix_http::{HttpService, KeepAlive, Request};
+use actix_server::ServerBuilder;
+use actix_service::{IntoServiceFactory, ServiceFactory, fn_factory, fn_service, map_config};
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{AppConfig, Server, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers, from_fn};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, web};
 use futures_util::FutureExt;
+use futures_util::future::LocalBoxFuture;
 use unilink_bus::Redis;
 use unilink_config::{DatabaseSettings, Settings};
 use unilink_errors::ErrorCode;
@@ -163,6 +169,123 @@ where
     })
 }
 
+/// What every worker's applications are built from.
+#[derive(Clone)]
+struct Shared {
+    checker: web::Data<HealthChecker>,
+    /// The clients made at start-up: used by a worker whose own could not be made.
+    upstreams: web::Data<Upstreams>,
+    upstream_settings: unilink_config::UpstreamSettings,
+    redis_settings: unilink_config::RedisSettings,
+    edge: web::Data<Edge>,
+    socket_cap: web::Data<crate::ws::cap::SocketCap>,
+    draining: web::Data<crate::ws::Draining>,
+    origins: OriginPolicy,
+    production: bool,
+}
+
+impl Shared {
+    /// A worker's own gRPC and Redis clients. Clients per worker: a
+    /// request's HTTP, Redis and gRPC I/O all run on its worker's thread (no
+    /// hand-offs to another runtime). Settings were validated at start-up, so
+    /// these cannot fail here; if they did, the shared clients serve.
+    fn worker_clients(&self) -> (web::Data<Upstreams>, web::Data<Edge>) {
+        let upstreams =
+            Upstreams::connect(&self.upstream_settings).map_or_else(|_| self.upstreams.clone(), web::Data::new);
+        let edge = match Redis::connect_background(&self.redis_settings) {
+            Ok(redis) => web::Data::new(Edge {
+                limiter: Arc::new(RateLimiter::new(redis)),
+                ..self.edge.get_ref().clone()
+            }),
+            Err(_) => self.edge.clone(),
+        };
+        (upstreams, edge)
+    }
+
+    /// The application: every route and middleware. Each worker builds it
+    /// twice, for plain requests and for upgrades ([`crate::ws::takeover`]).
+    fn app(
+        &self,
+        upstreams: web::Data<Upstreams>,
+        edge: web::Data<Edge>,
+    ) -> App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<impl MessageBody + use<>>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + use<>,
+    > {
+        App::new()
+            .app_data(self.checker.clone())
+            .app_data(upstreams)
+            .app_data(edge)
+            .app_data(self.draining.clone())
+            .app_data(self.socket_cap.clone())
+            .app_data(json_config())
+            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::new(ErrorCode::BadRequest, format!("invalid path: {e}")).into()),
+            )
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::new(ErrorCode::BadRequest, format!("invalid query: {e}")).into()),
+            )
+            .wrap(from_fn(crate::middleware::edge::edge))
+            .wrap_fn(record_http_metrics)
+            .wrap(security_headers(self.production))
+            .wrap(ErrorHandlers::new().default_handler(json_error_body))
+            .wrap(self.origins.middleware())
+            .wrap(from_fn(crate::middleware::request_id::request_id))
+            .configure(rest::configure)
+            .default_service(web::to(rest::not_found))
+    }
+}
+
+/// The service actix-http hands upgrade requests to, with their connection:
+/// `app` answers them, and accepted WebSockets run on the bare stream.
+fn upgrade_service<A, F, B>(
+    app: A,
+) -> impl ServiceFactory<
+    (Request, crate::ws::takeover::Framed),
+    Config = (),
+    Response = (),
+    Error = actix_web::Error,
+    InitError = (),
+>
+where
+    A: IntoServiceFactory<F, Request>,
+    F: ServiceFactory<
+            Request,
+            Config = AppConfig,
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let app = RefCell::new(Some(app));
+    fn_factory(move || {
+        let app = app.borrow_mut().take();
+        async move {
+            let Some(app) = app else {
+                tracing::error!("the upgrade service was built twice for one worker");
+                return Err(());
+            };
+            let service = Rc::new(app.into_factory().new_service(AppConfig::default()).await?);
+            Ok(fn_service(
+                move |(req, framed): (Request, crate::ws::takeover::Framed)| {
+                    // Boxed: the dispatcher keeps this future in every
+                    // connection's state, and a socket's is large.
+                    Box::pin(crate::ws::takeover::serve(Rc::clone(&service), req, framed)) as LocalBoxFuture<'static, _>
+                },
+            ))
+        }
+    })
+}
+
 /// The gateway, bound and ready to run.
 pub struct Application {
     server: Server,
@@ -208,64 +331,52 @@ impl Application {
             auth_limit: settings.rate_limit_auth,
             api_limit: settings.rate_limit_api,
         });
-        let health_upstreams = web::Data::new(upstreams);
-        let upstream_settings = settings.upstreams.clone();
-        let redis_settings = settings.redis.clone();
-        let socket_cap = web::Data::new(crate::ws::cap::SocketCap::new(
-            redis.clone(),
-            settings.max_sockets_per_user,
-        ));
-        let draining = web::Data::new(crate::ws::Draining::default());
-        let drain = draining.0.clone();
-        let origins = OriginPolicy::new(&settings.allowed_origins);
-        let production = settings.environment.is_production();
+        let shared = Shared {
+            checker,
+            upstreams: web::Data::new(upstreams),
+            upstream_settings: settings.upstreams.clone(),
+            redis_settings: settings.redis.clone(),
+            edge,
+            socket_cap: web::Data::new(crate::ws::cap::SocketCap::new(
+                redis.clone(),
+                settings.max_sockets_per_user,
+            )),
+            draining: web::Data::new(crate::ws::Draining::default()),
+            origins: OriginPolicy::new(&settings.allowed_origins),
+            production: settings.environment.is_production(),
+        };
+        let drain = shared.draining.0.clone();
 
         let listener = bind_public(settings.listen.http_addr)?;
         let addr = listener.local_addr()?;
-        let server =
-            HttpServer::new(move || {
-                // Clients per worker: a request's HTTP, Redis and gRPC I/O all
-                // run on its worker's thread (no hand-offs to another runtime).
-                // Settings were validated above, so these cannot fail here.
-                let upstreams =
-                    Upstreams::connect(&upstream_settings).map_or_else(|_| health_upstreams.clone(), web::Data::new);
-                let edge = match Redis::connect_background(&redis_settings) {
-                    Ok(redis) => web::Data::new(Edge {
-                        limiter: Arc::new(RateLimiter::new(redis)),
-                        ..edge.get_ref().clone()
-                    }),
-                    Err(_) => edge.clone(),
-                };
-                App::new()
-                    .app_data(checker.clone())
-                    .app_data(upstreams)
-                    .app_data(edge)
-                    .app_data(draining.clone())
-                    .app_data(socket_cap.clone())
-                    .app_data(json_config())
-                    .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
-                    .app_data(web::PathConfig::default().error_handler(|e, _| {
-                        ApiError::new(ErrorCode::BadRequest, format!("invalid path: {e}")).into()
-                    }))
-                    .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                        ApiError::new(ErrorCode::BadRequest, format!("invalid query: {e}")).into()
-                    }))
-                    .wrap(from_fn(crate::middleware::edge::edge))
-                    .wrap_fn(record_http_metrics)
-                    .wrap(security_headers(production))
-                    .wrap(ErrorHandlers::new().default_handler(json_error_body))
-                    .wrap(origins.middleware())
-                    .wrap(from_fn(crate::middleware::request_id::request_id))
-                    .configure(rest::configure)
-                    .default_service(web::to(rest::not_found))
-            })
-            // Small writes (WebSocket frames, pongs) go out at once, not
-            // after the client's delayed ACK.
-            .tcp_nodelay(true)
+        let builder = ServerBuilder::default();
+        let shutdown_signal = builder.graceful_shutdown_signal();
+        let server = builder
             .workers(http_workers(settings.listen.http_workers))
-            .listen(listener)?
             .disable_signals()
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
+            .listen("unilink-gateway", listener, move || {
+                let (upstreams, edge) = shared.worker_clients();
+                let main = shared.app(upstreams.clone(), edge.clone());
+                let upgrades = upgrade_service(shared.app(upstreams, edge));
+                let shutdown_signal = shutdown_signal.clone();
+                HttpService::build()
+                    // Idle keep-alive connections end when shutdown begins.
+                    .graceful_shutdown_signal(move || {
+                        let signal = shutdown_signal.clone();
+                        async move { signal.notified().await }
+                    })
+                    .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    // Small writes (pongs, short answers) go out at once, not
+                    // after the client's delayed ACK.
+                    .tcp_nodelay(true)
+                    .local_addr(addr)
+                    .upgrade(upgrades)
+                    .finish(map_config(main, |()| AppConfig::default()))
+                    .tcp()
+            })?
             .run();
         Ok(Application {
             server,

@@ -18,13 +18,18 @@
 //!
 //! A user holds at most `MAX_SOCKETS_PER_USER` sockets across the fleet
 //! ([`cap`]); beyond that the upgrade is refused with 429.
+//!
+//! The routes below only decide whether to accept; the accepted socket runs
+//! on the bare TCP stream once the 101 is written ([`takeover`], [`socket`]).
 
 pub mod cap;
+pub mod socket;
+pub mod takeover;
 
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use actix_http::ws::{CloseCode, CloseReason};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -36,12 +41,14 @@ use unilink_proto::signaling::{ClientFrame, Handover, Open, ServerFrame, SocketK
 use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
-use crate::ws::cap::SocketCap;
+use crate::ws::cap::{Lease, SocketCap};
+use crate::ws::socket::{Fault, Incoming, WebSocket};
+use crate::ws::takeover::Takeover;
 
 /// Text frames larger than this get an `error` frame (the socket stays open).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Frames larger than this close the socket (protocol limit).
-const MAX_WIRE_FRAME_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_WIRE_FRAME_BYTES: usize = 1024 * 1024;
 /// How long the bridge keeps trying to reach another signaling replica.
 const RESUME_WINDOW: Duration = Duration::from_secs(5);
 /// How long a draining gateway waits for signaling to take a presence handover.
@@ -71,7 +78,6 @@ impl Kind {
 /// `WS /calls/ws/{user_id}?token=`.
 pub async fn presence(
     req: HttpRequest,
-    body: web::Payload,
     caller: Authenticated,
     path: web::Path<String>,
     upstreams: web::Data<Upstreams>,
@@ -89,7 +95,7 @@ pub async fn presence(
         user_id: user.to_string(),
         ..Open::default()
     };
-    bridge(&req, body, open, Kind::Presence, &upstreams, &draining).await
+    bridge(&req, open, Kind::Presence, &upstreams, &draining).await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -101,7 +107,6 @@ pub struct ResumeQuery {
 /// `WS /ws/webrtc/{call_id}?token=[&last_seq=]`.
 pub async fn signaling(
     req: HttpRequest,
-    body: web::Payload,
     caller: Authenticated,
     path: web::Path<String>,
     query: web::Query<ResumeQuery>,
@@ -117,7 +122,7 @@ pub async fn signaling(
         resume: query.last_seq.is_some(),
         connection_id: String::new(),
     };
-    bridge(&req, body, open, Kind::Call, &upstreams, &draining).await
+    bridge(&req, open, Kind::Call, &upstreams, &draining).await
 }
 
 /// A live stream to a signaling replica.
@@ -231,7 +236,6 @@ fn refusal(status: &tonic::Status) -> CloseReason {
 
 async fn bridge(
     req: &HttpRequest,
-    body: web::Payload,
     open: Open,
     kind: Kind,
     upstreams: &web::Data<Upstreams>,
@@ -240,9 +244,16 @@ async fn bridge(
     if draining.0.is_cancelled() {
         return Err(ApiError::new(ErrorCode::Unavailable, "server is restarting; reconnect"));
     }
-    // Not an upgrade: refused before anything is opened or counted.
-    let (response, session, messages) =
-        actix_ws::handle(req, body).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    // Not an upgrade (or not one this connection can be taken over for):
+    // refused before anything is opened or counted.
+    let mut handshake =
+        actix_http::ws::handshake(req.head()).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if req.extensions().get::<Takeover>().is_none() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "WebSocket upgrades need HTTP/1.1 with Connection: Upgrade",
+        ));
+    }
     let lease = match req.app_data::<web::Data<SocketCap>>() {
         Some(cap) => Some(cap.acquire(&open.user_id).await?),
         None => None,
@@ -254,39 +265,74 @@ async fn bridge(
     // Retried like a resume: a replica that just died may still be in the
     // balancer for a moment.
     let opened = reconnect(&upstreams, &open).await;
-    let messages = messages
-        .max_frame_size(MAX_WIRE_FRAME_BYTES)
-        .aggregate_continuations()
-        .max_continuation_size(MAX_WIRE_FRAME_BYTES);
-    let draining = draining.0.clone();
-    actix_web::rt::spawn(async move {
-        // Held while the socket lives.
-        let _lease = lease;
+    let mut response = HttpResponse::from(handshake.finish().map_into_boxed_body());
+    response.extensions_mut().insert(Accepted {
+        open,
+        kind,
+        opened,
+        _lease: lease,
+        upstreams,
+        draining: draining.0.clone(),
+    });
+    Ok(response)
+}
+
+/// A socket the route accepted, run by [`takeover`] once the 101 is out.
+pub struct Accepted {
+    open: Open,
+    kind: Kind,
+    opened: Result<Upstream, tonic::Status>,
+    /// Held while the socket lives.
+    _lease: Option<Lease>,
+    upstreams: Upstreams,
+    draining: CancellationToken,
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("open", &self.open)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accepted {
+    /// Runs the socket until it ends.
+    pub async fn run(self, socket: WebSocket) {
+        let Accepted {
+            open,
+            kind,
+            opened,
+            _lease,
+            upstreams,
+            draining,
+        } = self;
         let upstream = match opened {
             Ok(upstream) => upstream,
             Err(status) => {
-                let _ = session.close(Some(refusal(&status))).await;
+                socket.close(Some(refusal(&status))).await;
                 return;
             }
         };
         metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
-        run(session, messages, upstream, open, kind, upstreams, draining).await;
+        run(socket, upstream, open, kind, upstreams, draining).await;
         metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
-    });
-    Ok(response)
+    }
 }
 
 /// How a socket's pump ended.
 enum End {
     /// Close the client socket with this.
     Close(CloseReason),
-    /// The client went away.
+    /// The client closed: answer its close frame.
+    Closed,
+    /// The connection is gone.
     Gone,
 }
 
 async fn run(
-    mut session: Session,
-    mut messages: actix_ws::AggregatedMessageStream,
+    mut socket: WebSocket,
     mut upstream: Upstream,
     mut open: Open,
     kind: Kind,
@@ -296,31 +342,33 @@ async fn run(
     let mut last_seq = open.resume_after;
     let end = loop {
         tokio::select! {
-            message = messages.recv() => match message {
-                Some(Ok(AggregatedMessage::Text(text))) => {
+            message = socket.next() => match message {
+                Ok(Incoming::Text(text)) => {
                     if text.len() > MAX_FRAME_BYTES {
-                        let _ = session.text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await;
+                        if socket.send_text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await.is_err() {
+                            break End::Gone;
+                        }
                         continue;
                     }
-                    if upstream.tx.send(Some(text.to_string())).await.is_err() {
+                    if upstream.tx.send(Some(text)).await.is_err() {
                         // The stream is gone; the next read of `upstream.rx` resumes it.
                         tracing::debug!("upstream closed while sending");
                     }
                 }
-                Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                    if session.pong(&bytes).await.is_err() {
+                Ok(Incoming::Ping(bytes)) => {
+                    if socket.pong(&bytes).await.is_err() {
                         break End::Gone;
                     }
                 }
-                Some(Ok(AggregatedMessage::Binary(_))) => {
-                    let _ = session.text(r#"{"type":"error","message":"binary frames are not supported"}"#).await;
+                Ok(Incoming::Binary) => {
+                    if socket.send_text(r#"{"type":"error","message":"binary frames are not supported"}"#).await.is_err() {
+                        break End::Gone;
+                    }
                 }
-                Some(Ok(AggregatedMessage::Pong(_))) => {}
-                Some(Ok(AggregatedMessage::Close(_))) | None => break End::Gone,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket protocol error");
-                    break End::Close(close_reason(1009, "frame too large or malformed"));
-                }
+                Ok(Incoming::Pong) => {}
+                Ok(Incoming::Close(_)) => break End::Closed,
+                Err(Fault::Gone) => break End::Gone,
+                Err(Fault::Protocol(reason)) => break End::Close(reason),
             },
             frame = upstream.rx.message() => {
                 let resume = match frame {
@@ -328,7 +376,7 @@ async fn run(
                         if seq > 0 {
                             last_seq = seq;
                         }
-                        if session.text(text).await.is_err() {
+                        if socket.send_text(&text).await.is_err() {
                             break End::Gone;
                         }
                         false
@@ -369,9 +417,10 @@ async fn run(
     };
     // Dropping the upstream ends the stream: signaling cleans up.
     drop(upstream);
-    let reason = match end {
-        End::Close(reason) => Some(reason),
-        End::Gone => None,
-    };
-    let _ = session.close(reason).await;
+    match end {
+        // Boxed, like the reconnect above: lingering is rare and larger.
+        End::Close(reason) => Box::pin(socket.close(Some(reason))).await,
+        End::Closed => Box::pin(socket.close(None)).await,
+        End::Gone => {}
+    }
 }
