@@ -49,9 +49,10 @@ where
     match accepted {
         Some(accepted) if upgraded => {
             let parts = framed.into_parts();
-            // Bytes the client sent after its handshake; the dispatcher's
-            // buffers themselves are dropped here.
+            // Bytes the client sent after its handshake are kept; the
+            // dispatcher's buffers themselves are dropped before the socket runs.
             let socket = super::socket::WebSocket::new(parts.io, &parts.read_buf, super::MAX_WIRE_FRAME_BYTES);
+            drop((parts.read_buf, parts.write_buf, parts.codec));
             accepted.run(socket).await;
         }
         _ => {
