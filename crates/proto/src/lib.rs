@@ -45,17 +45,17 @@ pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
 }
 
 /// The protobuf codec of every generated client and server: prost, with
-/// 1 KiB encode/decode buffers instead of tonic's 8 KiB. Every client
+/// 256-byte encode/decode buffers instead of tonic's 8 KiB. Every client
 /// WebSocket is a long-lived stream holding one of each on both ends, so the
-/// default would cost ~32 KiB per socket; buffers still grow for larger
-/// messages.
+/// default would cost ~32 KiB per socket (1 KiB buffers still cost 4 KiB,
+/// a quarter of the per-socket target); buffers grow for larger messages.
 pub mod codec {
     use std::marker::PhantomData;
 
     use tonic::codec::{BufferSettings, Codec};
     use tonic_prost::{ProstDecoder, ProstEncoder};
 
-    const BUFFER: usize = 1024;
+    const BUFFER: usize = 256;
     const YIELD_THRESHOLD: usize = 32 * 1024;
 
     #[derive(Debug, Clone, Copy)]

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use unilink_domain::{CallId, UserId};
 use unilink_proto::signaling::signaling_service_server::{SignalingService, SignalingServiceServer};
@@ -187,6 +186,6 @@ impl SignalingService for SignalingApi {
     async fn session(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<SessionStream>, Status> {
         use tokio_stream::StreamExt;
         let outbound = self.sessions.open(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound).map(Ok))))
+        Ok(Response::new(Box::pin(outbound.map(Ok))))
     }
 }

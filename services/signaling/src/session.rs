@@ -17,7 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use futures_channel::mpsc;
+use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use unilink_domain::{CallId, UserId};
@@ -42,8 +43,9 @@ const MAX_CHAT_CHARS: usize = 4000;
 /// Frames queued towards the gateway per stream.
 const OUTBOUND_QUEUE: usize = 256;
 
-/// Frames for the gateway. Plain frames, not `Result`s: a channel's first
-/// block holds 32 items, and `tonic::Status` would make it ~6 KiB per socket.
+/// Frames for the gateway. A futures-channel queue: idle, it holds no
+/// slots (a tokio channel's first block of 32 frames and its cache-padded
+/// header were ~1.3 KiB per socket).
 pub type Outbound = mpsc::Receiver<ServerFrame>;
 
 /// Control message on a user's push channel: close their presence sockets.
@@ -415,7 +417,7 @@ impl CallSession {
     /// Relays `frame` to `user`'s mailbox. With the client's numbering, a
     /// repeat is not relayed again and a frame after a gap is held back.
     /// `None` if it could not (the client was told).
-    async fn relay_to(&self, user: UserId, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
+    async fn relay_to(&mut self, user: UserId, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
         let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
         let sender = self.user.to_string();
         match self
@@ -438,7 +440,7 @@ impl CallSession {
 
     /// Relays a numbered (or unnumbered) client frame to the peer and
     /// acknowledges it once it is relayed, now or before.
-    async fn relay_and_ack(&self, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
+    async fn relay_and_ack(&mut self, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
         let outcome = self.relay_to(self.peer, frame, numbered).await;
         if matches!(outcome, Some(SendOutcome::Relayed(_) | SendOutcome::Repeat)) {
             self.ack(numbered).await;
@@ -448,7 +450,7 @@ impl CallSession {
 
     /// `{"type":"ack","cseq":n}`: the frame numbered `n` by the client is
     /// relayed (or handled) and need not be sent again.
-    async fn ack(&self, numbered: Option<(&str, u64)>) {
+    async fn ack(&mut self, numbered: Option<(&str, u64)>) {
         if let Some((_, cseq)) = numbered {
             let _ = self
                 .tx
@@ -457,7 +459,7 @@ impl CallSession {
         }
     }
 
-    async fn reply_error(&self, message: &str) -> Next {
+    async fn reply_error(&mut self, message: &str) -> Next {
         let _ = self.tx.send(text(error_frame(message), 0)).await;
         Next::Continue
     }

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures_channel::mpsc;
+use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 use unilink_domain::{CallId, UserId};
 use unilink_errors::ErrorCode;
@@ -141,7 +141,7 @@ async fn connect(upstreams: &Upstreams, open: Open) -> Result<Upstream, tonic::S
     let first = ClientFrame {
         kind: Some(client_frame::Kind::Open(open)),
     };
-    let frames = tokio_stream::once(first).chain(ReceiverStream::new(rx).map(|text| ClientFrame {
+    let frames = tokio_stream::once(first).chain(rx.map(|text| ClientFrame {
         kind: Some(match text {
             Some(text) => client_frame::Kind::Text(text),
             None => client_frame::Kind::Handover(Handover {}),

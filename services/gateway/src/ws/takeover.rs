@@ -35,7 +35,9 @@ where
     B: MessageBody + 'static,
 {
     req.extensions_mut().insert(Takeover);
-    let (response, accepted) = match app.call(req).await {
+    // Boxed: the application's future (every middleware) is several KiB,
+    // and this future lives as long as the socket.
+    let (response, accepted) = match Box::pin(app.call(req)).await {
         Ok(mut answer) => {
             let accepted = answer.response_mut().extensions_mut().remove::<super::Accepted>();
             (Response::from(answer.into_parts().1).map_into_boxed_body(), accepted)
