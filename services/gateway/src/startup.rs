@@ -292,7 +292,9 @@ pub struct Application {
     addr: SocketAddr,
     redis: Redis,
     /// Cancelled when shutdown begins: WebSockets close with 1012.
-    drain: tokio_util::sync::CancellationToken,
+    drain: crate::ws::Draining,
+    /// How long shutdown waits for sockets and requests to finish.
+    grace: Duration,
 }
 
 impl std::fmt::Debug for Application {
@@ -345,7 +347,8 @@ impl Application {
             origins: OriginPolicy::new(&settings.allowed_origins),
             production: settings.environment.is_production(),
         };
-        let drain = shared.draining.0.clone();
+        let drain = shared.draining.get_ref().clone();
+        let grace = settings.listen.shutdown_grace;
 
         let listener = bind_public(settings.listen.http_addr)?;
         let addr = listener.local_addr()?;
@@ -383,6 +386,7 @@ impl Application {
             addr,
             redis,
             drain,
+            grace,
         })
     }
 
@@ -394,11 +398,16 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
-    /// requests finish (up to `SHUTDOWN_GRACE_SECONDS`) and returns.
+    /// Serves until `shutdown` resolves, then stops accepting, tells every
+    /// WebSocket to reconnect elsewhere (1012), lets in-flight requests and
+    /// socket closes finish (up to `SHUTDOWN_GRACE_SECONDS`) and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let Application {
-            server, redis, drain, ..
+            server,
+            redis,
+            drain,
+            grace,
+            ..
         } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
@@ -406,7 +415,16 @@ impl Application {
             result = &mut server => result,
             () = shutdown => {
                 tracing::info!(service = crate::SERVICE, "shutting down");
-                drain.cancel();
+                let crate::ws::Draining(token, sockets) = drain;
+                token.cancel();
+                sockets.close();
+                // Sockets run outside the HTTP server's connections, on its
+                // workers: stop accepting, let them send their close frames,
+                // then stop the workers (and finish in-flight requests).
+                handle.pause().await;
+                if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+                    tracing::warn!(open = sockets.len(), "sockets still open at the end of the grace period");
+                }
                 handle.stop(true).await;
                 server.await
             }

@@ -33,6 +33,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_channel::mpsc;
 use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use unilink_domain::{CallId, UserId};
 use unilink_errors::ErrorCode;
 use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
@@ -56,9 +57,10 @@ const HANDOVER_WAIT: Duration = Duration::from_millis(500);
 /// Client frames queued towards signaling per socket.
 const UPSTREAM_QUEUE: usize = 64;
 
-/// Cancelled when the gateway begins to shut down.
+/// Cancelled when the gateway begins to shut down; the tracker holds every
+/// running socket, so shutdown can wait for their close frames.
 #[derive(Debug, Clone, Default)]
-pub struct Draining(pub CancellationToken);
+pub struct Draining(pub CancellationToken, pub TaskTracker);
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -273,6 +275,7 @@ async fn bridge(
         _lease: lease,
         upstreams,
         draining: draining.0.clone(),
+        sockets: draining.1.clone(),
     });
     Ok(response)
 }
@@ -286,6 +289,7 @@ pub struct Accepted {
     _lease: Option<Lease>,
     upstreams: Upstreams,
     draining: CancellationToken,
+    sockets: TaskTracker,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -298,8 +302,15 @@ impl std::fmt::Debug for Accepted {
 }
 
 impl Accepted {
-    /// Runs the socket until it ends.
-    pub async fn run(self, socket: WebSocket) {
+    /// Runs the socket as a task of its own, so the HTTP connection's task
+    /// (and everything it held for the handshake) ends here; the gateway's
+    /// shutdown waits for these tasks through the tracker.
+    pub fn spawn(self, socket: WebSocket) {
+        let tracker = self.sockets.clone();
+        actix_web::rt::spawn(tracker.track_future(self.run(socket)));
+    }
+
+    async fn run(self, socket: WebSocket) {
         let Accepted {
             open,
             kind,
@@ -307,11 +318,13 @@ impl Accepted {
             _lease,
             upstreams,
             draining,
+            sockets: _,
         } = self;
         let upstream = match opened {
             Ok(upstream) => upstream,
             Err(status) => {
-                socket.close(Some(refusal(&status))).await;
+                // Boxed: this task's future is kept as small as `run`'s.
+                Box::pin(socket.close(Some(refusal(&status)))).await;
                 return;
             }
         };

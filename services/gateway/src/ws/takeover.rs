@@ -5,8 +5,8 @@
 //! instance of the same [`App`](actix_web::App) kept for upgrades. When the
 //! route accepted a WebSocket (its answer is 101 and carries an
 //! [`Accepted`](super::Accepted)), the answer is written and the socket runs
-//! on the bare TCP stream ([`super::socket`]); the dispatcher's buffers are
-//! dropped. Any other answer is written as it is and the connection closed.
+//! on the bare TCP stream ([`super::socket`]) as a task of its own; the
+//! dispatcher, its buffers and its connection task end. Any other answer is written as it is and the connection closed.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -55,7 +55,7 @@ where
             // dispatcher's buffers themselves are dropped before the socket runs.
             let socket = super::socket::WebSocket::new(parts.io, &parts.read_buf, super::MAX_WIRE_FRAME_BYTES);
             drop((parts.read_buf, parts.write_buf, parts.codec));
-            accepted.run(socket).await;
+            accepted.spawn(socket);
         }
         _ => {
             let mut io = framed.into_parts().io;
