@@ -32,6 +32,7 @@ use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_channel::mpsc;
 use futures_util::SinkExt;
+use futures_util::future::LocalBoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use unilink_domain::{CallId, UserId};
@@ -263,7 +264,7 @@ async fn bridge(
     // The stream is opened before the upgrade is answered, so a client whose
     // socket is open is already known to the fleet (its peer joining next is
     // announced to it).
-    let upstreams = upstreams.get_ref().clone();
+    let upstreams = upstreams.clone();
     // Retried like a resume: a replica that just died may still be in the
     // balancer for a moment.
     let opened = reconnect(&upstreams, &open).await;
@@ -287,7 +288,7 @@ pub struct Accepted {
     opened: Result<Upstream, tonic::Status>,
     /// Held while the socket lives.
     _lease: Option<Lease>,
-    upstreams: Upstreams,
+    upstreams: web::Data<Upstreams>,
     draining: CancellationToken,
     sockets: TaskTracker,
 }
@@ -306,11 +307,6 @@ impl Accepted {
     /// (and everything it held for the handshake) ends here; the gateway's
     /// shutdown waits for these tasks through the tracker.
     pub fn spawn(self, socket: WebSocket) {
-        let tracker = self.sockets.clone();
-        actix_web::rt::spawn(tracker.track_future(self.run(socket)));
-    }
-
-    async fn run(self, socket: WebSocket) {
         let Accepted {
             open,
             kind,
@@ -318,20 +314,25 @@ impl Accepted {
             _lease,
             upstreams,
             draining,
-            sockets: _,
+            sockets,
         } = self;
-        let upstream = match opened {
-            Ok(upstream) => upstream,
-            Err(status) => {
-                // Boxed: this task's future is kept as small as `run`'s.
-                Box::pin(socket.close(Some(refusal(&status)))).await;
-                return;
+        match opened {
+            Ok(upstream) => {
+                let pump = run(socket, upstream, open, kind, upstreams, draining, _lease);
+                actix_web::rt::spawn(sockets.track_future(pump));
             }
-        };
-        metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
-        run(socket, upstream, open, kind, upstreams, draining).await;
-        metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
+            Err(status) => {
+                actix_web::rt::spawn(sockets.track_future(socket.close(Some(refusal(&status)))));
+            }
+        }
     }
+}
+
+/// Boxes a future made by a plain function: `Box::pin(f(..)).await` in an
+/// async fn still reserves room for the unboxed future in the caller's state
+/// (rustc keeps the temporary there), which is what boxing was meant to avoid.
+fn boxed<'a, T>(future: impl Future<Output = T> + 'a) -> LocalBoxFuture<'a, T> {
+    Box::pin(future)
 }
 
 /// How a socket's pump ended.
@@ -344,14 +345,20 @@ enum End {
     Gone,
 }
 
+/// Runs one socket: client frames up the stream, the stream's frames down.
+/// Every idle socket holds this future for its whole life, so whatever is
+/// large and rare (opening a stream, a handover, lingering at close) is
+/// boxed through [`boxed`].
 async fn run(
     mut socket: WebSocket,
     mut upstream: Upstream,
     mut open: Open,
     kind: Kind,
-    upstreams: Upstreams,
+    upstreams: web::Data<Upstreams>,
     draining: CancellationToken,
+    _lease: Option<Lease>,
 ) {
+    metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
     let mut last_seq = open.resume_after;
     let end = loop {
         tokio::select! {
@@ -412,9 +419,8 @@ async fn run(
                     open.resume = open.resume || last_seq > 0;
                     open.resume_after = last_seq;
                     // Boxed: a stream being opened (a gRPC call in flight) is
-                    // many times larger than the rest of this task, which every
-                    // idle socket holds for its whole life.
-                    match Box::pin(reconnect(&upstreams, &open)).await {
+                    // many times larger than the rest of this task.
+                    match boxed(reconnect(&upstreams, &open)).await {
                         Ok(fresh) => upstream = fresh,
                         Err(status) => break End::Close(resume_failed(&status)),
                     }
@@ -422,7 +428,7 @@ async fn run(
             },
             () = draining.cancelled() => {
                 if matches!(kind, Kind::Presence) {
-                    Box::pin(handover(&mut upstream)).await;
+                    boxed(handover(&mut upstream)).await;
                 }
                 break End::Close(close_reason(1012, "server restarting; reconnect"));
             }
@@ -430,10 +436,10 @@ async fn run(
     };
     // Dropping the upstream ends the stream: signaling cleans up.
     drop(upstream);
+    metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
     match end {
-        // Boxed, like the reconnect above: lingering is rare and larger.
-        End::Close(reason) => Box::pin(socket.close(Some(reason))).await,
-        End::Closed => Box::pin(socket.close(None)).await,
+        End::Close(reason) => boxed(socket.close(Some(reason))).await,
+        End::Closed => boxed(socket.close(None)).await,
         End::Gone => {}
     }
 }
