@@ -217,7 +217,7 @@ impl Redis {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<Option<String>>, BusError> {
-        let work = async {
+        let work = boxed(async {
             for attempt in 0..2 {
                 let sha = match script.sha.get() {
                     Some(sha) => sha.clone(),
@@ -244,11 +244,14 @@ impl Redis {
                 fred::error::ErrorKind::Unknown,
                 "script could not be loaded",
             ))
-        };
-        // Boxed: the client's command future is large, and a task that keeps
-        // a script call among its await points (a presence session, which
-        // every idle socket holds) would otherwise be sized for it for life.
-        let value = match tokio::time::timeout(COMMAND_TIMEOUT, Box::pin(work)).await {
+        });
+        // Boxed (in its own statement, through a plain function): the
+        // client's command future is large, and a task that keeps a script
+        // call among its await points (a presence session, which every idle
+        // socket holds) would otherwise be sized for it for life. Written as
+        // `Box::pin(work)` inside the awaited expression, rustc still kept
+        // room for the unboxed future in this function's state.
+        let value = match tokio::time::timeout(COMMAND_TIMEOUT, work).await {
             Ok(result) => result?,
             Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
         };
@@ -675,4 +678,13 @@ fn flatten(entries: Entries) -> Vec<StreamEntry> {
         .flatten()
         .map(|(id, fields)| StreamEntry { id, fields })
         .collect()
+}
+
+/// Moves a future to the heap. Called in a `let` of its own, so the caller's
+/// state holds only the box: rustc reserves room for a temporary until the
+/// end of the statement that made it, awaits included.
+fn boxed<'a, T>(
+    future: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
 }

@@ -328,9 +328,10 @@ impl Accepted {
     }
 }
 
-/// Boxes a future made by a plain function: `Box::pin(f(..)).await` in an
-/// async fn still reserves room for the unboxed future in the caller's state
-/// (rustc keeps the temporary there), which is what boxing was meant to avoid.
+/// Moves a future to the heap. Used in a `let` of its own: `Box::pin(f(..))`
+/// inside an awaited expression still reserves room for the unboxed future in
+/// the caller's state (rustc keeps a temporary until the end of its
+/// statement, awaits included), which is what boxing was meant to avoid.
 fn boxed<'a, T>(future: impl Future<Output = T> + 'a) -> LocalBoxFuture<'a, T> {
     Box::pin(future)
 }
@@ -420,7 +421,8 @@ async fn run(
                     open.resume_after = last_seq;
                     // Boxed: a stream being opened (a gRPC call in flight) is
                     // many times larger than the rest of this task.
-                    match boxed(reconnect(&upstreams, &open)).await {
+                    let reconnecting = boxed(reconnect(&upstreams, &open));
+                    match reconnecting.await {
                         Ok(fresh) => upstream = fresh,
                         Err(status) => break End::Close(resume_failed(&status)),
                     }
@@ -428,7 +430,8 @@ async fn run(
             },
             () = draining.cancelled() => {
                 if matches!(kind, Kind::Presence) {
-                    boxed(handover(&mut upstream)).await;
+                    let handing_over = boxed(handover(&mut upstream));
+                    handing_over.await;
                 }
                 break End::Close(close_reason(1012, "server restarting; reconnect"));
             }
@@ -437,9 +440,10 @@ async fn run(
     // Dropping the upstream ends the stream: signaling cleans up.
     drop(upstream);
     metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
-    match end {
-        End::Close(reason) => boxed(socket.close(Some(reason))).await,
-        End::Closed => boxed(socket.close(None)).await,
-        End::Gone => {}
-    }
+    let closing = match end {
+        End::Close(reason) => boxed(socket.close(Some(reason))),
+        End::Closed => boxed(socket.close(None)),
+        End::Gone => return,
+    };
+    closing.await;
 }
