@@ -19,7 +19,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+// futures-channel queues: an idle one holds no slots (a tokio channel's
+// first block and cache-padded header were ~0.8 KiB per socket).
+use futures_channel::mpsc;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::{BusError, LuaScript, Redis, Subscriber};
 use unilink_domain::{CallId, UserId};
@@ -426,24 +429,22 @@ async fn dispatch(subscriber: Subscriber, inner: Arc<Inner>) {
             Some(Err(_lost)) => {
                 // Which channels lost messages is unknown: every mailbox
                 // re-reads its buffer.
-                let targets: Vec<mpsc::Sender<String>> = {
-                    let routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
-                    routes.values().flatten().map(|(_, tx)| tx.clone()).collect()
-                };
-                for tx in targets {
+                let mut routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+                for (_, tx) in routes.values_mut().flatten() {
                     let _ = tx.try_send(RESYNC.to_owned());
                 }
                 continue;
             }
         };
-        let targets: Vec<mpsc::Sender<String>> = {
-            let routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
-            match routes.get(&message.channel) {
-                Some(list) => list.iter().map(|(_, tx)| tx.clone()).collect(),
-                None => continue,
-            }
+        // Sent under the lock, with the senders the routes own: a
+        // futures-channel sender cloned per message would get a slot of its
+        // own each time, and a full queue would never refuse. `try_send`
+        // does not wait.
+        let mut routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = routes.get_mut(&message.channel) else {
+            continue;
         };
-        for tx in targets {
+        for (_, tx) in list.iter_mut() {
             if tx.try_send(message.payload.clone()).is_err() {
                 metrics::counter!("signaling_relay_dropped_total").increment(1);
             }
@@ -516,7 +517,7 @@ impl Mailbox {
                 metrics::histogram!("signaling_relay_latency_seconds").record(latency);
                 return Ok(Some(frame));
             }
-            let Some(message) = self.rx.recv().await else {
+            let Some(message) = self.rx.next().await else {
                 return Ok(None);
             };
             if message == RESYNC {
@@ -626,7 +627,7 @@ impl Listener {
     /// The next message; `None` when the relay stopped.
     pub async fn next(&mut self) -> Option<String> {
         loop {
-            let message = self.rx.recv().await?;
+            let message = self.rx.next().await?;
             if message != RESYNC {
                 return Some(message);
             }
