@@ -22,6 +22,7 @@ use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, 
 use fred::types::config::{Config, ReconnectPolicy};
 use fred::types::streams::XID;
 use fred::types::{Builder, Expiration};
+use futures_util::FutureExt;
 use tokio::sync::broadcast;
 use unilink_config::RedisSettings;
 use unilink_errors::{ErrorCode, HasErrorCode};
@@ -130,6 +131,12 @@ impl Redis {
         format!("{}{name}", self.settings.key_prefix)
     }
 
+    /// How many entries of `stream` the consumer group `group` has been
+    /// given but not acknowledged, without joining it.
+    pub async fn unacknowledged(&self, stream: &str, group: &str) -> Result<u64, BusError> {
+        pending_of(&self.client, &self.key(stream), group).await
+    }
+
     /// `PING` within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), BusError> {
         let probe = self.client.ping::<String>(None);
@@ -217,7 +224,7 @@ impl Redis {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<Option<String>>, BusError> {
-        let work = boxed(async {
+        let work = async {
             for attempt in 0..2 {
                 let sha = match script.sha.get() {
                     Some(sha) => sha.clone(),
@@ -244,13 +251,14 @@ impl Redis {
                 fred::error::ErrorKind::Unknown,
                 "script could not be loaded",
             ))
-        });
-        // Boxed (in its own statement, through a plain function): the
-        // client's command future is large, and a task that keeps a script
-        // call among its await points (a presence session, which every idle
-        // socket holds) would otherwise be sized for it for life. Written as
-        // `Box::pin(work)` inside the awaited expression, rustc still kept
-        // room for the unboxed future in this function's state.
+        }
+        .boxed();
+        // `work` is boxed in its own statement: the client's command future
+        // is large, and a task that keeps a script call among its await
+        // points (a presence session, which every idle socket holds) would
+        // otherwise be sized for it for life. Boxed inside the awaited
+        // expression instead, rustc still kept room for the unboxed future
+        // in this function's state.
         let value = match tokio::time::timeout(COMMAND_TIMEOUT, work).await {
             Ok(result) => result?,
             Err(_) => return Err(BusError::Timeout(COMMAND_TIMEOUT)),
@@ -648,12 +656,7 @@ impl StreamConsumer {
 
     /// How many entries are delivered but not yet acknowledged in the group.
     pub async fn pending_count(&self) -> Result<u64, BusError> {
-        let summary: fred::types::Value = self.client.xpending(&self.stream, &self.group, ()).await?;
-        let count = match summary {
-            fred::types::Value::Array(items) => items.first().and_then(|v| v.as_u64()).unwrap_or(0),
-            _ => 0,
-        };
-        Ok(count)
+        pending_of(&self.client, &self.stream, &self.group).await
     }
 
     /// Entries of the stream the group has not read yet (`XINFO GROUPS`
@@ -680,11 +683,12 @@ fn flatten(entries: Entries) -> Vec<StreamEntry> {
         .collect()
 }
 
-/// Moves a future to the heap. Called in a `let` of its own, so the caller's
-/// state holds only the box: rustc reserves room for a temporary until the
-/// end of the statement that made it, awaits included.
-fn boxed<'a, T>(
-    future: impl std::future::Future<Output = T> + Send + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
-    Box::pin(future)
+/// `XPENDING` summary: the number of entries delivered to `group` and not
+/// acknowledged (`stream` already prefixed).
+async fn pending_of(client: &Client, stream: &str, group: &str) -> Result<u64, BusError> {
+    let summary: fred::types::Value = client.xpending(stream, group, ()).await?;
+    Ok(match summary {
+        fred::types::Value::Array(items) => items.first().and_then(|v| v.as_u64()).unwrap_or(0),
+        _ => 0,
+    })
 }

@@ -1,6 +1,5 @@
 //! Building and running the gateway.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
@@ -247,7 +246,7 @@ impl Shared {
 /// The service actix-http hands upgrade requests to, with their connection:
 /// `app` answers them, and accepted WebSockets run on the bare stream.
 fn upgrade_service<A, F, B>(
-    app: A,
+    make_app: impl Fn() -> A + 'static,
 ) -> impl ServiceFactory<
     (Request, crate::ws::takeover::Framed),
     Config = (),
@@ -266,19 +265,14 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
-    let app = RefCell::new(Some(app));
     fn_factory(move || {
-        let app = app.borrow_mut().take();
+        let app = make_app().into_factory();
         async move {
-            let Some(app) = app else {
-                tracing::error!("the upgrade service was built twice for one worker");
-                return Err(());
-            };
-            let service = Rc::new(app.into_factory().new_service(AppConfig::default()).await?);
+            let service = Rc::new(app.new_service(AppConfig::default()).await?);
             Ok(fn_service(
                 move |(req, framed): (Request, crate::ws::takeover::Framed)| {
-                    // Boxed: the dispatcher keeps this future in every
-                    // connection's state, and a socket's is large.
+                    // Boxed: the dispatcher's state keeps room for this
+                    // future in every connection, upgraded or not.
                     Box::pin(crate::ws::takeover::serve(Rc::clone(&service), req, framed)) as LocalBoxFuture<'static, _>
                 },
             ))
@@ -361,7 +355,10 @@ impl Application {
             .listen("unilink-gateway", listener, move || {
                 let (upstreams, edge) = shared.worker_clients();
                 let main = shared.app(upstreams.clone(), edge.clone());
-                let upgrades = upgrade_service(shared.app(upstreams, edge));
+                let upgrades = {
+                    let shared = shared.clone();
+                    upgrade_service(move || shared.app(upstreams.clone(), edge.clone()))
+                };
                 let shutdown_signal = shutdown_signal.clone();
                 HttpService::build()
                     // Idle keep-alive connections end when shutdown begins.

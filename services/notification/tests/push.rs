@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use serde_json::{Value, json};
-use unilink_bus::{BusMessage, MessageStream, Redis, StreamConsumer, Subscriber};
+use unilink_bus::{BusMessage, MessageStream, Redis, Subscriber};
 use unilink_events::payload::{CALL_ENDED, CALL_INITIATED, CALL_MISSED, push_channel};
 use unilink_events::{Event, stream_of};
 use unilink_notification::Notification;
@@ -107,12 +107,10 @@ impl Harness {
 
     /// How many `events:signaling` entries the service has not acknowledged.
     async fn unacknowledged(&self) -> u64 {
-        let probe = StreamConsumer::join(&self.redis, &stream_of("signaling"), "notification", "test-probe")
+        self.redis
+            .unacknowledged(&stream_of("signaling"), "notification")
             .await
-            .expect("join the group");
-        let count = probe.pending_count().await.expect("XPENDING");
-        probe.close().await;
-        count
+            .expect("XPENDING")
     }
 }
 

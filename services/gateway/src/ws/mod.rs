@@ -31,8 +31,8 @@ use std::time::Duration;
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_channel::mpsc;
+use futures_util::FutureExt;
 use futures_util::SinkExt;
-use futures_util::future::LocalBoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use unilink_domain::{CallId, UserId};
@@ -275,8 +275,7 @@ async fn bridge(
         opened,
         _lease: lease,
         upstreams,
-        draining: draining.0.clone(),
-        sockets: draining.1.clone(),
+        draining: draining.get_ref().clone(),
     });
     Ok(response)
 }
@@ -289,8 +288,7 @@ pub struct Accepted {
     /// Held while the socket lives.
     _lease: Option<Lease>,
     upstreams: web::Data<Upstreams>,
-    draining: CancellationToken,
-    sockets: TaskTracker,
+    draining: Draining,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -313,8 +311,7 @@ impl Accepted {
             opened,
             _lease,
             upstreams,
-            draining,
-            sockets,
+            draining: Draining(draining, sockets),
         } = self;
         match opened {
             Ok(upstream) => {
@@ -326,14 +323,6 @@ impl Accepted {
             }
         }
     }
-}
-
-/// Moves a future to the heap. Used in a `let` of its own: `Box::pin(f(..))`
-/// inside an awaited expression still reserves room for the unboxed future in
-/// the caller's state (rustc keeps a temporary until the end of its
-/// statement, awaits included), which is what boxing was meant to avoid.
-fn boxed<'a, T>(future: impl Future<Output = T> + 'a) -> LocalBoxFuture<'a, T> {
-    Box::pin(future)
 }
 
 /// How a socket's pump ended.
@@ -349,7 +338,9 @@ enum End {
 /// Runs one socket: client frames up the stream, the stream's frames down.
 /// Every idle socket holds this future for its whole life, so whatever is
 /// large and rare (opening a stream, a handover, lingering at close) is
-/// boxed through [`boxed`].
+/// boxed, in a `let` of its own: `Box::pin(f(..))` inside an awaited
+/// expression still reserves room for the unboxed future here (rustc keeps
+/// a temporary until the end of its statement, awaits included).
 async fn run(
     mut socket: WebSocket,
     mut upstream: Upstream,
@@ -421,7 +412,7 @@ async fn run(
                     open.resume_after = last_seq;
                     // Boxed: a stream being opened (a gRPC call in flight) is
                     // many times larger than the rest of this task.
-                    let reconnecting = boxed(reconnect(&upstreams, &open));
+                    let reconnecting = reconnect(&upstreams, &open).boxed_local();
                     match reconnecting.await {
                         Ok(fresh) => upstream = fresh,
                         Err(status) => break End::Close(resume_failed(&status)),
@@ -430,7 +421,7 @@ async fn run(
             },
             () = draining.cancelled() => {
                 if matches!(kind, Kind::Presence) {
-                    let handing_over = boxed(handover(&mut upstream));
+                    let handing_over = handover(&mut upstream).boxed_local();
                     handing_over.await;
                 }
                 break End::Close(close_reason(1012, "server restarting; reconnect"));
@@ -441,8 +432,8 @@ async fn run(
     drop(upstream);
     metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
     let closing = match end {
-        End::Close(reason) => boxed(socket.close(Some(reason))),
-        End::Closed => boxed(socket.close(None)),
+        End::Close(reason) => socket.close(Some(reason)).boxed_local(),
+        End::Closed => socket.close(None).boxed_local(),
         End::Gone => return,
     };
     closing.await;

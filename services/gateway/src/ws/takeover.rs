@@ -35,10 +35,7 @@ where
     B: MessageBody + 'static,
 {
     req.extensions_mut().insert(Takeover);
-    // Boxed: the application's future (every middleware) is several KiB,
-    // and this future lives as long as the socket.
-    let answering = Box::pin(app.call(req));
-    let (response, accepted) = match answering.await {
+    let (response, accepted) = match app.call(req).await {
         Ok(mut answer) => {
             let accepted = answer.response_mut().extensions_mut().remove::<super::Accepted>();
             (Response::from(answer.into_parts().1).map_into_boxed_body(), accepted)

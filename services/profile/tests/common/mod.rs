@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use unilink_bus::{Redis, StreamConsumer};
+use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, USER_REGISTERED, USER_VERIFIED};
 use unilink_events::{Event, stream_of};
@@ -131,12 +131,10 @@ impl Harness {
 
     /// How many `events:auth` entries the profile worker has not acknowledged.
     pub async fn unacknowledged(&self) -> u64 {
-        let probe = StreamConsumer::join(&self.redis, &stream_of("auth"), "profile", "test-probe")
+        self.redis
+            .unacknowledged(&stream_of("auth"), "profile")
             .await
-            .expect("join the group");
-        let count = probe.pending_count().await.expect("XPENDING");
-        probe.close().await;
-        count
+            .expect("XPENDING")
     }
 
     pub async fn block(&self, user: &str, target: &str) {
