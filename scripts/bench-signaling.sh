@@ -23,7 +23,11 @@ a second signaling replica (gRPC :50063, HTTP :9113) and a second gateway
   3. relay: callers on gateway A, callees on gateway B, at --rate frames/s
      in all, with bare Redis pub/sub at the same rate for comparison; with
      --max, once more as fast as possible;
-  4. call-setup: callers on gateway A ring callees online on gateway B.
+  4. call-setup: callers on gateway A ring callees online on gateway B;
+  5. hops (only when asked for: --only hops; needs perf and root): one call
+     at 1,000 frames/s, its syscalls traced with perf on every process a
+     frame crosses, then bare Redis the same way; `unilink-load hops` prints
+     how long a frame waits for each process to wake, and inside each.
 
 Start the fleet first with the same tunables exported for both (they are
 passed on to the second replicas), e.g.:
@@ -45,7 +49,7 @@ Options (defaults in brackets):
   --hold S            presence-idle: seconds to hold them [30]
   --setup-pairs N     call-setup: pairs [4]
   --setup-seconds S   call-setup: seconds [10]
-  --only LIST         run only these of relay,presence,setup (comma-separated)
+  --only LIST         run only these of relay,presence,setup,hops (comma-separated)
 
 Environment: DATABASE_URL [postgres://postgres@127.0.0.1:5432/unilink],
 REDIS_URL [redis://127.0.0.1:6379], SECRET_KEY and JWT_* (as the fleet's),
@@ -155,7 +159,7 @@ stop_started() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  rm -rf "$WORK"
+  [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
 }
 trap 'stop_started' EXIT
 trap 'exit 130' INT
@@ -224,5 +228,38 @@ if wants setup; then
   vacuum_calls "$DATABASE_URL"
   "$LOAD" call-setup --base-a "$GATEWAY_A" --base-b "$GATEWAY_B" --users "$WORK/users" \
     --pairs "$SETUP_PAIRS" --seconds "$SETUP_SECONDS"
+fi
+if wants hops; then
+  command -v perf >/dev/null 2>&1 || die "hops needs perf (Debian: apt install linux-perf)"
+  command -v ss >/dev/null 2>&1 || die "hops needs ss (iproute2)"
+  listener() {
+    ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
+  }
+  redis_port="$(url_port "$REDIS_URL")"
+  gateway_a="$(listener 8000)" signaling_a="$(listener 50053)" redis_pid="$(listener "${redis_port:-6379}")"
+  [[ -n "$gateway_a" && -n "$signaling_a" && -n "$redis_pid" ]] ||
+    die "hops: could not find the processes listening on :8000, :50053 and :${redis_port:-6379}"
+  events=syscalls:sys_exit_epoll_wait,syscalls:sys_exit_recvfrom,syscalls:sys_exit_read
+  events+=,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto
+  ((frame_rate >= 1000)) ||
+    warn "SIGNALING_FRAME_RATE is $frame_rate: one call at 1000 frames/s will be throttled; export SIGNALING_FRAME_RATE=100000"
+  log "hops: one call at 1000 frames/s for 8 s, then bare Redis; 3 s of each traced"
+  "$LOAD" relay --base-a "$GATEWAY_A" --base-b "$GATEWAY_B" --users "$WORK/users" \
+    --pairs 1 --rate 1000 --seconds 8 --bare-redis "$REDIS_URL" >"$WORK/hops-relay.txt" &
+  load_pid=$!
+  # The fleet is measured from ~0.5 s to ~8.5 s, bare Redis from ~10.5 s to ~18.5 s.
+  sleep 3
+  perf record -q -e "$events" -o "$WORK/fleet.data" \
+    -p "$load_pid,$gateway_a,$signaling_a,$redis_pid,$SIGNALING_B_PID,$GATEWAY_B_PID" -- sleep 3 >/dev/null 2>&1
+  sleep 7
+  perf record -q -e "$events" -o "$WORK/bare.data" -p "$load_pid,$redis_pid" -- sleep 3 >/dev/null 2>&1
+  wait "$load_pid" || die "hops: the relay run failed"
+  cat "$WORK/hops-relay.txt"
+  for path in fleet bare; do
+    perf script -i "$WORK/$path.data" -F comm,pid,tid,time,event >"$WORK/$path.txt" 2>/dev/null
+    echo "hops, $path:"
+    "$LOAD" hops --path "$path" --trace "$WORK/$path.txt" \
+      --roles "L=$load_pid,gA=$gateway_a,sA=$signaling_a,R=$redis_pid,sB=$SIGNALING_B_PID,gB=$GATEWAY_B_PID"
+  done
 fi
 log "done; stopping the second replicas"

@@ -33,6 +33,11 @@
 //! unilink-load call-setup --base-a URL [--base-b URL] --users F [--pairs 4] [--seconds 10]
 //!     callers on A ring callees holding presence sockets on B, in a loop:
 //!     POST /calls/initiate -> incoming_call push latency, POST latency
+//! unilink-load hops --trace F --roles L=PID,gA=PID,sA=PID,R=PID,sB=PID,gB=PID
+//!         [--path fleet|bare]
+//!     reads `perf script` output of a syscall trace taken during `relay
+//!     --pairs 1` and prints, step by step, how long a frame waited for each
+//!     process to wake, to read, and inside it (see src/hops.rs)
 //! ```
 //!
 //! Every run is bounded by `--seconds` (at most 300) and refuses any target
@@ -46,6 +51,7 @@ mod args;
 mod bare_redis;
 mod call_setup;
 mod fleet;
+mod hops;
 mod http;
 mod pacing;
 mod presence;
@@ -55,7 +61,7 @@ mod users;
 
 type Fail = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: unilink-load bootstrap|get|auth-mix|mint-tokens|relay|presence-idle|call-setup --key value ... \
+const USAGE: &str = "usage: unilink-load bootstrap|get|auth-mix|mint-tokens|relay|presence-idle|call-setup|hops --key value ... \
                      (see the crate documentation in crates/loadgen/src/main.rs)";
 
 async fn run(raw: Vec<String>) -> Result<(), Fail> {
@@ -69,6 +75,7 @@ async fn run(raw: Vec<String>) -> Result<(), Fail> {
         "relay" => relay::run(&args).await,
         "presence-idle" => presence::run(&args).await,
         "call-setup" => call_setup::run(&args).await,
+        "hops" => hops::run(&args),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
