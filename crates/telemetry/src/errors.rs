@@ -4,7 +4,8 @@
 //!   whose tags carry the request context from the enclosing spans
 //!   (`request_id`, `http.route`, `http.method`, `rpc.method`, `trace_id`)
 //!   and whose extra data holds the other fields. Panics are reported by
-//!   Sentry's panic integration.
+//!   Sentry's panic integration. Errors a dependency logs for a client's
+//!   fault (a malformed HTTP request) are not reported.
 //! * [`before_send`] scrubs every event on its way out (see [`crate::scrub`]):
 //!   no tokens, passwords or cookies leave the process, whatever a message
 //!   or a field happened to contain. Breadcrumbs are not collected: the hub
@@ -31,6 +32,13 @@ const TAG_FIELDS: &[&str] = &[
     "user_id",
 ];
 
+/// Dependencies that log a client's fault at `ERROR`: actix-http's HTTP/1
+/// dispatcher logs every malformed request it answers 400 ("stream error:
+/// request parse error: ...") and every connection a client breaks off.
+/// Those stay in the logs but are not reported: anyone could otherwise fill
+/// the Sentry project (and page whoever watches it) with garbage requests.
+const CLIENT_FAULT_TARGETS: &[&str] = &["actix_http::h1::dispatcher"];
+
 /// Reports `ERROR` events to Sentry with their request context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SentryErrorLayer;
@@ -40,7 +48,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        if *event.metadata().level() != Level::ERROR {
+        if *event.metadata().level() != Level::ERROR || CLIENT_FAULT_TARGETS.contains(&event.metadata().target()) {
             return;
         }
         let mut fields = Vec::new();
