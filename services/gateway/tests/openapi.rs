@@ -12,9 +12,9 @@ use common::Fleet;
 use serde_json::Value;
 
 /// The routes `rest::configure` registers, read from its source: every
-/// `.route("<path>", web::<method>()…)` and `web::resource("<path>")` with
-/// its `.route(web::<method>()…)`. The web client under `/app` is a static
-/// page registered by `web_client::configure`, not part of the API.
+/// `resource!("<path>", <method> => <handler>, ...)`. The web client under
+/// `/app` is a static page registered by `web_client::configure`, not part
+/// of the API.
 fn registered_routes() -> BTreeSet<(String, String)> {
     let source = include_str!("../src/rest/mod.rs");
     let body = source
@@ -24,23 +24,27 @@ fn registered_routes() -> BTreeSet<(String, String)> {
         .split("\n}\n")
         .next()
         .unwrap();
-    // Without whitespace, so a call split over lines reads `("/path"`.
+    // Without whitespace, so a call split over lines reads `("/path",get=>`.
     let body: String = body.split_whitespace().collect();
     let mut routes = BTreeSet::new();
     let mut rest = body.as_str();
-    while let Some(at) = rest.find("(\"/") {
-        let after = &rest[at + 2..];
+    let opening = "resource!(\"";
+    while let Some(at) = rest.find(opening) {
+        let after = &rest[at + opening.len()..];
         let end = after.find('"').unwrap();
         let path = after[..end].to_owned();
-        let tail = &after[end..];
-        let method = ["get", "post", "put", "delete", "patch"]
-            .into_iter()
-            .filter_map(|m| tail.find(&format!("web::{m}()")).map(|at| (at, m)))
-            .min()
-            .map(|(_, m)| m.to_owned())
-            .unwrap_or_else(|| panic!("no method after {path}"));
-        routes.insert((method, path));
-        rest = tail;
+        let close = after
+            .find(')')
+            .unwrap_or_else(|| panic!("unclosed resource! for {path}"));
+        let arms: Vec<&str> = after[end + 1..close].split(',').filter(|a| !a.is_empty()).collect();
+        assert!(!arms.is_empty(), "no method for {path}");
+        for arm in arms {
+            let (method, _) = arm
+                .split_once("=>")
+                .unwrap_or_else(|| panic!("{arm:?} of {path} is not method => handler"));
+            routes.insert((method.to_owned(), path.clone()));
+        }
+        rest = &after[close..];
     }
     routes
 }

@@ -15,65 +15,83 @@ use unilink_errors::ErrorCode;
 
 use crate::error::ApiError;
 
+/// One path and the handler of each method it answers; any other method
+/// gets 405 with `Allow` (a route per method would make actix fall through
+/// to the default service's 404 instead).
+macro_rules! resource {
+    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {
+        web::resource($path)
+            $(.route(web::$method().to($handler)))+
+            .default_service(method_not_allowed(&[$(stringify!($method)),+]))
+    };
+}
+
 /// Registers every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index::index))
-        .route("/health", web::get().to(health::health))
-        .route("/livez", web::get().to(livez))
-        .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi::openapi))
-        .route("/client-errors", web::post().to(client_errors::report))
-        .route("/auth/register", web::post().to(auth::register))
-        .route("/auth/verify-email", web::post().to(auth::verify_email))
-        .route("/auth/resend-verification", web::post().to(auth::resend_verification))
-        .route("/auth/login", web::post().to(auth::login))
-        .route("/auth/login/verify-otp", web::post().to(auth::verify_otp))
-        .route("/auth/refresh", web::post().to(auth::refresh))
-        .route("/auth/logout", web::post().to(auth::logout))
-        .route("/users/me", web::get().to(users::me))
-        .route("/users/me", web::put().to(users::update_me))
-        .route("/users/me", web::delete().to(users::delete_me))
-        .route("/users/me/export", web::get().to(users::export))
-        .route("/users/block/{id}", web::post().to(users::block))
-        .route("/users/unblock/{id}", web::post().to(users::unblock))
-        .route("/users/report/{id}", web::post().to(users::report))
-        .route("/users/{id}", web::get().to(users::get_user))
-        .route("/calls/available", web::get().to(users::available))
-        .route("/calls/initiate", web::post().to(calls::initiate))
-        .route("/calls/by-id/{id}", web::get().to(calls::by_id))
-        .route("/calls/active", web::get().to(calls::active))
-        .route("/calls/pending", web::get().to(calls::pending))
-        .route("/calls/history", web::get().to(calls::history))
-        .route("/calls/ice-servers", web::get().to(calls::ice_servers))
-        .service(
-            web::resource("/calls/accept/{id}")
-                .app_data(web::Data::new(calls::Action::Accept))
-                .route(web::post().to(calls::act)),
-        )
-        .service(
-            web::resource("/calls/reject/{id}")
-                .app_data(web::Data::new(calls::Action::Reject))
-                .route(web::post().to(calls::act)),
-        )
-        .service(
-            web::resource("/calls/end/{id}")
-                .app_data(web::Data::new(calls::Action::End))
-                .route(web::post().to(calls::act)),
-        )
-        .route("/calls/ws/{user_id}", web::get().to(crate::ws::presence))
-        .route(
+    cfg.service(resource!("/", get => index::index))
+        .service(resource!("/health", get => health::health))
+        .service(resource!("/livez", get => livez))
+        .service(resource!("/metrics", get => metrics))
+        .service(resource!("/openapi.json", get => openapi::openapi))
+        .service(resource!("/client-errors", post => client_errors::report))
+        .service(resource!("/auth/register", post => auth::register))
+        .service(resource!("/auth/verify-email", post => auth::verify_email))
+        .service(resource!("/auth/resend-verification", post => auth::resend_verification))
+        .service(resource!("/auth/login", post => auth::login))
+        .service(resource!("/auth/login/verify-otp", post => auth::verify_otp))
+        .service(resource!("/auth/refresh", post => auth::refresh))
+        .service(resource!("/auth/logout", post => auth::logout))
+        .service(resource!(
+            "/users/me",
+            get => users::me,
+            put => users::update_me,
+            delete => users::delete_me,
+        ))
+        .service(resource!("/users/me/export", get => users::export))
+        .service(resource!("/users/block/{id}", post => users::block))
+        .service(resource!("/users/unblock/{id}", post => users::unblock))
+        .service(resource!("/users/report/{id}", post => users::report))
+        .service(resource!("/users/{id}", get => users::get_user))
+        .service(resource!("/calls/available", get => users::available))
+        .service(resource!("/calls/initiate", post => calls::initiate))
+        .service(resource!("/calls/by-id/{id}", get => calls::by_id))
+        .service(resource!("/calls/active", get => calls::active))
+        .service(resource!("/calls/pending", get => calls::pending))
+        .service(resource!("/calls/history", get => calls::history))
+        .service(resource!("/calls/ice-servers", get => calls::ice_servers))
+        .service(resource!("/calls/accept/{id}", post => calls::act).app_data(web::Data::new(calls::Action::Accept)))
+        .service(resource!("/calls/reject/{id}", post => calls::act).app_data(web::Data::new(calls::Action::Reject)))
+        .service(resource!("/calls/end/{id}", post => calls::act).app_data(web::Data::new(calls::Action::End)))
+        .service(resource!("/calls/ws/{user_id}", get => crate::ws::presence))
+        .service(resource!(
             "/ws/webrtc/connection-state/{call_id}",
-            web::get().to(calls::connection_state),
-        )
-        .route(
+            get => calls::connection_state
+        ))
+        .service(resource!(
             "/ws/webrtc/active-connections",
-            web::get().to(calls::active_connections),
-        )
-        .route("/ws/webrtc/{call_id}", web::get().to(crate::ws::signaling))
-        .route("/admin/reports", web::get().to(admin::reports))
-        .route("/admin/reports/{id}/resolve", web::post().to(admin::resolve))
-        .route("/admin/users/{id}/deactivate", web::post().to(admin::deactivate))
+            get => calls::active_connections
+        ))
+        .service(resource!("/ws/webrtc/{call_id}", get => crate::ws::signaling))
+        .service(resource!("/admin/reports", get => admin::reports))
+        .service(resource!("/admin/reports/{id}/resolve", post => admin::resolve))
+        .service(resource!("/admin/users/{id}/deactivate", post => admin::deactivate))
         .configure(web_client::configure);
+}
+
+/// The answer to a method a path does not have: 405 with `Allow`, and the
+/// JSON body every error has (the original API's words).
+fn method_not_allowed(methods: &[&str]) -> actix_web::Route {
+    let allow = methods
+        .iter()
+        .map(|m| m.to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(", ");
+    web::to(move || {
+        let answer = HttpResponse::MethodNotAllowed()
+            .insert_header((actix_web::http::header::ALLOW, allow.as_str()))
+            .json(serde_json::json!({ "detail": "Method Not Allowed" }));
+        async move { answer }
+    })
 }
 
 /// Liveness: the process answers. Never depends on PostgreSQL or Redis, so
