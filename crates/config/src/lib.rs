@@ -229,6 +229,8 @@ pub struct ListenSettings {
     pub shutdown_grace: Duration,
     /// `HTTP_WORKERS`: HTTP worker threads of the gateway (0 = one per core).
     pub http_workers: usize,
+    /// `MAX_SOCKETS`: WebSockets one gateway replica holds at most.
+    pub max_sockets: usize,
 }
 
 /// Calls and WebRTC signaling.
@@ -589,6 +591,7 @@ impl Settings {
             http_addr: r.parse("HTTP_ADDR", SocketAddr::from(([0, 0, 0, 0], 8000)))?,
             shutdown_grace: Duration::from_secs(r.bounded("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?),
             http_workers: r.bounded("HTTP_WORKERS", 0, 0, 256)?,
+            max_sockets: r.bounded("MAX_SOCKETS", 50_000, 1, 1_000_000)?,
         };
 
         let calls = CallSettings {
@@ -744,6 +747,10 @@ mod tests {
     #[test]
     fn sockets_per_user_are_capped_at_ten_unless_configured() {
         assert_eq!(load(&[]).unwrap().max_sockets_per_user, 10);
+        assert_eq!(load(&[]).unwrap().listen.max_sockets, 50_000);
+        assert_eq!(load(&[("MAX_SOCKETS", "2")]).unwrap().listen.max_sockets, 2);
+        let err = load(&[("MAX_SOCKETS", "0")]).unwrap_err().to_string();
+        assert!(err.contains("MAX_SOCKETS is invalid"), "{err}");
         assert_eq!(load(&[("MAX_SOCKETS_PER_USER", "3")]).unwrap().max_sockets_per_user, 3);
         let err = load(&[("MAX_SOCKETS_PER_USER", "0")]).unwrap_err().to_string();
         assert!(err.contains("MAX_SOCKETS_PER_USER is invalid"), "{err}");

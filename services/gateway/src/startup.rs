@@ -336,6 +336,7 @@ impl Application {
             socket_cap: web::Data::new(crate::ws::cap::SocketCap::new(
                 redis.clone(),
                 settings.max_sockets_per_user,
+                settings.listen.max_sockets,
             )),
             draining: web::Data::new(crate::ws::Draining::default()),
             origins: OriginPolicy::new(&settings.allowed_origins),

@@ -231,8 +231,8 @@ async fn leases_are_renewed_while_held_and_freed_when_dropped() {
     // Two caps share Redis as two gateways do; leases of 600 ms, renewed
     // every 200 ms by each cap's one renewal task.
     let lease = Duration::from_millis(600);
-    let a = SocketCap::with_lease(redis.clone(), 2, lease);
-    let b = SocketCap::with_lease(redis.clone(), 2, lease);
+    let a = SocketCap::with_lease(redis.clone(), 2, 100, lease);
+    let b = SocketCap::with_lease(redis.clone(), 2, 100, lease);
     let first = a.acquire("ada").await.expect("a first socket");
     let second = b.acquire("ada").await.expect("a second socket");
     // Five lease lengths later both places are still taken: renewed.
@@ -249,4 +249,51 @@ async fn leases_are_renewed_while_held_and_freed_when_dropped() {
     .await;
     drop((first, other));
     redis.close().await;
+}
+
+#[tokio::test]
+async fn a_replica_holds_at_most_max_sockets_and_sends_the_rest_elsewhere() {
+    let fleet = Fleet::start().await;
+    let a = fleet.gateway(&[("MAX_SOCKETS", "2")]).await;
+    let b = fleet.gateway(&[("MAX_SOCKETS", "2")]).await;
+    let (ada_id, ada) = fleet.user(&a, "ada").await;
+    let (bob_id, bob) = fleet.user(&a, "bob").await;
+    let ada_presence = format!("/calls/ws/{ada_id}");
+    let bob_presence = format!("/calls/ws/{bob_id}");
+
+    // Two users' sockets fill replica A; a third, whoever's, is refused
+    // there with 503 and the reason, and taken by B.
+    let mut first = a.socket(&ada_presence, &ada).await;
+    let second = a.socket(&bob_presence, &bob).await;
+    assert_eq!(a.try_socket(&bob_presence, &bob).await.err(), Some(503));
+    let refused = a
+        .http
+        .get(a.url(&format!("{bob_presence}?token={bob}")))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("reconnect"), "{body}");
+    let elsewhere = b.socket(&bob_presence, &bob).await;
+    // The sockets A holds keep working.
+    first.send_text("ping").await;
+    assert!(matches!(first.next().await, Received::Text(t) if t == "pong"));
+
+    // A closed socket frees its place on A.
+    second.close().await;
+    let again = eventually("a place on A", Duration::from_secs(10), || async {
+        a.try_socket(&bob_presence, &bob).await.ok()
+    })
+    .await;
+    assert_eq!(a.try_socket(&ada_presence, &ada).await.err(), Some(503));
+    for socket in [first, again, elsewhere] {
+        socket.close().await;
+    }
+    a.stop().await;
+    b.stop().await;
 }

@@ -11,6 +11,11 @@
 //! each idle socket ~5.5 KiB). Each replica also counts its
 //! own sockets, which alone decides while Redis is unreachable (the cap then
 //! holds per replica rather than fleet-wide).
+//!
+//! A replica also holds at most `MAX_SOCKETS` sockets in all (503 beyond, so
+//! the client reconnects, through the load balancer, to another one): its
+//! WebSockets run outside the HTTP server's connection limit, and each costs
+//! memory and a file descriptor here and a stream on a signaling replica.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -72,12 +77,20 @@ fn now_ms() -> String {
 /// Leases this gateway holds in Redis: lease id → user.
 type Held = Mutex<HashMap<String, String>>;
 
-/// The per-user socket cap.
+/// This replica's sockets: per user, and in all.
+#[derive(Debug, Default)]
+struct Local {
+    per_user: HashMap<String, u32>,
+    total: usize,
+}
+
+/// The per-user socket cap, and this replica's limit.
 #[derive(Debug, Clone)]
 pub struct SocketCap {
     redis: Redis,
     max: u32,
-    local: Arc<Mutex<HashMap<String, u32>>>,
+    replica_max: usize,
+    local: Arc<Mutex<Local>>,
     held: Arc<Held>,
     lease: Duration,
 }
@@ -85,15 +98,17 @@ pub struct SocketCap {
 impl SocketCap {
     /// Also starts the task renewing this gateway's leases; it ends once the
     /// cap and every lease taken from it are dropped.
-    pub fn new(redis: Redis, max: u32) -> SocketCap {
-        SocketCap::with_lease(redis, max, LEASE)
+    /// `max` sockets per user fleet-wide, `replica_max` on this replica.
+    pub fn new(redis: Redis, max: u32, replica_max: usize) -> SocketCap {
+        SocketCap::with_lease(redis, max, replica_max, LEASE)
     }
 
     /// With leases of `lease` instead of [`LEASE`], renewed every third of it.
-    pub fn with_lease(redis: Redis, max: u32, lease: Duration) -> SocketCap {
+    pub fn with_lease(redis: Redis, max: u32, replica_max: usize, lease: Duration) -> SocketCap {
         let cap = SocketCap {
             redis,
             max,
+            replica_max,
             local: Arc::default(),
             held: Arc::default(),
             lease,
@@ -109,15 +124,24 @@ impl SocketCap {
         )
     }
 
-    /// A lease for one more socket of `user`, or 429 at the cap.
+    /// A lease for one more socket of `user`: 429 at the user's cap, 503
+    /// when this replica holds `MAX_SOCKETS` already.
     pub async fn acquire(&self, user: &str) -> Result<Lease, ApiError> {
         {
             let mut local = lock(&self.local);
-            let count = local.entry(user.to_owned()).or_insert(0);
+            if local.total >= self.replica_max {
+                metrics::counter!("websocket_refused_total", "reason" => "replica_full").increment(1);
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "this server holds as many connections as it can; reconnect",
+                ));
+            }
+            let count = local.per_user.entry(user.to_owned()).or_insert(0);
             if *count >= self.max {
                 return Err(self.too_many());
             }
             *count += 1;
+            local.total += 1;
         }
         let mut lease = Lease {
             cap: self.clone(),
@@ -167,11 +191,12 @@ impl Drop for Lease {
     fn drop(&mut self) {
         {
             let mut local = lock(&self.cap.local);
-            if let Some(count) = local.get_mut(&self.user) {
+            if let Some(count) = local.per_user.get_mut(&self.user) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
-                    local.remove(&self.user);
+                    local.per_user.remove(&self.user);
                 }
+                local.total = local.total.saturating_sub(1);
             }
         }
         lock(&self.cap.held).remove(&self.id);
