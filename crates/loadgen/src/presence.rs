@@ -32,7 +32,14 @@ struct Counters {
     open: AtomicU64,
     pings: AtomicU64,
     pongs: AtomicU64,
+    /// Pings with no `pong` by the next ping, or [`PONG_WAIT`] before the end.
+    unanswered: AtomicU64,
+    /// Pings sent less than [`PONG_WAIT`] before the end, still unanswered.
+    in_flight: AtomicU64,
 }
+
+/// How long a `pong` may take before its ping counts as unanswered.
+const PONG_WAIT: Duration = Duration::from_secs(5);
 
 /// How one socket's life went.
 #[derive(Debug)]
@@ -89,6 +96,8 @@ async fn hold(url: String, ping_every: Duration, counters: Arc<Counters>, mut st
     let connect = started.elapsed();
     counters.open.fetch_add(1, Ordering::Relaxed);
     let mut ping = tokio::time::interval_at((Instant::now() + ping_every).into(), ping_every);
+    // When the last ping went out, while its `pong` is awaited.
+    let mut awaiting: Option<Instant> = None;
     let why = loop {
         tokio::select! {
             _ = stop.changed() => break None,
@@ -97,10 +106,14 @@ async fn hold(url: String, ping_every: Duration, counters: Arc<Counters>, mut st
                     break Some(format!("send failed: {e}"));
                 }
                 counters.pings.fetch_add(1, Ordering::Relaxed);
+                if awaiting.replace(Instant::now()).is_some() {
+                    counters.unanswered.fetch_add(1, Ordering::Relaxed);
+                }
             }
             message = socket.next() => match message {
                 Some(Ok(Message::Text(t))) if t.as_str() == "pong" => {
                     counters.pongs.fetch_add(1, Ordering::Relaxed);
+                    awaiting = None;
                 }
                 Some(Ok(Message::Close(close))) => {
                     break Some(close.map_or_else(|| "closed".to_owned(), |c| format!("closed {}", u16::from(c.code))));
@@ -112,6 +125,14 @@ async fn hold(url: String, ping_every: Duration, counters: Arc<Counters>, mut st
         }
     };
     counters.open.fetch_sub(1, Ordering::Relaxed);
+    if let Some(sent) = awaiting {
+        let counter = if sent.elapsed() < PONG_WAIT {
+            &counters.in_flight
+        } else {
+            &counters.unanswered
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
     match why {
         Some(why) => Life::Dropped { connect, why },
         None => Life::Held {
@@ -242,9 +263,12 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
         println!("  dropped: {dropped:?}");
     }
     println!(
-        "  pings sent {}, pongs received {}",
+        "  pings sent {}, pongs received {}, unanswered {}, still in flight when the hold ended {} \
+         (each socket pings --ping-every s after it opened)",
         counters.pings.load(Ordering::Relaxed),
-        counters.pongs.load(Ordering::Relaxed)
+        counters.pongs.load(Ordering::Relaxed),
+        counters.unanswered.load(Ordering::Relaxed),
+        counters.in_flight.load(Ordering::Relaxed)
     );
     let answered = answers.summary();
     println!(
