@@ -10,8 +10,9 @@
 //! * `presence:conns:<user>` — hash: connection id → expiry (ms since epoch);
 //! * `presence:online` — sorted set: user → time of the latest heartbeat (ms).
 //!   Online means a score newer than now − TTL, so reading is one `ZMSCORE`
-//!   (for a page of users) or one `ZREVRANGEBYSCORE` (most recently online
-//!   first), never a round trip per user.
+//!   for a page of users, never a round trip per user. The profile service's
+//!   read cache lists the most recently online users from the same set
+//!   ([`PresenceRegistry::online_key`]), and drops its stale members.
 //!
 //! Every change is one Lua script, so two devices connecting and leaving at
 //! once cannot leave the sets inconsistent.
@@ -84,15 +85,6 @@ return 1
 /// KEYS: online. ARGV: user ids. Scores (or nil) in order.
 static SCORES: LuaScript = LuaScript::new(r#"return redis.call('ZMSCORE', KEYS[1], unpack(ARGV))"#);
 
-/// KEYS: online. ARGV: oldest live score, count. Drops stale members, then
-/// returns user, score pairs, newest first.
-static RECENT: LuaScript = LuaScript::new(
-    r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-"#,
-);
-
 /// Users asked about per script call (Lua's argument limit is ~8000).
 const CHUNK: usize = 1000;
 
@@ -101,13 +93,6 @@ const CHUNK: usize = 1000;
 pub struct PresenceRegistry {
     redis: Redis,
     ttl: Duration,
-}
-
-/// A user seen online, with the time of their latest heartbeat (ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Online {
-    pub user: UserId,
-    pub last_seen_ms: i64,
 }
 
 impl PresenceRegistry {
@@ -187,22 +172,5 @@ impl PresenceRegistry {
             }));
         }
         Ok(out)
-    }
-
-    /// Up to `limit` online users, most recently active first.
-    pub async fn recently_online(&self, limit: usize) -> Result<Vec<Online>, BusError> {
-        let args = vec![self.oldest_live().to_string(), limit.to_string()];
-        let flat = self.redis.run(&RECENT, vec![self.redis.key(ONLINE)], args).await?;
-        Ok(flat
-            .chunks(2)
-            .filter_map(|pair| {
-                let user = UserId::parse(pair.first()?.as_deref()?).ok()?;
-                let score = pair.get(1)?.as_deref()?.parse::<f64>().ok()? as i64;
-                Some(Online {
-                    user,
-                    last_seen_ms: score,
-                })
-            })
-            .collect())
     }
 }
