@@ -53,7 +53,8 @@ Options (defaults in brackets):
 
 Environment: DATABASE_URL [postgres://postgres@127.0.0.1:5432/unilink],
 REDIS_URL [redis://127.0.0.1:6379], SECRET_KEY and JWT_* (as the fleet's),
-SEED_USERS (seeded users, at least the most a scenario needs) [10000].
+SEED_USERS (seeded users, at least the most a scenario needs) [10000],
+KEEP_WORK (set: keep the scratch directory, with the traces of hops).
 Logs of the second replicas: .dev/logs/{signaling,gateway}-b.log.
 EOF
 }
@@ -249,10 +250,15 @@ if wants hops; then
   load_pid=$!
   # The fleet is measured from ~0.5 s to ~8.5 s, bare Redis from ~10.5 s to ~18.5 s.
   sleep 3
-  perf record -q -e "$events" -o "$WORK/fleet.data" \
-    -p "$load_pid,$gateway_a,$signaling_a,$redis_pid,$SIGNALING_B_PID,$GATEWAY_B_PID" -- sleep 3 >/dev/null 2>&1
+  trace() { # trace NAME PIDS: 3 s of the syscall events of PIDS into $WORK/NAME.data
+    perf record -q -e "$events" -o "$WORK/$1.data" -p "$2" -- sleep 3 >"$WORK/perf.log" 2>&1 || {
+      cat "$WORK/perf.log" >&2
+      die "hops: perf record failed (it needs root, or kernel.perf_event_paranoid <= 1 and tracefs access)"
+    }
+  }
+  trace fleet "$load_pid,$gateway_a,$signaling_a,$redis_pid,$SIGNALING_B_PID,$GATEWAY_B_PID"
   sleep 7
-  perf record -q -e "$events" -o "$WORK/bare.data" -p "$load_pid,$redis_pid" -- sleep 3 >/dev/null 2>&1
+  trace bare "$load_pid,$redis_pid"
   wait "$load_pid" || die "hops: the relay run failed"
   cat "$WORK/hops-relay.txt"
   for path in fleet bare; do
