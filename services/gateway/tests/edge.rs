@@ -292,7 +292,11 @@ async fn cors_request_ids_security_headers_and_json_errors() {
     assert_eq!(body["detail"], "Method Not Allowed");
     let response = gw.http.patch(gw.url("/users/me")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 405);
-    assert_eq!(response.headers()["allow"], "GET, PUT, DELETE");
+    assert_eq!(response.headers()["allow"], "GET, PUT, DELETE, HEAD");
+    // HEAD is answered wherever GET is, without a body.
+    let response = gw.http.head(gw.url("/livez")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.bytes().await.unwrap().is_empty());
     let response = gw.http.post(gw.url("/calls/end/not-a-uuid")).send().await.unwrap();
     assert_ne!(
         response.status().as_u16(),

@@ -15,15 +15,26 @@ use unilink_errors::ErrorCode;
 
 use crate::error::ApiError;
 
+/// One method's route on a resource; a GET handler answers HEAD too (the
+/// original API did, and actix-http sends no body for HEAD).
+macro_rules! route {
+    ($resource:expr, get, $handler:expr) => {
+        $resource.route(web::get().to($handler)).route(web::head().to($handler))
+    };
+    ($resource:expr, $method:ident, $handler:expr) => {
+        $resource.route(web::$method().to($handler))
+    };
+}
+
 /// One path and the handler of each method it answers; any other method
 /// gets 405 with `Allow` (a route per method would make actix fall through
 /// to the default service's 404 instead).
 macro_rules! resource {
-    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {
-        web::resource($path)
-            $(.route(web::$method().to($handler)))+
-            .default_service(method_not_allowed(&[$(stringify!($method)),+]))
-    };
+    ($path:expr, $($method:ident => $handler:expr),+ $(,)?) => {{
+        let resource = web::resource($path);
+        $(let resource = route!(resource, $method, $handler);)+
+        resource.default_service(method_not_allowed(&[$(stringify!($method)),+]))
+    }};
 }
 
 /// Registers every route.
@@ -81,11 +92,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The answer to a method a path does not have: 405 with `Allow`, and the
 /// JSON body every error has (the original API's words).
 fn method_not_allowed(methods: &[&str]) -> actix_web::Route {
-    let allow = methods
-        .iter()
-        .map(|m| m.to_ascii_uppercase())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut allowed: Vec<String> = methods.iter().map(|m| m.to_ascii_uppercase()).collect();
+    if allowed.iter().any(|m| m == "GET") {
+        allowed.push("HEAD".to_owned());
+    }
+    let allow = allowed.join(", ");
     web::to(move || {
         let answer = HttpResponse::MethodNotAllowed()
             .insert_header((actix_web::http::header::ALLOW, allow.as_str()))
