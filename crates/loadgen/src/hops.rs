@@ -135,15 +135,18 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
+/// What a step's time was spent on: its event tells.
 fn describe(name: &str) -> &'static str {
     if name.contains("epoll") {
-        "woke"
+        WOKE
     } else if name.starts_with("exit_") {
         "read"
     } else {
         "passed on"
     }
 }
+
+const WOKE: &str = "woke";
 
 /// `unilink-load hops --trace F --roles L=PID,gA=PID,... [--path fleet|bare]`.
 pub fn run(args: &Args) -> Result<(), Fail> {
@@ -187,7 +190,7 @@ pub fn run(args: &Args) -> Result<(), Fail> {
         column.sort_by(f64::total_cmp);
         let median = quantile(&column, 0.5);
         let what = describe(name);
-        if what == "woke" {
+        if what == WOKE {
             woke += median;
         } else {
             inside += median;

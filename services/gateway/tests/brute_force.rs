@@ -148,18 +148,8 @@ async fn one_users_sockets_are_capped_across_both_gateways() {
         assert_eq!(gw.try_socket(&presence, &ada).await.err(), Some(429));
     }
     // The refusal says why; the open sockets keep working; others are not affected.
-    let refused = a
-        .http
-        .get(a.url(&format!("{presence}?token={ada}")))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 429);
-    let body: serde_json::Value = refused.json().await.unwrap();
+    let (status, body) = a.upgrade_answer(&presence, &ada).await;
+    assert_eq!(status, 429);
     assert!(body["detail"].as_str().unwrap().contains("at most 3"), "{body}");
     first.send_text("ping").await;
     assert!(matches!(first.next().await, Received::Text(t) if t == "pong"));
@@ -266,18 +256,8 @@ async fn a_replica_holds_at_most_max_sockets_and_sends_the_rest_elsewhere() {
     let mut first = a.socket(&ada_presence, &ada).await;
     let second = a.socket(&bob_presence, &bob).await;
     assert_eq!(a.try_socket(&bob_presence, &bob).await.err(), Some(503));
-    let refused = a
-        .http
-        .get(a.url(&format!("{bob_presence}?token={bob}")))
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 503);
-    let body: serde_json::Value = refused.json().await.unwrap();
+    let (status, body) = a.upgrade_answer(&bob_presence, &bob).await;
+    assert_eq!(status, 503);
     assert!(body["detail"].as_str().unwrap().contains("reconnect"), "{body}");
     let elsewhere = b.socket(&bob_presence, &bob).await;
     // The sockets A holds keep working.

@@ -81,6 +81,8 @@ type Held = Mutex<HashMap<String, String>>;
 #[derive(Debug, Default)]
 struct Local {
     per_user: HashMap<String, u32>,
+    /// The sum of `per_user`, kept as it changes: summing tens of
+    /// thousands of entries under the lock at every upgrade would not do.
     total: usize,
 }
 

@@ -11,14 +11,12 @@
 //! write buffers for the socket's whole life, which for 10,000 idle presence
 //! sockets was most of the gateway's memory (BENCHMARKS.md).
 
-use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
 use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser, ProtocolError};
 use actix_web::web::{Bytes, BytesMut};
-use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A write the client does not take within this ends the socket.
@@ -200,7 +198,7 @@ impl WebSocket {
         if self.write(&frame).await.is_err() {
             return;
         }
-        let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+        let _ = self.io.shutdown().await;
         let _ = tokio::time::timeout(LINGER, async {
             let mut scratch = [0_u8; 256];
             loop {

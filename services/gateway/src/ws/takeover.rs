@@ -8,8 +8,6 @@
 //! on the bare TCP stream ([`super::socket`]) as a task of its own; the
 //! dispatcher, its buffers and its connection task end. Any other answer is written as it is and the connection closed.
 
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::rc::Rc;
 
 use actix_http::body::{BodySize, MessageBody};
@@ -18,6 +16,8 @@ use actix_http::{ConnectionType, Request, Response, StatusCode};
 use actix_web::HttpMessage;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::web::Bytes;
+use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A request arrived through the upgrade path: its connection can be taken
@@ -56,8 +56,7 @@ where
             accepted.spawn(socket);
         }
         _ => {
-            let mut io = framed.into_parts().io;
-            let _ = poll_fn(|cx| tokio::io::AsyncWrite::poll_shutdown(Pin::new(&mut io), cx)).await;
+            let _ = framed.into_parts().io.shutdown().await;
         }
     }
     Ok(())
@@ -76,13 +75,12 @@ async fn write_response(
         head.head_mut().set_connection_type(ConnectionType::Close);
         BodySize::Sized(body.len() as u64)
     };
-    let mut framed = Pin::new(framed);
-    framed.as_mut().write(Message::Item((head, size)))?;
+    framed.feed(Message::Item((head, size))).await?;
     if !upgraded {
         if !body.is_empty() {
-            framed.as_mut().write(Message::Chunk(Some(body)))?;
+            framed.feed(Message::Chunk(Some(body))).await?;
         }
-        framed.as_mut().write(Message::Chunk(None))?;
+        framed.feed(Message::Chunk(None)).await?;
     }
-    poll_fn(|cx| framed.as_mut().flush(cx)).await
+    framed.flush().await
 }

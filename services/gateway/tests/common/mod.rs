@@ -281,6 +281,20 @@ impl Gateway {
         self.send(self.http.get(self.url(path)).bearer_auth(token)).await
     }
 
+    /// A WebSocket upgrade of `path` (with `?token=`) sent as a plain HTTP
+    /// request, so that a refusal's status and `detail` can be read.
+    pub async fn upgrade_answer(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        self.send(
+            self.http
+                .get(self.url(&format!("{path}?token={token}")))
+                .header("Connection", "Upgrade")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Version", "13")
+                .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        )
+        .await
+    }
+
     /// Opens a WebSocket (`path` without the token) with `?token=`.
     pub async fn socket(&self, path: &str, token: &str) -> Socket {
         self.try_socket(path, token).await.expect("websocket upgrade")
