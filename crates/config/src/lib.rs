@@ -231,6 +231,11 @@ pub struct ListenSettings {
     pub http_workers: usize,
     /// `MAX_SOCKETS`: WebSockets one gateway replica holds at most.
     pub max_sockets: usize,
+    /// `WS_PING_INTERVAL_SECONDS`: how often the gateway pings each WebSocket.
+    pub ws_ping_interval: Duration,
+    /// `WS_IDLE_TIMEOUT_SECONDS`: a WebSocket from which nothing (no frame,
+    /// no pong) arrived for this long is closed, and its user goes offline.
+    pub ws_idle_timeout: Duration,
 }
 
 /// Calls and WebRTC signaling.
@@ -592,7 +597,19 @@ impl Settings {
             shutdown_grace: Duration::from_secs(r.bounded("SHUTDOWN_GRACE_SECONDS", 20, 0, 3600)?),
             http_workers: r.bounded("HTTP_WORKERS", 0, 0, 256)?,
             max_sockets: r.bounded("MAX_SOCKETS", 50_000, 1, 1_000_000)?,
+            ws_ping_interval: Duration::from_secs(r.bounded("WS_PING_INTERVAL_SECONDS", 20, 1, 600)?),
+            ws_idle_timeout: Duration::from_secs(r.bounded("WS_IDLE_TIMEOUT_SECONDS", 45, 2, 3600)?),
         };
+        if listen.ws_idle_timeout <= listen.ws_ping_interval {
+            return Err(ConfigError::Invalid {
+                var: "WS_IDLE_TIMEOUT_SECONDS",
+                reason: format!(
+                    "{}s must be longer than WS_PING_INTERVAL_SECONDS ({}s), or a live client is closed before it is pinged",
+                    listen.ws_idle_timeout.as_secs(),
+                    listen.ws_ping_interval.as_secs()
+                ),
+            });
+        }
 
         let calls = CallSettings {
             ring_timeout: Duration::from_secs(r.bounded("CALL_RING_TIMEOUT", 30, 1, 600)?),
@@ -630,7 +647,7 @@ impl Settings {
             jwt,
             smtp,
             backend_url: r.url("BACKEND_URL", "http://127.0.0.1:8000", &["http", "https"])?,
-            frontend_url: r.url("FRONTEND_URL", "http://localhost:5173", &["http", "https"])?,
+            frontend_url: r.url("FRONTEND_URL", "http://localhost:3000", &["http", "https"])?,
             allowed_origins,
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
@@ -683,6 +700,8 @@ mod tests {
         assert_eq!(s.calls.max_duration, Duration::from_secs(15 * 60));
         assert_eq!(s.calls.frame_rate, 50);
         assert!(s.calls.turn_urls.is_empty());
+        // Where the original web client's dev server runs.
+        assert_eq!(s.frontend_url, "http://localhost:3000");
     }
 
     #[test]
@@ -749,6 +768,15 @@ mod tests {
         assert_eq!(load(&[]).unwrap().max_sockets_per_user, 10);
         assert_eq!(load(&[]).unwrap().listen.max_sockets, 50_000);
         assert_eq!(load(&[("MAX_SOCKETS", "2")]).unwrap().listen.max_sockets, 2);
+        // Silent sockets: pinged every 20 s, closed after 45 s without a word,
+        // so a frozen client is offline within 65 s (under the promised 75).
+        let listen = load(&[]).unwrap().listen;
+        assert_eq!(listen.ws_ping_interval, Duration::from_secs(20));
+        assert_eq!(listen.ws_idle_timeout, Duration::from_secs(45));
+        let err = load(&[("WS_PING_INTERVAL_SECONDS", "30"), ("WS_IDLE_TIMEOUT_SECONDS", "30")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WS_IDLE_TIMEOUT_SECONDS"), "{err}");
         let err = load(&[("MAX_SOCKETS", "0")]).unwrap_err().to_string();
         assert!(err.contains("MAX_SOCKETS is invalid"), "{err}");
         assert_eq!(load(&[("MAX_SOCKETS_PER_USER", "3")]).unwrap().max_sockets_per_user, 3);

@@ -93,7 +93,16 @@ pub struct CallEvent {
     /// Why the system ended it (`ring_timeout`, `max_duration`, `abandoned`,
     /// `account_closed`); `None` when a participant did.
     pub reason: Option<String>,
-    pub started_at: Option<DateTime<Utc>>,
+    /// The call's own token (participants only ever see these events'
+    /// pushes); absent in events written before it was carried.
+    #[serde(default)]
+    pub call_token: Option<String>,
+    /// When the call was placed; absent in events written before it was carried.
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    /// When the receiver accepted (older events called it `started_at`).
+    #[serde(alias = "started_at")]
+    pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<i64>,
 }
@@ -113,4 +122,19 @@ impl CallEvent {
 /// user's presence sockets, on whichever signaling replica holds them.
 pub fn push_channel(user_id: &str) -> String {
     format!("push:{user_id}")
+}
+
+/// The WebSocket close code for a session that ended by policy (logged out,
+/// account closed).
+pub const CLOSE_POLICY: u32 = 1008;
+
+/// Control message on a user's push channel: close their sockets (presence
+/// and call), or only those of one session (`family`, the token's `fid`).
+/// Pushes for the client never carry a top-level `control` key.
+pub fn close_control(code: u32, reason: &str, family: Option<&str>) -> String {
+    let mut control = serde_json::json!({"control": "close", "code": code, "reason": reason});
+    if let Some(family) = family {
+        control["family"] = family.into();
+    }
+    control.to_string()
 }

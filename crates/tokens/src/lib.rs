@@ -327,6 +327,12 @@ pub fn revoked_user_key(user: &str) -> String {
     format!("revoked:user:{user}")
 }
 
+/// Redis key (before the prefix) refusing every access token of a session
+/// (its `fid`: logged out in full, or its refresh token was replayed).
+pub fn revoked_family_key(family: &str) -> String {
+    format!("revoked:fid:{family}")
+}
+
 /// Redis key (before the prefix) marking an access token revoked until it expires.
 pub fn revoked_jti_key(jti: &str) -> String {
     format!("revoked:jti:{jti}")

@@ -121,9 +121,10 @@ impl AuthApi for AuthService {
             token_id: r.token_id,
             family_id: r.family_id,
             expires_at: r.expires_at,
+            refresh_token: Some(r.refresh_token).filter(|t| !t.is_empty()),
         })
         .await?;
-        Ok(ack("Logged out"))
+        Ok(ack("Successfully logged out"))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]

@@ -11,9 +11,9 @@ use unilink_config::Settings;
 use unilink_db::{DbError, Uuid};
 use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
 use unilink_events::payload::{
-    LoginOtpRequested, USER_DEACTIVATED, USER_DELETED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED,
+    CLOSE_POLICY, LoginOtpRequested, USER_DEACTIVATED, USER_DELETED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED,
     USER_VERIFICATION_REQUESTED, USER_VERIFIED, UserDeleted, UserRef, UserRegistered, UserVerified,
-    VerificationRequested,
+    VerificationRequested, close_control, push_channel,
 };
 use unilink_events::{Event, outbox};
 use unilink_presence::PresenceRegistry;
@@ -55,6 +55,9 @@ pub struct LogoutClaims {
     pub token_id: String,
     pub family_id: String,
     pub expires_at: u64,
+    /// Present for a full logout (its family is revoked); absent for the
+    /// original web client's logout on every page unload.
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +337,8 @@ impl AuthService {
         }
         if stored.used {
             repo::revoke_family(&tx, stored.family_id).await?;
+            // The thief's access tokens of the family go too, not only its refresh tokens.
+            self.revoke_family_tokens(stored.family_id).await?;
             tx.commit().await.map_err(DbError::from)?;
             tracing::warn!(audit = true, action = "token.reuse_detected", user_id = %stored.user_id, family = %stored.family_id, "refresh token reused; family revoked");
             return Err(AuthError::RefreshReuse);
@@ -352,13 +357,43 @@ impl AuthService {
         Ok(session)
     }
 
-    /// Revokes the refresh family and the access token (until it would
-    /// expire), and takes the user offline on every device.
+    /// Logs a session out.
+    ///
+    /// Without a refresh token (the original web client sends none, on every
+    /// page unload, and then goes on with the same access token) the user is
+    /// only marked offline, as the original backend did; their open sockets
+    /// beat again and put them back within a heartbeat. With the session's
+    /// refresh token it is a full logout: the refresh family and the access
+    /// token are refused from now on by every gateway, and the session's
+    /// sockets are told to close wherever they are.
     pub async fn logout(&self, claims: LogoutClaims) -> Result<(), AuthError> {
-        if let Ok(family) = Uuid::parse_str(&claims.family_id) {
-            let client = self.accounts.pool().get().await.map_err(DbError::from)?;
-            repo::revoke_family(&client, family).await?;
+        let Some(refresh_token) = claims.refresh_token.as_deref() else {
+            self.presence.disconnect_all(claims.user_id).await?;
+            tracing::info!(audit = true, action = "logout", full = false, user_id = %claims.user_id, "marked offline");
+            return Ok(());
+        };
+        let refresh_token = refresh_token.trim();
+        if refresh_token.is_empty() || refresh_token.len() > 256 {
+            return Err(AuthError::InvalidRefreshToken);
         }
+        let hash = crypto::token_hash(refresh_token);
+        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        // Someone else's refresh token is not the caller's to revoke.
+        let stored = repo::lock_refresh_token(&tx, &hash)
+            .await?
+            .filter(|s| s.user_id == claims.user_id)
+            .ok_or(AuthError::InvalidRefreshToken)?;
+        let mut families = vec![stored.family_id];
+        if let Ok(own) = Uuid::parse_str(&claims.family_id)
+            && own != stored.family_id
+        {
+            families.push(own);
+        }
+        for family in &families {
+            repo::revoke_family(&tx, *family).await?;
+        }
+        // Refused at the edge before the commit makes the logout visible.
         let remaining = claims.expires_at.saturating_sub(unilink_tokens::now());
         if remaining > 0 {
             self.redis
@@ -369,8 +404,29 @@ impl AuthService {
                 )
                 .await?;
         }
-        self.presence.disconnect_all(claims.user_id).await?;
-        tracing::info!(audit = true, action = "logout", user_id = %claims.user_id, "logged out");
+        for family in &families {
+            self.revoke_family_tokens(*family).await?;
+        }
+        tx.commit().await.map_err(DbError::from)?;
+        let user = claims.user_id.to_string();
+        for family in &families {
+            let close = close_control(CLOSE_POLICY, "logged out", Some(&family.to_string()));
+            self.redis.publish(&push_channel(&user), &close).await?;
+        }
+        tracing::info!(audit = true, action = "logout", full = true, user_id = %claims.user_id, "logged out");
+        Ok(())
+    }
+
+    /// Every access token of `family` is refused by the gateways from now on
+    /// (for as long as any of them can live).
+    async fn revoke_family_tokens(&self, family: Uuid) -> Result<(), AuthError> {
+        self.redis
+            .set_with_ttl(
+                &unilink_tokens::revoked_family_key(&family.to_string()),
+                "1",
+                self.keys.ttl() + Duration::from_secs(60),
+            )
+            .await?;
         Ok(())
     }
 

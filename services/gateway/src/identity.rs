@@ -107,13 +107,18 @@ impl KeyStore {
     }
 }
 
-/// The deny-list keys that refuse a verified token: its own `jti` (logout)
-/// and its user (deactivated or deleted).
+/// The deny-list keys that refuse a verified token: its own `jti` (full
+/// logout), its session's family (full logout, refresh-token reuse) and its
+/// user (deactivated or deleted).
 pub fn revocation_keys(identity: &Identity) -> Vec<String> {
-    vec![
+    let mut keys = vec![
         unilink_tokens::revoked_jti_key(&identity.claims.jti),
         unilink_tokens::revoked_user_key(&identity.claims.sub),
-    ]
+    ];
+    if !identity.claims.fid.is_empty() {
+        keys.push(unilink_tokens::revoked_family_key(&identity.claims.fid));
+    }
+    keys
 }
 
 /// The bearer token of a request, if any: `Authorization: Bearer <token>`.

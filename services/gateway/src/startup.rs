@@ -179,6 +179,7 @@ struct Shared {
     edge: web::Data<Edge>,
     socket_cap: web::Data<crate::ws::cap::SocketCap>,
     draining: web::Data<crate::ws::Draining>,
+    liveness: web::Data<crate::ws::Liveness>,
     origins: OriginPolicy,
     production: bool,
 }
@@ -221,6 +222,7 @@ impl Shared {
             .app_data(upstreams)
             .app_data(edge)
             .app_data(self.draining.clone())
+            .app_data(self.liveness.clone())
             .app_data(self.socket_cap.clone())
             .app_data(json_config())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
@@ -339,6 +341,10 @@ impl Application {
                 settings.listen.max_sockets,
             )),
             draining: web::Data::new(crate::ws::Draining::default()),
+            liveness: web::Data::new(crate::ws::Liveness {
+                ping_every: settings.listen.ws_ping_interval,
+                silent_after: settings.listen.ws_idle_timeout,
+            }),
             origins: OriginPolicy::new(&settings.allowed_origins),
             production: settings.environment.is_production(),
         };

@@ -74,22 +74,32 @@ async fn a_full_call_between_two_replicas() {
     assert_eq!(call["initiator_id"], ada_id);
     assert_eq!(call["receiver_id"], bob_id);
     assert!(call["call_token"].as_str().is_some_and(|t| t.len() >= 32));
-    assert!(call["started_at"].is_null() && call["ended_at"].is_null() && call["duration_seconds"].is_null());
+    // As the original: placed at `started_at`, duration 0 until it ends.
+    let placed = call["started_at"].as_str().expect("started_at is the creation time").to_owned();
+    assert!(placed.ends_with('Z'), "{call}");
+    assert!(call["answered_at"].is_null() && call["ended_at"].is_null(), "{call}");
+    assert_eq!(call["duration_seconds"], 0, "{call}");
     let call_id = call["id"].as_str().unwrap().to_owned();
     let ring = bob_presence.expect("incoming_call").await;
     assert_eq!(ring["call_id"], call_id);
     assert_eq!(ring["caller_id"], ada_id);
     assert_eq!(ring["caller_username"], "ada");
 
-    // Both see it pending; only Bob may accept.
+    // Only Bob, its receiver, sees it pending; only Bob may accept.
     let (_, pending) = gb.get_bearer("/calls/pending", &bob).await;
     assert_eq!(pending["id"], call_id);
+    assert_eq!(pending["call_token"], call["call_token"]);
+    let (status, own) = ga.get_bearer("/calls/pending", &ada).await;
+    assert_eq!(status, 200);
+    assert!(own.is_null(), "the caller is not offered her own call: {own}");
     let (status, _) = post(ga, &format!("/calls/accept/{call_id}"), &ada).await;
     assert_eq!(status, 403);
     let (status, accepted) = post(gb, &format!("/calls/accept/{call_id}"), &bob).await;
     assert_eq!(status, 200, "{accepted}");
     assert_eq!(accepted["status"], "ongoing");
-    assert!(accepted["started_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert_eq!(accepted["started_at"], placed.as_str(), "started_at stays the creation time");
+    assert!(accepted["answered_at"].as_str().is_some_and(|t| t.ends_with('Z') && *t >= *placed));
+    assert_eq!(accepted["duration_seconds"], 0);
     let pushed = ada_presence.expect("call_accepted").await;
     assert_eq!(pushed["call_id"], call_id);
     let (status, _) = post(gb, &format!("/calls/accept/{call_id}"), &bob).await;
@@ -182,6 +192,9 @@ async fn a_full_call_between_two_replicas() {
         assert_eq!(entry["receiver_username"], "bob");
         assert!(entry["duration_seconds"].as_i64().unwrap() >= 1, "{entry}");
         assert!(entry["ended_at"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert_eq!(entry["started_at"], placed.as_str(), "{entry}");
+        assert!(entry["ended_at"].as_str().unwrap() > placed.as_str(), "{entry}");
+        assert_eq!(entry["call_token"], call["call_token"], "ended calls keep their token");
     }
     let (_, active) = ga.get_bearer("/calls/active", &ada).await;
     assert!(active.is_null());

@@ -27,7 +27,7 @@ async fn profiles_are_created_from_sign_up_and_updated_by_their_owner_only() {
     let (status, me) = get(&gw, "/users/me", &ada).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["id"], ada_id);
-    assert_eq!(me["bio"], "");
+    assert!(me["bio"].is_null() && me["profile_picture"].is_null(), "unset is null, as the original: {me}");
     assert_eq!(me["is_verified"], true);
     assert_eq!(me["is_online"], false);
     for field in [
@@ -59,12 +59,18 @@ async fn profiles_are_created_from_sign_up_and_updated_by_their_owner_only() {
     assert_eq!(updated["full_name"], "Test User", "untouched fields stay");
     assert_eq!(updated["is_verified"], true);
     let (_, bob_view) = get(&gw, "/users/me", &bob).await;
-    assert_eq!(bob_view["bio"], "", "bob's profile is untouched");
+    assert!(bob_view["bio"].is_null(), "bob's profile is untouched");
 
     let (status, cleared) = put(&gw, "/users/me", &ada, json!({"profile_picture": null})).await;
     assert_eq!(status, 200);
     assert!(cleared["profile_picture"].is_null());
     assert_eq!(cleared["bio"], "Hi <b>there</b>'; DROP TABLE profiles;--");
+    // An empty bio unsets it: null again, as the original showed an unset one.
+    let (status, unset) = put(&gw, "/users/me", &ada, json!({"bio": ""})).await;
+    assert_eq!(status, 200, "{unset}");
+    assert!(unset["bio"].is_null(), "{unset}");
+    let (_, available) = get(&gw, &format!("/users/{ada_id}"), &bob).await;
+    assert!(available["bio"].is_null(), "{available}");
 
     for (body, expected) in [
         (json!({"bio": "x".repeat(501)}), "bio must be at most 500"),

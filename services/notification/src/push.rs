@@ -162,18 +162,24 @@ impl Push {
     }
 }
 
-/// The call as the public API shows it, less `call_token`, which the event
-/// does not carry (the participants get it from the API).
+/// The call as the public API shows it (`started_at` is when it was placed,
+/// `duration_seconds` 0 until it ended). Events written before they carried
+/// the token and the creation time give `""` and the acceptance time.
 fn call_json(call: &CallEvent) -> Value {
     let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true));
     json!({
         "id": call.call_id,
         "initiator_id": call.initiator_id,
         "receiver_id": call.receiver_id,
+        "initiator_username": call.initiator_username,
+        "receiver_username": call.receiver_username,
         "status": call.status,
-        "started_at": time(call.started_at),
+        "call_token": call.call_token.as_deref().unwrap_or_default(),
+        "created_at": time(call.created_at),
+        "started_at": time(call.created_at.or(call.answered_at)),
+        "answered_at": time(call.answered_at),
         "ended_at": time(call.ended_at),
-        "duration_seconds": call.duration_seconds,
+        "duration_seconds": call.duration_seconds.unwrap_or(0),
     })
 }
 
@@ -197,7 +203,9 @@ mod tests {
             status: "completed".to_owned(),
             actor_id: actor.map(str::to_owned),
             reason: None,
-            started_at: Some("2026-11-28T10:00:00Z".parse().unwrap()),
+            call_token: Some("tok".to_owned()),
+            created_at: Some("2026-11-28T09:59:50Z".parse().unwrap()),
+            answered_at: Some("2026-11-28T10:00:00Z".parse().unwrap()),
             ended_at: Some("2026-11-28T10:01:30.5Z".parse().unwrap()),
             duration_seconds: Some(90),
         }
@@ -219,13 +227,42 @@ mod tests {
                     "id": c.call_id,
                     "initiator_id": c.initiator_id,
                     "receiver_id": c.receiver_id,
+                    "initiator_username": "ana_k",
+                    "receiver_username": "ben_o",
                     "status": "completed",
-                    "started_at": "2026-11-28T10:00:00.000000Z",
+                    "call_token": "tok",
+                    "created_at": "2026-11-28T09:59:50.000000Z",
+                    "started_at": "2026-11-28T09:59:50.000000Z",
+                    "answered_at": "2026-11-28T10:00:00.000000Z",
                     "ended_at": "2026-11-28T10:01:30.500000Z",
                     "duration_seconds": 90,
                 },
             })
         );
+    }
+
+    #[test]
+    fn an_event_written_before_the_original_call_shape_still_gives_it() {
+        // As signaling wrote `call.initiated` before: acceptance time under
+        // `started_at`, no token, no creation time, a null duration.
+        let old: CallEvent = serde_json::from_value(json!({
+            "call_id": "6f1c1d3e-0a3b-4c5d-8e9f-000000000001",
+            "initiator_id": "6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1",
+            "receiver_id": "6f1c1d3e-0a3b-4c5d-8e9f-0000000000b2",
+            "initiator_username": "ana_k",
+            "receiver_username": "ben_o",
+            "status": "pending",
+            "actor_id": "6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1",
+            "reason": null,
+            "started_at": null,
+            "ended_at": null,
+            "duration_seconds": null,
+        }))
+        .unwrap();
+        let call = &Push::of(CALL_INITIATED, &old).unwrap().body["call"];
+        assert_eq!(call["duration_seconds"], 0);
+        assert_eq!(call["call_token"], "");
+        assert!(call["started_at"].is_null());
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub struct Profile {
     pub email: String,
     pub username: String,
     pub full_name: String,
-    pub bio: String,
+    /// `None` when the user has not written one.
+    pub bio: Option<String>,
     pub profile_picture: Option<String>,
     pub is_verified: bool,
     pub is_active: bool,
@@ -87,6 +88,7 @@ impl Report {
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     pub full_name: Option<String>,
+    /// `Some("")` unsets the bio (stored as NULL).
     pub bio: Option<String>,
     /// `Some(None)` removes the picture.
     pub profile_picture: Option<Option<String>>,
@@ -215,7 +217,7 @@ impl ProfileRepository {
                 &format!(
                     "UPDATE profiles SET
                          full_name = COALESCE($2, full_name),
-                         bio = COALESCE($3, bio),
+                         bio = CASE WHEN $3::text IS NULL THEN bio ELSE NULLIF($3, '') END,
                          profile_picture = CASE WHEN $4 THEN $5 ELSE profile_picture END,
                          updated_at = now()
                      WHERE user_id = $1 RETURNING {COLUMNS}"

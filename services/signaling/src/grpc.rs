@@ -50,7 +50,7 @@ impl From<Call> for CallMessage {
             status: CallStatusMessage::from(c.status) as i32,
             call_token: c.call_token,
             created_at: Some(unilink_proto::timestamp(c.created_at)),
-            started_at: c.started_at.map(unilink_proto::timestamp),
+            answered_at: c.answered_at.map(unilink_proto::timestamp),
             ended_at: c.ended_at.map(unilink_proto::timestamp),
             duration_seconds: c.duration_seconds,
             initiator_username: c.initiator_username,

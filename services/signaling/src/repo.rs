@@ -75,10 +75,14 @@ pub struct Call {
     pub receiver_username: String,
     pub status: CallStatus,
     pub call_token: String,
+    /// When the call was placed (the public API's `started_at`).
     pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
+    /// When the receiver accepted it (the `started_at` column, named before
+    /// the public API's `started_at` became the creation time).
+    pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    pub duration_seconds: Option<i64>,
+    /// Whole seconds from acceptance to end; 0 until a call has ended.
+    pub duration_seconds: i64,
 }
 
 impl Call {
@@ -107,9 +111,9 @@ impl Call {
             status: CallStatus::parse(&status).ok_or_else(|| SignalingError::CorruptStatus(id.to_string(), status))?,
             call_token: row.get("call_token"),
             created_at: row.get("created_at"),
-            started_at: row.get("started_at"),
+            answered_at: row.get("started_at"),
             ended_at: row.get("ended_at"),
-            duration_seconds: row.get("duration_seconds"),
+            duration_seconds: row.get::<_, Option<i64>>("duration_seconds").unwrap_or(0),
         })
     }
 
@@ -123,9 +127,11 @@ impl Call {
             status: self.status.as_str().to_owned(),
             actor_id: actor.map(|a| a.to_string()),
             reason: reason.map(str::to_owned),
-            started_at: self.started_at,
+            call_token: Some(self.call_token.clone()),
+            created_at: Some(self.created_at),
+            answered_at: self.answered_at,
             ended_at: self.ended_at,
-            duration_seconds: self.duration_seconds,
+            duration_seconds: Some(self.duration_seconds),
         };
         Event::new(
             self.status.event_type(),

@@ -163,9 +163,7 @@ impl CallService {
         match call.status {
             CallStatus::Completed => {
                 metrics::counter!("calls_completed_total").increment(1);
-                if let Some(d) = call.duration_seconds {
-                    metrics::histogram!("call_duration_seconds").record(d as f64);
-                }
+                metrics::histogram!("call_duration_seconds").record(call.duration_seconds as f64);
             }
             CallStatus::Missed => metrics::counter!("calls_missed_total").increment(1),
             CallStatus::Rejected => metrics::counter!("calls_rejected_total").increment(1),
@@ -204,8 +202,11 @@ impl CallService {
         self.calls.open_call_of(user, CallStatus::Ongoing).await
     }
 
+    /// The call ringing for `user`: only one they receive (the caller's
+    /// own outgoing call is not offered to them to accept).
     pub async fn pending(&self, user: UserId) -> Result<Option<Call>, SignalingError> {
-        self.calls.open_call_of(user, CallStatus::Pending).await
+        let call = self.calls.open_call_of(user, CallStatus::Pending).await?;
+        Ok(call.filter(|c| c.receiver_id == user))
     }
 
     /// A page of the user's calls, newest first, and the cursor of the next.

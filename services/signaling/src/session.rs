@@ -22,7 +22,7 @@ use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use unilink_domain::{CallId, UserId};
-use unilink_events::payload::push_channel;
+use unilink_events::payload::{CLOSE_POLICY, push_channel};
 use unilink_presence::PresenceRegistry;
 use unilink_proto::signaling::{ClientFrame, Close, Open, ServerFrame, SocketKind, client_frame, server_frame};
 
@@ -48,13 +48,8 @@ const OUTBOUND_QUEUE: usize = 256;
 /// header were ~1.3 KiB per socket).
 pub type Outbound = mpsc::Receiver<ServerFrame>;
 
-/// Control message on a user's push channel: close their presence sockets.
-pub fn close_control(code: u32, reason: &str) -> String {
-    serde_json::json!({"control": "close", "code": code, "reason": reason}).to_string()
-}
-
 /// A push that is a control message (pushes for the client never carry a
-/// top-level `control` key).
+/// top-level `control` key; see [`unilink_events::payload::close_control`]).
 fn as_control(push: &str) -> Option<serde_json::Value> {
     if !push.contains(r#""control""#) {
         return None;
@@ -62,6 +57,17 @@ fn as_control(push: &str) -> Option<serde_json::Value> {
     serde_json::from_str::<serde_json::Value>(push)
         .ok()
         .filter(|v| v.get("control").is_some())
+}
+
+/// The close a control message asks of a socket of session `family`: every
+/// socket of the user, or only those of the session it names.
+fn close_asked(control: &serde_json::Value, family: &str) -> Option<ServerFrame> {
+    if control.get("family").and_then(|f| f.as_str()).is_some_and(|f| f != family) {
+        return None;
+    }
+    let code = control["code"].as_u64().unwrap_or(u64::from(CLOSE_POLICY)) as u32;
+    let reason = control["reason"].as_str().unwrap_or("closed");
+    Some(close(code, reason))
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +137,7 @@ impl Sessions {
                 let session = PresenceSession {
                     sessions: self.clone(),
                     user,
+                    family: open.family_id.clone(),
                     connection,
                     inbound,
                     tx,
@@ -155,7 +162,12 @@ impl Sessions {
                 // Registered before the stream is answered: whoever joins
                 // after this sees this side (and tells it).
                 let peer_here = self.core.connections.beat(call_id, user, peer, &connection).await?;
+                // Control messages for this user (a logout or a closed
+                // account closes this socket too).
+                let controls = self.core.relay.listen(&push_channel(&user.to_string())).await?;
                 let session = CallSession {
+                    family: open.family_id.clone(),
+                    controls,
                     core: self.core.clone(),
                     draining: self.draining.clone(),
                     peer,
@@ -167,7 +179,7 @@ impl Sessions {
                     inbound,
                     tx,
                     mailbox,
-                    bucket: TokenBucket::new(self.core.settings.frame_rate),
+                    bucket: TokenBucket::new(self.core.settings.frame_rate, Instant::now()),
                 };
                 metrics::gauge!("signaling_streams", "kind" => "call").increment(1.0);
                 tokio::spawn(session.run());
@@ -189,6 +201,8 @@ fn connection_id(open: &Open) -> String {
 struct PresenceSession {
     sessions: Sessions,
     user: UserId,
+    /// The session (token family) it was opened with.
+    family: String,
     connection: String,
     inbound: Streaming<ClientFrame>,
     tx: mpsc::Sender<ServerFrame>,
@@ -232,10 +246,11 @@ impl PresenceSession {
                 push = self.listener.next() => {
                     let Some(push) = push else { break };
                     if let Some(control) = as_control(&push) {
-                        let code = control["code"].as_u64().unwrap_or(1008) as u32;
-                        let reason = control["reason"].as_str().unwrap_or("closed");
-                        let _ = self.tx.send(close(code, reason)).await;
-                        break;
+                        if let Some(frame) = close_asked(&control, &self.family) {
+                            let _ = self.tx.send(frame).await;
+                            break;
+                        }
+                        continue;
                     }
                     if self.tx.send(text(push, 0)).await.is_err() {
                         break;
@@ -262,51 +277,66 @@ impl PresenceSession {
     }
 }
 
-/// Frames per second with bursts of the same size; a client that keeps
-/// exceeding it is disconnected.
+/// Frames per second, with a burst of [`BURST_SECONDS`] seconds' worth.
+/// A frame beyond it is not refused: the socket waits until the bucket has a
+/// token for it (the bucket goes into debt, and the session sleeps the debt
+/// off before reading on), so the client is slowed by backpressure. Only a
+/// client that keeps the bucket empty for [`FLOOD_LIMIT`] is disconnected.
 #[derive(Debug)]
 struct TokenBucket {
     rate: f64,
+    burst: f64,
     tokens: f64,
     at: Instant,
-    refused: u32,
+    /// Since when every frame has had to wait.
+    empty_since: Option<Instant>,
 }
 
+/// The burst a bucket allows, in seconds of its rate: a WebRTC client's
+/// trickle of ICE candidates after an offer comes in one burst.
+const BURST_SECONDS: f64 = 4.0;
+/// A socket whose every frame has had to wait this long is flooding.
+const FLOOD_LIMIT: Duration = Duration::from_secs(10);
+
 impl TokenBucket {
-    fn new(rate: u32) -> TokenBucket {
+    fn new(rate: u32, now: Instant) -> TokenBucket {
+        let rate = f64::from(rate);
         TokenBucket {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
-            at: Instant::now(),
-            refused: 0,
+            rate,
+            burst: rate * BURST_SECONDS,
+            tokens: rate * BURST_SECONDS,
+            at: now,
+            empty_since: None,
         }
     }
 
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+    /// Takes a token for a frame arriving at `now`: how long the frame must
+    /// wait for it (zero when one was there).
+    fn take(&mut self, now: Instant) -> Duration {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            if self.tokens >= self.rate - 1.0 {
-                self.refused = 0;
-            }
-            true
-        } else {
-            self.refused += 1;
-            false
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            self.empty_since = None;
+            return Duration::ZERO;
         }
+        self.empty_since.get_or_insert(now);
+        Duration::from_secs_f64(-self.tokens / self.rate)
     }
 
-    /// Refused more than two seconds' worth: disconnect.
-    fn exhausted(&self) -> bool {
-        f64::from(self.refused) > 2.0 * self.rate
+    /// Whether the bucket has been kept empty for [`FLOOD_LIMIT`] at `now`.
+    fn flooded(&self, now: Instant) -> bool {
+        self.empty_since.is_some_and(|since| now.saturating_duration_since(since) >= FLOOD_LIMIT)
     }
 }
 
 struct CallSession {
     core: CallService,
     draining: CancellationToken,
+    /// The session (token family) it was opened with.
+    family: String,
+    /// The user's push channel, read for control messages only.
+    controls: crate::relay::Listener,
     call: Call,
     user: UserId,
     peer: UserId,
@@ -403,6 +433,13 @@ impl CallSession {
                         let _ = self.mailbox.record_delivered().await;
                     }
                 }
+                push = self.controls.next() => {
+                    let Some(push) = push else { break };
+                    if let Some(frame) = as_control(&push).and_then(|c| close_asked(&c, &self.family)) {
+                        let _ = self.tx.send(frame).await;
+                        break;
+                    }
+                }
                 () = self.draining.cancelled() => {
                     let _ = self.tx.send(close(1012, "server restarting; reconnect")).await;
                     break;
@@ -465,15 +502,17 @@ impl CallSession {
     }
 
     async fn on_client_frame(&mut self, raw: &str) -> Next {
-        if !self.bucket.take() {
-            metrics::counter!("signaling_frames_throttled_total").increment(1);
-            if self.bucket.exhausted() {
-                return Next::Close(1008, "too many messages");
+        let now = Instant::now();
+        let wait = self.bucket.take(now);
+        if !wait.is_zero() {
+            if self.bucket.flooded(now) {
+                return Next::Close(CLOSE_POLICY, "too many messages");
             }
-            let limit = self.core.settings.frame_rate;
-            return self
-                .reply_error(&format!("rate limit exceeded: at most {limit} messages per second"))
-                .await;
+            // Nothing more is read from this socket until the frame's token
+            // is there: the gRPC stream's window and the gateway's queue
+            // fill, and the gateway stops reading the client's socket.
+            metrics::counter!("signaling_frames_throttled_total").increment(1);
+            tokio::time::sleep(wait).await;
         }
         if raw.len() > MAX_FRAME_BYTES {
             return self.reply_error("message too large (at most 64 KiB)").await;
@@ -582,21 +621,49 @@ mod tests {
 
     #[test]
     fn control_messages_are_told_apart_from_pushes() {
-        let close = close_control(1008, "account closed");
+        let close = unilink_events::payload::close_control(1008, "account closed", None);
         assert_eq!(as_control(&close).unwrap()["code"], 1008);
         assert!(as_control(r#"{"type":"incoming_call","caller_username":"control"}"#).is_none());
         assert!(as_control(r#"{"type":"x","call":{"control":1}}"#).is_none());
     }
 
     #[test]
-    fn the_bucket_refuses_beyond_the_rate_and_then_gives_up() {
-        let mut bucket = TokenBucket::new(10);
-        assert!((0..10).all(|_| bucket.take()));
-        assert!(!bucket.take());
-        assert!(!bucket.exhausted());
-        for _ in 0..20 {
-            bucket.take();
+    fn the_bucket_slows_beyond_the_burst_and_gives_up_only_on_a_sustained_flood() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10, start);
+        // The burst passes at once.
+        assert!((0..40).all(|_| bucket.take(start).is_zero()));
+        // The next frames wait a tenth of a second more each.
+        assert_eq!(bucket.take(start), Duration::from_millis(100));
+        assert_eq!(bucket.take(start), Duration::from_millis(200));
+        assert!(!bucket.flooded(start));
+        // A short pause refills it; the count starts again.
+        let at = start + Duration::from_secs(1);
+        assert!(bucket.take(at).is_zero());
+        assert!(!bucket.flooded(at));
+        // Kept empty (every frame waits) for the flood limit: flooding.
+        let flood_start = at + Duration::from_millis(1);
+        let mut t = flood_start;
+        while t < flood_start + FLOOD_LIMIT {
+            for _ in 0..20 {
+                bucket.take(t);
+            }
+            t += Duration::from_millis(500);
         }
-        assert!(bucket.exhausted());
+        assert!(bucket.flooded(t));
+    }
+
+    #[test]
+    fn five_hundred_candidates_back_to_back_are_slowed_within_the_flood_limit() {
+        // Read as fast as the session may: each frame after its wait.
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(50, start);
+        let mut now = start;
+        for _ in 0..500 {
+            now += bucket.take(now);
+            assert!(!bucket.flooded(now));
+        }
+        let took = now - start;
+        assert!(took > Duration::from_secs(5) && took < FLOOD_LIMIT, "{took:?}");
     }
 }

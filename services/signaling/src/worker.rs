@@ -6,11 +6,10 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_events::consumer::{HandlerError, Subscription};
-use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, UserRef, push_channel};
+use unilink_events::payload::{CLOSE_POLICY, USER_DEACTIVATED, USER_DELETED, UserRef, close_control, push_channel};
 use unilink_events::{Event, stream_of};
 
 use crate::service::CallService;
-use crate::session::close_control;
 
 /// Consumer group of the signaling service on `events:auth`.
 pub const GROUP: &str = "signaling";
@@ -45,7 +44,7 @@ async fn handle(core: &CallService, redis: &Redis, event: Event) -> Result<(), H
     let user = UserId::parse(&user.user_id).map_err(|e| HandlerError::Reject(e.to_string()))?;
     core.close_calls_of(user).await.map_err(retry)?;
     redis
-        .publish(&push_channel(&user.to_string()), &close_control(1008, "account closed"))
+        .publish(&push_channel(&user.to_string()), &close_control(CLOSE_POLICY, "account closed", None))
         .await
         .map_err(retry)?;
     if deleted {

@@ -155,7 +155,32 @@ pub async fn refresh(upstreams: web::Data<Upstreams>, body: web::Json<RefreshBod
     Ok(HttpResponse::Ok().json(TokenJson::from_session(session)?))
 }
 
-pub async fn logout(upstreams: web::Data<Upstreams>, caller: Authenticated) -> Result<HttpResponse, ApiError> {
+/// The optional body of `POST /auth/logout`.
+#[derive(Debug, Default, Deserialize)]
+pub struct LogoutBody {
+    refresh_token: Option<String>,
+}
+
+/// `POST /auth/logout`. Without a body (the original web client, on every
+/// page unload, keeping its token afterwards) it marks the user offline and
+/// revokes nothing. With `{"refresh_token"}` it is a full logout: that
+/// session's refresh family and this access token are refused by every
+/// gateway at once, and the session's sockets are closed.
+pub async fn logout(
+    upstreams: web::Data<Upstreams>,
+    caller: Authenticated,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: LogoutBody = if body.iter().all(u8::is_ascii_whitespace) {
+        LogoutBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                unilink_errors::ErrorCode::BadRequest,
+                format!("invalid JSON body: {e}"),
+            )
+        })?
+    };
     let claims = caller.0.claims;
     let ack = auth(&upstreams)
         .logout(LogoutRequest {
@@ -163,6 +188,7 @@ pub async fn logout(upstreams: web::Data<Upstreams>, caller: Authenticated) -> R
             token_id: claims.jti,
             family_id: claims.fid,
             expires_at: claims.exp,
+            refresh_token: body.refresh_token.unwrap_or_default(),
         })
         .await?
         .into_inner();

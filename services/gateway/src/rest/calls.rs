@@ -21,8 +21,11 @@ fn signaling(upstreams: &Upstreams) -> SignalingServiceClient<GrpcChannel> {
     SignalingServiceClient::new(upstreams.signaling.clone())
 }
 
-/// The call JSON of the public API (history entries carry the usernames
-/// too; the token is only shown to participants of an open call).
+/// The call JSON of the public API, as the original frontend reads it:
+/// `started_at` is when the call was placed (never null), `duration_seconds`
+/// an integer (0 until the call has ended), `call_token` always present.
+/// `answered_at` is when the receiver accepted. Only participants ever get a
+/// call.
 #[derive(Debug, Serialize)]
 pub struct CallJson {
     id: String,
@@ -31,12 +34,12 @@ pub struct CallJson {
     initiator_username: String,
     receiver_username: String,
     status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    call_token: Option<String>,
+    call_token: String,
     created_at: Option<String>,
     started_at: Option<String>,
+    answered_at: Option<String>,
     ended_at: Option<String>,
-    duration_seconds: Option<i64>,
+    duration_seconds: i64,
 }
 
 pub fn status_name(status: CallStatus) -> &'static str {
@@ -56,9 +59,10 @@ impl From<Call> for CallJson {
         let status = c.status();
         CallJson {
             status: status_name(status),
-            call_token: matches!(status, CallStatus::Pending | CallStatus::Ongoing).then_some(c.call_token),
+            call_token: c.call_token,
             created_at: rfc3339(c.created_at.as_ref()),
-            started_at: rfc3339(c.started_at.as_ref()),
+            started_at: rfc3339(c.created_at.as_ref()),
+            answered_at: rfc3339(c.answered_at.as_ref()),
             ended_at: rfc3339(c.ended_at.as_ref()),
             id: c.id,
             initiator_id: c.initiator_id,
@@ -158,7 +162,7 @@ pub async fn active(upstreams: web::Data<Upstreams>, caller: Authenticated) -> R
     Ok(maybe_json(answer.into_inner()))
 }
 
-/// `GET /calls/pending`: the caller's ringing call (either side), or `null`.
+/// `GET /calls/pending`: the call ringing for the caller (as its receiver), or `null`.
 pub async fn pending(upstreams: web::Data<Upstreams>, caller: Authenticated) -> Result<HttpResponse, ApiError> {
     let answer = signaling(&upstreams)
         .pending_call(UserRequest {

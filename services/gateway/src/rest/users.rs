@@ -66,7 +66,7 @@ impl UserJson {
             username: p.username,
             full_name: p.full_name,
             profile_picture: p.profile_picture,
-            bio: Some(p.bio),
+            bio: p.bio,
             is_verified: p.is_verified,
             is_online: p.is_online,
         }
@@ -247,7 +247,7 @@ pub struct AvailableJson {
     username: String,
     full_name: String,
     profile_picture: Option<String>,
-    bio: String,
+    bio: Option<String>,
     is_online: bool,
 }
 

@@ -33,6 +33,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use futures_channel::mpsc;
 use futures_util::FutureExt;
 use futures_util::SinkExt;
+use futures_util::future::poll_fn;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use unilink_domain::{CallId, UserId};
@@ -62,6 +63,25 @@ const UPSTREAM_QUEUE: usize = 64;
 /// running socket, so shutdown can wait for their close frames.
 #[derive(Debug, Clone, Default)]
 pub struct Draining(pub CancellationToken, pub TaskTracker);
+
+/// How the gateway tells a live client from a silent one: every socket is
+/// pinged each `ping_every`; one from which nothing at all (a frame, a pong)
+/// arrived for `silent_after` is closed. A frozen phone keeps its TCP
+/// connection open (its kernel still ACKs), so only this finds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub ping_every: Duration,
+    pub silent_after: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ping_every: Duration::from_secs(20),
+            silent_after: Duration::from_secs(45),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -96,6 +116,7 @@ pub async fn presence(
     let open = Open {
         kind: SocketKind::Presence as i32,
         user_id: user.to_string(),
+        family_id: caller.0.claims.fid.clone(),
         ..Open::default()
     };
     bridge(&req, open, Kind::Presence, &upstreams, &draining).await
@@ -124,6 +145,7 @@ pub async fn signaling(
         resume_after: query.last_seq.unwrap_or(0),
         resume: query.last_seq.is_some(),
         connection_id: String::new(),
+        family_id: caller.0.claims.fid.clone(),
     };
     bridge(&req, open, Kind::Call, &upstreams, &draining).await
 }
@@ -199,6 +221,15 @@ async fn reconnect(upstreams: &Upstreams, open: &Open) -> Result<Upstream, tonic
     }
 }
 
+/// A delay in `0..period` that differs from socket to socket (the clock's
+/// nanoseconds are as good as a random number here).
+fn spread(period: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    period.mul_f64(f64::from(nanos % 1_000_000) / 1_000_000.0)
+}
+
 fn close_reason(code: u16, reason: &str) -> CloseReason {
     // A close reason may be at most 123 bytes.
     let mut description: String = String::new();
@@ -268,11 +299,16 @@ async fn bridge(
     // Retried like a resume: a replica that just died may still be in the
     // balancer for a moment.
     let opened = reconnect(&upstreams, &open).await;
+    let liveness = req
+        .app_data::<web::Data<Liveness>>()
+        .map(|l| *l.get_ref())
+        .unwrap_or_default();
     let mut response = HttpResponse::from(handshake.finish().map_into_boxed_body());
     response.extensions_mut().insert(Accepted {
         open,
         kind,
         opened,
+        liveness,
         _lease: lease,
         upstreams,
         draining: draining.get_ref().clone(),
@@ -285,6 +321,7 @@ pub struct Accepted {
     open: Open,
     kind: Kind,
     opened: Result<Upstream, tonic::Status>,
+    liveness: Liveness,
     /// Held while the socket lives.
     _lease: Option<Lease>,
     upstreams: web::Data<Upstreams>,
@@ -309,13 +346,14 @@ impl Accepted {
             open,
             kind,
             opened,
+            liveness,
             _lease,
             upstreams,
             draining: Draining(draining, sockets),
         } = self;
         match opened {
             Ok(upstream) => {
-                let pump = run(socket, upstream, open, kind, upstreams, draining, _lease);
+                let pump = run(socket, upstream, open, kind, liveness, upstreams, draining, _lease);
                 actix_web::rt::spawn(sockets.track_future(pump));
             }
             Err(status) => {
@@ -341,47 +379,83 @@ enum End {
 /// boxed, in a `let` of its own: `Box::pin(f(..))` inside an awaited
 /// expression still reserves room for the unboxed future here (rustc keeps
 /// a temporary until the end of its statement, awaits included).
+///
+/// Backpressure: when the queue towards signaling is full (signaling slows
+/// a client sending faster than its frame rate), the frame read last is
+/// held and the socket is not read again until the queue takes it, so the
+/// client's TCP window closes, while the stream's frames keep flowing down.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut socket: WebSocket,
     mut upstream: Upstream,
     mut open: Open,
     kind: Kind,
+    liveness: Liveness,
     upstreams: web::Data<Upstreams>,
     draining: CancellationToken,
     _lease: Option<Lease>,
 ) {
     metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
     let mut last_seq = open.resume_after;
+    // A client frame waiting for room in the queue towards signaling.
+    let mut held: Option<String> = None;
+    let mut last_heard = tokio::time::Instant::now();
+    // Sockets opened together are not pinged together.
+    let first_ping = tokio::time::Instant::now() + spread(liveness.ping_every);
+    let mut pings = tokio::time::interval_at(first_ping, liveness.ping_every);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
-            message = socket.next() => match message {
-                Ok(Incoming::Text(text)) => {
-                    if text.len() > MAX_FRAME_BYTES {
-                        if socket.send_text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await.is_err() {
+            ready = poll_fn(|cx| upstream.tx.poll_ready(cx)), if held.is_some() && !upstream.tx.is_closed() => {
+                if ready.is_ok() && let Some(text) = held.take() {
+                    // Cannot fail: the queue has room, and this task is its only sender.
+                    let _ = upstream.tx.start_send(Some(text));
+                }
+            }
+            message = socket.next(), if held.is_none() => {
+                last_heard = tokio::time::Instant::now();
+                match message {
+                    Ok(Incoming::Text(text)) => {
+                        if text.len() > MAX_FRAME_BYTES {
+                            if socket.send_text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await.is_err() {
+                                break End::Gone;
+                            }
+                            continue;
+                        }
+                        match upstream.tx.try_send(Some(text)) {
+                            Ok(()) => {}
+                            // Full (slowed down), or the stream is gone: the
+                            // frame waits for the queue, or for the stream
+                            // that the next read of `upstream.rx` opens.
+                            Err(e) => held = e.into_inner(),
+                        }
+                    }
+                    Ok(Incoming::Ping(bytes)) => {
+                        if socket.pong(&bytes).await.is_err() {
                             break End::Gone;
                         }
-                        continue;
                     }
-                    if upstream.tx.send(Some(text)).await.is_err() {
-                        // The stream is gone; the next read of `upstream.rx` resumes it.
-                        tracing::debug!("upstream closed while sending");
+                    Ok(Incoming::Binary) => {
+                        if socket.send_text(r#"{"type":"error","message":"binary frames are not supported"}"#).await.is_err() {
+                            break End::Gone;
+                        }
                     }
+                    Ok(Incoming::Pong) => {}
+                    Ok(Incoming::Close(_)) => break End::Closed,
+                    Err(Fault::Gone) => break End::Gone,
+                    Err(Fault::Protocol(reason)) => break End::Close(reason),
                 }
-                Ok(Incoming::Ping(bytes)) => {
-                    if socket.pong(&bytes).await.is_err() {
-                        break End::Gone;
-                    }
-                }
-                Ok(Incoming::Binary) => {
-                    if socket.send_text(r#"{"type":"error","message":"binary frames are not supported"}"#).await.is_err() {
-                        break End::Gone;
-                    }
-                }
-                Ok(Incoming::Pong) => {}
-                Ok(Incoming::Close(_)) => break End::Closed,
-                Err(Fault::Gone) => break End::Gone,
-                Err(Fault::Protocol(reason)) => break End::Close(reason),
             },
+            _ = pings.tick() => {
+                // A held frame means the client is talking faster than it may.
+                if held.is_none() && last_heard.elapsed() >= liveness.silent_after {
+                    metrics::counter!("websocket_silent_closed_total", "kind" => kind.label()).increment(1);
+                    break End::Close(close_reason(1001, "no answer to pings"));
+                }
+                if socket.ping().await.is_err() {
+                    break End::Gone;
+                }
+            }
             frame = upstream.rx.message() => {
                 let resume = match frame {
                     Ok(Some(ServerFrame { kind: Some(server_frame::Kind::Text(text)), seq })) => {

@@ -164,6 +164,12 @@ impl WebSocket {
         self.send(payload, OpCode::Pong).await
     }
 
+    /// Pings the client (a browser answers by itself, even when its page
+    /// sends nothing).
+    pub async fn ping(&mut self) -> io::Result<()> {
+        self.send(b"", OpCode::Ping).await
+    }
+
     async fn send(&mut self, payload: &[u8], opcode: OpCode) -> io::Result<()> {
         let mut frame = BytesMut::with_capacity(payload.len() + 10);
         Parser::write_message(&mut frame, payload, opcode, true, false);
