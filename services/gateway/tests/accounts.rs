@@ -88,9 +88,29 @@ async fn a_student_signs_up_verifies_logs_in_refreshes_and_logs_out() {
         .post("/auth/refresh", json!({ "refresh_token": rotated["refresh_token"] }))
         .await;
     assert_eq!(status, 401, "the whole family is revoked after reuse");
+    // Its access tokens too, the one just rotated included.
+    for stolen in [&session["access_token"], &rotated["access_token"]] {
+        let (status, body) = gw.get_bearer("/users/me", stolen.as_str().unwrap()).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["detail"], "access token has been revoked");
+    }
+
+    // A new login is a new family.
+    let (status, _) = gw
+        .post(
+            "/auth/login",
+            json!({"email": "ada@kiit.ac.in", "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let otp = fleet.mail("Ada@kiit.ac.in", 3).await.digits(6).unwrap();
+    let (status, session) = gw
+        .post("/auth/login/verify-otp", json!({"email": "ada@kiit.ac.in", "otp": otp}))
+        .await;
+    assert_eq!(status, 200, "{session}");
 
     // The access token works on an authenticated route, for its own user only.
-    let access = rotated["access_token"].as_str().unwrap();
+    let access = session["access_token"].as_str().unwrap();
     let (status, me) = gw.send(gw.http.get(gw.url("/users/me")).bearer_auth(access)).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["id"], user["id"]);
@@ -111,16 +131,55 @@ async fn a_student_signs_up_verifies_logs_in_refreshes_and_logs_out() {
     presence.connect(user_id, "phone").await.unwrap();
     assert!(presence.is_online(user_id).await.unwrap());
 
-    // Logout revokes the access token at once and takes the user offline.
-    let (status, body) = gw.post_bearer("/auth/logout", access, json!({})).await;
+    // The original client's logout (no body, on every page unload) takes the
+    // user offline and revokes nothing: the same token goes on working.
+    let bare = gw.http.post(gw.url("/auth/logout")).bearer_auth(access);
+    let (status, body) = gw.send(bare).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["message"].is_string());
     assert!(!presence.is_online(user_id).await.unwrap());
+    let (status, _) = gw.get_bearer("/users/me", access).await;
+    assert_eq!(status, 200, "a bare logout revokes nothing");
+
+    // A full logout needs this user's own refresh token.
+    let refresh = session["refresh_token"].as_str().unwrap();
+    let other = gw.sign_up_and_log_in(&fleet.smtp, "bo@kiit.ac.in", "bo").await;
+    for (body, why) in [
+        (json!({"refresh_token": other["refresh_token"]}), "someone else's"),
+        (json!({"refresh_token": "not-a-token"}), "unknown"),
+    ] {
+        let (status, answer) = gw.post_bearer("/auth/logout", access, body).await;
+        assert_eq!(status, 401, "{why}: {answer}");
+    }
+    let (status, answer) = gw
+        .send(
+            gw.http
+                .post(gw.url("/auth/logout"))
+                .bearer_auth(access)
+                .header("Content-Type", "application/json")
+                .body("{not json"),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        gw.get_bearer("/users/me", other["access_token"].as_str().unwrap())
+            .await
+            .0,
+        200
+    );
+
+    // With it, the refresh family and the access token are refused at once.
+    let (status, body) = gw
+        .post_bearer("/auth/logout", access, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = gw.post_bearer("/auth/logout", access, json!({})).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["detail"], "access token has been revoked");
     let (status, _) = gw.send(gw.http.get(gw.url("/users/me")).bearer_auth(access)).await;
     assert_eq!(status, 401);
+    let (status, _) = gw.post("/auth/refresh", json!({"refresh_token": refresh})).await;
+    assert_eq!(status, 401, "the refresh family is revoked");
     gw.stop().await;
 }
 

@@ -122,8 +122,17 @@ async fn logout_on_one_gateway_holds_on_the_other() {
     let session = a.sign_up_and_log_in(&fleet.smtp, "eve@kiit.ac.in", "eve").await;
     let access = session["access_token"].as_str().unwrap();
 
-    // Logged out on A, refused on B.
-    let (status, _) = a.post_bearer("/auth/logout", access, json!({})).await;
+    // The original client's logout on A (no body): B still takes the token.
+    let (status, _) = a.send(a.http.post(a.url("/auth/logout")).bearer_auth(access)).await;
+    assert_eq!(status, 200);
+    let (status, body) = b.get_bearer("/users/me", access).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Logged out in full on A, refused on B.
+    let refresh = session["refresh_token"].as_str().unwrap();
+    let (status, _) = a
+        .post_bearer("/auth/logout", access, json!({"refresh_token": refresh}))
+        .await;
     assert_eq!(status, 200);
     let (status, body) = b.post_bearer("/auth/logout", access, json!({})).await;
     assert_eq!(status, 401, "{body}");

@@ -27,7 +27,10 @@ async fn profiles_are_created_from_sign_up_and_updated_by_their_owner_only() {
     let (status, me) = get(&gw, "/users/me", &ada).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["id"], ada_id);
-    assert!(me["bio"].is_null() && me["profile_picture"].is_null(), "unset is null, as the original: {me}");
+    assert!(
+        me["bio"].is_null() && me["profile_picture"].is_null(),
+        "unset is null, as the original: {me}"
+    );
     assert_eq!(me["is_verified"], true);
     assert_eq!(me["is_online"], false);
     for field in [

@@ -287,10 +287,16 @@ async fn token_attacks(signing: Signing) {
     ada_call.close().await;
     bob_presence.close().await;
 
-    // Revoked by logout: refused at once, on REST and at both upgrades.
-    let (cyd_id, cyd) = fleet.user(&gw, "cyd").await;
+    // Revoked by a full logout: refused at once, on REST and at both upgrades.
+    let session = fleet.session(&gw, "cyd").await;
+    let (cyd_id, cyd) = (
+        session["user"]["id"].as_str().unwrap().to_owned(),
+        session["access_token"].as_str().unwrap().to_owned(),
+    );
     assert!(gw.try_socket(&format!("/calls/ws/{cyd_id}"), &cyd).await.is_ok());
-    let (status, _) = gw.post_bearer("/auth/logout", &cyd, json!({})).await;
+    let (status, _) = gw
+        .post_bearer("/auth/logout", &cyd, json!({"refresh_token": session["refresh_token"]}))
+        .await;
     assert_eq!(status, 200);
     assert_refused(&gw, "logged out", &cyd, &cyd_id, &call_id).await;
 

@@ -52,6 +52,11 @@ impl BackendService for Profiles {
             name: "erased_users",
             sql: include_str!("../migrations/0003_erased_users.sql"),
         },
+        Migration {
+            version: 4,
+            name: "unset_bio_is_null",
+            sql: include_str!("../migrations/0004_unset_bio_is_null.sql"),
+        },
     ];
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {

@@ -21,12 +21,23 @@ async fn a_write_on_one_replica_is_read_at_once_on_the_other() {
         assert!(h.available_on(reader, &ben).await.contains(&"ana_k".to_owned()));
 
         let bio = format!("bio number {round}");
-        assert_eq!(h.set_bio_on(writer, &ana, &bio).await.bio.as_deref(), Some(bio.as_str()));
+        assert_eq!(
+            h.set_bio_on(writer, &ana, &bio).await.bio.as_deref(),
+            Some(bio.as_str())
+        );
         let me = h.profile_on(reader, &ana).await.expect("ana's profile");
-        assert_eq!(me.bio.as_deref(), Some(bio.as_str()), "GetProfile on replica {reader}, round {round}");
+        assert_eq!(
+            me.bio.as_deref(),
+            Some(bio.as_str()),
+            "GetProfile on replica {reader}, round {round}"
+        );
         assert!(me.is_online);
         let seen = h.view_on(reader, &ben, &ana).await.expect("ana as ben sees her");
-        assert_eq!(seen.bio.as_deref(), Some(bio.as_str()), "ViewProfile on replica {reader}, round {round}");
+        assert_eq!(
+            seen.bio.as_deref(),
+            Some(bio.as_str()),
+            "ViewProfile on replica {reader}, round {round}"
+        );
     }
     h.stop().await;
 }

@@ -30,7 +30,11 @@ async fn serves_profiles_on_port_zero() {
         .unwrap()
         .into_inner();
     assert_eq!(profile.username, "ada");
-    assert_eq!(profile.bio.as_deref(), Some("<script>x</script>"), "stored text comes back verbatim");
+    assert_eq!(
+        profile.bio.as_deref(),
+        Some("<script>x</script>"),
+        "stored text comes back verbatim"
+    );
     assert_eq!(profile.profile_picture, None);
 
     let missing = client
@@ -52,4 +56,43 @@ async fn serves_profiles_on_port_zero() {
 async fn sigterm_stops_the_binary_cleanly() {
     let db = TestDatabase::create().await;
     assert_stops_cleanly_on_sigterm(env!("CARGO_BIN_EXE_unilink-profile"), db.url(), Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn bios_left_empty_before_become_null() {
+    use unilink_runtime::BackendService;
+    let db = TestDatabase::create().await;
+    let database = settings(&db, &unique_prefix(), &[]).database;
+    // A database as the previous release left it: "" for an unset bio.
+    unilink_db::migrate(&database, Profiles::SCHEMA, &Profiles::MIGRATIONS[..3])
+        .await
+        .unwrap();
+    let (unset, written) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let client = db.client().await;
+    client
+        .execute(
+            "INSERT INTO profile.profiles (user_id, username, full_name, bio, profile_picture)
+             VALUES ($1, 'ada', 'Ada', '', ''), ($2, 'bob', 'Bob', 'hello', 'https://x.io/b.png')",
+            &[&unset, &written],
+        )
+        .await
+        .unwrap();
+    unilink_db::migrate(&database, Profiles::SCHEMA, Profiles::MIGRATIONS)
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT bio, profile_picture FROM profile.profiles WHERE user_id = ANY($1) ORDER BY username",
+            &[&vec![unset, written]],
+        )
+        .await
+        .unwrap();
+    let read: Vec<(Option<String>, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        read,
+        vec![
+            (None, None),
+            (Some("hello".to_owned()), Some("https://x.io/b.png".to_owned()))
+        ]
+    );
 }

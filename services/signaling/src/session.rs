@@ -62,7 +62,11 @@ fn as_control(push: &str) -> Option<serde_json::Value> {
 /// The close a control message asks of a socket of session `family`: every
 /// socket of the user, or only those of the session it names.
 fn close_asked(control: &serde_json::Value, family: &str) -> Option<ServerFrame> {
-    if control.get("family").and_then(|f| f.as_str()).is_some_and(|f| f != family) {
+    if control
+        .get("family")
+        .and_then(|f| f.as_str())
+        .is_some_and(|f| f != family)
+    {
         return None;
     }
     let code = control["code"].as_u64().unwrap_or(u64::from(CLOSE_POLICY)) as u32;
@@ -326,7 +330,8 @@ impl TokenBucket {
 
     /// Whether the bucket has been kept empty for [`FLOOD_LIMIT`] at `now`.
     fn flooded(&self, now: Instant) -> bool {
-        self.empty_since.is_some_and(|since| now.saturating_duration_since(since) >= FLOOD_LIMIT)
+        self.empty_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= FLOOD_LIMIT)
     }
 }
 

@@ -44,7 +44,10 @@ async fn handle(core: &CallService, redis: &Redis, event: Event) -> Result<(), H
     let user = UserId::parse(&user.user_id).map_err(|e| HandlerError::Reject(e.to_string()))?;
     core.close_calls_of(user).await.map_err(retry)?;
     redis
-        .publish(&push_channel(&user.to_string()), &close_control(CLOSE_POLICY, "account closed", None))
+        .publish(
+            &push_channel(&user.to_string()),
+            &close_control(CLOSE_POLICY, "account closed", None),
+        )
         .await
         .map_err(retry)?;
     if deleted {

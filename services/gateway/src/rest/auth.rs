@@ -174,12 +174,8 @@ pub async fn logout(
     let body: LogoutBody = if body.iter().all(u8::is_ascii_whitespace) {
         LogoutBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                unilink_errors::ErrorCode::BadRequest,
-                format!("invalid JSON body: {e}"),
-            )
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(unilink_errors::ErrorCode::BadRequest, format!("invalid JSON body: {e}")))?
     };
     let claims = caller.0.claims;
     let ack = auth(&upstreams)

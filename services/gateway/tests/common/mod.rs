@@ -247,6 +247,20 @@ impl Fleet {
     pub async fn user(&self, gw: &Gateway, name: &str) -> (String, String) {
         user(&self.db, &self.smtp, gw, name).await
     }
+
+    /// Like [`Fleet::user`], but the whole answer of the login (tokens and user).
+    pub async fn session(&self, gw: &Gateway, name: &str) -> serde_json::Value {
+        let session = gw
+            .sign_up_and_log_in(&self.smtp, &format!("{name}@kiit.ac.in"), name)
+            .await;
+        wait_verified_profile(
+            &self.db,
+            session["user"]["id"].as_str().unwrap(),
+            Duration::from_secs(20),
+        )
+        .await;
+        session
+    }
 }
 
 /// A user signed up and logged in through `gw` (mail read at `smtp`), once
@@ -312,6 +326,23 @@ impl Gateway {
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
             Err(e) => panic!("websocket connect failed: {e}"),
         }
+    }
+}
+
+impl Gateway {
+    /// Opens a WebSocket at `path_and_query` (the token already in it) as a
+    /// browser page served from `origin` does.
+    pub async fn browser_socket(&self, path_and_query: &str, origin: &str) -> Socket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}{path_and_query}", self.base.replace("http://", "ws://"));
+        let mut request = url.into_client_request().expect("a websocket url");
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().expect("an origin header"));
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .unwrap_or_else(|e| panic!("websocket upgrade of {path_and_query}: {e}"));
+        Socket { ws }
     }
 }
 
@@ -418,6 +449,13 @@ impl Socket {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// The client stream itself, e.g. to send and read at once (`split`).
+    pub fn into_inner(
+        self,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+        self.ws
+    }
 }
 
 impl Fleet {
@@ -456,4 +494,47 @@ impl Fleet {
         assert_eq!(status, 200, "{session}");
         (id, session["access_token"].as_str().unwrap().to_owned())
     }
+}
+
+/// Two gateways, each in front of its own signaling replica, so the two
+/// users of a call sit on different replicas.
+pub struct TwoSides {
+    pub fleet: Fleet,
+    pub second_signaling: RunningService,
+    pub a: Gateway,
+    pub b: Gateway,
+}
+
+/// [`TwoSides`] with `extra` settings for every service.
+pub async fn two_sides(extra: &[(&str, &str)]) -> TwoSides {
+    two_sides_with(extra, &[]).await
+}
+
+/// [`TwoSides`] with `extra` settings for every service and `gateway_extra`
+/// for the two gateways.
+pub async fn two_sides_with(extra: &[(&str, &str)], gateway_extra: &[(&str, &str)]) -> TwoSides {
+    let fleet = Fleet::start_with(extra).await;
+    let second_signaling = fleet.signaling_replica(extra).await;
+    let first = fleet.signaling.url();
+    let second = second_signaling.url();
+    let mut a_vars = vec![("SIGNALING_GRPC_URL", first.as_str())];
+    a_vars.extend_from_slice(gateway_extra);
+    let mut b_vars = vec![("SIGNALING_GRPC_URL", second.as_str())];
+    b_vars.extend_from_slice(gateway_extra);
+    let a = fleet.gateway(&a_vars).await;
+    let b = fleet.gateway(&b_vars).await;
+    TwoSides {
+        fleet,
+        second_signaling,
+        a,
+        b,
+    }
+}
+
+/// Opens the presence socket and waits until the fleet sees the user online.
+pub async fn go_online(gw: &Gateway, id: &str, token: &str) -> Socket {
+    let mut socket = gw.socket(&format!("/calls/ws/{id}"), token).await;
+    socket.send_text("ping").await;
+    assert!(matches!(socket.next().await, Received::Text(t) if t == "pong"));
+    socket
 }
