@@ -143,7 +143,7 @@ async fn a_student_signs_up_verifies_logs_in_refreshes_and_logs_out() {
 
     // A full logout needs this user's own refresh token.
     let refresh = session["refresh_token"].as_str().unwrap();
-    let other = gw.sign_up_and_log_in(&fleet.smtp, "bo@kiit.ac.in", "bo").await;
+    let other = gw.sign_up_and_log_in(&fleet.smtp, "bo@kiit.ac.in", "bo_b").await;
     for (body, why) in [
         (json!({"refresh_token": other["refresh_token"]}), "someone else's"),
         (json!({"refresh_token": "not-a-token"}), "unknown"),

@@ -168,7 +168,12 @@ export const auth = {
   verifyOtp: async (email, otp) => signedIn(await send('POST', '/auth/login/verify-otp', { body: { email, otp } })),
   logout: async () => {
     try {
-      if (session) await send('POST', '/auth/logout', { token: session.access_token });
+      // The full logout: this session's refresh family and access token are
+      // revoked, and its sockets closed (a bare POST only marks us offline).
+      if (session) {
+        const body = session.refresh_token ? { refresh_token: session.refresh_token } : undefined;
+        await send('POST', '/auth/logout', { token: session.access_token, body });
+      }
     } finally {
       saveSession(null);
     }

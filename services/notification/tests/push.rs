@@ -84,9 +84,11 @@ impl Harness {
             "status": "pending",
             "actor_id": self.ana,
             "reason": null,
-            "started_at": null,
+            "call_token": "tok-ana-ben",
+            "created_at": "2026-12-02T10:00:00Z",
+            "answered_at": null,
             "ended_at": null,
-            "duration_seconds": null,
+            "duration_seconds": 0,
         });
         for (key, value) in changes.as_object().expect("an object of changes") {
             payload[key] = value.clone();
@@ -158,10 +160,15 @@ async fn call_events_are_pushed_to_the_participants_who_did_not_cause_them() {
                 "id": cancelled,
                 "initiator_id": ana,
                 "receiver_id": ben,
+                "initiator_username": "ana_k",
+                "receiver_username": "ben_o",
                 "status": "pending",
-                "started_at": null,
+                "call_token": "tok-ana-ben",
+                "created_at": "2026-12-02T10:00:00.000000Z",
+                "started_at": "2026-12-02T10:00:00.000000Z",
+                "answered_at": null,
                 "ended_at": null,
-                "duration_seconds": null,
+                "duration_seconds": 0,
             },
         })
     );
@@ -181,7 +188,11 @@ async fn call_events_are_pushed_to_the_participants_who_did_not_cause_them() {
         ended_at,
         "the event's time, to the microsecond"
     );
-    assert!(end["call"].get("call_token").is_none(), "the event has no call token");
+    assert_eq!(
+        end["call"]["call_token"], "tok-ana-ben",
+        "the call JSON as the original API shows it"
+    );
+    assert_eq!(end["call"]["duration_seconds"], 0);
 
     let (to, ring) = h.next_push().await;
     assert_eq!(
