@@ -322,11 +322,7 @@ impl AuthService {
     /// Rotates a refresh token. A token that was already rotated means it was
     /// stolen or replayed: the whole family is revoked.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, AuthError> {
-        let refresh_token = refresh_token.trim();
-        if refresh_token.is_empty() || refresh_token.len() > 256 {
-            return Err(AuthError::InvalidRefreshToken);
-        }
-        let hash = crypto::token_hash(refresh_token);
+        let hash = refresh_token_hash(refresh_token)?;
         let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let stored = repo::lock_refresh_token(&tx, &hash)
@@ -372,11 +368,7 @@ impl AuthService {
             tracing::info!(audit = true, action = "logout", full = false, user_id = %claims.user_id, "marked offline");
             return Ok(());
         };
-        let refresh_token = refresh_token.trim();
-        if refresh_token.is_empty() || refresh_token.len() > 256 {
-            return Err(AuthError::InvalidRefreshToken);
-        }
-        let hash = crypto::token_hash(refresh_token);
+        let hash = refresh_token_hash(refresh_token)?;
         let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         // Someone else's refresh token is not the caller's to revoke.
@@ -552,4 +544,14 @@ impl AuthService {
 
 fn json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, AuthError> {
     serde_json::to_value(value).map_err(|e| AuthError::Internal(format!("event payload: {e}")))
+}
+
+/// The stored hash of a refresh token as presented (trimmed); anything that
+/// cannot be one is refused before the database is asked.
+fn refresh_token_hash(presented: &str) -> Result<String, AuthError> {
+    let token = presented.trim();
+    if token.is_empty() || token.len() > 256 {
+        return Err(AuthError::InvalidRefreshToken);
+    }
+    Ok(crypto::token_hash(token))
 }

@@ -412,16 +412,13 @@ async fn an_unanswered_call_is_missed_after_the_ring_timeout() {
 }
 
 #[tokio::test]
-async fn bad_frames_get_errors_and_floods_get_closed() {
+async fn bad_frames_get_errors() {
     let fleet = Fleet::start_with(&[("SIGNALING_FRAME_RATE", "20")]).await;
     let gw = fleet.gateway(&[]).await;
     let (_, ada) = fleet.user(&gw, "ada").await;
     let (bob_id, bob) = fleet.user(&gw, "bob").await;
     let _bob_presence = go_online(&gw, &bob_id, &bob).await;
-    let (_, call) = gw
-        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
-        .await;
-    let call_id = call["id"].as_str().unwrap().to_owned();
+    let call_id = common::ring(&gw, &ada, &bob_id).await;
     let mut socket = gw.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
 
     for (frame, expected) in [

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Received, Socket, go_online, two_sides, two_sides_with};
+use common::{Gateway, Received, Socket, USER_FIELDS, answered_call, go_online, ring, two_sides, two_sides_with};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,17 +167,7 @@ fn pair(sockets: &mut [Socket; 2], from: usize) -> (&mut Socket, &mut Socket) {
 
 /// The user JSON the client reads.
 fn assert_user(user: &Value) {
-    for field in [
-        "id",
-        "email",
-        "username",
-        "full_name",
-        "profile_picture",
-        "bio",
-        "is_verified",
-        "is_online",
-        "created_at",
-    ] {
+    for field in USER_FIELDS {
         assert!(user.get(field).is_some(), "user JSON lacks {field}: {user}");
     }
     for field in ["bio", "profile_picture"] {
@@ -383,16 +373,7 @@ async fn a_full_logout_closes_that_sessions_sockets_on_every_replica_and_no_othe
     let mut phone_presence = go_online(ga, &ada_id, &phone).await;
     let mut laptop_presence = go_online(gb, &ada_id, &laptop).await;
     let _bob_presence = go_online(gb, &bob_id, &bob).await;
-    let (_, call) = ga
-        .post_bearer("/calls/initiate", &phone, json!({"receiver_id": bob_id}))
-        .await;
-    let call_id = call["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        gb.post_bearer(&format!("/calls/accept/{call_id}"), &bob, json!({}))
-            .await
-            .0,
-        200
-    );
+    let call_id = answered_call(ga, &phone, gb, &bob_id, &bob).await;
     let mut phone_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &phone).await;
     let mut bob_call = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
     phone_call.expect("connection_ready").await;
@@ -472,14 +453,7 @@ async fn bursts_of_ice_candidates_are_slowed_never_dropped_on_one_replica_and_ac
         let (_, caller_token) = fleet.user(caller_gw, caller).await;
         let (callee_id, callee_token) = fleet.user(callee_gw, callee).await;
         let _presence = go_online(callee_gw, &callee_id, &callee_token).await;
-        let (_, call) = caller_gw
-            .post_bearer("/calls/initiate", &caller_token, json!({"receiver_id": callee_id}))
-            .await;
-        let id = call["id"].as_str().unwrap().to_owned();
-        let (status, _) = callee_gw
-            .post_bearer(&format!("/calls/accept/{id}"), &callee_token, json!({}))
-            .await;
-        assert_eq!(status, 200);
+        let id = answered_call(caller_gw, &caller_token, callee_gw, &callee_id, &callee_token).await;
         let mut from = caller_gw.socket(&format!("/ws/webrtc/{id}"), &caller_token).await;
         let to = callee_gw.socket(&format!("/ws/webrtc/{id}"), &callee_token).await;
         from.expect("connection_ready").await;
@@ -500,10 +474,7 @@ async fn a_sustained_flood_is_held_back_by_tcp_and_then_closed() {
     let (_, ada) = fleet.user(&gw, "ada").await;
     let (bob_id, bob) = fleet.user(&gw, "bob").await;
     let _bob_presence = go_online(&gw, &bob_id, &bob).await;
-    let (_, call) = gw
-        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
-        .await;
-    let call_id = call["id"].as_str().unwrap().to_owned();
+    let call_id = ring(&gw, &ada, &bob_id).await;
     let socket = gw.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
     let (mut sink, mut replies) = socket.into_inner().split();
 
@@ -595,16 +566,7 @@ async fn a_frozen_client_goes_offline_and_its_peer_is_told() {
         bob_online().await.then_some(())
     })
     .await;
-    let (_, call) = ga
-        .post_bearer("/calls/initiate", &ada, json!({"receiver_id": bob_id}))
-        .await;
-    let call_id = call["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        gb.post_bearer(&format!("/calls/accept/{call_id}"), &bob, json!({}))
-            .await
-            .0,
-        200
-    );
+    let call_id = answered_call(ga, &ada, gb, &bob_id, &bob).await;
     let mut ada_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
     let _bob_call = frozen_socket(gb, &format!("/ws/webrtc/{call_id}?token=Bearer%20{bob}")).await;
     ada_call.expect("connection_ready").await;

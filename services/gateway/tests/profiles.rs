@@ -33,17 +33,7 @@ async fn profiles_are_created_from_sign_up_and_updated_by_their_owner_only() {
     );
     assert_eq!(me["is_verified"], true);
     assert_eq!(me["is_online"], false);
-    for field in [
-        "id",
-        "email",
-        "username",
-        "full_name",
-        "profile_picture",
-        "bio",
-        "is_verified",
-        "is_online",
-        "created_at",
-    ] {
+    for field in common::USER_FIELDS {
         assert!(me.get(field).is_some(), "user JSON lacks {field}: {me}");
     }
 

@@ -538,3 +538,42 @@ pub async fn go_online(gw: &Gateway, id: &str, token: &str) -> Socket {
     assert!(matches!(socket.next().await, Received::Text(t) if t == "pong"));
     socket
 }
+
+/// The fields of the user JSON the original client reads.
+pub const USER_FIELDS: [&str; 9] = [
+    "id",
+    "email",
+    "username",
+    "full_name",
+    "profile_picture",
+    "bio",
+    "is_verified",
+    "is_online",
+    "created_at",
+];
+
+/// `caller` rings `callee_id` through `gw`: the new call's id.
+pub async fn ring(gw: &Gateway, caller: &str, callee_id: &str) -> String {
+    let (status, call) = gw
+        .post_bearer("/calls/initiate", caller, serde_json::json!({"receiver_id": callee_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    call["id"].as_str().unwrap().to_owned()
+}
+
+/// A call from `caller` (through `caller_gw`) that the callee accepted
+/// (through `callee_gw`): its id.
+pub async fn answered_call(
+    caller_gw: &Gateway,
+    caller: &str,
+    callee_gw: &Gateway,
+    callee_id: &str,
+    callee: &str,
+) -> String {
+    let call_id = ring(caller_gw, caller, callee_id).await;
+    let (status, body) = callee_gw
+        .post_bearer(&format!("/calls/accept/{call_id}"), callee, serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    call_id
+}
