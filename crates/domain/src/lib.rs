@@ -139,6 +139,20 @@ impl fmt::Debug for NewPassword {
     }
 }
 
+/// The common passwords long enough to pass the length rule, sorted
+/// (`common_passwords.txt` says where they come from).
+static COMMON_PASSWORDS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    include_str!("common_passwords.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+});
+
+/// Whether `lowercase` is among the 10,000 most common passwords.
+fn is_common_password(lowercase: &str) -> bool {
+    COMMON_PASSWORDS.binary_search(&lowercase).is_ok()
+}
+
 /// Longest password accepted, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 256;
 
@@ -153,6 +167,11 @@ impl NewPassword {
         let lower = value.to_lowercase();
         if lower == email.as_str().to_lowercase() || lower == username.as_str() {
             return Err(invalid("password must not be your email or username"));
+        }
+        if is_common_password(&lower) {
+            return Err(invalid(
+                "password is one of the most common passwords, which are tried first; choose another",
+            ));
         }
         Ok(NewPassword(value.to_owned()))
     }
@@ -407,6 +426,12 @@ mod tests {
         assert!(NewPassword::parse("short", &email, &user).is_err());
         assert!(NewPassword::parse("ADA@kiit.ac.in", &email, &user).is_err());
         assert!(NewPassword::parse("correct horse", &email, &user).is_ok());
+        for common in ["password", "12345678", "PassWord", "iloveyou", "qwertyuiop"] {
+            let err = NewPassword::parse(common, &email, &user).unwrap_err().to_string();
+            assert!(err.contains("most common passwords"), "{common}: {err}");
+        }
+        assert!(COMMON_PASSWORDS.windows(2).all(|w| w[0] < w[1]), "the list is sorted");
+        assert!(COMMON_PASSWORDS.len() > 2000);
         assert!(NewPassword::parse(&"p".repeat(300), &email, &user).is_err());
         assert!(Otp::parse("123456").is_ok());
         assert!(Otp::parse("12345").is_err());

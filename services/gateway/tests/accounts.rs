@@ -229,6 +229,14 @@ async fn registration_validates_every_field_with_a_clear_detail() {
             "not be your email or username",
         ),
         (
+            json!({"email": "ada@kiit.ac.in", "username": "ada", "full_name": "Ada", "password": "password"}),
+            "most common passwords",
+        ),
+        (
+            json!({"email": "ada@kiit.ac.in", "username": "ada", "full_name": "Ada", "password": "12345678"}),
+            "most common passwords",
+        ),
+        (
             json!({"email": "ada@kiit.ac.in", "username": "ada", "full_name": "Ada"}),
             "missing field `password`",
         ),
