@@ -336,6 +336,8 @@ impl AuthService {
             // The thief's access tokens of the family go too, not only its refresh tokens.
             self.revoke_family_tokens(stored.family_id).await?;
             tx.commit().await.map_err(DbError::from)?;
+            self.close_session_sockets(stored.user_id, stored.family_id, "session revoked")
+                .await?;
             tracing::warn!(audit = true, action = "token.reuse_detected", user_id = %stored.user_id, family = %stored.family_id, "refresh token reused; family revoked");
             return Err(AuthError::RefreshReuse);
         }
@@ -400,12 +402,18 @@ impl AuthService {
             self.revoke_family_tokens(*family).await?;
         }
         tx.commit().await.map_err(DbError::from)?;
-        let user = claims.user_id.to_string();
         for family in &families {
-            let close = close_control(CLOSE_POLICY, "logged out", Some(&family.to_string()));
-            self.redis.publish(&push_channel(&user), &close).await?;
+            self.close_session_sockets(claims.user_id, *family, "logged out").await?;
         }
         tracing::info!(audit = true, action = "logout", full = true, user_id = %claims.user_id, "logged out");
+        Ok(())
+    }
+
+    /// Tells every signaling replica to close the sockets of `user` opened
+    /// with a token of `family` (1008 and `reason`).
+    async fn close_session_sockets(&self, user: UserId, family: Uuid, reason: &str) -> Result<(), AuthError> {
+        let close = close_control(CLOSE_POLICY, reason, Some(&family.to_string()));
+        self.redis.publish(&push_channel(&user.to_string()), &close).await?;
         Ok(())
     }
 

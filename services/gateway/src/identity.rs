@@ -77,6 +77,24 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Fetches the keys again every `interval` until `stop`, so a key that
+    /// auth no longer lists (a retired signing key) stops being trusted
+    /// without waiting for a token with an unknown `kid`.
+    pub async fn refresh_every(self: Arc<Self>, interval: Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(detail = %e.detail, "verification keys not refreshed; the current ones stay");
+                    }
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
     /// Verifies a bearer token: signature, expiry, issuer, audience. Whether
     /// it was revoked is asked of Redis by the edge, together with the rate
     /// limit ([`revocation_keys`]).

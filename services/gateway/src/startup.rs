@@ -322,6 +322,7 @@ impl Application {
             // Not fatal: keys are fetched on the first authenticated request.
             tracing::warn!(detail = %e.detail, "verification keys not loaded yet");
         }
+        let key_refresh = (keys.clone(), settings.jwt_keys_refresh);
         let edge = web::Data::new(Edge {
             keys,
             limiter: Arc::new(RateLimiter::new(redis.clone())),
@@ -349,6 +350,8 @@ impl Application {
             production: settings.environment.is_production(),
         };
         let drain = shared.draining.get_ref().clone();
+        // Keys removed at auth stop being trusted within one interval.
+        tokio::spawn(key_refresh.0.refresh_every(key_refresh.1, drain.0.clone()));
         let grace = settings.listen.shutdown_grace;
 
         let listener = bind_public(settings.listen.http_addr)?;

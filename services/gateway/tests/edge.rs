@@ -333,7 +333,7 @@ async fn the_gateway_learns_rotated_keys_without_a_restart() {
     // one; the running gateway keeps accepting old tokens and fetches the new
     // key the first time it sees its kid.
     let fleet = Fleet::start().await;
-    let gw = fleet.gateway(&[]).await;
+    let gw = fleet.gateway(&[("JWT_KEYS_REFRESH_SECONDS", "1")]).await;
     let session = gw.sign_up_and_log_in(&fleet.smtp, "rot@kiit.ac.in", "rotation").await;
     let old_access = session["access_token"].as_str().unwrap().to_owned();
 
@@ -384,6 +384,27 @@ async fn the_gateway_learns_rotated_keys_without_a_restart() {
     assert_eq!(status, 200, "new key learnt: {body}");
     let (status, body) = gw.post_bearer("/auth/logout", &old_access, json!({})).await;
     assert_eq!(status, 200, "old key still accepted: {body}");
+
+    // Auth retires the old key. No token names an unknown kid, yet the
+    // gateway's periodic refresh stops trusting the old key within seconds.
+    auth.stop().await.unwrap();
+    let retired = unilink_test_support::settings(
+        &db,
+        &prefix,
+        &[
+            ("GRPC_ADDR", auth_addr.as_str()),
+            ("SECRET_KEY", "a-brand-new-secret-key-0123456789abcdef"),
+        ],
+    );
+    let auth = unilink_test_support::service::spawn::<unilink_auth::Auth>(retired).await;
+    let retired_at = std::time::Instant::now();
+    unilink_test_support::eventually("the retired key refused", Duration::from_secs(10), || async {
+        let (status, body) = gw.get_bearer("/users/me", &old_access).await;
+        (status == 401).then(|| assert_eq!(body["detail"], "access token is signed with an unknown key"))
+    })
+    .await;
+    eprintln!("retired key refused after {:?}", retired_at.elapsed());
+    assert_eq!(gw.get_bearer("/users/me", new_access).await.0, 200);
     auth.stop().await.unwrap();
     gw.stop().await;
 }

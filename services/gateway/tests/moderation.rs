@@ -147,5 +147,21 @@ async fn admins_review_reports_and_deactivate_users() {
             .0,
         404
     );
+
+    // Demoted (in auth's own table): the still-valid admin token is refused
+    // at the next admin request.
+    fleet
+        .db
+        .client()
+        .await
+        .execute(
+            "UPDATE auth.accounts SET role = 'user' WHERE lower(email) = 'boss@kiit.ac.in'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, body) = get(&gw, "/admin/reports", boss_token).await;
+    assert_eq!(status, 403, "a demoted admin's token still passed: {body}");
+    assert_eq!(get(&gw, "/ws/webrtc/active-connections", boss_token).await.0, 403);
     gw.stop().await;
 }

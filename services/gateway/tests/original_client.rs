@@ -619,3 +619,37 @@ async fn a_frozen_client_goes_offline_and_its_peer_is_told() {
     ada_presence.send_text("ping").await;
     ada_presence.expect_text("pong").await;
 }
+
+#[tokio::test]
+async fn presence_frames_are_slowed_and_never_touch_redis_per_frame() {
+    let fleet = common::Fleet::start().await;
+    let gw = fleet.gateway(&[]).await;
+    let (ada_id, ada) = fleet.user(&gw, "ada").await;
+    let mut presence = go_online(&gw, &ada_id, &ada).await;
+    let beats = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("presence_heartbeats_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = beats(&gw.metrics().await);
+    let started = Instant::now();
+    for _ in 0..100 {
+        presence.send_text("ping").await;
+    }
+    for n in 0..100 {
+        match presence.next_within(Duration::from_secs(20)).await {
+            Some(Received::Text(t)) if t == "pong" => {}
+            other => panic!("pong {n} of 100: {other:?}"),
+        }
+    }
+    let took = started.elapsed();
+    let after = beats(&gw.metrics().await);
+    eprintln!("100 presence pings answered in {took:?}; {} heartbeats meanwhile", after - before);
+    // Ten a second after a burst of forty: slowed, none dropped.
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    // Heartbeats stay on their 10 s timer, whatever the client sends.
+    assert!(after - before <= 1.0, "{before} -> {after}");
+}

@@ -325,3 +325,31 @@ async fn eddsa_fleet_refuses_every_bad_token_at_rest_and_at_both_socket_upgrades
 async fn hs256_fleet_refuses_every_bad_token_at_rest_and_at_both_socket_upgrades() {
     token_attacks(Signing::Hs256).await;
 }
+
+#[tokio::test]
+async fn a_replayed_refresh_token_ends_the_whole_session_and_closes_its_sockets() {
+    let fleet = Fleet::start().await;
+    let gw = fleet.gateway(&[]).await;
+    let session = fleet.session(&gw, "ada").await;
+    let (id, access) = (
+        session["user"]["id"].as_str().unwrap(),
+        session["access_token"].as_str().unwrap(),
+    );
+    let mut presence = common::go_online(&gw, id, access).await;
+    let (status, rotated) = gw
+        .post("/auth/refresh", json!({"refresh_token": session["refresh_token"]}))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    // The first refresh token again: stolen, so the session ends everywhere.
+    let (status, _) = gw
+        .post("/auth/refresh", json!({"refresh_token": session["refresh_token"]}))
+        .await;
+    assert_eq!(status, 401);
+    let (code, reason) = presence.closed().await;
+    assert_eq!((code, reason.as_str()), (1008, "session revoked"));
+    for token in [access, rotated["access_token"].as_str().unwrap()] {
+        let (status, body) = gw.get_bearer("/users/me", token).await;
+        assert_eq!((status, body["detail"].as_str()), (401, Some("access token has been revoked")));
+    }
+    gw.stop().await;
+}

@@ -40,6 +40,9 @@ pub const DISCONNECT_NOTICE: Duration = Duration::from_secs(5);
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest chat message, in characters.
 const MAX_CHAT_CHARS: usize = 4000;
+/// Frames per second a presence socket may send (the original client sends
+/// one `ping` every 30 s).
+const PRESENCE_FRAME_RATE: u32 = 10;
 /// Frames queued towards the gateway per stream.
 const OUTBOUND_QUEUE: usize = 256;
 
@@ -139,6 +142,7 @@ impl Sessions {
                 self.presence.connect(user, &connection).await?;
                 let listener = self.core.relay.listen(&push_channel(&user.to_string())).await?;
                 let session = PresenceSession {
+                    bucket: TokenBucket::new(PRESENCE_FRAME_RATE, Instant::now()),
                     sessions: self.clone(),
                     user,
                     family: open.family_id.clone(),
@@ -211,6 +215,7 @@ struct PresenceSession {
     inbound: Streaming<ClientFrame>,
     tx: mpsc::Sender<ServerFrame>,
     listener: crate::relay::Listener,
+    bucket: TokenBucket,
 }
 
 impl PresenceSession {
@@ -232,13 +237,18 @@ impl PresenceSession {
                             other if other.contains("\"ping\"") => Some(r#"{"type":"pong"}"#.to_owned()),
                             _ => None,
                         };
+                        // Slowed like a call socket's frames; the presence
+                        // heartbeat stays on its timer whatever the client
+                        // sends (the gateway closes sockets that fall silent).
+                        if !self.bucket.admit().await {
+                            let _ = self.tx.send(close(CLOSE_POLICY, "too many messages")).await;
+                            break;
+                        }
                         if let Some(answer) = answer
                             && self.tx.send(text(answer, 0)).await.is_err()
                         {
                             break;
                         }
-                        // Any client message shows the socket is alive.
-                        let _ = self.sessions.presence.heartbeat(self.user, &self.connection).await;
                     }
                     Ok(Some(ClientFrame { kind: Some(client_frame::Kind::Handover(_)) })) => {
                         handover = true;
@@ -261,6 +271,7 @@ impl PresenceSession {
                     }
                 }
                 _ = beat.tick() => {
+                    metrics::counter!("presence_heartbeats_total").increment(1);
                     if let Err(e) = self.sessions.presence.heartbeat(self.user, &self.connection).await {
                         tracing::warn!(user_id = %self.user, error = %e, "presence heartbeat failed");
                     }
@@ -332,6 +343,26 @@ impl TokenBucket {
     fn flooded(&self, now: Instant) -> bool {
         self.empty_since
             .is_some_and(|since| now.saturating_duration_since(since) >= FLOOD_LIMIT)
+    }
+
+    /// Waits until the frame just read may be handled: nothing more is read
+    /// from the socket meanwhile, so the gRPC stream's window and the
+    /// gateway's queue fill and the gateway stops reading the client (TCP
+    /// pushes back). `false` for a sustained flood: close the socket.
+    async fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let wait = self.take(now);
+        if wait.is_zero() {
+            return true;
+        }
+        if self.flooded(now) {
+            return false;
+        }
+        metrics::counter!("signaling_frames_throttled_total").increment(1);
+        // Boxed: the sessions' futures stay small while idle.
+        let sleeping = Box::pin(tokio::time::sleep(wait));
+        sleeping.await;
+        true
     }
 }
 
@@ -507,17 +538,8 @@ impl CallSession {
     }
 
     async fn on_client_frame(&mut self, raw: &str) -> Next {
-        let now = Instant::now();
-        let wait = self.bucket.take(now);
-        if !wait.is_zero() {
-            if self.bucket.flooded(now) {
-                return Next::Close(CLOSE_POLICY, "too many messages");
-            }
-            // Nothing more is read from this socket until the frame's token
-            // is there: the gRPC stream's window and the gateway's queue
-            // fill, and the gateway stops reading the client's socket.
-            metrics::counter!("signaling_frames_throttled_total").increment(1);
-            tokio::time::sleep(wait).await;
+        if !self.bucket.admit().await {
+            return Next::Close(CLOSE_POLICY, "too many messages");
         }
         if raw.len() > MAX_FRAME_BYTES {
             return self.reply_error("message too large (at most 64 KiB)").await;

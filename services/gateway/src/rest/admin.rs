@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use unilink_errors::ErrorCode;
-use unilink_proto::auth::DeactivateAccountRequest;
+use unilink_proto::auth::{DeactivateAccountRequest, GetAccountRequest};
 use unilink_proto::auth::auth_service_client::AuthServiceClient;
 use unilink_proto::profile::profile_service_client::ProfileServiceClient;
 use unilink_proto::profile::{ListReportsRequest, ReportEntry, ResolveReportRequest};
@@ -13,12 +13,24 @@ use crate::error::ApiError;
 use crate::identity::{Authenticated, Identity};
 use crate::rest::users::{UserJson, rfc3339};
 
-pub fn admin(caller: Authenticated) -> Result<Identity, ApiError> {
-    if caller.0.claims.is_admin() {
-        Ok(caller.0)
-    } else {
-        Err(ApiError::new(ErrorCode::Forbidden, "administrator role required"))
+/// The caller, if they are an administrator now: the token must say so,
+/// and auth must still say so (a demotion or deactivation takes effect at
+/// the next admin request, not when the token expires).
+pub async fn admin(upstreams: &Upstreams, caller: Authenticated) -> Result<Identity, ApiError> {
+    let refused = || ApiError::new(ErrorCode::Forbidden, "administrator role required");
+    if !caller.0.claims.is_admin() {
+        return Err(refused());
     }
+    let account = AuthServiceClient::new(upstreams.auth.clone())
+        .get_account(GetAccountRequest {
+            user_id: caller.0.user_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    if account.role != "admin" || !account.is_active {
+        return Err(refused());
+    }
+    Ok(caller.0)
 }
 
 #[derive(Debug, Serialize)]
@@ -63,7 +75,7 @@ pub async fn reports(
     caller: Authenticated,
     query: web::Query<ReportsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    admin(caller)?;
+    admin(&upstreams, caller).await?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::new(ErrorCode::BadRequest, "limit must be between 1 and 100"));
@@ -92,7 +104,7 @@ pub async fn resolve(
     caller: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let admin = admin(caller)?;
+    let admin = admin(&upstreams, caller).await?;
     let report = ProfileServiceClient::new(upstreams.profile.clone())
         .resolve_report(ResolveReportRequest {
             report_id: path.into_inner(),
@@ -110,7 +122,7 @@ pub async fn deactivate(
     caller: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let admin = admin(caller)?;
+    let admin = admin(&upstreams, caller).await?;
     let account = AuthServiceClient::new(upstreams.auth.clone())
         .deactivate_account(DeactivateAccountRequest {
             admin_id: admin.user_id.to_string(),

@@ -254,7 +254,7 @@ pub async fn active_connections(
     upstreams: web::Data<Upstreams>,
     caller: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
-    crate::rest::admin::admin(caller)?;
+    crate::rest::admin::admin(&upstreams, caller).await?;
     let reply = signaling(&upstreams)
         .active_connections(ActiveConnectionsRequest {})
         .await?
