@@ -403,7 +403,8 @@ impl AuthService {
         }
         tx.commit().await.map_err(DbError::from)?;
         for family in &families {
-            self.close_session_sockets(claims.user_id, *family, "logged out").await?;
+            self.close_session_sockets(claims.user_id, *family, "logged out")
+                .await?;
         }
         tracing::info!(audit = true, action = "logout", full = true, user_id = %claims.user_id, "logged out");
         Ok(())

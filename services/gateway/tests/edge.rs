@@ -203,6 +203,30 @@ async fn rate_limiting_falls_back_to_the_replica_when_redis_is_down() {
         metrics.contains("rate_limit_fallback_total{scope=\"auth\"}"),
         "{metrics}"
     );
+
+    // The token deny-list cannot be read: reads stay available, what
+    // changes state (or needs an admin) is refused until Redis is back.
+    let ok = fleet.gateway(&[]).await;
+    let (_, ada) = fleet.user(&ok, "ada").await;
+    assert_eq!(gw.get_bearer("/users/me", &ada).await.0, 200);
+    for response in [
+        gw.http
+            .put(gw.url("/users/me"))
+            .bearer_auth(&ada)
+            .json(&json!({"bio": "x"})),
+        gw.http
+            .post(gw.url("/users/block/00000000-0000-4000-8000-000000000000"))
+            .bearer_auth(&ada),
+        gw.http.get(gw.url("/admin/reports")).bearer_auth(&ada),
+    ] {
+        let response = response.send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "5");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["detail"].as_str().unwrap().contains("try again shortly"), "{body}");
+    }
+    assert!(gw.metrics().await.contains("revocation_unchecked_refused_total"));
+    ok.stop().await;
     gw.stop().await;
 }
 

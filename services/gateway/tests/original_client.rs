@@ -647,7 +647,10 @@ async fn presence_frames_are_slowed_and_never_touch_redis_per_frame() {
     }
     let took = started.elapsed();
     let after = beats(&gw.metrics().await);
-    eprintln!("100 presence pings answered in {took:?}; {} heartbeats meanwhile", after - before);
+    eprintln!(
+        "100 presence pings answered in {took:?}; {} heartbeats meanwhile",
+        after - before
+    );
     // Ten a second after a burst of forty: slowed, none dropped.
     assert!(took >= Duration::from_secs(5), "{took:?}");
     // Heartbeats stay on their 10 s timer, whatever the client sends.

@@ -349,7 +349,10 @@ async fn a_replayed_refresh_token_ends_the_whole_session_and_closes_its_sockets(
     assert_eq!((code, reason.as_str()), (1008, "session revoked"));
     for token in [access, rotated["access_token"].as_str().unwrap()] {
         let (status, body) = gw.get_bearer("/users/me", token).await;
-        assert_eq!((status, body["detail"].as_str()), (401, Some("access token has been revoked")));
+        assert_eq!(
+            (status, body["detail"].as_str()),
+            (401, Some("access token has been revoked"))
+        );
     }
     gw.stop().await;
 }

@@ -23,7 +23,7 @@ use unilink_errors::ErrorCode;
 use crate::error::ApiError;
 use crate::identity::{Caller, KeyStore, bearer_token, revocation_keys, websocket_token};
 use crate::middleware::client_ip::TrustedProxies;
-use crate::middleware::rate_limit::{Decision, RateLimiter};
+use crate::middleware::rate_limit::{Decision, RateLimiter, Revocation};
 
 /// What the edge middleware needs.
 #[derive(Debug, Clone)]
@@ -79,21 +79,38 @@ pub async fn edge(
     };
 
     let path = req.path().to_owned();
-    let (decision, revoked) = if req.method() == Method::OPTIONS || exempt(&path) {
-        (None, false)
+    let (decision, revocation) = if req.method() == Method::OPTIONS || exempt(&path) {
+        (None, Revocation::Clear)
     } else if path.starts_with("/auth/") {
-        let (d, revoked) = edge.limiter.hit("auth", &client, edge.auth_limit, &flags).await;
-        (Some(d), revoked)
+        let (d, revocation) = edge.limiter.hit("auth", &client, edge.auth_limit, &flags).await;
+        (Some(d), revocation)
     } else {
         let who = match &caller {
             Caller::Authenticated(identity) => format!("user:{}", identity.user_id),
             _ => format!("ip:{client}"),
         };
-        let (d, revoked) = edge.limiter.hit("api", &who, edge.api_limit, &flags).await;
-        (Some(d), revoked)
+        let (d, revocation) = edge.limiter.hit("api", &who, edge.api_limit, &flags).await;
+        (Some(d), revocation)
     };
-    if revoked {
-        caller = Caller::Rejected(ErrorCode::Unauthenticated, "access token has been revoked".to_owned());
+    match revocation {
+        Revocation::Revoked => {
+            caller = Caller::Rejected(ErrorCode::Unauthenticated, "access token has been revoked".to_owned());
+        }
+        // Reads stay available while Redis is away (tokens are short-lived);
+        // what changes state, and what only admins may do, waits for it.
+        Revocation::Unknown if changes_state(req.method(), &path) => {
+            metrics::counter!("revocation_unchecked_refused_total").increment(1);
+            let mut response = ApiError::new(
+                ErrorCode::Unavailable,
+                "cannot check that this session is still valid right now; try again shortly",
+            )
+            .error_response();
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("retry-after"), HeaderValue::from_static("5"));
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+        Revocation::Unknown | Revocation::Clear => {}
     }
 
     if let Some(d) = decision.filter(|d| !d.allowed) {
@@ -117,3 +134,10 @@ pub async fn edge(
 /// The client address as the edge saw it (for logs and audit).
 #[derive(Debug, Clone)]
 pub struct ClientAddr(pub String);
+
+/// Whether a request changes state or needs an administrator: those are
+/// refused while the token deny-list cannot be read.
+fn changes_state(method: &Method, path: &str) -> bool {
+    let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    !read || path.starts_with("/admin/") || path == "/ws/webrtc/active-connections"
+}

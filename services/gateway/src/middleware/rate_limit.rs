@@ -13,6 +13,16 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Deadline of the Redis count; beyond it the local window decides.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Whether the caller's token is on the deny-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Not revoked (or there was no token to check).
+    Clear,
+    Revoked,
+    /// Redis could not be asked.
+    Unknown,
+}
+
 /// The verdict for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -44,26 +54,36 @@ impl RateLimiter {
     /// Counts a hit of `who` in `scope` against `limit` per window and, in
     /// the same Redis round trip, checks whether any of `flags` is set (the
     /// token deny-list). A Redis failure falls back to this replica's window
-    /// and reports no flag (fail open: tokens are short-lived, and an outage
-    /// must not log everyone out).
-    pub async fn hit(&self, scope: &'static str, who: &str, limit: u32, flags: &[String]) -> (Decision, bool) {
+    /// and reports the flags [`Revocation::Unknown`]: the edge keeps reads
+    /// available and refuses what changes state.
+    pub async fn hit(&self, scope: &'static str, who: &str, limit: u32, flags: &[String]) -> (Decision, Revocation) {
         let now = now_secs();
         let window = now / WINDOW.as_secs();
         let reset = (window + 1) * WINDOW.as_secs() - now;
         let key = format!("rl:{scope}:{who}:{window}");
-        let (count, flagged) = match self
+        let (count, revocation) = match self
             .redis
             .incr_window(&key, WINDOW + Duration::from_secs(5), flags, REDIS_TIMEOUT)
             .await
         {
-            Ok((count, flagged)) => (u64::try_from(count).unwrap_or(u64::MAX), flagged),
+            Ok((count, flagged)) => (
+                u64::try_from(count).unwrap_or(u64::MAX),
+                if flagged {
+                    Revocation::Revoked
+                } else {
+                    Revocation::Clear
+                },
+            ),
             Err(e) => {
                 tracing::debug!(error = %e, "rate limit falls back to this replica's window");
                 metrics::counter!("rate_limit_fallback_total", "scope" => scope).increment(1);
-                if !flags.is_empty() {
+                let revocation = if flags.is_empty() {
+                    Revocation::Clear
+                } else {
                     metrics::counter!("token_revocation_check_failed_total").increment(1);
-                }
-                (self.local_hit(&key, window), false)
+                    Revocation::Unknown
+                };
+                (self.local_hit(&key, window), revocation)
             }
         };
         let allowed = count <= u64::from(limit);
@@ -76,7 +96,7 @@ impl RateLimiter {
             remaining: u32::try_from(u64::from(limit).saturating_sub(count)).unwrap_or(0),
             reset,
         };
-        (decision, flagged)
+        (decision, revocation)
     }
 
     fn local_hit(&self, key: &str, window: u64) -> u64 {

@@ -3,8 +3,8 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use unilink_errors::ErrorCode;
-use unilink_proto::auth::{DeactivateAccountRequest, GetAccountRequest};
 use unilink_proto::auth::auth_service_client::AuthServiceClient;
+use unilink_proto::auth::{DeactivateAccountRequest, GetAccountRequest};
 use unilink_proto::profile::profile_service_client::ProfileServiceClient;
 use unilink_proto::profile::{ListReportsRequest, ReportEntry, ResolveReportRequest};
 
