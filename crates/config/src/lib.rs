@@ -280,6 +280,9 @@ pub struct Settings {
     pub rate_limit_auth: u32,
     /// `RATE_LIMIT_API`: requests per minute per user elsewhere.
     pub rate_limit_api: u32,
+    /// `OTP_LOCK_SECONDS`: the first lockout after five wrong login codes
+    /// (it doubles at every further five, up to 15 minutes).
+    pub otp_lock: Duration,
     /// `JWT_KEYS_REFRESH_SECONDS`: how often the gateway fetches the
     /// verification keys from auth again (a retired key stops being trusted
     /// within this).
@@ -655,6 +658,7 @@ impl Settings {
             allowed_origins,
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
+            otp_lock: Duration::from_secs(r.bounded("OTP_LOCK_SECONDS", 30, 1, 3600)?),
             jwt_keys_refresh: Duration::from_secs(r.bounded("JWT_KEYS_REFRESH_SECONDS", 300, 1, 86_400)?),
             max_sockets_per_user: r.bounded("MAX_SOCKETS_PER_USER", 10, 1, 10_000)?,
             allowed_email_domains,

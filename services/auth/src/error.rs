@@ -32,8 +32,8 @@ pub enum AuthError {
     InvalidVerificationToken,
     #[error("invalid or expired code")]
     InvalidOtp,
-    #[error("too many wrong codes; log in again to receive a new code")]
-    OtpLocked,
+    #[error("too many wrong codes; try again in {0} seconds")]
+    OtpLocked(u64),
     #[error("invalid or expired refresh token")]
     InvalidRefreshToken,
     #[error("refresh token was already used; every session of this login has been revoked")]
@@ -55,7 +55,7 @@ impl HasErrorCode for AuthError {
             | AuthError::DomainNotAllowed(_)
             | AuthError::InvalidVerificationToken
             | AuthError::InvalidOtp
-            | AuthError::OtpLocked => ErrorCode::BadRequest,
+            | AuthError::OtpLocked(_) => ErrorCode::BadRequest,
             AuthError::EmailTaken | AuthError::UsernameTaken => ErrorCode::Conflict,
             AuthError::AccountNotFound => ErrorCode::NotFound,
             AuthError::BadCredentials

@@ -47,6 +47,11 @@ impl BackendService for Auth {
             name: "outbox",
             sql: unilink_events::outbox::MIGRATION_SQL,
         },
+        Migration {
+            version: 4,
+            name: "otp_failures",
+            sql: include_str!("../migrations/0004_otp_failures.sql"),
+        },
     ];
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {

@@ -72,7 +72,6 @@ pub struct RefreshRow {
 pub struct OtpRow {
     pub code_hash: String,
     pub expires_at: DateTime<Utc>,
-    pub attempts: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -216,26 +215,60 @@ pub async fn lock_otp(tx: &Transaction<'_>, user: UserId) -> Result<Option<OtpRo
     let _timer = unilink_db::QueryTimer::start("auth", "lock_otp");
     let row = tx
         .query_opt(
-            "SELECT code_hash, expires_at, attempts FROM login_otps WHERE user_id = $1 FOR UPDATE",
+            "SELECT code_hash, expires_at FROM login_otps WHERE user_id = $1 FOR UPDATE",
             &[&user.as_uuid()],
         )
         .await?;
     Ok(row.map(|r| OtpRow {
         code_hash: r.get(0),
         expires_at: r.get(1),
-        attempts: r.get(2),
     }))
 }
 
+/// Until when the user's codes (and new logins) are locked after too many
+/// wrong codes, if they are.
+pub async fn otp_locked_until(client: &impl GenericClient, user: UserId) -> Result<Option<DateTime<Utc>>, DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "otp_locked_until");
+    let row = client
+        .query_opt(
+            "SELECT locked_until FROM otp_failures WHERE user_id = $1 AND locked_until > now()",
+            &[&user.as_uuid()],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Counts one more wrong code of `user` (across codes): the count so far.
 pub async fn count_failed_otp(tx: &Transaction<'_>, user: UserId) -> Result<i32, DbError> {
     let _timer = unilink_db::QueryTimer::start("auth", "count_failed_otp");
     let row = tx
         .query_one(
-            "UPDATE login_otps SET attempts = attempts + 1 WHERE user_id = $1 RETURNING attempts",
+            "INSERT INTO otp_failures (user_id, failures) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET failures = otp_failures.failures + 1
+             RETURNING failures",
             &[&user.as_uuid()],
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// Locks the user's codes and logins until `until`.
+pub async fn lock_otp_until(tx: &Transaction<'_>, user: UserId, until: DateTime<Utc>) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "lock_otp_until");
+    tx.execute(
+        "UPDATE otp_failures SET locked_until = $2 WHERE user_id = $1",
+        &[&user.as_uuid(), &until],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A correct code: the count starts again.
+pub async fn clear_otp_failures(tx: &Transaction<'_>, user: UserId) -> Result<(), DbError> {
+    let _timer = unilink_db::QueryTimer::start("auth", "clear_otp_failures");
+    tx.execute("DELETE FROM otp_failures WHERE user_id = $1", &[&user.as_uuid()])
+        .await?;
+    Ok(())
 }
 
 pub async fn delete_otp(tx: &Transaction<'_>, user: UserId) -> Result<(), DbError> {

@@ -29,6 +29,24 @@ pub const VERIFICATION_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const OTP_TTL: Duration = Duration::from_secs(10 * 60);
 /// Wrong codes allowed before the code is locked.
 pub const OTP_MAX_ATTEMPTS: i32 = 5;
+/// The longest lockout after wrong codes (the delay doubles up to this).
+pub const OTP_MAX_LOCK: Duration = Duration::from_secs(15 * 60);
+
+/// How long the codes of an account with `failures` wrong codes are locked:
+/// nothing until the fifth, then `base` doubling at every further fifth, up
+/// to [`OTP_MAX_LOCK`].
+pub fn otp_lock_for(failures: i32, base: Duration) -> Option<Duration> {
+    if failures <= 0 || failures % OTP_MAX_ATTEMPTS != 0 {
+        return None;
+    }
+    let doublings = (failures / OTP_MAX_ATTEMPTS - 1).clamp(0, 20) as u32;
+    Some(base.saturating_mul(1 << doublings).min(OTP_MAX_LOCK.max(base)))
+}
+
+/// Whole seconds until `until` (at least 1).
+fn seconds_until(until: chrono::DateTime<Utc>) -> u64 {
+    (until - Utc::now()).num_seconds().max(1) as u64
+}
 
 /// A logged-in session.
 #[derive(Debug, Clone)]
@@ -70,6 +88,8 @@ pub struct AuthService {
     allowed_domains: Arc<[String]>,
     otp_secret: Arc<str>,
     refresh_ttl: Duration,
+    /// The first lockout after [`OTP_MAX_ATTEMPTS`] wrong codes (`OTP_LOCK_SECONDS`).
+    otp_lock: Duration,
 }
 
 fn chrono_after(ttl: Duration) -> chrono::DateTime<Utc> {
@@ -87,6 +107,7 @@ impl AuthService {
             allowed_domains: settings.allowed_email_domains.clone().into(),
             otp_secret: settings.jwt.secret_key.expose().into(),
             refresh_ttl: settings.jwt.refresh_token_ttl,
+            otp_lock: settings.otp_lock,
         })
     }
 
@@ -252,6 +273,15 @@ impl AuthService {
             tracing::info!(audit = true, action = "login.refused", user_id = %account.id, reason = "not_verified", "login refused");
             return Err(AuthError::NotVerified);
         }
+        // No fresh codes while the account's codes are locked: a new code
+        // must not buy a thief another round of guesses.
+        let locked = {
+            let client = self.accounts.pool().get().await.map_err(DbError::from)?;
+            repo::otp_locked_until(&client, account.id).await?
+        };
+        if let Some(until) = locked {
+            return Err(AuthError::OtpLocked(seconds_until(until)));
+        }
         if check.needs_rehash {
             let hash = self.hasher.hash(password).await?;
             self.accounts.set_password_hash(account.id, &hash).await?;
@@ -288,8 +318,8 @@ impl AuthService {
         let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let stored = repo::lock_otp(&tx, account.id).await?.ok_or(AuthError::InvalidOtp)?;
-        if stored.attempts >= OTP_MAX_ATTEMPTS {
-            return Err(AuthError::OtpLocked);
+        if let Some(until) = repo::otp_locked_until(&tx, account.id).await? {
+            return Err(AuthError::OtpLocked(seconds_until(until)));
         }
         if stored.expires_at <= Utc::now() {
             return Err(AuthError::InvalidOtp);
@@ -297,15 +327,20 @@ impl AuthService {
         let given = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), otp.expose());
         if !crypto::same_hash(&given, &stored.code_hash) {
             let attempts = repo::count_failed_otp(&tx, account.id).await?;
+            let lock = otp_lock_for(attempts, self.otp_lock);
+            if let Some(lock) = lock {
+                repo::lock_otp_until(&tx, account.id, chrono_after(lock)).await?;
+            }
             tx.commit().await.map_err(DbError::from)?;
-            if attempts >= OTP_MAX_ATTEMPTS {
-                tracing::warn!(audit = true, action = "otp.locked", user_id = %account.id, "login code locked");
-                return Err(AuthError::OtpLocked);
+            if let Some(lock) = lock {
+                tracing::warn!(audit = true, action = "otp.locked", user_id = %account.id, attempts, seconds = lock.as_secs(), "login codes locked");
+                return Err(AuthError::OtpLocked(lock.as_secs().max(1)));
             }
             tracing::info!(audit = true, action = "login.otp_failed", user_id = %account.id, attempts, "wrong login code");
             return Err(AuthError::InvalidOtp);
         }
         repo::delete_otp(&tx, account.id).await?;
+        repo::clear_otp_failures(&tx, account.id).await?;
         let account = repo::account_in_tx(&tx, account.id)
             .await?
             .ok_or(AuthError::InvalidOtp)?;
@@ -563,4 +598,22 @@ fn refresh_token_hash(presented: &str) -> Result<String, AuthError> {
         return Err(AuthError::InvalidRefreshToken);
     }
     Ok(crypto::token_hash(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_codes_lock_for_a_delay_that_doubles_up_to_a_cap() {
+        let base = Duration::from_secs(30);
+        for failures in [0, 1, 4, 6, 9] {
+            assert_eq!(otp_lock_for(failures, base), None, "{failures}");
+        }
+        assert_eq!(otp_lock_for(5, base), Some(Duration::from_secs(30)));
+        assert_eq!(otp_lock_for(10, base), Some(Duration::from_secs(60)));
+        assert_eq!(otp_lock_for(15, base), Some(Duration::from_secs(120)));
+        assert_eq!(otp_lock_for(50, base), Some(OTP_MAX_LOCK));
+        assert_eq!(otp_lock_for(5_000_000, base), Some(OTP_MAX_LOCK));
+    }
 }

@@ -279,8 +279,9 @@ async fn registration_validates_every_field_with_a_clear_detail() {
 
 #[tokio::test]
 async fn login_failures_reveal_nothing_and_codes_lock_after_five_wrong_tries() {
-    let fleet = Fleet::start().await;
+    let fleet = Fleet::start_with(&[("OTP_LOCK_SECONDS", "2")]).await;
     let gw = fleet.gateway(&[]).await;
+    let g = &gw;
     gw.sign_up_and_log_in(&fleet.smtp, "grace@kiit.ac.in", "grace").await;
 
     let (status, unknown) = gw
@@ -310,42 +311,63 @@ async fn login_failures_reveal_nothing_and_codes_lock_after_five_wrong_tries() {
         )
         .await;
     assert_eq!(status, 202);
-    let code = fleet.mail("grace@kiit.ac.in", 3).await.digits(6).unwrap();
-    let wrong_code = if code == "000000" { "111111" } else { "000000" };
-    for attempt in 1..=5 {
-        let (status, body) = gw
-            .post(
-                "/auth/login/verify-otp",
-                json!({"email": "grace@kiit.ac.in", "otp": wrong_code}),
-            )
-            .await;
-        assert_eq!(status, 400, "attempt {attempt}: {body}");
-    }
-    let (status, body) = gw
-        .post(
+    let first = fleet.mail("grace@kiit.ac.in", 3).await.digits(6).unwrap();
+    let wrong_code = "000000";
+    let verify = |otp: String| async move {
+        g.post(
             "/auth/login/verify-otp",
-            json!({"email": "grace@kiit.ac.in", "otp": code}),
+            json!({"email": "grace@kiit.ac.in", "otp": otp}),
         )
-        .await;
-    assert_eq!(status, 400, "the right code no longer works: {body}");
-    assert!(body["detail"].as_str().unwrap().contains("too many wrong codes"));
-
-    // A new login sends a new code, which works.
-    let (status, _) = gw
-        .post(
+        .await
+    };
+    let login = || async {
+        g.post(
             "/auth/login",
             json!({"email": "grace@kiit.ac.in", "password": PASSWORD}),
         )
-        .await;
-    assert_eq!(status, 202);
+        .await
+    };
+    for attempt in 1..=4 {
+        let (status, body) = verify(wrong_code.to_owned()).await;
+        assert_eq!(
+            (status, body["detail"].as_str()),
+            (400, Some("invalid or expired code")),
+            "attempt {attempt}"
+        );
+    }
+    // A new code does not reset the count: the fifth wrong code locks.
+    assert_eq!(login().await.0, 202);
     let code = fleet.mail("grace@kiit.ac.in", 4).await.digits(6).unwrap();
-    let (status, _) = gw
-        .post(
-            "/auth/login/verify-otp",
-            json!({"email": "grace@kiit.ac.in", "otp": code}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_ne!(code, wrong_code, "a 1-in-a-million draw; run again");
+    assert_ne!(first, code);
+    let (status, body) = verify(wrong_code.to_owned()).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["detail"], "too many wrong codes; try again in 2 seconds");
+    // Locked: the right code waits, and no new code is sent meanwhile.
+    let (status, body) = verify(code.clone()).await;
+    assert_eq!(status, 400, "the right code waits for the delay: {body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("too many wrong codes"),
+        "{body}"
+    );
+    let (status, body) = login().await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("try again in"), "{body}");
+    // After the delay the owner's code still works: no lockout for good.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let (status, body) = verify(code).await;
+    assert_eq!(status, 200, "{body}");
+    // ...and the count starts again.
+    assert_eq!(login().await.0, 202);
+    let code = fleet.mail("grace@kiit.ac.in", 5).await.digits(6).unwrap();
+    for _ in 1..=4 {
+        assert_eq!(verify(wrong_code.to_owned()).await.0, 400);
+    }
+    assert_eq!(
+        verify(code).await.0,
+        200,
+        "four wrong codes after a success do not lock"
+    );
     let (status, body) = gw
         .post(
             "/auth/login/verify-otp",
