@@ -146,8 +146,10 @@ pub struct RedisSettings {
 /// Access-token settings.
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
-    /// `SECRET_KEY`.
-    pub secret_key: Secret,
+    /// `SECRET_KEY`: the HS256 signing secret and auth's login-code pepper.
+    /// Outside production a development value stands in; in production it
+    /// may be unset (only auth needs it, and checks it at start-up).
+    pub secret_key: Option<Secret>,
     /// `ALGORITHM`.
     pub algorithm: JwtAlgorithm,
     /// `ACCESS_TOKEN_EXPIRE_MINUTES`.
@@ -169,6 +171,31 @@ pub struct JwtSettings {
     pub previous_public_key_files: Vec<std::path::PathBuf>,
 }
 
+/// How outgoing mail is protected on the way to the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS when the server offers it, plaintext otherwise (development).
+    Opportunistic,
+    /// STARTTLS or nothing: a server that does not offer it is an error.
+    Required,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Implicit,
+}
+
+impl FromStr for SmtpTls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "opportunistic" => Ok(SmtpTls::Opportunistic),
+            "required" | "starttls" => Ok(SmtpTls::Required),
+            "implicit" | "smtps" => Ok(SmtpTls::Implicit),
+            other => Err(format!(
+                "unsupported mode {other:?} (expected required, implicit or opportunistic)"
+            )),
+        }
+    }
+}
+
 /// Outgoing mail settings.
 #[derive(Debug, Clone)]
 pub struct SmtpSettings {
@@ -187,6 +214,11 @@ pub struct SmtpSettings {
     pub outbox_dir: Option<std::path::PathBuf>,
     /// `SMTP_TIMEOUT_SECONDS`: deadline of one SMTP delivery.
     pub timeout: Duration,
+    /// `SMTP_TLS`: `required` (STARTTLS), `implicit` (default on port 465)
+    /// or `opportunistic` (the development default; refused in production).
+    pub tls: SmtpTls,
+    /// `EMAIL_MAX_ATTEMPTS`: tries before a mail goes to the dead letters.
+    pub max_attempts: u32,
 }
 
 /// Logs, traces and error tracking.
@@ -287,6 +319,11 @@ pub struct Settings {
     /// verification keys from auth again (a retired key stops being trusted
     /// within this).
     pub jwt_keys_refresh: Duration,
+    /// `EVENT_SEAL_KEYS`: base64 32-byte keys that seal login codes and
+    /// verification tokens in events for notification (the first seals, all
+    /// open). Only auth and notification need them; outside production a
+    /// development key stands in.
+    pub event_seal_keys: Vec<Secret>,
     /// `MAX_SOCKETS_PER_USER`: WebSockets (presence and call) one user may
     /// hold open at once, across every gateway replica.
     pub max_sockets_per_user: u32,
@@ -369,6 +406,18 @@ impl Reader<'_> {
         Ok(value)
     }
 
+    fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.opt(var).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError::Invalid {
+                var,
+                reason: format!("{v:?} is not true or false"),
+            }),
+        }
+    }
+
     fn list(&self, var: &'static str, default: &[&str]) -> Result<Vec<String>, ConfigError> {
         match self.opt(var) {
             None => Ok(default.iter().map(|s| (*s).to_owned()).collect()),
@@ -409,6 +458,8 @@ fn parse_list(var: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> 
 
 /// Development secret used when `SECRET_KEY` is unset outside production.
 const DEV_SECRET_KEY: &str = "unilink-development-secret-key-not-for-production";
+/// Development key for `EVENT_SEAL_KEYS` (32 bytes, base64); refused in production.
+pub const DEV_EVENT_SEAL_KEY: &str = "dW5pbGluay1kZXZlbG9wbWVudC1ldmVudC1zZWFsISE=";
 /// Shortest `SECRET_KEY` accepted in production (the seed's rule: 32+ characters).
 pub const MIN_SECRET_KEY_LEN: usize = 32;
 
@@ -456,31 +507,49 @@ impl Settings {
             key_prefix: r.string("REDIS_KEY_PREFIX", "unilink:"),
         };
 
-        let algorithm: JwtAlgorithm = r.parse("ALGORITHM", JwtAlgorithm::Hs256)?;
+        // Production signs with EdDSA unless told otherwise: with HS256 the
+        // gateway would have to hold the secret that mints tokens.
+        let default_algorithm = if environment.is_production() {
+            JwtAlgorithm::EdDsa
+        } else {
+            JwtAlgorithm::Hs256
+        };
+        let algorithm: JwtAlgorithm = r.parse("ALGORITHM", default_algorithm)?;
+        if environment.is_production() && algorithm == JwtAlgorithm::Hs256 && !r.flag("JWT_ALLOW_HS256", false)? {
+            return Err(ConfigError::Insecure {
+                var: "ALGORITHM",
+                reason: "HS256 hands the signing secret to every gateway; use EdDSA (JWT_PRIVATE_KEY_FILE, \
+                         JWT_PUBLIC_KEY_FILE) or set JWT_ALLOW_HS256=true to accept that"
+                    .to_owned(),
+            });
+        }
         let secret_key = match r.opt("SECRET_KEY") {
-            Some(key) => key,
-            None if environment.is_production() => {
+            Some(key) => Some(key),
+            None if environment.is_production() && algorithm == JwtAlgorithm::Hs256 => {
                 return Err(ConfigError::Missing { var: "SECRET_KEY" });
             }
-            None => DEV_SECRET_KEY.to_owned(),
+            None if environment.is_production() => None,
+            None => Some(DEV_SECRET_KEY.to_owned()),
         };
-        if environment.is_production() && secret_key.chars().count() < MIN_SECRET_KEY_LEN {
-            return Err(ConfigError::Insecure {
-                var: "SECRET_KEY",
-                reason: format!(
-                    "it has {} characters; use at least {MIN_SECRET_KEY_LEN} random characters",
-                    secret_key.chars().count()
-                ),
-            });
-        }
-        if environment.is_production() && secret_key == DEV_SECRET_KEY {
-            return Err(ConfigError::Insecure {
-                var: "SECRET_KEY",
-                reason: "it is the published development key".to_owned(),
-            });
+        if let (true, Some(secret_key)) = (environment.is_production(), &secret_key) {
+            if secret_key.chars().count() < MIN_SECRET_KEY_LEN {
+                return Err(ConfigError::Insecure {
+                    var: "SECRET_KEY",
+                    reason: format!(
+                        "it has {} characters; use at least {MIN_SECRET_KEY_LEN} random characters",
+                        secret_key.chars().count()
+                    ),
+                });
+            }
+            if secret_key == DEV_SECRET_KEY {
+                return Err(ConfigError::Insecure {
+                    var: "SECRET_KEY",
+                    reason: "it is the published development key".to_owned(),
+                });
+            }
         }
         let jwt = JwtSettings {
-            secret_key: Secret::new(secret_key),
+            secret_key: secret_key.map(Secret::new),
             algorithm,
             access_token_ttl: Duration::from_secs(60 * r.bounded("ACCESS_TOKEN_EXPIRE_MINUTES", 30u64, 1, 24 * 60)?),
             refresh_token_ttl: Duration::from_secs(24 * 3600 * r.bounded("REFRESH_TOKEN_EXPIRE_DAYS", 30u64, 1, 365)?),
@@ -499,18 +568,8 @@ impl Settings {
                 .map(std::path::PathBuf::from)
                 .collect(),
         };
-        if algorithm != JwtAlgorithm::Hs256 {
-            if jwt.private_key_file.is_none() {
-                return Err(ConfigError::Missing {
-                    var: "JWT_PRIVATE_KEY_FILE",
-                });
-            }
-            if jwt.public_key_file.is_none() {
-                return Err(ConfigError::Missing {
-                    var: "JWT_PUBLIC_KEY_FILE",
-                });
-            }
-        }
+        // The key files are auth's alone (other services fetch public keys
+        // from it): auth checks them when it loads its signing keys.
 
         let smtp = SmtpSettings {
             server: r.opt("SMTP_SERVER"),
@@ -520,7 +579,25 @@ impl Settings {
             from: r.string("EMAIL_FROM", "noreply@unilink.app"),
             outbox_dir: r.opt("EMAIL_OUTBOX_DIR").map(std::path::PathBuf::from),
             timeout: Duration::from_secs(r.bounded("SMTP_TIMEOUT_SECONDS", 10, 1, 300)?),
+            tls: {
+                let port: u16 = r.bounded("SMTP_PORT", 587, 1, 65535)?;
+                let default = if port == 465 {
+                    SmtpTls::Implicit
+                } else if environment.is_production() {
+                    SmtpTls::Required
+                } else {
+                    SmtpTls::Opportunistic
+                };
+                r.parse("SMTP_TLS", default)?
+            },
+            max_attempts: r.bounded("EMAIL_MAX_ATTEMPTS", 8, 1, 100)?,
         };
+        if environment.is_production() && smtp.tls == SmtpTls::Opportunistic {
+            return Err(ConfigError::Insecure {
+                var: "SMTP_TLS",
+                reason: "opportunistic TLS falls back to plaintext; use required or implicit".to_owned(),
+            });
+        }
         if !smtp.from.contains('@') {
             return Err(ConfigError::Invalid {
                 var: "EMAIL_FROM",
@@ -659,6 +736,14 @@ impl Settings {
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
             otp_lock: Duration::from_secs(r.bounded("OTP_LOCK_SECONDS", 30, 1, 3600)?),
+            event_seal_keys: {
+                let keys = r.list("EVENT_SEAL_KEYS", &[])?;
+                if keys.is_empty() && !environment.is_production() {
+                    vec![Secret::new(DEV_EVENT_SEAL_KEY)]
+                } else {
+                    keys.into_iter().map(Secret::new).collect()
+                }
+            },
             jwt_keys_refresh: Duration::from_secs(r.bounded("JWT_KEYS_REFRESH_SECONDS", 300, 1, 86_400)?),
             max_sockets_per_user: r.bounded("MAX_SOCKETS_PER_USER", 10, 1, 10_000)?,
             allowed_email_domains,
@@ -877,15 +962,65 @@ mod tests {
             err.to_string(),
             "SECRET_KEY is not safe for production: it has 12 characters; use at least 32 random characters"
         );
-        let err = Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")]).unwrap_err();
+        let err = Settings::from_vars([
+            ("ENVIRONMENT", "production"),
+            ("SMTP_SERVER", "smtp.x.org"),
+            ("ALGORITHM", "HS256"),
+            ("JWT_ALLOW_HS256", "true"),
+        ])
+        .unwrap_err();
         assert_eq!(err, ConfigError::Missing { var: "SECRET_KEY" });
         assert_eq!(err.to_string(), "SECRET_KEY is required but not set");
     }
 
     #[test]
+    fn production_signs_with_eddsa_and_refuses_hs256_unless_allowed() {
+        // No SECRET_KEY needed for the services that only verify.
+        let s = Settings::from_vars([("ENVIRONMENT", "production"), ("SMTP_SERVER", "smtp.x.org")]).unwrap();
+        assert_eq!(s.jwt.algorithm, JwtAlgorithm::EdDsa);
+        assert!(s.jwt.secret_key.is_none());
+        let err = production(&[("ALGORITHM", "HS256")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("ALGORITHM is not safe for production: HS256 hands the signing secret"),
+            "{err}"
+        );
+        assert!(err.contains("JWT_ALLOW_HS256=true"), "{err}");
+        let s = production(&[("ALGORITHM", "HS256"), ("JWT_ALLOW_HS256", "true")]).unwrap();
+        assert_eq!(s.jwt.algorithm, JwtAlgorithm::Hs256);
+        let err = production(&[("ALGORITHM", "HS256"), ("JWT_ALLOW_HS256", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("JWT_ALLOW_HS256 is invalid"), "{err}");
+        // Development keeps HS256 and its development secret.
+        let s = load(&[]).unwrap();
+        assert_eq!(s.jwt.algorithm, JwtAlgorithm::Hs256);
+        assert!(s.jwt.secret_key.is_some());
+    }
+
+    #[test]
+    fn production_mail_needs_tls() {
+        let s = production(&[]).unwrap();
+        assert_eq!(s.smtp.tls, SmtpTls::Required);
+        assert_eq!(production(&[("SMTP_PORT", "465")]).unwrap().smtp.tls, SmtpTls::Implicit);
+        let err = production(&[("SMTP_TLS", "opportunistic")]).unwrap_err().to_string();
+        assert!(err.starts_with("SMTP_TLS is not safe for production"), "{err}");
+        assert_eq!(load(&[]).unwrap().smtp.tls, SmtpTls::Opportunistic);
+        assert_eq!(load(&[("SMTP_TLS", "required")]).unwrap().smtp.tls, SmtpTls::Required);
+        assert!(load(&[("SMTP_TLS", "never")]).is_err());
+    }
+
+    #[test]
+    fn event_seal_keys_have_a_development_default_only() {
+        assert_eq!(load(&[]).unwrap().event_seal_keys.len(), 1);
+        assert!(production(&[]).unwrap().event_seal_keys.is_empty());
+        let s = production(&[("EVENT_SEAL_KEYS", "a,b")]).unwrap();
+        assert_eq!(s.event_seal_keys.len(), 2);
+    }
+
+    #[test]
     fn a_weak_secret_is_fine_outside_production() {
         let s = load(&[("SECRET_KEY", "short")]).unwrap();
-        assert_eq!(s.jwt.secret_key.expose(), "short");
+        assert_eq!(s.jwt.secret_key.unwrap().expose(), "short");
     }
 
     #[test]

@@ -18,10 +18,13 @@
 //!   retries failed events with backoff, reclaims what dead consumers left
 //!   pending and acknowledges only after the handler succeeded.
 //! * [`payload`] — the event types and their payloads.
+//! * [`seal`] — secret fields (login codes, verification tokens) sealed for
+//!   the one consumer that may read them.
 
 pub mod consumer;
 pub mod outbox;
 pub mod payload;
+pub mod seal;
 
 use std::collections::HashMap;
 

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::seal::SealedText;
+
 /// `user.registered` (auth): a new account exists.
 pub const USER_REGISTERED: &str = "user.registered";
 /// `user.verified` (auth): the account's email is verified.
@@ -24,25 +26,26 @@ pub struct UserRegistered {
     pub full_name: String,
 }
 
-/// Carries the plaintext token: it exists only in the outbox row (deleted a
-/// day after publication), the stream entry (trimmed) and the email.
+/// Carries the verification token sealed for notification
+/// ([`crate::seal`]): the outbox row, the stream entry and every other
+/// consumer see only ciphertext; the plaintext is in the email alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerificationRequested {
     pub user_id: String,
     pub email: String,
     pub username: String,
     pub full_name: String,
-    pub token: String,
+    pub token: SealedText,
     pub expires_at: DateTime<Utc>,
 }
 
-/// Carries the plaintext code, like [`VerificationRequested`].
+/// Carries the login code sealed, like [`VerificationRequested`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginOtpRequested {
     pub user_id: String,
     pub email: String,
     pub username: String,
-    pub otp: String,
+    pub otp: SealedText,
     pub expires_at: DateTime<Utc>,
 }
 

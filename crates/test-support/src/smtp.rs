@@ -48,6 +48,7 @@ pub struct ReceivedMail {
 pub struct SmtpSink {
     addr: SocketAddr,
     messages: Arc<Mutex<Vec<ReceivedMail>>>,
+    refusals: Refusals,
     running: Mutex<Option<Running>>,
 }
 
@@ -77,6 +78,7 @@ impl SmtpSink {
         let sink = SmtpSink {
             addr,
             messages: Arc::new(Mutex::new(Vec::new())),
+            refusals: Arc::new(Mutex::new(Vec::new())),
             running: Mutex::new(None),
         };
         sink.serve(listener);
@@ -130,6 +132,13 @@ impl SmtpSink {
         }
     }
 
+    /// From now on, `RCPT TO` an address containing `pattern`
+    /// (case-insensitive) is answered with `reply` (e.g. `550 5.1.1 No such
+    /// user` for a permanent refusal, `451 4.3.0 Try later` for a temporary one).
+    pub fn refuse(&self, pattern: &str, reply: &str) {
+        lock(&self.refusals).push((pattern.to_ascii_lowercase(), reply.trim_end().to_owned()));
+    }
+
     /// Whether it is listening.
     pub fn is_running(&self) -> bool {
         lock(&self.running).is_some()
@@ -167,6 +176,7 @@ impl SmtpSink {
     fn serve(&self, listener: TcpListener) {
         let (stop, mut stopped) = oneshot::channel::<()>();
         let messages = Arc::clone(&self.messages);
+        let refusals = Arc::clone(&self.refusals);
         let task = tokio::spawn(async move {
             let mut connections = JoinSet::new();
             loop {
@@ -176,8 +186,9 @@ impl SmtpSink {
                     accepted = listener.accept() => {
                         if let Ok((stream, _)) = accepted {
                             let messages = Arc::clone(&messages);
+                            let refusals = Arc::clone(&refusals);
                             connections.spawn(async move {
-                                let _ = Session::new(messages).run(stream).await;
+                                let _ = Session::new(messages, refusals).run(stream).await;
                             });
                         }
                     }
@@ -199,9 +210,13 @@ impl Drop for SmtpSink {
     }
 }
 
+/// Recipients (substrings, lower-case) the sink refuses, with its reply.
+type Refusals = Arc<Mutex<Vec<(String, String)>>>;
+
 /// One client connection.
 struct Session {
     messages: Arc<Mutex<Vec<ReceivedMail>>>,
+    refusals: Refusals,
     greeted: bool,
     from: Option<String>,
     recipients: Vec<String>,
@@ -265,9 +280,10 @@ fn path_argument(rest: &str) -> Option<String> {
 }
 
 impl Session {
-    fn new(messages: Arc<Mutex<Vec<ReceivedMail>>>) -> Session {
+    fn new(messages: Arc<Mutex<Vec<ReceivedMail>>>, refusals: Refusals) -> Session {
         Session {
             messages,
+            refusals,
             greeted: false,
             from: None,
             recipients: Vec::new(),
@@ -339,8 +355,18 @@ impl Session {
                         .and_then(|_| path_argument(&rest["TO:".len()..]))
                         .filter(|a| !a.is_empty())
                     {
-                        self.recipients.push(address);
-                        "250 2.1.5 OK\r\n".into()
+                        let lower = address.to_ascii_lowercase();
+                        let refusal = lock(&self.refusals)
+                            .iter()
+                            .find(|(pattern, _)| lower.contains(pattern.as_str()))
+                            .map(|(_, reply)| format!("{reply}\r\n"));
+                        match refusal {
+                            Some(reply) => reply,
+                            None => {
+                                self.recipients.push(address);
+                                "250 2.1.5 OK\r\n".into()
+                            }
+                        }
                     } else {
                         "501 5.5.4 Syntax: RCPT TO:<address>\r\n".into()
                     }

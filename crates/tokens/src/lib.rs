@@ -137,7 +137,13 @@ impl SigningKeys {
         let algorithm = jwt_algorithm(name)?;
         let (encoding, current) = match settings.algorithm {
             JwtAlgorithm::Hs256 => {
-                let secret = settings.secret_key.expose().as_bytes().to_vec();
+                let secret = settings
+                    .secret_key
+                    .as_ref()
+                    .ok_or_else(|| TokenError::Key("SECRET_KEY is not set (HS256 signs with it)".to_owned()))?
+                    .expose()
+                    .as_bytes()
+                    .to_vec();
                 (EncodingKey::from_secret(&secret), secret)
             }
             JwtAlgorithm::Rs256 | JwtAlgorithm::EdDsa => {

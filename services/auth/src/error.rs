@@ -44,6 +44,8 @@ pub enum AuthError {
     Redis(#[from] BusError),
     #[error("token signing failed: {0}")]
     Token(#[from] TokenError),
+    #[error("sealing a secret for notification failed: {0}")]
+    Seal(#[from] unilink_events::seal::SealError),
     #[error("{0}")]
     Internal(String),
 }
@@ -65,7 +67,7 @@ impl HasErrorCode for AuthError {
             AuthError::NotVerified | AuthError::Inactive | AuthError::NotAdmin => ErrorCode::Forbidden,
             AuthError::Database(e) => e.code(),
             AuthError::Redis(e) => e.code(),
-            AuthError::Token(_) | AuthError::Internal(_) => ErrorCode::Internal,
+            AuthError::Token(_) | AuthError::Seal(_) | AuthError::Internal(_) => ErrorCode::Internal,
         }
     }
 }

@@ -15,6 +15,7 @@ use unilink_events::payload::{
     USER_VERIFICATION_REQUESTED, USER_VERIFIED, UserDeleted, UserRef, UserRegistered, UserVerified,
     VerificationRequested, close_control, push_channel,
 };
+use unilink_events::seal::{self, SealKeys};
 use unilink_events::{Event, outbox};
 use unilink_presence::PresenceRegistry;
 use unilink_tokens::SigningKeys;
@@ -87,6 +88,8 @@ pub struct AuthService {
     keys: Arc<SigningKeys>,
     allowed_domains: Arc<[String]>,
     otp_secret: Arc<str>,
+    /// Seals login codes and verification tokens for notification.
+    seal: Arc<SealKeys>,
     refresh_ttl: Duration,
     /// The first lockout after [`OTP_MAX_ATTEMPTS`] wrong codes (`OTP_LOCK_SECONDS`).
     otp_lock: Duration,
@@ -105,7 +108,18 @@ impl AuthService {
             hasher: PasswordHasher::new()?,
             keys: Arc::new(SigningKeys::from_settings(&settings.jwt)?),
             allowed_domains: settings.allowed_email_domains.clone().into(),
-            otp_secret: settings.jwt.secret_key.expose().into(),
+            otp_secret: settings
+                .jwt
+                .secret_key
+                .as_ref()
+                .ok_or_else(|| {
+                    AuthError::Internal("SECRET_KEY is not set (auth hashes login codes with it)".to_owned())
+                })?
+                .expose()
+                .into(),
+            seal: Arc::new(
+                SealKeys::from_settings(&settings.event_seal_keys).map_err(|e| AuthError::Internal(e.to_string()))?,
+            ),
             refresh_ttl: settings.jwt.refresh_token_ttl,
             otp_lock: settings.otp_lock,
         })
@@ -180,7 +194,10 @@ impl AuthService {
             email: account.email.clone(),
             username: account.username.clone(),
             full_name: account.full_name.clone(),
-            token,
+            token: self.seal.seal(
+                &token,
+                &seal::context(USER_VERIFICATION_REQUESTED, &account.id.to_string()),
+            )?,
             expires_at,
         };
         outbox::enqueue(tx, &Event::new(USER_VERIFICATION_REQUESTED, json(&payload)?)).await?;
@@ -297,7 +314,9 @@ impl AuthService {
             user_id: account.id.to_string(),
             email: account.email.clone(),
             username: account.username.clone(),
-            otp,
+            otp: self
+                .seal
+                .seal(&otp, &seal::context(USER_LOGIN_OTP_REQUESTED, &account.id.to_string()))?,
             expires_at,
         };
         outbox::enqueue(&tx, &Event::new(USER_LOGIN_OTP_REQUESTED, json(&payload)?)).await?;

@@ -450,3 +450,55 @@ async fn an_outdated_password_hash_is_upgraded_at_login() {
     assert!(!stored.contains("m=8192"), "{stored}");
     gw.stop().await;
 }
+
+/// Login codes and verification tokens never sit readable in `events:auth`
+/// (which profile and signaling read too) or in `auth.outbox`: both hold
+/// only what notification's key opens.
+#[tokio::test]
+async fn codes_and_tokens_are_sealed_in_the_event_stream_and_the_outbox() {
+    let fleet = Fleet::start().await;
+    let gw = fleet.gateway(&[]).await;
+    let session = gw.sign_up_and_log_in(&fleet.smtp, "sam@kiit.ac.in", "sam").await;
+    assert!(session["access_token"].is_string());
+    let mails = fleet.smtp.messages_to("sam@kiit.ac.in");
+    assert_eq!(mails.len(), 2);
+    let token = mails[0].token_after("verify?token=").expect("token in the mail");
+    let code = mails[1].digits(6).expect("code in the mail");
+
+    let settings = unilink_test_support::settings(&fleet.db, &fleet.prefix, &[]);
+    let redis = unilink_bus::Redis::connect(&settings.redis).await.unwrap();
+    let reader = unilink_bus::StreamConsumer::join(&redis, "events:auth", "test-reader", "test")
+        .await
+        .unwrap();
+    let entries = reader.read(1000, std::time::Duration::from_millis(50)).await.unwrap();
+    reader.close().await;
+    let stream = format!("{entries:?}");
+    assert!(
+        stream.contains("user.login_otp_requested") && stream.contains("user.verification_requested"),
+        "the stream holds both events: {stream}"
+    );
+    assert!(stream.contains(r#"\"sealed\":\"v1."#), "{stream}");
+    assert!(
+        !stream.contains(&token),
+        "the verification token is readable in the stream"
+    );
+    assert!(!stream.contains(&code), "the login code is readable in the stream");
+
+    let db = fleet.db.client().await;
+    let rows = db
+        .query("SELECT event_type, payload::text FROM auth.outbox", &[])
+        .await
+        .unwrap();
+    let outbox: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(outbox.iter().any(|(t, _)| t == "user.login_otp_requested"));
+    for (event_type, payload) in &outbox {
+        assert!(
+            !payload.contains(&token),
+            "{event_type}: the token is readable in the outbox"
+        );
+        assert!(
+            !payload.contains(&code),
+            "{event_type}: the code is readable in the outbox"
+        );
+    }
+}

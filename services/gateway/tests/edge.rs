@@ -99,7 +99,8 @@ async fn forged_expired_and_foreign_tokens_get_401_with_www_authenticate() {
     let secret = Settings::from_vars(Vec::<(String, String)>::new())
         .unwrap()
         .jwt
-        .secret_key;
+        .secret_key
+        .expect("a development secret");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(kid);
     let old = jsonwebtoken::encode(

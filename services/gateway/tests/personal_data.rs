@@ -90,6 +90,11 @@ async fn a_user_exports_and_then_deletes_their_data_everywhere() {
         "no secrets in the export"
     );
 
+    // Her open presence socket must not outlive the account.
+    let mut ada_presence = gw.socket(&format!("/calls/ws/{ada_id}"), ada_token).await;
+    ada_presence.send_text("ping").await;
+    ada_presence.next().await;
+
     // Deletion needs the password.
     let delete = |password: &str| {
         gw.http
@@ -102,6 +107,10 @@ async fn a_user_exports_and_then_deletes_their_data_everywhere() {
     assert_eq!(body["detail"], "incorrect password");
     let (status, body) = gw.send(delete("correct horse battery")).await;
     assert_eq!(status, 200, "{body}");
+    let (code, reason) = tokio::time::timeout(Duration::from_secs(10), ada_presence.closed())
+        .await
+        .expect("the deleted user's presence socket closes within seconds");
+    assert_eq!((code, reason.as_str()), (1008, "account closed"));
 
     // Gone at once for auth…
     assert_eq!(get(&gw, "/users/me", ada_token).await.0, 401);

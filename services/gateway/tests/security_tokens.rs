@@ -84,6 +84,7 @@ impl Signing {
                     .unwrap()
                     .jwt
                     .secret_key
+                    .expect("a development secret")
                     .expose()
                     .as_bytes(),
             ),

@@ -50,9 +50,10 @@ pub enum ComposeError {
 /// How long a login code stays valid, by default (auth's rule).
 pub const OTP_VALIDITY_MINUTES: i64 = 10;
 
-/// The verification email: the link `{frontend}/verify?token=…` and the token itself.
-pub fn verification_email(payload: &VerificationRequested, frontend_url: &str) -> Email {
-    let link = verification_link(frontend_url, &payload.token);
+/// The verification email: the link `{frontend}/verify?token=…` and the
+/// token itself (`token`: the payload's, opened).
+pub fn verification_email(payload: &VerificationRequested, token: &str, frontend_url: &str) -> Email {
+    let link = verification_link(frontend_url, token);
     let name = display_name(&payload.full_name, &payload.username);
     let expires = format_time(payload.expires_at);
     let text = format!(
@@ -70,7 +71,6 @@ pub fn verification_email(payload: &VerificationRequested, frontend_url: &str) -
          If you did not create a UniLink account, you can ignore this email.\n\
          \n\
          — The UniLink team\n",
-        token = payload.token,
     );
     let html = format!(
         "<!DOCTYPE html>\n<html><body style=\"font-family:sans-serif;line-height:1.5\">\n\
@@ -85,7 +85,7 @@ pub fn verification_email(payload: &VerificationRequested, frontend_url: &str) -
         name = html_escape(&name),
         link_attr = html_escape(&link),
         link_text = html_escape(&link),
-        token = html_escape(&payload.token),
+        token = html_escape(token),
         expires = html_escape(&expires),
     );
     Email {
@@ -98,11 +98,11 @@ pub fn verification_email(payload: &VerificationRequested, frontend_url: &str) -
     }
 }
 
-/// The login code email; `occurred_at` is when auth issued the code.
-pub fn login_otp_email(payload: &LoginOtpRequested, occurred_at: DateTime<Utc>) -> Email {
+/// The login code email (`code`: the payload's, opened); `occurred_at` is
+/// when auth issued the code.
+pub fn login_otp_email(payload: &LoginOtpRequested, code: &str, occurred_at: DateTime<Utc>) -> Email {
     let minutes = validity_minutes(occurred_at, payload.expires_at);
     let name = display_name("", &payload.username);
-    let code = &payload.otp;
     let expires = format_time(payload.expires_at);
     let text = format!(
         "Hi {name},\n\
@@ -223,6 +223,7 @@ pub fn url_encode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use unilink_events::seal::SealedText;
 
     fn verification() -> VerificationRequested {
         VerificationRequested {
@@ -230,14 +231,14 @@ mod tests {
             email: "ana@kiit.ac.in".into(),
             username: "ana".into(),
             full_name: "Ana <script>alert(1)</script> & \"Co\"".into(),
-            token: "tok_en-123+/=".into(),
+            token: SealedText::Plain("unused".into()),
             expires_at: "2030-01-02T03:04:05Z".parse().unwrap(),
         }
     }
 
     #[test]
     fn verification_email_has_the_link_the_token_and_escapes_the_name() {
-        let email = verification_email(&verification(), "https://app.unilink.test/");
+        let email = verification_email(&verification(), "tok_en-123+/=", "https://app.unilink.test/");
         let link = "https://app.unilink.test/verify?token=tok_en-123%2B%2F%3D";
         assert!(email.text.contains(link), "{}", email.text);
         assert!(email.text.contains("\ntok_en-123+/=\n"));
@@ -260,10 +261,10 @@ mod tests {
             user_id: "u1".into(),
             email: "ana@kiit.ac.in".into(),
             username: "ana_<b>".into(),
-            otp: "042917".into(),
+            otp: SealedText::Plain("unused".into()),
             expires_at: issued + chrono::Duration::minutes(10),
         };
-        let email = login_otp_email(&payload, issued);
+        let email = login_otp_email(&payload, "042917", issued);
         assert!(email.text.contains("\n042917\n"));
         assert!(email.text.contains("valid for 10 minutes"));
         assert!(email.html.contains(">042917</p>"));
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn messages_are_multipart_alternative() {
-        let email = verification_email(&verification(), "http://localhost:5173");
+        let email = verification_email(&verification(), "tok", "http://localhost:5173");
         let from: Mailbox = "UniLink <noreply@unilink.app>".parse().unwrap();
         let id = EventId::new();
         let raw = String::from_utf8(email.to_message(&from, id).unwrap().formatted()).unwrap();

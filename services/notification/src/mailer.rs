@@ -8,21 +8,20 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use unilink_config::SmtpSettings;
+use unilink_config::{SmtpSettings, SmtpTls};
 use unilink_domain::EventId;
 
 use crate::email::Email;
 
-/// The port on which SMTP servers expect TLS from the first byte.
-const IMPLICIT_TLS_PORT: u16 = 465;
 /// Longest `last_error` kept in the ledger.
 const MAX_ERROR_LEN: usize = 500;
 
 /// Sends emails.
 #[derive(Clone)]
 pub enum Mailer {
-    /// A real SMTP server: STARTTLS when offered (implicit TLS on 465),
-    /// credentials when configured.
+    /// A real SMTP server, as `SMTP_TLS` says: STARTTLS required (a server
+    /// that does not offer it is an error), implicit TLS, or — development
+    /// only — STARTTLS when offered; credentials when configured.
     Smtp {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         timeout: Duration,
@@ -53,6 +52,9 @@ impl std::fmt::Debug for Mailer {
 pub enum SendError {
     #[error("SMTP delivery failed: {0}")]
     Smtp(String),
+    /// The server refused the mail for good (a 5xx answer).
+    #[error("SMTP server refused the mail: {0}")]
+    Refused(String),
     #[error("SMTP delivery did not finish within {0:?}")]
     Timeout(Duration),
     #[error("writing the mail to the outbox folder failed: {0}")]
@@ -60,6 +62,11 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// Whether trying again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SendError::Refused(_))
+    }
+
     /// The text kept in the ledger's `last_error`: bounded, no secrets (lettre's
     /// errors carry server replies and I/O causes, never credentials).
     pub fn ledger_text(&self) -> String {
@@ -94,10 +101,15 @@ impl Mailer {
         };
         let parameters = TlsParameters::new(server.to_owned())
             .map_err(|e| format!("SMTP_SERVER {server:?}: TLS parameters: {e}"))?;
-        let tls = if smtp.port == IMPLICIT_TLS_PORT {
-            Tls::Wrapper(parameters)
-        } else {
-            Tls::Opportunistic(parameters)
+        let tls = match smtp.tls {
+            SmtpTls::Implicit => Tls::Wrapper(parameters),
+            SmtpTls::Required => Tls::Required(parameters),
+            SmtpTls::Opportunistic if production => {
+                return Err(
+                    "SMTP_TLS=opportunistic is refused in production (mail would fall back to plaintext)".to_owned(),
+                );
+            }
+            SmtpTls::Opportunistic => Tls::Opportunistic(parameters),
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server)
             .port(smtp.port)
@@ -121,6 +133,7 @@ impl Mailer {
                 let whole = timeout.saturating_mul(3);
                 match tokio::time::timeout(whole, transport.send(message)).await {
                     Ok(Ok(_response)) => Ok(()),
+                    Ok(Err(e)) if e.is_permanent() => Err(SendError::Refused(error_chain(&e))),
                     Ok(Err(e)) => Err(SendError::Smtp(error_chain(&e))),
                     Err(_) => Err(SendError::Timeout(whole)),
                 }

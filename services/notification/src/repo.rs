@@ -96,24 +96,41 @@ pub enum DeliveryOutcome {
     AlreadyDelivered,
     /// Another consumer holds the row (it is sending right now): try later.
     InProgress,
-    /// Sending failed; the attempt and its error were recorded.
+    /// Sending failed; the attempt and its error were recorded. Try later.
     Failed(String),
+    /// Given up, now or earlier: the failure was permanent (the server
+    /// refused the mail for good) or this was the last allowed attempt, or
+    /// the ledger already says `failed`. The row stays `failed`; nothing will
+    /// be sent for this event.
+    GaveUp { error: String, attempts: i32 },
+}
+
+/// Why one try to send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendFailure {
+    pub error: String,
+    /// Trying again cannot help (an SMTP 5xx answer).
+    pub permanent: bool,
 }
 
 impl DeliveryRepository {
     /// Sends at most once per event id: creates (or finds) the ledger row,
     /// locks it for the duration of `send` (another consumer of the same
     /// event gets [`DeliveryOutcome::InProgress`]), skips it when already
-    /// delivered, and records the attempt: `delivered` + `delivered_at` when
-    /// `send` succeeded, `last_error` when it failed.
+    /// delivered or given up, and records the attempt: `delivered` +
+    /// `delivered_at` when `send` succeeded; `last_error` when it failed —
+    /// and `failed` (given up) when the failure was permanent or this was
+    /// attempt `max_attempts`. Attempts are counted in the ledger, so a
+    /// restart or another replica does not start the count again.
     pub async fn deliver_once<F, Fut>(
         &self,
         delivery: NewDelivery<'_>,
+        max_attempts: i32,
         send: F,
     ) -> Result<DeliveryOutcome, NotificationError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
+        Fut: std::future::Future<Output = Result<(), SendFailure>>,
     {
         let id = delivery.event_id.as_uuid();
         let mut client = self.db.get().await.map_err(DbError::from)?;
@@ -128,7 +145,7 @@ impl DeliveryRepository {
         let tx = client.transaction().await.map_err(DbError::from)?;
         let row = tx
             .query_opt(
-                "SELECT status FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
+                "SELECT status, attempts, last_error FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
                 &[&id],
             )
             .await
@@ -137,8 +154,16 @@ impl DeliveryRepository {
             return Ok(DeliveryOutcome::InProgress);
         };
         let status: String = row.get("status");
-        if DeliveryStatus::parse(&status) == Some(DeliveryStatus::Delivered) {
-            return Ok(DeliveryOutcome::AlreadyDelivered);
+        let attempts: i32 = row.get("attempts");
+        match DeliveryStatus::parse(&status) {
+            Some(DeliveryStatus::Delivered) => return Ok(DeliveryOutcome::AlreadyDelivered),
+            Some(DeliveryStatus::Failed) => {
+                return Ok(DeliveryOutcome::GaveUp {
+                    error: row.get::<_, Option<String>>("last_error").unwrap_or_default(),
+                    attempts,
+                });
+            }
+            _ => {}
         }
         let outcome = match send().await {
             Ok(()) => {
@@ -152,15 +177,25 @@ impl DeliveryRepository {
                 .map_err(DbError::from)?;
                 DeliveryOutcome::Delivered
             }
-            Err(error) => {
+            Err(failure) => {
+                let attempts = attempts + 1;
+                let give_up = failure.permanent || attempts >= max_attempts;
+                let status = if give_up { "failed" } else { "pending" };
                 tx.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, last_error = $2
+                    "UPDATE deliveries SET status = $3, attempts = $4, last_error = $2
                      WHERE event_id = $1",
-                    &[&id, &error],
+                    &[&id, &failure.error, &status, &attempts],
                 )
                 .await
                 .map_err(DbError::from)?;
-                DeliveryOutcome::Failed(error)
+                if give_up {
+                    DeliveryOutcome::GaveUp {
+                        error: failure.error,
+                        attempts,
+                    }
+                } else {
+                    DeliveryOutcome::Failed(failure.error)
+                }
             }
         };
         tx.commit().await.map_err(DbError::from)?;
@@ -168,11 +203,12 @@ impl DeliveryRepository {
     }
 
     /// Records an event that can never be delivered (malformed payload,
-    /// invalid address), unless it was delivered already.
-    pub async fn mark_failed(&self, delivery: NewDelivery<'_>, error: &str) -> Result<(), NotificationError> {
+    /// invalid address), unless it was delivered already; says whether it
+    /// recorded it (false: delivered before).
+    pub async fn mark_failed(&self, delivery: NewDelivery<'_>, error: &str) -> Result<bool, NotificationError> {
         let _timer = unilink_db::QueryTimer::start("notification", "mark_failed");
         let client = self.db.get().await.map_err(DbError::from)?;
-        client
+        let changed = client
             .execute(
                 "INSERT INTO deliveries (event_id, event_type, channel, recipient, status, attempts, last_error)
                  VALUES ($1, $2, $3, $4, 'failed', 1, $5)
@@ -189,7 +225,7 @@ impl DeliveryRepository {
             )
             .await
             .map_err(DbError::from)?;
-        Ok(())
+        Ok(changed == 1)
     }
 }
 
