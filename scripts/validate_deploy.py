@@ -70,6 +70,10 @@ def check_k8s(path, flavour):
             check(key in cm.get("data", {}), f"ConfigMap lacks {key}")
         check(cm["data"].get("ENVIRONMENT") == "production", "ConfigMap ENVIRONMENT is not production")
         check("*" not in cm["data"].get("ALLOWED_ORIGINS", ""), "wildcard in ALLOWED_ORIGINS")
+        check(cm["data"].get("ALGORITHM", "EdDSA") == "EdDSA",
+              "ConfigMap ALGORITHM is not EdDSA (HS256 hands the signing secret to the gateways)")
+        check(cm["data"].get("SMTP_TLS", "required") in ("required", "implicit"),
+              "ConfigMap SMTP_TLS allows a plaintext fallback")
 
     deployments = by_kind.get("Deployment", {})
     check(sorted(deployments) == sorted(SERVICES), f"Deployments {sorted(deployments)} != {sorted(SERVICES)}")
@@ -108,11 +112,33 @@ def check_k8s(path, flavour):
             check(int(pre[1]) + 20 < 30, f"{where}: preStop sleep + drain does not fit the grace period")
         refs = {r.get("configMapRef", {}).get("name") for r in c.get("envFrom", [])}
         check("unilink-config" in refs, f"{where}: envFrom unilink-config")
-        for secret_key in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SENTRY_DSN"):
+        # Each secret goes only where it is needed: SECRET_KEY (login-code
+        # pepper) to auth, EVENT_SEAL_KEYS (sealed codes in events) to auth
+        # and notification, the EdDSA private key to auth.
+        needed = {"DATABASE_URL", "REDIS_URL", "SENTRY_DSN"}
+        if name == "auth":
+            needed |= {"SECRET_KEY", "EVENT_SEAL_KEYS"}
+        if name == "notification":
+            needed |= {"EVENT_SEAL_KEYS"}
+        for secret_key in sorted(needed):
             e = env_map(c).get(secret_key, {})
             ref = e.get("valueFrom", {}).get("secretKeyRef", {})
             check(ref.get("name") == "unilink-secrets" and ref.get("key") == secret_key,
                   f"{where}: {secret_key} from Secret unilink-secrets")
+        for secret_key in {"SECRET_KEY", "EVENT_SEAL_KEYS"} - needed:
+            check(secret_key not in env_map(c), f"{where}: must not receive {secret_key}")
+        jwt_volumes = [v for v in pod.get("volumes", [])
+                       if v.get("secret", {}).get("secretName") == "unilink-jwt-keys"]
+        if name == "auth":
+            check(len(jwt_volumes) == 1, f"{where}: mounts Secret unilink-jwt-keys")
+            mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+            if jwt_volumes:
+                m = mounts.get(jwt_volumes[0]["name"], {})
+                check(m.get("readOnly") is True, f"{where}: JWT keys mounted read-only")
+                for var, file in (("JWT_PRIVATE_KEY_FILE", "private.pem"), ("JWT_PUBLIC_KEY_FILE", "public.pem")):
+                    check(env_value(c, var) == f"{m.get('mountPath')}/{file}", f"{where}: {var} in the mounted Secret")
+        else:
+            check(not jwt_volumes, f"{where}: only auth may mount the signing keys")
         ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
         live = c.get("livenessProbe", {}).get("httpGet", {})
         ready = c.get("readinessProbe", {}).get("httpGet", {})

@@ -740,6 +740,11 @@ impl Settings {
                 let keys = r.list("EVENT_SEAL_KEYS", &[])?;
                 if keys.is_empty() && !environment.is_production() {
                     vec![Secret::new(DEV_EVENT_SEAL_KEY)]
+                } else if environment.is_production() && keys.iter().any(|k| k == DEV_EVENT_SEAL_KEY) {
+                    return Err(ConfigError::Insecure {
+                        var: "EVENT_SEAL_KEYS",
+                        reason: "it holds the published development key".to_owned(),
+                    });
                 } else {
                     keys.into_iter().map(Secret::new).collect()
                 }
@@ -1015,6 +1020,8 @@ mod tests {
         assert!(production(&[]).unwrap().event_seal_keys.is_empty());
         let s = production(&[("EVENT_SEAL_KEYS", "a,b")]).unwrap();
         assert_eq!(s.event_seal_keys.len(), 2);
+        let err = production(&[("EVENT_SEAL_KEYS", DEV_EVENT_SEAL_KEY)]).unwrap_err().to_string();
+        assert!(err.starts_with("EVENT_SEAL_KEYS is not safe for production"), "{err}");
     }
 
     #[test]
