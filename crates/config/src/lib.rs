@@ -590,7 +590,7 @@ impl Settings {
                 };
                 r.parse("SMTP_TLS", default)?
             },
-            max_attempts: r.bounded("EMAIL_MAX_ATTEMPTS", 8, 1, 100)?,
+            max_attempts: r.bounded("EMAIL_MAX_ATTEMPTS", 20, 1, 1000)?,
         };
         if environment.is_production() && smtp.tls == SmtpTls::Opportunistic {
             return Err(ConfigError::Insecure {
