@@ -23,6 +23,8 @@
 //! on the bare TCP stream once the 101 is written ([`takeover`], [`socket`]).
 
 pub mod cap;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod socket;
 pub mod takeover;
 
@@ -367,8 +369,8 @@ impl Accepted {
 enum End {
     /// Close the client socket with this.
     Close(CloseReason),
-    /// The client closed: answer its close frame.
-    Closed,
+    /// The client closed (with this reason): answer its close frame.
+    Closed(Option<CloseReason>),
     /// The connection is gone.
     Gone,
 }
@@ -441,7 +443,7 @@ async fn run(
                         }
                     }
                     Ok(Incoming::Pong) => {}
-                    Ok(Incoming::Close(_)) => break End::Closed,
+                    Ok(Incoming::Close(theirs)) => break End::Closed(theirs),
                     Err(Fault::Gone) => break End::Gone,
                     Err(Fault::Protocol(reason)) => break End::Close(reason),
                 }
@@ -507,7 +509,7 @@ async fn run(
     metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
     let closing = match end {
         End::Close(reason) => socket.close(Some(reason)).boxed_local(),
-        End::Closed => socket.close(None).boxed_local(),
+        End::Closed(theirs) => socket.close(socket::echo(theirs)).boxed_local(),
         End::Gone => return,
     };
     closing.await;

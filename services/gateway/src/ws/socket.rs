@@ -4,8 +4,12 @@
 //! An idle socket owns no buffer: bytes are read only when the kernel says
 //! some have arrived, into a buffer that is released again as soon as every
 //! complete frame in it has been taken out. A partial frame keeps its bytes
-//! until the rest arrives. Frames are parsed and written with actix-http's
-//! frame codec ([`Parser`]); this module only decides when memory is held.
+//! until the rest arrives, unless its header already announces a length that
+//! will be refused: that is refused at once, so a client cannot make the
+//! socket buffer a payload it will never take. Frames are parsed and written
+//! with actix-http's frame codec ([`Parser`]); this module decides when
+//! memory is held, and adds the checks of RFC 6455 the codec leaves out
+//! (fragmented control frames, close bodies).
 //!
 //! actix's own WebSocket path keeps the dispatcher's 8 KiB read and 8 KiB
 //! write buffers for the socket's whole life, which for 10,000 idle presence
@@ -33,7 +37,7 @@ pub enum Incoming {
     Binary,
     Ping(Bytes),
     Pong,
-    /// The client's close frame (answered by [`WebSocket::close`]).
+    /// The client's close frame (answered by [`WebSocket::close`] with [`echo`]).
     Close(Option<CloseReason>),
 }
 
@@ -111,10 +115,25 @@ impl WebSocket {
     /// Takes the next complete message out of the buffer, if there is one.
     fn parse(&mut self) -> Result<Option<Incoming>, Fault> {
         loop {
+            // Read before the parser takes the frame out of the buffer.
+            let header = announced(&self.buf);
             let (fin, opcode, payload) = match Parser::parse(&mut self.buf, true, self.max_message) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(None),
-                Err(ProtocolError::Overflow) => return Err(protocol(CloseCode::Size, "message too large")),
+                // The payload has not all arrived. `Parser` waits for all of
+                // it before looking at its length, and `next` would buffer
+                // whatever a client announced (gigabytes) until then: a
+                // length that will be refused is refused from the header.
+                Ok(None) => match header.and_then(|(control, len)| self.length_fault(control, len)) {
+                    Some(fault) => return Err(fault),
+                    None => return Ok(None),
+                },
+                // `Parser` says `Overflow` for a top bit set as well, and
+                // checks the limit before the 125 bytes of a control frame.
+                Err(ProtocolError::Overflow | ProtocolError::InvalidLength(_)) => {
+                    return Err(header
+                        .and_then(|(control, len)| self.length_fault(control, len))
+                        .unwrap_or_else(|| protocol(CloseCode::Size, "message too large")));
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket protocol error");
                     return Err(protocol(CloseCode::Protocol, "malformed frame"));
@@ -122,6 +141,10 @@ impl WebSocket {
             };
             let payload = payload.unwrap_or_default();
             match opcode {
+                // `Parser` lets a fragmented control frame through.
+                OpCode::Ping | OpCode::Pong | OpCode::Close if !fin => {
+                    return Err(protocol(CloseCode::Protocol, "a control frame was fragmented"));
+                }
                 OpCode::Text | OpCode::Binary if self.partial.is_some() => {
                     return Err(protocol(
                         CloseCode::Protocol,
@@ -145,12 +168,27 @@ impl WebSocket {
                 }
                 OpCode::Ping => return Ok(Some(Incoming::Ping(payload.freeze()))),
                 OpCode::Pong => return Ok(Some(Incoming::Pong)),
-                OpCode::Close => {
-                    let reason = Parser::try_parse_close_payload(&payload).ok().flatten();
-                    return Ok(Some(Incoming::Close(reason)));
-                }
+                OpCode::Close => return close_payload(&payload).map(|reason| Some(Incoming::Close(reason))),
                 OpCode::Bad => return Err(protocol(CloseCode::Protocol, "unknown opcode")),
             }
+        }
+    }
+
+    /// Why a frame announcing `len` bytes is refused, known from its header:
+    /// a 64-bit length has its top bit clear (RFC 6455 §5.2), a control
+    /// frame carries at most 125 bytes (§5.5), a message at most `max_message`.
+    fn length_fault(&self, control: bool, len: u64) -> Option<Fault> {
+        if len > i64::MAX as u64 {
+            Some(protocol(CloseCode::Protocol, "a frame length has its top bit set"))
+        } else if control && len > 125 {
+            Some(protocol(
+                CloseCode::Protocol,
+                "a control frame is longer than 125 bytes",
+            ))
+        } else if len > self.max_message as u64 {
+            Some(protocol(CloseCode::Size, "message too large"))
+        } else {
+            None
         }
     }
 
@@ -223,6 +261,42 @@ impl WebSocket {
     }
 }
 
+/// Whether the frame at the start of `buf` is a control frame, and the
+/// payload length its header announces, once the length field has arrived.
+fn announced(buf: &[u8]) -> Option<(bool, u64)> {
+    let control = buf.first()? & 0x08 != 0;
+    let len = match buf.get(1)? & 0x7f {
+        126 => u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+        127 => u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?),
+        len => u64::from(len),
+    };
+    Some((control, len))
+}
+
+/// A close frame's body: empty, or a status code an endpoint may send and a
+/// UTF-8 reason (RFC 6455 §5.5.1, §7.4). Anything else fails the connection
+/// rather than passing for a close without a code; the error of
+/// `Parser::try_parse_close_payload` alone does not tell 1007 from 1002.
+fn close_payload(payload: &[u8]) -> Result<Option<CloseReason>, Fault> {
+    match Parser::try_parse_close_payload(payload) {
+        Ok(reason) => Ok(reason),
+        // The code alone is fine: the reason is not UTF-8 (§8.1).
+        Err(_) if payload.len() > 2 && Parser::try_parse_close_payload(&payload[..2]).is_ok() => {
+            Err(protocol(CloseCode::Invalid, "close reason is not valid UTF-8"))
+        }
+        Err(_) => Err(protocol(CloseCode::Protocol, "invalid close frame")),
+    }
+}
+
+/// The close that answers the client's: its status code echoed, as RFC 6455
+/// §5.5.1 suggests, without its reason; an empty close answers an empty one.
+pub fn echo(theirs: Option<CloseReason>) -> Option<CloseReason> {
+    theirs.map(|reason| CloseReason {
+        code: reason.code,
+        description: None,
+    })
+}
+
 fn message(opcode: OpCode, payload: BytesMut) -> Result<Incoming, Fault> {
     if opcode == OpCode::Binary {
         return Ok(Incoming::Binary);
@@ -286,10 +360,29 @@ mod tests {
 
     #[tokio::test]
     async fn protocol_violations_name_their_close_code() {
-        let cases: [(Vec<u8>, CloseCode); 4] = [
+        let cases: [(Vec<u8>, CloseCode); 9] = [
             (client_frame(&[b'x'; 2000], OpCode::Text, true), CloseCode::Size),
             (client_frame(&[0xff, 0xfe], OpCode::Text, true), CloseCode::Invalid),
             (client_frame(b"orphan", OpCode::Continue, true), CloseCode::Protocol),
+            // Control frames are never fragmented (RFC 6455 §5.5).
+            (client_frame(b"p", OpCode::Ping, false), CloseCode::Protocol),
+            // A close body is empty or starts with a code (§5.5.1)…
+            (client_frame(&[0x03], OpCode::Close, true), CloseCode::Protocol),
+            // …that an endpoint may send: 1005 only stands for "no code" (§7.4.1)…
+            (
+                client_frame(&1005_u16.to_be_bytes(), OpCode::Close, true),
+                CloseCode::Protocol,
+            ),
+            // …followed by a UTF-8 reason (§8.1).
+            (
+                client_frame(&[0x03, 0xe8, 0xff], OpCode::Close, true),
+                CloseCode::Invalid,
+            ),
+            // A 64-bit length has its top bit clear (§5.2).
+            (
+                [[0x82, 0xff].as_slice(), &[0x80, 0, 0, 0, 0, 0, 0, 1], &[0; 4]].concat(),
+                CloseCode::Protocol,
+            ),
             (
                 {
                     // A server must refuse unmasked client frames.
@@ -313,6 +406,32 @@ mod tests {
         client_write(&client, &client_frame(&[b'a'; 600], OpCode::Text, false)).await;
         client_write(&client, &client_frame(&[b'b'; 600], OpCode::Continue, true)).await;
         assert!(matches!(socket.next().await, Err(Fault::Protocol(r)) if r.code == CloseCode::Size));
+    }
+
+    #[tokio::test]
+    async fn a_length_over_the_limit_is_refused_from_the_header_without_waiting_for_the_payload() {
+        // A binary frame announcing 1 GiB, and the start of its payload; the
+        // client keeps the connection open and would go on sending.
+        let mut bytes = vec![0x82, 0xff];
+        bytes.extend((1_u64 << 30).to_be_bytes());
+        bytes.extend([0x11, 0x22, 0x33, 0x44]);
+        bytes.extend([0_u8; 3000]);
+        let (mut socket, client) = pair(&[]).await;
+        client_write(&client, &bytes).await;
+        let next = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+        assert!(
+            matches!(next, Ok(Err(Fault::Protocol(ref r))) if r.code == CloseCode::Size),
+            "{next:?}"
+        );
+        // A ping announcing more than 125 bytes is refused as soon, with 1002.
+        let (mut socket, client) = pair(&[]).await;
+        client_write(&client, &[0x89, 0xfe, 0x00, 0x7e, 1, 2, 3, 4, b'x']).await;
+        let next = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+        assert!(
+            matches!(next, Ok(Err(Fault::Protocol(ref r))) if r.code == CloseCode::Protocol),
+            "{next:?}"
+        );
+        drop(client);
     }
 
     #[tokio::test]
