@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface, StreamsInterface};
-use fred::types::config::{Config, ReconnectPolicy};
+use fred::types::config::{Config, ReconnectPolicy, ServerConfig, TlsConnector};
 use fred::types::streams::XID;
 use fred::types::{Builder, Expiration};
 use futures_util::FutureExt;
@@ -32,6 +32,8 @@ use unilink_errors::{ErrorCode, HasErrorCode};
 pub enum BusError {
     #[error("invalid REDIS_URL: {0}")]
     Config(String),
+    #[error("redis TLS: {0}")]
+    Tls(String),
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
     #[error("redis did not answer within {0:?}")]
@@ -45,7 +47,7 @@ pub enum BusError {
 impl HasErrorCode for BusError {
     fn code(&self) -> ErrorCode {
         match self {
-            BusError::Config(_) | BusError::Reply(_) => ErrorCode::Internal,
+            BusError::Config(_) | BusError::Tls(_) | BusError::Reply(_) => ErrorCode::Internal,
             BusError::Redis(_) | BusError::Timeout(_) => ErrorCode::Unavailable,
         }
     }
@@ -57,8 +59,27 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// without one (the client keeps retrying in the background).
 const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
+/// The client configuration `settings` describe: `REDIS_URL`; over TLS
+/// (`rediss://`) the server's certificate is verified against
+/// `REDIS_CA_FILE` (else the system's roots), name included; with
+/// `REDIS_SENTINELS` the master is whichever node the Sentinels name for
+/// `REDIS_SENTINEL_MASTER`, asked again at every reconnection (so a
+/// failover is followed without a restart).
 fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
-    let mut config = Config::from_url(settings.url.expose()).map_err(|e| BusError::Config(e.to_string()))?;
+    let url = settings.url.expose();
+    let mut config = Config::from_url(url).map_err(|e| BusError::Config(e.to_string()))?;
+    if url.starts_with("rediss://") {
+        let roots = match &settings.ca_file {
+            Some(path) => unilink_tls::Roots::File(path.clone()),
+            None => unilink_tls::Roots::System,
+        };
+        let tls = unilink_tls::client_config(&roots, unilink_tls::Verify::Full)
+            .map_err(|e| BusError::Tls(format!("REDIS_CA_FILE: {e}")))?;
+        config.tls = Some(TlsConnector::from((*tls).clone()).into());
+    }
+    if let (false, Some(master)) = (settings.sentinels.is_empty(), &settings.sentinel_master) {
+        config.server = ServerConfig::new_sentinel(settings.sentinels.clone(), master.clone());
+    }
     // Keep retrying the first connection too: a service must start (not ready)
     // while Redis is down and become ready when it returns.
     config.fail_fast = false;

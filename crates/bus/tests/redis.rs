@@ -7,10 +7,7 @@ use unilink_config::{RedisSettings, Secret};
 use unilink_test_support::{closed_port, redis_url, unique_prefix};
 
 fn settings(prefix: &str) -> RedisSettings {
-    RedisSettings {
-        url: Secret::new(redis_url()),
-        key_prefix: prefix.to_owned(),
-    }
+    RedisSettings::new(Secret::new(redis_url()), prefix.to_owned())
 }
 
 #[tokio::test]
@@ -157,12 +154,9 @@ async fn redis_del(key: &str) {
 async fn an_unreachable_redis_fails_fast_instead_of_hanging() {
     let url = format!("redis://127.0.0.1:{}", closed_port());
     let started = std::time::Instant::now();
-    let redis = Redis::connect(&RedisSettings {
-        url: Secret::new(url),
-        key_prefix: unique_prefix(),
-    })
-    .await
-    .expect("connect does not fail because Redis is down");
+    let redis = Redis::connect(&RedisSettings::new(Secret::new(url), unique_prefix()))
+        .await
+        .expect("connect does not fail because Redis is down");
     let err = redis.ping(Duration::from_millis(500)).await.unwrap_err();
     assert!(
         started.elapsed() < Duration::from_secs(5),

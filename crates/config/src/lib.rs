@@ -141,6 +141,27 @@ pub struct RedisSettings {
     pub url: Secret,
     /// `REDIS_KEY_PREFIX`: prepended to every key and channel (tests use a unique one).
     pub key_prefix: String,
+    /// `REDIS_CA_FILE`: PEM CA that signs the server's certificate under
+    /// `rediss://` (the system's roots when unset).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// `REDIS_SENTINELS`: `host:port` of the Sentinels watching the master
+    /// (then `REDIS_URL` gives only the scheme, credentials and database).
+    pub sentinels: Vec<(String, u16)>,
+    /// `REDIS_SENTINEL_MASTER`: the master's name in Sentinel.
+    pub sentinel_master: Option<String>,
+}
+
+impl RedisSettings {
+    /// A single Redis at `url` (no Sentinel, system roots for `rediss://`).
+    pub fn new(url: Secret, key_prefix: impl Into<String>) -> RedisSettings {
+        RedisSettings {
+            url,
+            key_prefix: key_prefix.into(),
+            ca_file: None,
+            sentinels: Vec::new(),
+            sentinel_master: None,
+        }
+    }
 }
 
 /// Access-token settings.
@@ -439,6 +460,68 @@ fn check_url(var: &'static str, value: &str, schemes: &[&str]) -> Result<(), Con
     Ok(())
 }
 
+/// `host:port` (`[v6]:port` too).
+fn host_port(entry: &str) -> Option<(String, u16)> {
+    let (host, port) = entry.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+/// The value of query parameter `name` of `url`.
+fn url_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// The host part of `scheme://user:pass@host:port/…` (hosts, comma-separated).
+fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+    hosts
+        .split(',')
+        .map(|h| {
+            if let Some(v6) = h.strip_prefix('[') {
+                v6.split(']').next().unwrap_or("").to_owned()
+            } else {
+                h.split(':').next().unwrap_or("").to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Whether every host of a comma list is this machine (or a Unix socket).
+fn host_is_local(hosts: &str) -> bool {
+    hosts.split(',').all(|host| {
+        let host = percent_unescape_slashes(host);
+        host.is_empty()
+            || host == "localhost"
+            || host.starts_with('/')
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
+fn percent_unescape_slashes(host: &str) -> String {
+    host.replace("%2F", "/").replace("%2f", "/")
+}
+
+/// Whether a PostgreSQL URL points at this machine (its host, or a
+/// `host=` parameter naming a Unix socket directory).
+fn postgres_is_local(url: &str) -> bool {
+    match url_param(url, "host") {
+        Some(host) => host_is_local(&host),
+        None => host_is_local(&url_host(url)),
+    }
+}
+
 /// A JSON list (`["a", "b"]`) or a comma list (`a,b`), entries trimmed, empties dropped.
 fn parse_list(var: &'static str, raw: &str) -> Result<Vec<String>, ConfigError> {
     let items: Vec<String> = if raw.starts_with('[') {
@@ -505,7 +588,55 @@ impl Settings {
         let redis = RedisSettings {
             url: Secret::new(r.url("REDIS_URL", "redis://127.0.0.1:6379", &["redis", "rediss"])?),
             key_prefix: r.string("REDIS_KEY_PREFIX", "unilink:"),
+            ca_file: r.opt("REDIS_CA_FILE").map(std::path::PathBuf::from),
+            sentinels: r
+                .list("REDIS_SENTINELS", &[])?
+                .iter()
+                .map(|entry| {
+                    host_port(entry).ok_or_else(|| ConfigError::Invalid {
+                        var: "REDIS_SENTINELS",
+                        reason: format!("{entry:?} is not host:port"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            sentinel_master: r.opt("REDIS_SENTINEL_MASTER"),
         };
+        if !redis.sentinels.is_empty() && redis.sentinel_master.is_none() {
+            return Err(ConfigError::Missing {
+                var: "REDIS_SENTINEL_MASTER",
+            });
+        }
+        if environment.is_production() {
+            for (var, url) in std::iter::once(("DATABASE_URL", &database.url))
+                .chain(database.read_url.iter().map(|u| ("DATABASE_READ_URL", u)))
+            {
+                let mode = url_param(url.expose(), "sslmode").unwrap_or_else(|| "prefer".to_owned());
+                let encrypted = matches!(mode.as_str(), "require" | "verify-ca" | "verify-full");
+                if !encrypted && !postgres_is_local(url.expose()) && !r.flag("DATABASE_ALLOW_PLAINTEXT", false)? {
+                    return Err(ConfigError::Insecure {
+                        var,
+                        reason: format!(
+                            "sslmode={mode} to a database on the network may travel in plaintext; use \
+                             sslmode=verify-full (or require) or set DATABASE_ALLOW_PLAINTEXT=true"
+                        ),
+                    });
+                }
+            }
+            let url = redis.url.expose();
+            let hosts_local = if redis.sentinels.is_empty() {
+                host_is_local(&url_host(url))
+            } else {
+                redis.sentinels.iter().all(|(host, _)| host_is_local(host))
+            };
+            if url.starts_with("redis://") && !hosts_local && !r.flag("REDIS_ALLOW_PLAINTEXT", false)? {
+                return Err(ConfigError::Insecure {
+                    var: "REDIS_URL",
+                    reason: "redis:// to a server on the network is plaintext; use rediss:// or set \
+                             REDIS_ALLOW_PLAINTEXT=true"
+                        .to_owned(),
+                });
+            }
+        }
 
         // Production signs with EdDSA unless told otherwise: with HS256 the
         // gateway would have to hold the secret that mints tokens.
@@ -1015,12 +1146,77 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_plaintext_to_data_stores_on_the_network() {
+        let remote = "postgres://u:p@db.internal:5432/unilink";
+        let err = production(&[("DATABASE_URL", remote)]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("DATABASE_URL is not safe for production: sslmode=prefer to a database on the network"),
+            "{err}"
+        );
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("{remote}?sslmode={mode}&sslrootcert=/ca.pem");
+            let url: &'static str = Box::leak(url.into_boxed_str());
+            production(&[("DATABASE_URL", url)]).unwrap();
+        }
+        production(&[("DATABASE_URL", remote), ("DATABASE_ALLOW_PLAINTEXT", "true")]).unwrap();
+        production(&[("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/u")]).unwrap();
+        production(&[("DATABASE_URL", "postgres://postgres@localhost/u?sslmode=disable")]).unwrap();
+        production(&[("DATABASE_URL", "postgres://u@%2Fvar%2Frun%2Fpostgresql/u")]).unwrap();
+        let err = production(&[("DATABASE_READ_URL", "postgres://u@replica.internal/u?sslmode=disable")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("DATABASE_READ_URL is not safe for production"), "{err}");
+
+        let err = production(&[("REDIS_URL", "redis://:pw@redis.internal:6379")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("REDIS_URL is not safe for production: redis:// to a server"),
+            "{err}"
+        );
+        production(&[("REDIS_URL", "rediss://:pw@redis.internal:6379")]).unwrap();
+        production(&[
+            ("REDIS_URL", "redis://:pw@redis.internal:6379"),
+            ("REDIS_ALLOW_PLAINTEXT", "true"),
+        ])
+        .unwrap();
+        production(&[("REDIS_URL", "redis://127.0.0.1:6379")]).unwrap();
+        let err = production(&[("REDIS_SENTINELS", "s1.internal:26379"), ("REDIS_SENTINEL_MASTER", "m")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("REDIS_URL is not safe for production"), "{err}");
+    }
+
+    #[test]
+    fn sentinels_need_a_master_name_and_host_ports() {
+        let s = load(&[
+            ("REDIS_SENTINELS", "127.0.0.1:26379, [::1]:26380"),
+            ("REDIS_SENTINEL_MASTER", "unilink"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis.sentinels,
+            vec![("127.0.0.1".to_owned(), 26379), ("::1".to_owned(), 26380)]
+        );
+        assert_eq!(
+            load(&[("REDIS_SENTINELS", "127.0.0.1:26379")]).unwrap_err(),
+            ConfigError::Missing {
+                var: "REDIS_SENTINEL_MASTER"
+            }
+        );
+        let err = load(&[("REDIS_SENTINELS", "nohost"), ("REDIS_SENTINEL_MASTER", "m")]).unwrap_err();
+        assert!(err.to_string().starts_with("REDIS_SENTINELS is invalid"), "{err}");
+    }
+
+    #[test]
     fn event_seal_keys_have_a_development_default_only() {
         assert_eq!(load(&[]).unwrap().event_seal_keys.len(), 1);
         assert!(production(&[]).unwrap().event_seal_keys.is_empty());
         let s = production(&[("EVENT_SEAL_KEYS", "a,b")]).unwrap();
         assert_eq!(s.event_seal_keys.len(), 2);
-        let err = production(&[("EVENT_SEAL_KEYS", DEV_EVENT_SEAL_KEY)]).unwrap_err().to_string();
+        let err = production(&[("EVENT_SEAL_KEYS", DEV_EVENT_SEAL_KEY)])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("EVENT_SEAL_KEYS is not safe for production"), "{err}");
     }
 

@@ -19,8 +19,10 @@
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use unilink_config::DatabaseSettings;
+
+pub mod tls;
+pub use tls::{Endpoint, SslMode};
 use unilink_errors::{ErrorCode, HasErrorCode};
 
 pub use deadpool_postgres::{Client, GenericClient, Pool as PgPool, Transaction};
@@ -41,6 +43,10 @@ pub struct Migration {
 pub enum DbError {
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// The TLS handshake failed (wrong CA, name mismatch, a server without
+    /// TLS under `sslmode=require`…): a setting is wrong, retrying won't help.
+    #[error("database TLS failed: {0}")]
+    Tls(String),
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
@@ -93,6 +99,7 @@ impl HasErrorCode for DbError {
             DbError::Postgres(e) if e.code() == Some(&SqlState::QUERY_CANCELED) => ErrorCode::Timeout,
             DbError::Postgres(_)
             | DbError::Config(_)
+            | DbError::Tls(_)
             | DbError::Migration { .. }
             | DbError::ChecksumMismatch { .. }
             | DbError::SchemaTooNew { .. }
@@ -132,23 +139,22 @@ impl Target {
     }
 }
 
-fn pg_config(
+fn pg_endpoint(
     url: &str,
     settings: &DatabaseSettings,
     schema: &str,
     app: &str,
     target: Target,
-) -> Result<tokio_postgres::Config, DbError> {
+) -> Result<Endpoint, DbError> {
     check_schema(schema)?;
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| DbError::Config(format!("{}: {e}", target.variable())))?;
+    let mut endpoint = tls::endpoint(url, target.variable())?;
     let read_only = if target == Target::ReadReplica {
         " -c default_transaction_read_only=on"
     } else {
         ""
     };
-    config
+    endpoint
+        .config
         .connect_timeout(settings.connect_timeout)
         .application_name(app)
         .options(format!(
@@ -156,8 +162,28 @@ fn pg_config(
             settings.statement_timeout.as_millis()
         ))
         .keepalives(true);
-    Ok(config)
+    Ok(endpoint)
 }
+
+/// A connection of its own (not the pool's) to `DATABASE_URL`, with the
+/// TLS it asks for, e.g. for `LISTEN`. Drive the returned connection.
+pub async fn connect_direct(
+    settings: &DatabaseSettings,
+    app: &str,
+) -> Result<(tokio_postgres::Client, DirectConnection), DbError> {
+    let mut endpoint = tls::endpoint(settings.url.expose(), Target::Primary.variable())?;
+    endpoint
+        .config
+        .connect_timeout(settings.connect_timeout)
+        .application_name(app)
+        .keepalives(true);
+    let tls = endpoint.tls.clone();
+    endpoint.config.connect(tls).await.map_err(|e| endpoint.explain(e))
+}
+
+/// The connection half of [`connect_direct`].
+pub type DirectConnection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tls::RustlsStream<tokio_postgres::Socket>>;
 
 /// Builds the pool of a service whose tables live in `schema`. Connections are
 /// opened lazily; use [`ping`] to check the database is there.
@@ -188,10 +214,10 @@ pub fn read_pool(settings: &DatabaseSettings, primary: &Pool, schema: &str, app:
 }
 
 fn pool_for(url: &str, settings: &DatabaseSettings, schema: &str, app: &str, target: Target) -> Result<Pool, DbError> {
-    let config = pg_config(url, settings, schema, app, target)?;
+    let endpoint = pg_endpoint(url, settings, schema, app, target)?;
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        endpoint.config,
+        endpoint.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -299,14 +325,18 @@ pub async fn migrate(
             )));
         }
     }
-    let config = pg_config(
+    let endpoint = pg_endpoint(
         settings.url.expose(),
         settings,
         schema,
         &format!("unilink-migrate-{schema}"),
         Target::Primary,
     )?;
-    let (mut client, connection) = config.connect(NoTls).await?;
+    let (mut client, connection) = endpoint
+        .config
+        .connect(endpoint.tls.clone())
+        .await
+        .map_err(|e| endpoint.explain(e))?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "migration connection closed with an error");

@@ -60,7 +60,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::{BusError, LuaScript, Redis};
 use unilink_db::{DbError, PgPool, Transaction, Uuid};
@@ -211,8 +211,8 @@ pub struct OutboxRelay {
     pub redis: Redis,
     /// Stream name before the Redis prefix, e.g. `events:auth`.
     pub stream: String,
-    /// `DATABASE_URL`, for the listening connection.
-    pub listen_url: String,
+    /// `DATABASE_URL` and its TLS, for the listening connection.
+    pub database: unilink_config::DatabaseSettings,
     /// The producer's schema (the pool's search path).
     pub schema: &'static str,
 }
@@ -222,7 +222,7 @@ impl OutboxRelay {
     pub async fn run(self, stop: CancellationToken) {
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let channel = format!("{CHANNEL_PREFIX}{}", self.schema);
-        let listener = tokio::spawn(listen(self.listen_url.clone(), channel, wake.clone(), stop.clone()));
+        let listener = tokio::spawn(listen(self.database.clone(), channel, wake.clone(), stop.clone()));
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_lag: Option<tokio::time::Instant> = None;
         // When the marker was last found (or set); `None`: look before publishing.
@@ -487,9 +487,14 @@ pub enum RelayError {
 
 /// Keeps a `LISTEN` connection open and pokes `wake` on every notification;
 /// reconnects after errors until `stop`.
-async fn listen(url: String, channel: String, wake: std::sync::Arc<tokio::sync::Notify>, stop: CancellationToken) {
+async fn listen(
+    database: unilink_config::DatabaseSettings,
+    channel: String,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
     while !stop.is_cancelled() {
-        match tokio_postgres::connect(&url, NoTls).await {
+        match unilink_db::connect_direct(&database, "unilink-outbox-listener").await {
             Ok((client, mut connection)) => {
                 let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let listening = async {

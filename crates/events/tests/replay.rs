@@ -62,7 +62,7 @@ impl Harness {
             db: self.pool.clone(),
             redis: Redis::connect(&self.settings.redis).await.expect("connect to Redis"),
             stream: STREAM.to_owned(),
-            listen_url: self.db.url().to_owned(),
+            database: self.settings.database.clone(),
             schema: SCHEMA,
         }
     }

@@ -9,12 +9,9 @@ use unilink_presence::PresenceRegistry;
 use unilink_test_support::{redis_url, unique_prefix};
 
 async fn registry(ttl: Duration) -> PresenceRegistry {
-    let redis = Redis::connect(&RedisSettings {
-        url: Secret::new(redis_url()),
-        key_prefix: unique_prefix(),
-    })
-    .await
-    .unwrap();
+    let redis = Redis::connect(&RedisSettings::new(Secret::new(redis_url()), unique_prefix()))
+        .await
+        .unwrap();
     PresenceRegistry::new(redis, ttl)
 }
 

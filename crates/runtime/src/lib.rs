@@ -89,7 +89,7 @@ pub fn outbox_relay<S: BackendService>(resources: &Resources) -> unilink_events:
         db: resources.db.clone(),
         redis: resources.redis.clone(),
         stream: unilink_events::stream_of(S::NAME),
-        listen_url: resources.settings.database.url.expose().to_owned(),
+        database: resources.settings.database.clone(),
         schema: S::SCHEMA,
     }
 }

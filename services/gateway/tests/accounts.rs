@@ -120,10 +120,10 @@ async fn a_student_signs_up_verifies_logs_in_refreshes_and_logs_out() {
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
 
     // The user is online on a device (presence, as the signaling socket will set it).
-    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(unilink_test_support::redis_url()),
-        key_prefix: fleet.prefix.clone(),
-    })
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(unilink_test_support::redis_url()),
+        fleet.prefix.clone(),
+    ))
     .await
     .unwrap();
     let presence = unilink_presence::PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL);

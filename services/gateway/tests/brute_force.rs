@@ -212,10 +212,10 @@ async fn one_users_sockets_are_capped_across_both_gateways() {
 #[tokio::test]
 async fn leases_are_renewed_while_held_and_freed_when_dropped() {
     use unilink_gateway::ws::cap::SocketCap;
-    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(unilink_test_support::redis_url()),
-        key_prefix: unilink_test_support::unique_prefix(),
-    })
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(unilink_test_support::redis_url()),
+        unilink_test_support::unique_prefix(),
+    ))
     .await
     .expect("connect to Redis");
     // Two caps share Redis as two gateways do; leases of 600 ms, renewed

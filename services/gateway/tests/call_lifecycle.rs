@@ -71,10 +71,10 @@ async fn calls_end_at_the_maximum_duration_and_when_abandoned() {
     assert!(ended["message"].as_str().unwrap().contains("maximum duration"));
     assert_eq!(ada_call.closed().await.0, 1000);
     // Its relay mailboxes now expire within minutes, not the hour an open call's keep.
-    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(unilink_test_support::redis_url()),
-        key_prefix: fleet.prefix.clone(),
-    })
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(unilink_test_support::redis_url()),
+        fleet.prefix.clone(),
+    ))
     .await
     .unwrap();
     for user in [&ada_id, &bob_id] {

@@ -254,10 +254,10 @@ impl ChildFleet {
 
     /// Marks `user_id` online (as a presence socket would), so it can be called.
     async fn online(&self, user_id: &str) {
-        let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
-            url: unilink_config::Secret::new(unilink_test_support::redis_url()),
-            key_prefix: self.prefix.clone(),
-        })
+        let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
+            unilink_config::Secret::new(unilink_test_support::redis_url()),
+            self.prefix.clone(),
+        ))
         .await
         .unwrap();
         unilink_presence::PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL)

@@ -92,7 +92,7 @@ async fn a_mail_redis_lost_is_sent_after_the_restart_and_a_sent_one_is_not_sent_
         db: pool.clone(),
         redis: Redis::connect(&settings.redis).await.expect("connect to Redis"),
         stream: stream_of("auth"),
-        listen_url: db.url().to_owned(),
+        database: settings.database.clone(),
         schema: "auth",
     };
     let stop_relay = CancellationToken::new();

@@ -83,10 +83,10 @@ impl Fleet {
 
     /// The presence registry of this fleet (what signaling sockets will write).
     pub async fn presence(&self) -> unilink_presence::PresenceRegistry {
-        let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings {
-            url: unilink_config::Secret::new(unilink_test_support::redis_url()),
-            key_prefix: self.prefix.clone(),
-        })
+        let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
+            unilink_config::Secret::new(unilink_test_support::redis_url()),
+            self.prefix.clone(),
+        ))
         .await
         .unwrap();
         unilink_presence::PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL)
