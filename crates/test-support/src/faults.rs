@@ -22,15 +22,36 @@ use tokio_util::sync::CancellationToken;
 pub struct PrivateRedis {
     port: u16,
     child: Option<Child>,
+    /// Arguments after the port (a replica's `--replicaof`, TLS files…).
+    args: Vec<String>,
+    /// Listening with TLS only (`--tls-port`): readiness is a TCP connect.
+    tls: bool,
 }
 
 impl PrivateRedis {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> PrivateRedis {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Like [`PrivateRedis::start`], with more `redis-server` arguments.
+    pub async fn start_with(args: Vec<String>) -> PrivateRedis {
+        Self::start_on(args, false).await
+    }
+
+    /// A server that speaks only TLS on its port (`--port 0 --tls-port`),
+    /// with `args` naming its certificate files.
+    pub async fn start_tls(args: Vec<String>) -> PrivateRedis {
+        Self::start_on(args, true).await
+    }
+
+    async fn start_on(args: Vec<String>, tls: bool) -> PrivateRedis {
         for _ in 0..20 {
             let mut server = PrivateRedis {
                 port: crate::closed_port(),
                 child: None,
+                args: args.clone(),
+                tls,
             };
             // Another test may take the port between its probe and our bind:
             // the server then exits, and we try another port.
@@ -74,9 +95,17 @@ impl PrivateRedis {
 
     /// Spawns the server; true once it answers PING, false if it exited.
     async fn launch(&mut self) -> bool {
+        let port = self.port.to_string();
+        let ports: Vec<&str> = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let mut child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -86,7 +115,12 @@ impl PrivateRedis {
             if child.try_wait().expect("wait for redis-server").is_some() {
                 return false;
             }
-            if ping(self.port).await {
+            let ready = if self.tls {
+                TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+            } else {
+                ping(self.port).await
+            };
+            if ready {
                 self.child = Some(child);
                 return true;
             }
@@ -105,7 +139,8 @@ impl Drop for PrivateRedis {
     }
 }
 
-fn redis_server() -> String {
+/// The `redis-server` binary.
+pub fn redis_server() -> String {
     ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -113,7 +148,8 @@ fn redis_server() -> String {
         .to_owned()
 }
 
-async fn ping(port: u16) -> bool {
+/// Whether a plaintext Redis on `port` answers PING.
+pub async fn ping(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;

@@ -184,6 +184,7 @@ mod tests {
 pub mod faults;
 pub mod sentry;
 pub mod smtp;
+pub mod stores;
 
 pub mod service {
     //! Starting services for a test: in-process on port 0, or as the real binary.
