@@ -3,17 +3,23 @@
 //! replayable for a client that reconnects.
 //!
 //! Each (call, recipient) pair has a mailbox: a sequence counter, a buffer of
-//! the last [`BUFFER_LEN`] frames (a sorted set scored by sequence number)
+//! the last frames (a sorted set scored by sequence number, at most
+//! [`BUFFER_LEN`] frames and [`BUFFER_BYTES`] bytes, the oldest out first)
 //! and a pub/sub channel. [`SignalRelay::send`] is one Lua script: it takes
-//! the next sequence number, writes `"seq"` into the frame, buffers it and
-//! publishes it — atomically, so publication order is sequence order.
+//! the next sequence number, writes `"seq"` into the frame, buffers it,
+//! trims the buffer and publishes the frame — atomically, so publication
+//! order is sequence order and no mailbox outgrows its bounds, whoever
+//! sends.
 //!
 //! The replica holding the recipient's stream subscribes to the channel
 //! ([`SignalRelay::open`]) and reads through a [`Mailbox`], which drops
 //! frames it has already delivered (duplicates after a resume) and fills gaps
 //! from the buffer (messages a lagging or reconnecting subscriber missed).
 //! Subscriptions survive Redis reconnects (the bus re-subscribes); whatever
-//! was published meanwhile is recovered as a gap.
+//! was published meanwhile is recovered as a gap. The buffer is read
+//! [`REPLAY_PAGE`] frames at a time, the next page only once the reader has
+//! taken the last one: a resume from the start of a full buffer holds one
+//! page in a replica's memory, not the buffer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +35,16 @@ use unilink_domain::{CallId, UserId};
 
 /// Frames kept per mailbox for replay (a resume within 30 s needs far fewer).
 pub const BUFFER_LEN: u64 = 4096;
+/// Bytes kept per mailbox for replay (the relay messages as stored): what
+/// one sender can make Redis hold for one recipient. About two hundred
+/// frames of the largest a session relays (16 KiB of SDP, 4,000 characters
+/// of chat); ICE candidates meet the count bound first.
+pub const BUFFER_BYTES: u64 = 4 * 1024 * 1024;
+/// Frames read from a buffer at once: by a resume, a gap, a catch-up.
+pub const REPLAY_PAGE: usize = 256;
+/// Frames from a participant that may enter the other's mailbox before the
+/// call was accepted: an offer and its ICE candidates, with room to spare.
+pub const EARLY_FRAMES: u64 = 64;
 /// Mailboxes expire this long after their last frame.
 const MAILBOX_TTL: Duration = Duration::from_secs(3600);
 /// How long a closed call's mailboxes stay after [`SignalRelay::retire`]:
@@ -54,24 +70,36 @@ const RESYNC: &str = "resync";
 /// Version of the relay message format.
 const FORMAT: &str = "1";
 
-/// KEYS: seq, buffer, channel, and (numbered frames only) the last client
-/// sequence number accepted from this sender's client session. ARGV: frame JSON (starting with `{`),
-/// header (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl
-/// seconds, now in ms, the frame's client sequence number (`cseq`, or empty).
+/// KEYS: seq, buffer, channel, the buffer's byte count, the count of frames
+/// relayed before the call was accepted, and (numbered frames only) the last
+/// client sequence number accepted from this sender's client session.
+/// ARGV: frame JSON (starting with `{`), header
+/// (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl seconds,
+/// now in ms, the frame's client sequence number (`cseq`, or empty), buffer
+/// bytes, and the frames allowed before the call is accepted (empty once it
+/// is, and for frames not from a client).
 /// Returns the sequence number; with a `cseq`, 0 when it is not above the
 /// last one accepted (a frame the client sent again because its connection
 /// broke before the `ack`: relayed once already) and -1 when it is not the
 /// next one (an earlier frame was lost on the way: the client sends every
-/// unacknowledged frame again, in order). The message is
+/// unacknowledged frame again, in order); -2 when the call is not accepted
+/// and the frames allowed before are used up (nothing recorded: the client
+/// may send it again once the call is accepted). The message is
 /// `1|<seq>|<sender>|<sent µs>|<traceparent>|<frame with "seq">`.
 ///
 /// A new mailbox (or one Redis lost, e.g. in a restart) starts counting at
 /// `now_ms × 1000`, so sequence numbers keep growing across Redis restarts:
 /// readers and resuming clients never mistake new frames for old ones.
+///
+/// The buffer keeps the newest frames within both bounds: the oldest go
+/// first. The byte count is kept next to it by this script alone; an empty
+/// buffer starts it again and a missing one is counted from the buffer, so
+/// it cannot drift from what the buffer holds (expiry, a Redis that lost
+/// one key but not the other).
 static SEND: LuaScript = LuaScript::new(
     r#"
 if ARGV[6] ~= '' then
-  local last = tonumber(redis.call('GET', KEYS[4]) or '0')
+  local last = tonumber(redis.call('GET', KEYS[6]) or '0')
   local cseq = tonumber(ARGV[6])
   if cseq <= last then
     return 0
@@ -79,7 +107,16 @@ if ARGV[6] ~= '' then
   if cseq > last + 1 then
     return -1
   end
-  redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[4])
+end
+if ARGV[8] ~= '' and tonumber(redis.call('GET', KEYS[5]) or '0') >= tonumber(ARGV[8]) then
+  return -2
+end
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[6], ARGV[6], 'EX', ARGV[4])
+end
+if ARGV[8] ~= '' then
+  redis.call('INCR', KEYS[5])
+  redis.call('EXPIRE', KEYS[5], ARGV[4])
 end
 local seq = redis.call('INCR', KEYS[1])
 -- Lua prints numbers this large with an exponent unless told otherwise.
@@ -90,15 +127,47 @@ end
 local digits = string.format('%d', seq)
 local text = '{"seq":' .. digits .. ',' .. string.sub(ARGV[1], 2)
 local message = '1|' .. digits .. '|' .. ARGV[2] .. '|' .. text
+local kept = redis.call('ZCARD', KEYS[2])
+local bytes = 0
+if kept > 0 then
+  bytes = tonumber(redis.call('GET', KEYS[4]) or '-1')
+  if bytes < 0 then
+    -- In slices: a buffer from before the byte bound may be large.
+    bytes = 0
+    local from = 0
+    repeat
+      local slice = redis.call('ZRANGE', KEYS[2], from, from + 255)
+      for _, old in ipairs(slice) do
+        bytes = bytes + #old
+      end
+      from = from + 256
+    until #slice < 256
+  end
+end
 redis.call('ZADD', KEYS[2], digits, message)
-if seq % 64 == 0 or redis.call('TTL', KEYS[1]) < 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
+kept = kept + 1
+bytes = bytes + #message
+while kept > 1 and (kept > tonumber(ARGV[3]) or bytes > tonumber(ARGV[7])) do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  bytes = bytes - #oldest[1]
+  kept = kept - 1
+end
+redis.call('SET', KEYS[4], bytes, 'EX', ARGV[4])
+if seq % 64 == 0 or redis.call('TTL', KEYS[1]) < 0 or redis.call('TTL', KEYS[2]) < 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 redis.call('PUBLISH', KEYS[3], message)
 return seq
 "#,
+);
+
+/// KEYS: buffer. ARGV: `(after` and the highest score (or `+inf`), page
+/// size. The first frames of the range, at most a page.
+static PAGE: LuaScript = LuaScript::new(
+    r"
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+",
 );
 
 /// What became of a frame given to [`SignalRelay::send_once`].
@@ -111,6 +180,20 @@ pub enum SendOutcome {
     /// An earlier frame of this client is missing: not relayed and not
     /// acknowledged; the client sends all unacknowledged frames again.
     OutOfOrder,
+    /// The call is not accepted yet and [`EARLY_FRAMES`] frames of this
+    /// sender are in the mailbox already: not relayed, not acknowledged.
+    TooEarly,
+}
+
+/// How [`SignalRelay::send_once`] takes a frame a participant's client sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromClient<'a> {
+    /// The client's numbering: its session id (`cid`) and the frame's
+    /// number in it (`cseq`, from 1).
+    pub numbered: Option<(&'a str, u64)>,
+    /// The call is not accepted yet (as far as the sender's session
+    /// knows): refused beyond [`EARLY_FRAMES`] such frames.
+    pub early: bool,
 }
 
 /// Gaps this large are a mailbox that started again (after Redis lost it),
@@ -168,6 +251,14 @@ fn buffer_key(call: CallId, user: UserId) -> String {
 
 fn delivered_key(call: CallId, user: UserId) -> String {
     format!("relay:{call}:{user}:delivered")
+}
+
+fn bytes_key(call: CallId, user: UserId) -> String {
+    format!("relay:{call}:{user}:bytes")
+}
+
+fn early_key(call: CallId, user: UserId) -> String {
+    format!("relay:{call}:{user}:early")
 }
 
 /// Channel → the streams of this replica reading it.
@@ -228,10 +319,16 @@ impl SignalRelay {
     /// The call is closed and its last frame sent: `user`'s mailbox of it
     /// expires after [`RETIRED_TTL`].
     pub async fn retire(&self, call: CallId, user: UserId) -> Result<(), BusError> {
-        let keys = [seq_key(call, user), buffer_key(call, user), delivered_key(call, user)]
-            .iter()
-            .map(|k| self.redis.key(k))
-            .collect();
+        let keys = [
+            seq_key(call, user),
+            buffer_key(call, user),
+            delivered_key(call, user),
+            bytes_key(call, user),
+            early_key(call, user),
+        ]
+        .iter()
+        .map(|k| self.redis.key(k))
+        .collect();
         self.redis
             .run(&RETIRE, keys, vec![RETIRED_TTL.as_secs().to_string()])
             .await?;
@@ -249,16 +346,23 @@ impl SignalRelay {
         frame: &str,
         traceparent: &str,
     ) -> Result<u64, BusError> {
-        match self.send_once(call, user, sender, frame, traceparent, None).await? {
+        match self
+            .send_once(call, user, sender, frame, traceparent, FromClient::default())
+            .await?
+        {
             SendOutcome::Relayed(seq) => Ok(seq),
-            SendOutcome::Repeat | SendOutcome::OutOfOrder => unreachable!("only numbered frames are refused"),
+            SendOutcome::Repeat | SendOutcome::OutOfOrder | SendOutcome::TooEarly => {
+                unreachable!("only client frames are refused")
+            }
         }
     }
 
-    /// [`SignalRelay::send`] of a frame numbered by the client: `cseq`
-    /// counts 1, 2, 3… per client session `client` (an id the client picks
-    /// per page load). Atomic with the relay itself, so two replicas racing
-    /// with the same frame relay it once; see [`SendOutcome`].
+    /// [`SignalRelay::send`] of a frame from a participant's client: when
+    /// numbered, `cseq` counts 1, 2, 3… per client session `client` (an id
+    /// the client picks per page load); when `early`, at most
+    /// [`EARLY_FRAMES`] such frames enter the mailbox, across the sender's
+    /// sockets and replicas. Atomic with the relay itself, so two replicas
+    /// racing with the same frame relay it once; see [`SendOutcome`].
     pub async fn send_once(
         &self,
         call: CallId,
@@ -266,17 +370,19 @@ impl SignalRelay {
         sender: &str,
         frame: &str,
         traceparent: &str,
-        numbered: Option<(&str, u64)>,
+        from: FromClient<'_>,
     ) -> Result<SendOutcome, BusError> {
         debug_assert!(frame.starts_with('{'));
         let mut keys = vec![
             self.redis.key(&seq_key(call, user)),
             self.redis.key(&buffer_key(call, user)),
             self.redis.key(&channel(call, user)),
+            self.redis.key(&bytes_key(call, user)),
+            self.redis.key(&early_key(call, user)),
         ];
         // The client-numbering key only for numbered frames (the script
         // reads it only then).
-        if let Some((client, _)) = numbered {
+        if let Some((client, _)) = from.numbered {
             keys.push(self.redis.key(&format!("relay:cseq:{call}:{user}:{sender}:{client}")));
         }
         let args = vec![
@@ -285,7 +391,13 @@ impl SignalRelay {
             BUFFER_LEN.to_string(),
             MAILBOX_TTL.as_secs().to_string(),
             (now_us() / 1000).to_string(),
-            numbered.map(|(_, cseq)| cseq.to_string()).unwrap_or_default(),
+            from.numbered.map(|(_, cseq)| cseq.to_string()).unwrap_or_default(),
+            BUFFER_BYTES.to_string(),
+            if from.early {
+                EARLY_FRAMES.to_string()
+            } else {
+                String::new()
+            },
         ];
         let answer = self.redis.run(&SEND, keys, args).await?;
         let seq: i64 = answer
@@ -296,13 +408,15 @@ impl SignalRelay {
             .unwrap_or_default();
         let outcome = match seq {
             0 => SendOutcome::Repeat,
-            s if s < 0 => SendOutcome::OutOfOrder,
+            -1 => SendOutcome::OutOfOrder,
+            s if s < 0 => SendOutcome::TooEarly,
             s => SendOutcome::Relayed(s as u64),
         };
         let direction = match outcome {
             SendOutcome::Relayed(_) => "sent",
             SendOutcome::Repeat => "repeated",
             SendOutcome::OutOfOrder => "out_of_order",
+            SendOutcome::TooEarly => "too_early",
         };
         metrics::counter!("signaling_relay_frames_total", "direction" => direction).increment(1);
         Ok(outcome)
@@ -351,6 +465,7 @@ impl SignalRelay {
             ready: std::collections::VecDeque::new(),
             resync: false,
             gap_checked: false,
+            more: false,
         };
         mailbox.last = match resume_after {
             Some(after) => after,
@@ -362,7 +477,7 @@ impl SignalRelay {
                 .unwrap_or(0),
         };
         let backlog = mailbox.fetch_after(mailbox.last, None).await?;
-        mailbox.insert(backlog);
+        mailbox.insert_page(backlog);
         Ok(mailbox)
     }
 
@@ -470,6 +585,9 @@ pub struct Mailbox {
     resync: bool,
     /// The gap before the first ready frame was looked up once already.
     gap_checked: bool,
+    /// The last page read from the buffer was full: more frames may follow
+    /// it there. Read once the ready frames are handed out.
+    more: bool,
 }
 
 impl Mailbox {
@@ -488,6 +606,15 @@ impl Mailbox {
                 self.catch_up().await?;
                 self.resync = false;
             }
+            if self.more && self.ready.is_empty() {
+                // The rest of a long replay, a page each time the reader
+                // has taken the last one (the session hands each frame to
+                // its bounded outbound queue before asking for the next).
+                let page = self.fetch_after(self.last, None).await?;
+                self.more = page.len() >= REPLAY_PAGE;
+                self.insert(page);
+                continue;
+            }
             if let Some(front) = self.ready.front() {
                 if front.seq <= self.last {
                     self.ready.pop_front();
@@ -496,8 +623,10 @@ impl Mailbox {
                 if front.seq > self.last + 1 && !self.gap_checked {
                     // Missed messages (slow reader, Redis reconnect): the buffer has them.
                     metrics::counter!("signaling_relay_gaps_total").increment(1);
+                    // A page of it: the rest is the next gap, once these
+                    // are handed out.
                     let missing = self.fetch_after(self.last, Some(front.seq - 1)).await?;
-                    self.insert(missing);
+                    self.insert_page(missing);
                     self.gap_checked = true;
                     continue;
                 }
@@ -529,6 +658,15 @@ impl Mailbox {
                 None => tracing::warn!(channel = %self.channel, "malformed relay message dropped"),
             }
         }
+    }
+
+    /// [`Mailbox::insert`] of a page read from the buffer; a full one means
+    /// the buffer may hold more after it.
+    fn insert_page(&mut self, page: Vec<Relayed>) {
+        if page.len() >= REPLAY_PAGE {
+            self.more = true;
+        }
+        self.insert(page);
     }
 
     /// Adds frames to the queue, kept in sequence order without duplicates.
@@ -564,7 +702,7 @@ impl Mailbox {
         if sent > known {
             metrics::counter!("signaling_relay_gaps_total").increment(1);
             let missing = self.fetch_after(known, Some(sent)).await?;
-            self.insert(missing);
+            self.insert_page(missing);
         }
         Ok(())
     }
@@ -574,17 +712,25 @@ impl Mailbox {
         !self.ready.is_empty()
     }
 
-    /// Buffered frames with `after < seq <= upto`, in order.
+    /// How many frames this mailbox holds in memory, read but not yet
+    /// handed out: a page of replay and the live frame that showed a gap,
+    /// however long the buffer.
+    pub fn held(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Buffered frames with `after < seq <= upto`, in order: the first
+    /// [`REPLAY_PAGE`] of them.
     async fn fetch_after(&self, after: u64, upto: Option<u64>) -> Result<Vec<Relayed>, BusError> {
         let key = self.relay.redis.key(&buffer_key(self.call, self.user));
         let max = upto.map_or_else(|| "+inf".to_owned(), |u| u.to_string());
         let answer = self
             .relay
             .redis
-            .script(
-                "return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])",
+            .run(
+                &PAGE,
                 vec![key],
-                vec![format!("({after}"), max],
+                vec![format!("({after}"), max, REPLAY_PAGE.to_string()],
             )
             .await?;
         Ok(answer

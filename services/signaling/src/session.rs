@@ -11,6 +11,10 @@
 //!   peer sits. The peer is told `connection_ready` when this side joins,
 //!   and this side is told `user_disconnected` when the peer's socket has
 //!   been gone for [`DISCONNECT_NOTICE`] (a quick reconnect goes unnoticed).
+//!   What one participant can make the fleet hold for the other is bounded:
+//!   each relayed payload ([`MAX_SIGNAL_BYTES`], [`MAX_CHAT_CHARS`]), the
+//!   mailbox ([`crate::relay::BUFFER_BYTES`]) and, before the call is
+//!   accepted, the number of frames ([`EARLY_FRAMES`]).
 //!
 //! When the replica drains (SIGTERM), every stream is closed with 1012 so
 //! the gateway resumes it on another replica.
@@ -28,8 +32,8 @@ use unilink_proto::signaling::{ClientFrame, Close, Open, ServerFrame, SocketKind
 
 use crate::connections::BEAT;
 use crate::error::SignalingError;
-use crate::relay::{Mailbox, SendOutcome};
-use crate::repo::Call;
+use crate::relay::{EARLY_FRAMES, FromClient, Mailbox, SendOutcome};
+use crate::repo::{Call, CallStatus};
 use crate::service::CallService;
 
 /// Largest client frame accepted (an `error` frame answers larger ones).
@@ -39,7 +43,14 @@ pub const DISCONNECT_NOTICE: Duration = Duration::from_secs(5);
 /// The first message of a stream must arrive within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest chat message, in characters.
-const MAX_CHAT_CHARS: usize = 4000;
+pub const MAX_CHAT_CHARS: usize = 4000;
+/// Largest `offer`, `answer` or `candidate` payload relayed, as JSON text: a
+/// browser's SDP for audio, video and data is a few KiB, a candidate a few
+/// hundred bytes.
+pub const MAX_SIGNAL_BYTES: usize = 16 * 1024;
+/// While the call is pending, the database is asked whether it was accepted
+/// at most this often (only once [`EARLY_FRAMES`] were relayed).
+const ACCEPT_RECHECK: Duration = Duration::from_secs(1);
 /// Frames per second a presence socket may send (the original client sends
 /// one `ping` every 30 s).
 const PRESENCE_FRAME_RATE: u32 = 10;
@@ -174,6 +185,8 @@ impl Sessions {
                 // account closes this socket too).
                 let controls = self.core.relay.listen(&push_channel(&user.to_string())).await?;
                 let session = CallSession {
+                    accepted: call.status == CallStatus::Ongoing,
+                    accept_checked: None,
                     family: open.family_id.clone(),
                     controls,
                     core: self.core.clone(),
@@ -374,6 +387,11 @@ struct CallSession {
     /// The user's push channel, read for control messages only.
     controls: crate::relay::Listener,
     call: Call,
+    /// The call was accepted (when the socket opened, or since): the
+    /// peer's mailbox takes this client's frames without the early bound.
+    accepted: bool,
+    /// When the database was last asked whether the call was accepted.
+    accept_checked: Option<Instant>,
     user: UserId,
     peer: UserId,
     connection: String,
@@ -402,7 +420,7 @@ impl CallSession {
                 r#"{{"type":"connection_ready","user_id":"{}","message":"peer connected"}}"#,
                 self.user
             );
-            self.relay_to(self.peer, &frame, None).await;
+            self.relay_to(self.peer, &frame, FromClient::default()).await;
         }
         let mut beat = tokio::time::interval(BEAT);
         beat.tick().await;
@@ -490,13 +508,13 @@ impl CallSession {
     /// Relays `frame` to `user`'s mailbox. With the client's numbering, a
     /// repeat is not relayed again and a frame after a gap is held back.
     /// `None` if it could not (the client was told).
-    async fn relay_to(&mut self, user: UserId, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
+    async fn relay_to(&mut self, user: UserId, frame: &str, from: FromClient<'_>) -> Option<SendOutcome> {
         let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
         let sender = self.user.to_string();
         match self
             .core
             .relay
-            .send_once(self.call.id, user, &sender, frame, &traceparent, numbered)
+            .send_once(self.call.id, user, &sender, frame, &traceparent, from)
             .await
         {
             Ok(outcome) => Some(outcome),
@@ -512,13 +530,54 @@ impl CallSession {
     }
 
     /// Relays a numbered (or unnumbered) client frame to the peer and
-    /// acknowledges it once it is relayed, now or before.
+    /// acknowledges it once it is relayed, now or before. Before the call
+    /// is accepted, frames beyond [`EARLY_FRAMES`] are refused with an
+    /// `error` (and not acknowledged: a numbering client sends them again).
     async fn relay_and_ack(&mut self, frame: &str, numbered: Option<(&str, u64)>) -> Option<SendOutcome> {
-        let outcome = self.relay_to(self.peer, frame, numbered).await;
-        if matches!(outcome, Some(SendOutcome::Relayed(_) | SendOutcome::Repeat)) {
-            self.ack(numbered).await;
+        let mut from = FromClient {
+            numbered,
+            early: !self.accepted,
+        };
+        let mut outcome = self.relay_to(self.peer, frame, from).await;
+        if outcome == Some(SendOutcome::TooEarly) && self.accepted_since().await {
+            from.early = false;
+            outcome = self.relay_to(self.peer, frame, from).await;
+        }
+        match outcome {
+            Some(SendOutcome::Relayed(_) | SendOutcome::Repeat) => self.ack(numbered).await,
+            Some(SendOutcome::TooEarly) => {
+                metrics::counter!("signaling_frames_refused_total", "reason" => "not_accepted").increment(1);
+                let message =
+                    format!("the call has not been accepted yet: at most {EARLY_FRAMES} messages are relayed before");
+                self.reply_error(&message).await;
+            }
+            Some(SendOutcome::OutOfOrder) | None => {}
         }
         outcome
+    }
+
+    /// Whether the call has been accepted since this socket opened (the
+    /// early bound was reached: the database says, asked at most once per
+    /// [`ACCEPT_RECHECK`]).
+    async fn accepted_since(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .accept_checked
+            .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_RECHECK)
+        {
+            return false;
+        }
+        self.accept_checked = Some(now);
+        match self.core.call_for(self.user, self.call.id).await {
+            Ok(call) => {
+                self.accepted = call.status == CallStatus::Ongoing;
+                self.accepted
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %self.call.id, error = %e, "call state not read");
+                false
+            }
+        }
     }
 
     /// `{"type":"ack","cseq":n}`: the frame numbered `n` by the client is
@@ -569,6 +628,10 @@ impl CallSession {
                 let Some(payload) = field(name) else {
                     return self.reply_error(&format!("{kind} needs a \"{name}\" field")).await;
                 };
+                let payload = payload.to_string();
+                if payload.len() > MAX_SIGNAL_BYTES {
+                    return self.reply_error(&format!("{kind} too large (at most 16 KiB)")).await;
+                }
                 let frame = format!(r#"{{"type":"{kind}","{name}":{payload},"from":"{me}"}}"#);
                 self.relay_and_ack(&frame, cseq).await;
             }
@@ -607,7 +670,7 @@ impl CallSession {
                 // Both sides, through their mailboxes, so each sees one order;
                 // the sender's copy only when the peer's was relayed just now.
                 if let Some(SendOutcome::Relayed(_)) = self.relay_and_ack(&frame, cseq).await {
-                    self.relay_to(me, &frame, None).await;
+                    self.relay_to(me, &frame, FromClient::default()).await;
                 }
             }
             "end_call" => match self.core.end(me, self.call.id).await {

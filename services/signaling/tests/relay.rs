@@ -12,10 +12,10 @@ use unilink_test_support::{redis_url, unique_prefix};
 
 /// Redis under a key prefix of the test's own.
 async fn redis() -> Redis {
-    Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(redis_url()),
-        key_prefix: unique_prefix(),
-    })
+    Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(redis_url()),
+        unique_prefix(),
+    ))
     .await
     .unwrap()
 }
@@ -103,10 +103,10 @@ async fn a_second_reader_resumes_after_what_it_saw() {
 #[tokio::test]
 async fn a_lost_tail_is_found_by_catching_up() {
     let prefix = unique_prefix();
-    let redis = Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(redis_url()),
-        key_prefix: prefix,
-    })
+    let redis = Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(redis_url()),
+        prefix,
+    ))
     .await
     .unwrap();
     let stop = CancellationToken::new();
@@ -157,10 +157,10 @@ async fn a_lost_tail_is_found_by_catching_up() {
 #[tokio::test]
 async fn the_relay_survives_a_redis_restart_that_loses_everything() {
     let mut server = PrivateRedis::start().await;
-    let redis = Redis::connect(&unilink_config::RedisSettings {
-        url: unilink_config::Secret::new(server.url()),
-        key_prefix: unique_prefix(),
-    })
+    let redis = Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(server.url()),
+        unique_prefix(),
+    ))
     .await
     .unwrap();
     let stop = CancellationToken::new();
@@ -216,7 +216,7 @@ async fn the_relay_survives_a_redis_restart_that_loses_everything() {
 
 #[tokio::test]
 async fn numbered_client_frames_are_relayed_once_and_in_order() {
-    use unilink_signaling::relay::SendOutcome;
+    use unilink_signaling::relay::{FromClient, SendOutcome};
     let (relay, stop) = relay().await;
     let (call, user) = (CallId::new(), UserId::new());
     let mut mailbox = relay.open(call, user, 0).await.unwrap();
@@ -224,7 +224,17 @@ async fn numbered_client_frames_are_relayed_once_and_in_order() {
         let relay = relay.clone();
         async move {
             relay
-                .send_once(call, user, "peer", &frame(n as u32), "", Some((cid, n)))
+                .send_once(
+                    call,
+                    user,
+                    "peer",
+                    &frame(n as u32),
+                    "",
+                    FromClient {
+                        numbered: Some((cid, n)),
+                        early: false,
+                    },
+                )
                 .await
                 .unwrap()
         }
@@ -296,5 +306,260 @@ async fn a_retired_mailbox_expires_within_minutes_and_still_replays() {
             .unwrap();
         assert_eq!(n_of(&got.text), n);
     }
+    stop.cancel();
+}
+
+/// The members of `user`'s buffer of `call`, oldest first, and its byte count.
+async fn buffer_of(redis: &Redis, call: CallId, user: UserId) -> (Vec<String>, Option<u64>) {
+    let members = redis
+        .script(
+            "return redis.call('ZRANGE', KEYS[1], 0, -1)",
+            vec![redis.key(&format!("relay:{call}:{user}:buf"))],
+            vec![],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    let bytes = redis
+        .get(&format!("relay:{call}:{user}:bytes"))
+        .await
+        .unwrap()
+        .map(|b| b.parse().unwrap());
+    (members, bytes)
+}
+
+fn padded(n: u32, pad: usize) -> String {
+    format!(
+        r#"{{"type":"ice_candidate","candidate":{{"n":{n},"pad":"{}"}}}}"#,
+        "x".repeat(pad)
+    )
+}
+
+#[tokio::test]
+async fn a_mailbox_keeps_the_newest_frames_within_its_byte_bound() {
+    use unilink_signaling::relay::BUFFER_BYTES;
+    let redis = redis().await;
+    let stop = CancellationToken::new();
+    let relay = SignalRelay::new(redis.clone(), stop.clone());
+    let (call, user) = (CallId::new(), UserId::new());
+    // 5 MiB of 16 KiB frames: far fewer frames than the count bound.
+    let mut seqs = Vec::new();
+    for n in 0..320 {
+        seqs.push(relay.send(call, user, "peer", &padded(n, 16 * 1024), "").await.unwrap());
+    }
+    let (members, bytes) = buffer_of(&redis, call, user).await;
+    let held: usize = members.iter().map(String::len).sum();
+    assert!(held as u64 <= BUFFER_BYTES, "{held} bytes buffered");
+    assert!(held as u64 > BUFFER_BYTES - 20 * 1024, "only the excess went: {held}");
+    assert_eq!(bytes, Some(held as u64), "the byte count is what the buffer holds");
+    let kept = members.len();
+    assert!(kept < 320, "{kept} frames");
+
+    // A resume from the start, or from a frame no longer buffered, gets the
+    // oldest frame still there and everything after it, in order.
+    for after in [Some(0), Some(seqs[3])] {
+        let mut mailbox = relay.open_after(call, user, after).await.unwrap();
+        for n in (320 - kept as u64)..320 {
+            let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+                .await
+                .expect("frame within 5 s")
+                .unwrap()
+                .unwrap();
+            assert_eq!(n_of(&got.text), n);
+            assert_eq!(got.seq, seqs[n as usize]);
+        }
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_byte_count_follows_the_buffer_when_redis_lost_either() {
+    let redis = redis().await;
+    let stop = CancellationToken::new();
+    let relay = SignalRelay::new(redis.clone(), stop.clone());
+    let (call, user) = (CallId::new(), UserId::new());
+    for n in 0..10 {
+        relay.send(call, user, "peer", &padded(n, 1000), "").await.unwrap();
+    }
+    let sum = |members: &[String]| members.iter().map(|m| m.len() as u64).sum::<u64>();
+    // The count lost (or a buffer written before it existed): counted again.
+    redis
+        .script(
+            "return redis.call('DEL', KEYS[1])",
+            vec![redis.key(&format!("relay:{call}:{user}:bytes"))],
+            vec![],
+        )
+        .await
+        .unwrap();
+    relay.send(call, user, "peer", &padded(10, 1000), "").await.unwrap();
+    let (members, bytes) = buffer_of(&redis, call, user).await;
+    assert_eq!(members.len(), 11);
+    assert_eq!(bytes, Some(sum(&members)));
+    // The buffer lost but a stale count left: an empty buffer counts from 0
+    // (a stale count would trim every frame but the newest).
+    redis
+        .script(
+            "redis.call('DEL', KEYS[1]); return redis.call('SET', KEYS[2], '999999999')",
+            vec![
+                redis.key(&format!("relay:{call}:{user}:buf")),
+                redis.key(&format!("relay:{call}:{user}:bytes")),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
+    for n in 11..14 {
+        relay.send(call, user, "peer", &padded(n, 1000), "").await.unwrap();
+    }
+    let (members, bytes) = buffer_of(&redis, call, user).await;
+    assert_eq!(members.len(), 3);
+    assert_eq!(bytes, Some(sum(&members)));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_replay_from_the_start_is_read_a_page_at_a_time() {
+    use unilink_signaling::relay::REPLAY_PAGE;
+    let (relay, stop) = relay().await;
+    let (call, user) = (CallId::new(), UserId::new());
+    for n in 0..1000 {
+        relay.send(call, user, "peer", &frame(n), "").await.unwrap();
+    }
+    let mut mailbox = relay.open_after(call, user, Some(0)).await.unwrap();
+    assert!(mailbox.held() <= REPLAY_PAGE, "{} frames read at once", mailbox.held());
+    for n in 0..1000u64 {
+        let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+            .await
+            .expect("frame within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(n_of(&got.text), n);
+        assert!(
+            mailbox.held() <= REPLAY_PAGE,
+            "{} frames held after {n}",
+            mailbox.held()
+        );
+    }
+    // Then live frames, as before.
+    relay.send(call, user, "peer", &frame(1000), "").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+        .await
+        .expect("live frame within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(n_of(&got.text), 1000);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_long_gap_is_filled_a_page_at_a_time() {
+    use unilink_signaling::relay::REPLAY_PAGE;
+    let redis = redis().await;
+    let stop = CancellationToken::new();
+    let relay = SignalRelay::new(redis.clone(), stop.clone());
+    let (call, user) = (CallId::new(), UserId::new());
+    let mut mailbox = relay.open(call, user, 0).await.unwrap();
+    let base = relay.send(call, user, "peer", &frame(0), "").await.unwrap();
+    assert_eq!(mailbox.next().await.unwrap().unwrap().seq, base);
+    // 600 frames reach the buffer with their publications lost (written as
+    // the send script does, without the PUBLISH), then a live one.
+    let mut texts = Vec::new();
+    for seq in base + 1..=base + 600 {
+        let text = format!(
+            r#"{{"seq":{seq},"type":"ice_candidate","candidate":{{"n":{}}}}}"#,
+            seq - base
+        );
+        texts.push(seq.to_string());
+        texts.push(format!("1|{seq}|peer|0||{text}"));
+    }
+    redis
+        .script(
+            "redis.call('SET', KEYS[1], ARGV[#ARGV - 1]); return redis.call('ZADD', KEYS[2], unpack(ARGV))",
+            vec![
+                redis.key(&format!("relay:{call}:{user}:seq")),
+                redis.key(&format!("relay:{call}:{user}:buf")),
+            ],
+            texts,
+        )
+        .await
+        .unwrap();
+    relay.send(call, user, "peer", &frame(601), "").await.unwrap();
+    for n in 1..=601u64 {
+        let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+            .await
+            .expect("frame within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.seq, n_of(&got.text)), (base + n, n));
+        assert!(
+            mailbox.held() <= REPLAY_PAGE + 1,
+            "{} frames held after {n}",
+            mailbox.held()
+        );
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn before_the_call_is_accepted_only_a_few_client_frames_enter_a_mailbox() {
+    use unilink_signaling::relay::{EARLY_FRAMES, FromClient, SendOutcome};
+    let (relay, stop) = relay().await;
+    let (call, user) = (CallId::new(), UserId::new());
+    let early = |cseq: u64| FromClient {
+        numbered: Some(("page", cseq)),
+        early: true,
+    };
+    for cseq in 1..=EARLY_FRAMES {
+        let outcome = relay
+            .send_once(call, user, "caller", &frame(cseq as u32), "", early(cseq))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, SendOutcome::Relayed(_)), "{cseq}: {outcome:?}");
+    }
+    let next = EARLY_FRAMES + 1;
+    let send = |from: FromClient<'static>| {
+        let relay = relay.clone();
+        async move {
+            relay
+                .send_once(call, user, "caller", &frame(next as u32), "", from)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(send(early(next)).await, SendOutcome::TooEarly);
+    // From another socket (another client session) of the same sender too.
+    let other_page = FromClient {
+        numbered: Some(("other page", 1)),
+        early: true,
+    };
+    assert_eq!(send(other_page).await, SendOutcome::TooEarly);
+    // A frame sent again is still acknowledged as relayed, and the refused
+    // one was not recorded: once the call is accepted it goes through.
+    let repeat = relay
+        .send_once(call, user, "caller", &frame(1), "", early(1))
+        .await
+        .unwrap();
+    assert_eq!(repeat, SendOutcome::Repeat);
+    let accepted = FromClient {
+        numbered: Some(("page", next)),
+        early: false,
+    };
+    assert!(matches!(send(accepted).await, SendOutcome::Relayed(_)));
+    // The service's own frames are never held back.
+    relay.send(call, user, "system", &frame(0), "").await.unwrap();
+    let mut mailbox = relay.open_after(call, user, Some(0)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..=EARLY_FRAMES + 1 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
+            .await
+            .expect("frame within 5 s")
+            .unwrap()
+            .unwrap();
+        got.push(n_of(&frame.text));
+    }
+    let expected: Vec<u64> = (1..=next).chain([0]).collect();
+    assert_eq!(got, expected);
     stop.cancel();
 }
