@@ -24,7 +24,11 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               on both and on the Secret template; policy checks
               (scripts/validate_deploy.py k8s: probes, security contexts,
               HPA/PDB per service, headless Services, NetworkPolicy call
-              graph, migration Job, Ingress)
+              graph, migration Job, Ingress, datastore CA mounts, startup
+              probes that outlast the database wait); the PostgreSQL
+              connection budget of the production overlay against its
+              declared max_connections (printed), and a self-test showing
+              that check refuses over-budget variants
   docker      hadolint --failure-threshold warning deploy/Dockerfile
   workflows   actionlint, check-jsonschema (github-workflows schema)
   shell       shellcheck scripts/*.sh scripts/lib/*.sh deploy/*.sh
@@ -241,6 +245,9 @@ check_kubernetes() {
     kubernetes-validate --strict -k 1.30 --quiet "$out" || rc=1
     "$PYY" scripts/validate_deploy.py k8s "$out" "$flavour" || rc=1
   done
+  # The budget check must be able to fail: over-budget variants of the
+  # rendered production overlay are refused.
+  "$PYY" scripts/validate_deploy.py budget-selftest "$WORK/k8s-production.yaml" || rc=1
   kubernetes-validate --strict -k 1.30 --quiet k8s/base/secret.example.yaml || rc=1
   return $rc
 }

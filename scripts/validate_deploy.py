@@ -5,16 +5,24 @@ Used by scripts/validate-deploy.sh; needs only PyYAML (installed with
 yamllint). Each subcommand prints what it checked and exits 1 listing every
 problem found.
 
-  k8s FILE {base,production}   rendered kustomize output
+  k8s FILE {base,production}   rendered kustomize output (production: also
+                               the PostgreSQL connection budget)
+  budget-selftest FILE         proves the budget check fails when the
+                               rendered production overlay could exceed
+                               its declared max_connections
   alerts RULES TESTS           every alert has a firing and a silent test
   grafana DASHBOARD OUT_RULES  dashboard shape; writes its PromQL as a rule
                                file for `promtool check rules`
   compose FILE                 docker-compose.yml wiring
 """
+import copy
 import json
+import math
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -27,6 +35,16 @@ CALLERS = {
     "signaling": {"gateway"},
     "notification": {"gateway"},
 }
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the stores' CA certificates are mounted (Secret unilink-datastore-ca).
+DATASTORE_CA_DIR = "/etc/unilink/datastore-ca"
+# The budget declaration of the production overlay and its keys.
+BUDGET_CONFIGMAP = "unilink-database-budget"
+BUDGET_KEYS = ("DATABASE_MAX_CONNECTIONS", "DATABASE_SUPERUSER_RESERVED_CONNECTIONS", "DATABASE_HEADROOM_CONNECTIONS")
+# unilink-config's defaults when neither the Deployment nor the ConfigMap
+# sets a pool size (crates/config/src/lib.rs).
+POOL_DEFAULTS = {"DATABASE_POOL_SIZE": 20, "DATABASE_MAX_OVERFLOW": 40}
 
 problems = []
 
@@ -156,6 +174,16 @@ def check_k8s(path, flavour):
             check(ports == {"grpc": 50051, "http": 9090}, f"{where}: ports {ports}")
             check(ready.get("path") == "/readyz" and ready.get("port") in ("http", 9090), f"{where}: readiness /readyz :9090")
             check(live.get("path") == "/livez" and live.get("port") in ("http", 9090), f"{where}: liveness /livez :9090")
+            # Start-up waits for the database instead of crash-looping; the
+            # startup probe must not kill it while it waits.
+            sp = c.get("startupProbe", {})
+            window = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) + sp.get("initialDelaySeconds", 0)
+            check(window >= startup_retry_seconds(),
+                  f"{where}: startupProbe allows {window}s, less than the {startup_retry_seconds()}s start-up "
+                  "waits for the database (DATABASE_STARTUP_RETRY in crates/runtime)")
+            for var in POOL_DEFAULTS:
+                check(var in env_map(c) and "value" in env_map(c)[var],
+                      f"{where}: sets no {var} of its own (the connection budget is per Deployment)")
         if name == "signaling":
             check(env_value(c, "PROFILE_GRPC_URL") == "http://profile:50051", f"{where}: PROFILE_GRPC_URL")
         if name == "notification":
@@ -255,7 +283,7 @@ def check_k8s(path, flavour):
         for rule in np["spec"].get("egress", []):
             for p in rule.get("ports", []):
                 egress_ports.setdefault(p["port"], set()).add(np["metadata"]["name"])
-    for port in (53, 5432, 6379, 4317, 587, 465, 25):
+    for port in (53, 5432, 6379, 26379, 4317, 587, 465, 25):
         check(port in egress_ports, f"no egress rule for port {port}")
 
     job = by_kind.get("Job", {}).get("unilink-migrate")
@@ -289,6 +317,10 @@ def check_k8s(path, flavour):
               "Ingress: /metrics exposed publicly")
 
     if flavour == "production":
+        check_datastore_ca(by_kind)
+        report = connection_budget(docs)
+        print_budget(report)
+        problems.extend(report["problems"])
         for d in docs:
             if d["kind"] != "Namespace":
                 check(d["metadata"].get("namespace") == "unilink", f"{d['kind']} {d['metadata']['name']}: namespace")
@@ -297,6 +329,240 @@ def check_k8s(path, flavour):
         for d in docs:
             check("namespace" not in d["metadata"], f"base {d['kind']} {d['metadata']['name']} sets a namespace")
     finish(f"k8s policy ({flavour}, {len(docs)} objects)")
+
+
+def startup_retry_seconds():
+    """DATABASE_STARTUP_RETRY of crates/runtime: how long start-up waits for the database."""
+    path = os.path.join(ROOT, "crates", "runtime", "src", "lib.rs")
+    m = re.search(r"const DATABASE_STARTUP_RETRY: Duration = Duration::from_secs\((\d+)\)", open(path).read())
+    if not m:
+        sys.exit(f"cannot find DATABASE_STARTUP_RETRY in {path}")
+    return int(m.group(1))
+
+
+def pod_containers(obj):
+    pod = obj["spec"]["template"]["spec"]
+    return pod, pod.get("initContainers", []) + pod.get("containers", [])
+
+
+def check_datastore_ca(by_kind):
+    """Every container that talks to the stores can read their CA (production)."""
+    cm = by_kind.get("ConfigMap", {}).get("unilink-config", {}).get("data", {})
+    ca_file = cm.get("REDIS_CA_FILE")
+    if ca_file:
+        check(ca_file.startswith(DATASTORE_CA_DIR + "/"), f"REDIS_CA_FILE {ca_file} is not under {DATASTORE_CA_DIR}")
+    for kind in ("Deployment", "Job"):
+        for name, obj in by_kind.get(kind, {}).items():
+            pod, containers = pod_containers(obj)
+            vols = [v for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == "unilink-datastore-ca"]
+            if not check(len(vols) == 1, f"{kind} {name}: does not mount Secret unilink-datastore-ca"):
+                continue
+            check(vols[0]["secret"].get("optional") is True,
+                  f"{kind} {name}: Secret unilink-datastore-ca not optional (clusters without a private CA would not start)")
+            for c in containers:
+                if not {"DATABASE_URL", "REDIS_URL"} & set(env_map(c)):
+                    continue
+                m = [m for m in c.get("volumeMounts", []) if m["name"] == vols[0]["name"]]
+                check(m and m[0].get("mountPath") == DATASTORE_CA_DIR and m[0].get("readOnly") is True,
+                      f"{kind} {name}/{c['name']}: datastore CA not mounted read-only at {DATASTORE_CA_DIR}")
+
+
+def service_source(name):
+    d = os.path.join(ROOT, "services", name, "src")
+    text = ""
+    for dirpath, _, files in os.walk(d):
+        for f in sorted(files):
+            if f.endswith(".rs"):
+                text += open(os.path.join(dirpath, f)).read()
+    return text
+
+
+def gateway_pool():
+    """The gateway's health-check pool, fixed in its code."""
+    text = open(os.path.join(ROOT, "services", "gateway", "src", "startup.rs")).read()
+    m = re.search(r"pool_size:\s*(\d+),\s*max_overflow:\s*(\d+)", text)
+    if not m:
+        sys.exit("cannot find the gateway's probe pool (pool_size/max_overflow) in services/gateway/src/startup.rs")
+    return int(m.group(1)), int(m.group(2))
+
+
+def int_or_percent(value, of):
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(int(value[:-1]) * of / 100)
+    return int(value)
+
+
+def connection_budget(docs):
+    """The worst case of PostgreSQL connections the rendered manifests allow,
+    against the max_connections declared in ConfigMap unilink-database-budget."""
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    out = {"rows": [], "problems": [], "read_rows": []}
+    bad = out["problems"].append
+    config = by_kind.get("ConfigMap", {}).get("unilink-config", {}).get("data", {})
+    hpas = by_kind.get("HorizontalPodAutoscaler", {})
+    total = 0
+    for name, dep in sorted(by_kind.get("Deployment", {}).items()):
+        containers = dep["spec"]["template"]["spec"]["containers"]
+        if not any("DATABASE_URL" in env_map(c) for c in containers):
+            continue
+        hpa = hpas.get(name)
+        if hpa is None:
+            bad(f"connection budget: Deployment {name} has no HPA, so no bound on its replicas")
+            continue
+        max_replicas = hpa["spec"]["maxReplicas"]
+        strategy = dep["spec"].get("strategy", {})
+        surge = 0
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+            surge = int_or_percent(strategy.get("rollingUpdate", {}).get("maxSurge", "25%"), max_replicas)
+        pods = max_replicas + 2 * surge
+        c = containers[0]
+        if name == "gateway":
+            pool_size, overflow = gateway_pool()
+            source = "fixed in services/gateway/src/startup.rs"
+        else:
+            values, sources = [], []
+            for var, default in POOL_DEFAULTS.items():
+                e = env_map(c).get(var)
+                if e is not None and "value" in e:
+                    values.append(int(e["value"]))
+                    sources.append("env")
+                elif e is not None:
+                    bad(f"connection budget: Deployment {name}: {var} from {e.get('valueFrom')} cannot be checked")
+                    values.append(default)
+                    sources.append("?")
+                elif var in config:
+                    values.append(int(config[var]))
+                    sources.append("ConfigMap")
+                else:
+                    values.append(default)
+                    sources.append("default")
+            pool_size, overflow = values
+            source = "/".join(sorted(set(sources)))
+        src = service_source(name)
+        listeners = len(re.findall(r"outbox_relay::<", src))
+        per_pod = pool_size + overflow + listeners
+        need = pods * per_pod
+        total += need
+        out["rows"].append(dict(name=name, pods=pods, max_replicas=max_replicas, surge=surge, pool_size=pool_size,
+                                overflow=overflow, listeners=listeners, per_pod=per_pod, need=need, source=source))
+        if "read_pool(" in src:
+            out["read_rows"].append((name, pods * (pool_size + overflow)))
+    jobs = 0
+    for name, job in sorted(by_kind.get("Job", {}).items()):
+        pod, containers = pod_containers(job)
+        if not any("DATABASE_URL" in env_map(c) for c in containers):
+            continue
+        # Init containers run one after another, then the main ones together.
+        n = max(1 if pod.get("initContainers") else 0, len(pod.get("containers", [])))
+        jobs += n * job["spec"].get("parallelism", 1)
+    out["jobs"] = jobs
+    total += jobs
+    out["total"] = total
+    decl = by_kind.get("ConfigMap", {}).get(BUDGET_CONFIGMAP)
+    if decl is None:
+        bad(f"connection budget: ConfigMap {BUDGET_CONFIGMAP} (DATABASE_MAX_CONNECTIONS…) is not rendered")
+        return out
+    data = decl.get("data", {})
+    try:
+        max_conn, reserved, headroom = (int(data[k]) for k in BUDGET_KEYS)
+    except (KeyError, ValueError) as e:
+        bad(f"connection budget: ConfigMap {BUDGET_CONFIGMAP} needs integer {', '.join(BUDGET_KEYS)} ({e})")
+        return out
+    out.update(max_connections=max_conn, reserved=reserved, headroom=headroom,
+               available=max_conn - reserved - headroom)
+    if total > out["available"]:
+        bad(f"connection budget: the fleet could open {total} connections, more than the {out['available']} "
+            f"left of max_connections {max_conn} after {reserved} reserved and {headroom} headroom")
+    return out
+
+
+def print_budget(report):
+    print("PostgreSQL connection budget (worst case):")
+    print(f"  {'deployment':<13} {'pods':>16}  {'per pod':<34} {'connections':>11}")
+    for r in report["rows"]:
+        pods = f"{r['pods']} ({r['max_replicas']}+2x{r['surge']})"
+        per = f"{r['per_pod']} ({r['pool_size']}+{r['overflow']} pool, {r['listeners']} LISTEN)"
+        print(f"  {r['name']:<13} {pods:>16}  {per:<34} {r['need']:>11}   [{r['source']}]")
+    print(f"  {'migration Job':<13} {'':>16}  {'':<34} {report['jobs']:>11}")
+    print(f"  {'total':<13} {'':>16}  {'':<34} {report['total']:>11}")
+    if "available" in report:
+        print(f"  declared max_connections {report['max_connections']} - {report['reserved']} reserved "
+              f"- {report['headroom']} headroom = {report['available']} available; "
+              f"{report['available'] - report['total']} to spare")
+    if report["read_rows"]:
+        share = " + ".join(f"{n} {c}" for n, c in report["read_rows"])
+        print(f"  read replica (when DATABASE_READ_URL is set): {share} = {sum(c for _, c in report['read_rows'])}")
+
+
+def budget_selftest(path):
+    """Shows the budget check can fail: variants of the rendered production
+    overlay that exceed the declaration by one connection must be refused,
+    the exact fit accepted, and the real command must exit 1."""
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    base = connection_budget(docs)
+    if base["problems"]:
+        sys.exit(f"budget self-test: the rendered overlay itself fails: {base['problems']}")
+    def declare(ds, max_connections):
+        for d in ds:
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == BUDGET_CONFIGMAP:
+                d["data"]["DATABASE_MAX_CONNECTIONS"] = str(max_connections)
+        return ds
+    exact = base["total"] + base["reserved"] + base["headroom"]
+
+    def variant(edit):
+        ds = declare(copy.deepcopy(docs), exact)
+        edit(ds)
+        return ds
+
+    def find(ds, kind, name):
+        return next(d for d in ds if d["kind"] == kind and d["metadata"]["name"] == name)
+
+    def more_replicas(ds):
+        find(ds, "HorizontalPodAutoscaler", "notification")["spec"]["maxReplicas"] += 1
+
+    def bigger_pool(ds):
+        c = find(ds, "Deployment", "profile")["spec"]["template"]["spec"]["containers"][0]
+        c["env"] = [e for e in c["env"] if e["name"] != "DATABASE_MAX_OVERFLOW"]
+
+    def more_surge(ds):
+        find(ds, "Deployment", "auth")["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = 2
+
+    def undeclared(ds):
+        ds[:] = [d for d in ds if d["metadata"]["name"] != BUDGET_CONFIGMAP]
+
+    cases = [
+        ("max_connections fits exactly", variant(lambda ds: None), True),
+        ("max_connections one short", declare(copy.deepcopy(docs), exact - 1), False),
+        ("notification HPA maxReplicas + 1", variant(more_replicas), False),
+        ("profile without its own DATABASE_MAX_OVERFLOW (falls back to 40)", variant(bigger_pool), False),
+        ("auth maxSurge 2", variant(more_surge), False),
+        ("no budget declared", variant(undeclared), False),
+    ]
+    failures = 0
+    for what, ds, should_pass in cases:
+        report = connection_budget(ds)
+        ok = not report["problems"]
+        verdict = "accepted" if ok else "refused"
+        good = ok == should_pass
+        failures += not good
+        detail = f" ({report['problems'][0]})" if report["problems"] else f" ({report['total']} connections)"
+        print(f"  {'ok' if good else 'WRONG'}: {what}: {verdict}{detail}")
+    # End to end: the k8s command itself exits 1 on the one-short overlay.
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(declare(copy.deepcopy(docs), exact - 1), f)
+    try:
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "k8s", f.name, "production"],
+                             capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    e2e = run.returncode == 1 and "connection budget" in run.stderr
+    failures += not e2e
+    print(f"  {'ok' if e2e else 'WRONG'}: `validate_deploy.py k8s` on the one-short overlay exits {run.returncode}")
+    if failures:
+        sys.exit(f"budget self-test: {failures} case(s) not as expected")
+    print(f"budget self-test: the check refuses every over-budget variant ({len(cases) + 1} cases)")
 
 
 # --------------------------------------------------------------- alerts --
@@ -380,6 +646,15 @@ def check_grafana(path, out_rules):
 
 
 # -------------------------------------------------------------- compose --
+def compose_service(name):
+    """The UniLink service a compose service runs: migrate-auth -> auth, gateway-2 -> gateway."""
+    if name.startswith("migrate-"):
+        return name[len("migrate-"):]
+    if re.fullmatch(r"gateway-\d+", name):
+        return "gateway"
+    return name
+
+
 def check_compose(path):
     base = os.path.dirname(os.path.abspath(path))
     doc = yaml.safe_load(open(path))
@@ -391,7 +666,7 @@ def check_compose(path):
     check(str(svcs.get("postgres", {}).get("image", "")).startswith("postgres:15"), "postgres is not PostgreSQL 15")
     check(str(svcs.get("redis", {}).get("image", "")).startswith("redis:7"), "redis is not Redis 7")
     for name, s in svcs.items():
-        svc = name.split("-")[-1] if name.startswith(("migrate-", "gateway-")) else name
+        svc = compose_service(name)
         if svc in SERVICES:
             b = s.get("build", {})
             check(b.get("dockerfile") == "deploy/Dockerfile" and b.get("args", {}).get("SERVICE") == svc,
@@ -415,6 +690,9 @@ def check_compose(path):
             src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
             if src.startswith("./") and src != "./nginx/certs":
                 check(os.path.exists(os.path.join(base, src)), f"{name}: mounts missing {src}")
+    check_compose_profiles(svcs)
+    check_compose_sentinel(svcs)
+    check_compose_budget(svcs)
     nginx_conf = open(os.path.join(base, "nginx", "nginx.conf")).read()
     for g in ("gateway-1:8000", "gateway-2:8000"):
         check(g in nginx_conf, f"nginx upstream lacks {g}")
@@ -425,6 +703,86 @@ def check_compose(path):
     finish(f"compose wiring ({len(svcs)} services)")
 
 
+def check_compose_profiles(svcs):
+    """The file works with and without each profile: every dependency of a
+    started service is started too."""
+    profiles = sorted({p for s in svcs.values() for p in s.get("profiles", [])})
+    for active in [[]] + [[p] for p in profiles]:
+        started = {n for n, s in svcs.items() if not s.get("profiles") or set(s["profiles"]) & set(active)}
+        label = f"profile {active[0]}" if active else "no profile"
+        for name in started:
+            deps = svcs[name].get("depends_on", {})
+            for dep in (deps if isinstance(deps, list) else deps.keys()):
+                check(dep in started, f"{label}: {name} depends on {dep}, which does not start")
+
+
+SENTINEL_MONITOR = re.compile(r"sentinel monitor (\S+) (\S+) (\d+) (\d+)")
+
+
+def check_compose_sentinel(svcs):
+    """Profile "sentinel": the master, a replica of it, three Sentinels
+    agreeing on it, and services that can be pointed at them."""
+    sentinels = sorted(n for n in svcs if n.startswith("redis-sentinel-"))
+    check(len(sentinels) == 3, f"sentinel profile: {len(sentinels)} Sentinels, expected 3")
+    replica = svcs.get("redis-replica", {})
+    check(" ".join(map(str, replica.get("command", []))).find("--replicaof redis 6379") >= 0,
+          "redis-replica does not replicate redis:6379")
+    for name in ["redis-replica"] + sentinels:
+        s = svcs.get(name, {})
+        check(s.get("profiles") == ["sentinel"], f"{name}: not only in profile sentinel")
+        check(str(s.get("image", "")).startswith("redis:7"), f"{name}: not the Redis 7 image")
+    monitors = set()
+    for name in sentinels:
+        text = "\n".join(map(str, svcs[name].get("command", [])))
+        m = SENTINEL_MONITOR.search(text)
+        if not check(m, f"{name}: no `sentinel monitor` line"):
+            continue
+        master, host, port, quorum = m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+        monitors.add((master, host, port, quorum))
+        check(host in svcs and not svcs[host].get("profiles"), f"{name}: monitors {host}, not the always-on master")
+        check(2 <= quorum <= len(sentinels) and quorum > len(sentinels) // 2, f"{name}: quorum {quorum} of {len(sentinels)}")
+        check("--sentinel" in text or "redis-sentinel" in text, f"{name}: not started as a Sentinel")
+        check("port 26379" in text, f"{name}: not on port 26379")
+        check("announce-hostnames yes" in text, f"{name}: tells clients IPs that change when containers restart")
+    check(len(monitors) == 1, f"Sentinels disagree on the master: {sorted(monitors)}")
+    for name, s in svcs.items():
+        env = s.get("environment", {})
+        if "REDIS_URL" in env:
+            for var in ("REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"):
+                check(var in env, f"{name}: {var} is not passed through (the sentinel profile could not be used)")
+
+
+def compose_default(value, var):
+    m = re.fullmatch(r"\$\{" + var + r":?-(\d+)\}", str(value))
+    return int(m.group(1)) if m else int(value)
+
+
+def check_compose_budget(svcs):
+    """The services' pools fit in the compose PostgreSQL's max_connections."""
+    pg = " ".join(map(str, svcs.get("postgres", {}).get("command", [])))
+    m = re.search(r"max_connections=(\d+)", pg)
+    max_connections, reserved = (int(m.group(1)) if m else 100), 3
+    total, parts = 0, []
+    for name, s in svcs.items():
+        env = s.get("environment", {})
+        if "DATABASE_URL" not in env:
+            continue
+        replicas = int(s.get("deploy", {}).get("replicas", 1))
+        svc = compose_service(name)
+        if name.startswith("migrate-"):
+            need = 1
+        elif svc == "gateway":
+            need = sum(gateway_pool())
+        else:
+            listeners = len(re.findall(r"outbox_relay::<", service_source(svc)))
+            need = sum(compose_default(env.get(v, d), v) for v, d in POOL_DEFAULTS.items()) + listeners
+        total += replicas * need
+        parts.append(f"{name} {replicas * need}")
+    print(f"compose PostgreSQL connections: {' + '.join(parts)} = {total} of {max_connections - reserved}")
+    check(total <= max_connections - reserved,
+          f"the services could open {total} PostgreSQL connections; max_connections {max_connections} - {reserved} reserved")
+
+
 def main(argv):
     if len(argv) < 2 or argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -432,6 +790,8 @@ def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "k8s" and len(args) == 2 and args[1] in ("base", "production"):
         check_k8s(*args)
+    elif cmd == "budget-selftest" and len(args) == 1:
+        budget_selftest(*args)
     elif cmd == "alerts" and len(args) == 2:
         check_alerts(*args)
     elif cmd == "grafana" and len(args) == 2:

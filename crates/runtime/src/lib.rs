@@ -7,18 +7,25 @@
 //! lock, opens the pool and Redis, binds the listeners (port 0 in tests) and
 //! builds the routes; [`Application::run_until_stopped`] serves until the
 //! shutdown future resolves. [`main`] is a service binary's whole `main`.
+//!
+//! Start-up waits for a database that is not there yet (a rolling restart of
+//! the cluster, a managed failover, compose starting everything at once):
+//! [`migrate_when_reachable`] retries transient failures with backoff for up
+//! to [`DATABASE_STARTUP_RETRY`] instead of exiting and crash-looping, and
+//! stops at once on errors that waiting cannot fix (see [`is_transient`]).
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use unilink_bus::{BusError, Redis};
 use unilink_config::Settings;
-use unilink_db::{DbError, Migration, MigrationReport, PgPool};
+use unilink_db::{DbError, Migration, MigrationReport, PgPool, SqlState};
 use unilink_grpc::process::Command;
 use unilink_grpc::server::PROBE_TIMEOUT;
 use unilink_grpc::{Probe, ServiceHost};
@@ -28,6 +35,12 @@ use unilink_grpc::{Probe, ServiceHost};
 pub enum StartupError {
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error("database still unreachable after {waited:?} ({attempts} attempts): {source}")]
+    DatabaseUnreachable {
+        attempts: u32,
+        waited: Duration,
+        source: DbError,
+    },
     #[error(transparent)]
     Redis(#[from] BusError),
     #[error("cannot listen: {0}")]
@@ -72,16 +85,141 @@ pub struct Resources {
     pub stopped: CancellationToken,
 }
 
-/// Applies the service's migrations (the `migrate` command; also run by
-/// [`Application::build`]).
+/// Applies the service's migrations in one attempt; the `migrate` command
+/// and [`Application::build`] use [`migrate_when_reachable`], which retries.
 pub async fn migrate<S: BackendService>(settings: &Settings) -> Result<MigrationReport, StartupError> {
     let report = unilink_db::migrate(&settings.database, S::SCHEMA, S::MIGRATIONS).await?;
     tracing::info!(service = S::NAME, schema = S::SCHEMA, version = report.version, applied = ?report.applied, "schema up to date");
     Ok(report)
 }
 
+/// How long start-up keeps retrying a database that does not answer before
+/// giving up (the process then exits 1 and the orchestrator's restart policy
+/// takes over, so an outage longer than this shows up as restarts). Five
+/// minutes covers a managed PostgreSQL failover or restart (typically 30–120
+/// s) with room to spare; SIGTERM still stops the process at once meanwhile
+/// (no signal handler is installed before the server runs). The Kubernetes
+/// startup probes give at least this long (`scripts/validate_deploy.py`
+/// reads this constant and checks them).
+pub const DATABASE_STARTUP_RETRY: Duration = Duration::from_secs(300);
+
+/// How start-up retries a database that is not reachable yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupRetry {
+    /// Wait after the first failure; doubled after each further one.
+    pub first_delay: Duration,
+    /// Longest wait between two attempts.
+    pub max_delay: Duration,
+    /// No attempt starts after this long; the last error is returned.
+    pub give_up_after: Duration,
+}
+
+impl Default for StartupRetry {
+    /// 0.5 s doubling to 10 s, for [`DATABASE_STARTUP_RETRY`].
+    fn default() -> Self {
+        StartupRetry {
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(10),
+            give_up_after: DATABASE_STARTUP_RETRY,
+        }
+    }
+}
+
+/// Whether waiting may fix `error`: the server is not reachable, not ready,
+/// or went away in the middle (connection refused or reset, DNS not there
+/// yet, timeouts, "the database system is starting up", "too many clients"
+/// while old replicas drain, another replica holding the migration lock).
+/// Errors from a wrong setting or a wrong schema are permanent: invalid
+/// configuration, TLS failures (wrong CA, name mismatch, no TLS under
+/// `require`), authentication, a missing database, a failing migration,
+/// checksum mismatches and a schema newer than this build.
+pub fn is_transient(error: &DbError) -> bool {
+    fn transient_state(state: &SqlState) -> bool {
+        let code = state.code();
+        // Class 08: connection exception.
+        code.starts_with("08")
+            || [
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(state)
+    }
+    match error {
+        DbError::Pool(_) | DbError::Timeout(_) | DbError::LockTimeout(..) => {
+            error.sql_state().is_none_or(transient_state)
+        }
+        DbError::Postgres(e) | DbError::Migration { source: e, .. } => {
+            e.is_closed() || e.code().is_none_or(transient_state)
+        }
+        DbError::Config(_) | DbError::Tls(_) | DbError::ChecksumMismatch { .. } | DbError::SchemaTooNew { .. } => false,
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with a permanent error, or
+/// `retry.give_up_after` has passed; one WARN per failed attempt.
+pub async fn retry_transient<T, F, Fut>(what: &str, retry: StartupRetry, mut attempt: F) -> Result<T, StartupError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, DbError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = retry.first_delay;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match attempt().await {
+            Ok(value) => {
+                if attempts > 1 {
+                    tracing::info!(
+                        what,
+                        attempts,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "database reachable"
+                    );
+                }
+                return Ok(value);
+            }
+            Err(e) if !is_transient(&e) => return Err(e.into()),
+            Err(e) => e,
+        };
+        let waited = started.elapsed();
+        if waited + delay > retry.give_up_after {
+            return Err(StartupError::DatabaseUnreachable {
+                attempts,
+                waited,
+                source: error,
+            });
+        }
+        tracing::warn!(
+            what,
+            attempt = attempts,
+            retry_in_ms = delay.as_millis() as u64,
+            error = %error,
+            "database not reachable yet; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(retry.max_delay);
+    }
+}
+
+/// [`migrate`], retried while the database is not reachable (see
+/// [`StartupRetry`]); what [`Application::build`] and the `migrate` command run.
+pub async fn migrate_when_reachable<S: BackendService>(
+    settings: &Settings,
+    retry: StartupRetry,
+) -> Result<MigrationReport, StartupError> {
+    let report = retry_transient(S::NAME, retry, || {
+        unilink_db::migrate(&settings.database, S::SCHEMA, S::MIGRATIONS)
+    })
+    .await?;
+    tracing::info!(service = S::NAME, schema = S::SCHEMA, version = report.version, applied = ?report.applied, "schema up to date");
+    Ok(report)
+}
+
 /// How long background tasks get to finish after the server stopped.
-const WORKER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const WORKER_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// The outbox relay of a producer service, publishing to `events:<name>`.
 pub fn outbox_relay<S: BackendService>(resources: &Resources) -> unilink_events::outbox::OutboxRelay {
@@ -110,8 +248,16 @@ pub struct Application<S> {
 }
 
 impl<S: BackendService> Application<S> {
+    /// Migrates (waiting for the database with [`StartupRetry::default`]),
+    /// opens the pool and Redis, binds the listeners and builds the routes.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        migrate::<S>(&settings).await?;
+        Self::build_with_retry(settings, StartupRetry::default()).await
+    }
+
+    /// [`Application::build`] with its own start-up retry policy.
+    pub async fn build_with_retry(settings: Settings, retry: StartupRetry) -> Result<Self, StartupError> {
+        migrate_when_reachable::<S>(&settings, retry).await?;
+        // Lazy: opens connections on first use, never fails for a down server.
         let db = unilink_db::connect(&settings.database, S::SCHEMA, S::NAME)?;
         let redis = Redis::connect(&settings.redis).await?;
         let host = ServiceHost::bind(S::NAME, &settings.listen).await?;
@@ -170,7 +316,7 @@ impl<S: BackendService> Application<S> {
         ];
         let pool = resources.db.clone();
         let metrics = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 unilink_db::record_pool_metrics(&pool, S::SCHEMA);
@@ -201,7 +347,9 @@ impl<S: BackendService> Application<S> {
 pub async fn main<S: BackendService>(version: &'static str) -> ExitCode {
     unilink_grpc::process::run(S::NAME, version, |settings, command| async move {
         match command {
-            Command::Migrate => migrate::<S>(&settings).await.map(|_| ()),
+            Command::Migrate => migrate_when_reachable::<S>(&settings, StartupRetry::default())
+                .await
+                .map(|_| ()),
             Command::Serve => {
                 Application::<S>::build(settings)
                     .await?
@@ -211,4 +359,116 @@ pub async fn main<S: BackendService>(version: &'static str) -> ExitCode {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn quick(give_up_after: Duration) -> StartupRetry {
+        StartupRetry {
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(40),
+            give_up_after,
+        }
+    }
+
+    fn checksum_mismatch() -> DbError {
+        DbError::ChecksumMismatch {
+            schema: "s".into(),
+            version: 1,
+            applied: "a".into(),
+            embedded: "b".into(),
+        }
+    }
+
+    #[test]
+    fn only_errors_that_waiting_can_fix_are_transient() {
+        assert!(is_transient(&DbError::Timeout(Duration::from_secs(1))));
+        assert!(is_transient(&DbError::LockTimeout("s".into(), Duration::from_secs(1))));
+        assert!(!is_transient(&DbError::Config("bad sslmode".into())));
+        assert!(!is_transient(&DbError::Tls("unknown issuer".into())));
+        assert!(!is_transient(&checksum_mismatch()));
+        assert!(!is_transient(&DbError::SchemaTooNew {
+            schema: "s".into(),
+            applied: 3,
+            known: 2
+        }));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let settings = Settings::from_vars([
+            ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+            ("DATABASE_CONNECT_TIMEOUT_SECONDS", "2".to_owned()),
+        ])
+        .expect("settings");
+        let error = unilink_db::connect_direct(&settings.database, "test")
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert!(matches!(error, DbError::Postgres(_)), "{error:?}");
+        assert!(is_transient(&error), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_permanent_error_is_returned_after_one_attempt() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), _> = retry_transient("test", quick(Duration::from_secs(5)), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(checksum_mismatch()) }
+        })
+        .await;
+        assert!(
+            matches!(result, Err(StartupError::Database(DbError::ChecksumMismatch { .. }))),
+            "{result:?}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = AtomicU32::new(0);
+        let result = retry_transient("test", quick(Duration::from_secs(5)), || {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n < 3 {
+                    Err(DbError::Timeout(Duration::from_millis(1)))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.expect("third attempt succeeds"), 3);
+    }
+
+    #[tokio::test]
+    async fn retrying_stops_at_the_bound_with_the_last_error() {
+        let calls = AtomicU32::new(0);
+        let started = std::time::Instant::now();
+        let result: Result<(), _> = retry_transient("test", quick(Duration::from_millis(300)), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(DbError::Timeout(Duration::from_millis(1))) }
+        })
+        .await;
+        let took = started.elapsed();
+        let Err(StartupError::DatabaseUnreachable { attempts, source, .. }) = result else {
+            panic!("expected DatabaseUnreachable, got {result:?}");
+        };
+        // Delays 10, 20, 40, 40… ms: about eight attempts fit in 300 ms.
+        assert_eq!(attempts, calls.load(Ordering::SeqCst));
+        assert!(attempts >= 4, "only {attempts} attempts");
+        assert!(matches!(source, DbError::Timeout(_)));
+        assert!(
+            took <= Duration::from_millis(300) + Duration::from_millis(200),
+            "took {took:?}"
+        );
+    }
 }
