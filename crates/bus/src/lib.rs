@@ -147,6 +147,18 @@ impl Redis {
         })
     }
 
+    /// The run id of the Redis server this client talks to now: it changes
+    /// when the server restarts or another one takes over (a failover).
+    pub async fn server_id(&self) -> Result<String, BusError> {
+        let info: String = tokio::time::timeout(COMMAND_TIMEOUT, self.client.info(Some(fred::types::InfoKind::Server)))
+            .await
+            .map_err(|_| BusError::Timeout(COMMAND_TIMEOUT))??;
+        info.lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .ok_or_else(|| BusError::Reply("INFO server has no run_id".to_owned()))
+    }
+
     /// `name` with this deployment's prefix.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.settings.key_prefix)

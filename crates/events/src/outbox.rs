@@ -47,6 +47,15 @@
 //! once), and those whose effect only matters for a short while (call
 //! pushes) drop old events.
 //!
+//! # When Redis fails over
+//!
+//! With Sentinel, a replica takes over when the master dies; replication is
+//! asynchronous, so the new master may lack the last entries the old one
+//! accepted (the marker, older, is there). The relay notes the server's run
+//! id whenever it finds the marker; when it changes with the marker intact,
+//! it publishes the rows of the last [`FAILOVER_REPLAY_WINDOW`] again
+//! (`outbox_failover_replays_total{schema}`).
+//!
 //! What this does not cover: rows already deleted after [`RETENTION`]; a
 //! replay of more than [`STREAM_MAX_LEN`] rows (the stream is trimmed to
 //! about that many entries, so a consumer far behind could miss the oldest
@@ -133,6 +142,11 @@ fn as_pairs<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a 
 const BATCH: i64 = 200;
 /// How often the relay measures its backlog (`outbox_pending`, `outbox_lag_seconds`).
 const LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// After a failover, rows published this recently are published again:
+/// far more than Redis's replication lag, so whatever the old master had
+/// not passed on is covered.
+pub const FAILOVER_REPLAY_WINDOW: Duration = Duration::from_secs(60);
 
 /// How often the relay looks for the stream's marker (see the module docs).
 pub const MARKER_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -228,6 +242,8 @@ impl OutboxRelay {
         // When the marker was last found (or set); `None`: look before publishing.
         let mut marker_seen: Option<tokio::time::Instant> = None;
         let mut check_failing = false;
+        // The Redis server (its run id) the stream was last found intact on.
+        let mut server: Option<String> = None;
         while !stop.is_cancelled() {
             // Go round again at once (more rows, or a marker to check now).
             let mut again = false;
@@ -237,6 +253,13 @@ impl OutboxRelay {
                     Ok(StreamCheck::Intact | StreamCheck::Replayed { .. }) => {
                         marker_seen = Some(tokio::time::Instant::now());
                         check_failing = false;
+                        match self.follow_server(server.as_deref()).await {
+                            Ok(now) => server = Some(now),
+                            Err(e) => {
+                                tracing::warn!(stream = %self.stream, error = %e, "outbox relay cannot tell which redis it talks to; checking again");
+                                marker_seen = None;
+                            }
+                        }
                     }
                     // Wait for the marker before publishing.
                     Ok(StreamCheck::ReplayingElsewhere | StreamCheck::Interrupted { .. }) => check_failing = false,
@@ -417,9 +440,38 @@ impl OutboxRelay {
         Ok(StreamCheck::Replayed { rows })
     }
 
+    /// After a failover (the stream is intact but on another server: a
+    /// replica promoted by Sentinel), the new master may miss the last
+    /// writes the old one had not replicated yet: the rows published in the
+    /// last [`FAILOVER_REPLAY_WINDOW`] are published again (consumers skip
+    /// what they already had, by event id). Returns the server's run id.
+    async fn follow_server(&self, before: Option<&str>) -> Result<String, RelayError> {
+        let now = self.redis.server_id().await?;
+        if let Some(before) = before
+            && before != now
+        {
+            let rows = self.mark_unpublished(Some(FAILOVER_REPLAY_WINDOW)).await?;
+            tracing::warn!(
+                stream = %self.stream,
+                schema = self.schema,
+                rows,
+                "redis is another server now (a failover); publishing the last {}s of events again",
+                FAILOVER_REPLAY_WINDOW.as_secs()
+            );
+            metrics::counter!("outbox_failover_replays_total", "schema" => self.schema).increment(1);
+        }
+        Ok(now)
+    }
+
     /// Marks every published row unpublished again, once the relays
     /// publishing right now have committed (their rows are reset too).
     async fn mark_all_unpublished(&self) -> Result<u64, DbError> {
+        self.mark_unpublished(None).await
+    }
+
+    /// Like [`Self::mark_all_unpublished`], for the rows published within
+    /// `window` only (or all of them).
+    async fn mark_unpublished(&self, window: Option<Duration>) -> Result<u64, DbError> {
         let mut client = self.db.get().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!(
@@ -436,12 +488,23 @@ impl OutboxRelay {
             &[],
         )
         .await?;
-        let rows = tx
-            .execute(
-                "UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL",
-                &[],
-            )
-            .await?;
+        let rows = match window {
+            None => {
+                tx.execute(
+                    "UPDATE outbox SET published_at = NULL WHERE published_at IS NOT NULL",
+                    &[],
+                )
+                .await?
+            }
+            Some(window) => {
+                let window = format!("{} milliseconds", window.as_millis());
+                tx.execute(
+                    "UPDATE outbox SET published_at = NULL WHERE published_at > now() - $1::text::interval",
+                    &[&window],
+                )
+                .await?
+            }
+        };
         tx.commit().await?;
         Ok(rows)
     }

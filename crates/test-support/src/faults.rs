@@ -101,11 +101,15 @@ impl PrivateRedis {
         } else {
             vec!["--port", &port]
         };
+        // A configuration file (a Sentinel's) must come first.
+        let split = usize::from(self.args.first().is_some_and(|a| !a.starts_with("--")));
+        let (conf, args) = self.args.split_at(split);
         let mut child = Command::new(redis_server())
+            .args(conf)
             .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
-            .args(&self.args)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -339,4 +343,210 @@ mod tests {
         assert_eq!(redis.port(), port);
         assert!(ping(port).await);
     }
+}
+
+/// A Redis master, one replica and three Sentinels (quorum 2) on loopback,
+/// as operators run Redis for high availability. The master can be killed
+/// (`kill -9`) and started again; Sentinel promotes the replica and turns
+/// the old master into a replica when it returns.
+#[derive(Debug)]
+pub struct SentinelRedis {
+    /// The two data nodes; which is master changes with failovers.
+    pub nodes: Vec<PrivateRedis>,
+    sentinels: Vec<PrivateRedis>,
+    _dir: crate::stores::TempDir,
+}
+
+/// The name the Sentinels know the master by.
+pub const SENTINEL_MASTER: &str = "unilink";
+
+impl SentinelRedis {
+    /// Starts the five processes and waits until every Sentinel knows the
+    /// replica and the two other Sentinels.
+    pub async fn start() -> SentinelRedis {
+        let master = PrivateRedis::start().await;
+        let replica = PrivateRedis::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port().to_string(),
+        ])
+        .await;
+        let dir = crate::stores::TempDir::new("sentinel");
+        let mut sentinels = Vec::new();
+        for n in 0..3 {
+            let conf = dir.path().join(format!("sentinel-{n}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                     sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+                     sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+                    master.port()
+                ),
+            )
+            .expect("write sentinel.conf");
+            sentinels.push(PrivateRedis::start_sentinel(&conf).await);
+        }
+        let topology = SentinelRedis {
+            nodes: vec![master, replica],
+            sentinels,
+            _dir: dir,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ready = true;
+            for sentinel in &topology.sentinels {
+                let reply = command(sentinel.port(), &["SENTINEL", "MASTER", SENTINEL_MASTER]).await;
+                ready &= reply
+                    .as_deref()
+                    .and_then(|r| field(r, "num-other-sentinels"))
+                    .as_deref()
+                    == Some("2")
+                    && reply.as_deref().and_then(|r| field(r, "num-slaves")).as_deref() == Some("1");
+            }
+            if ready {
+                return topology;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Sentinels did not find each other and the replica within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `REDIS_URL`, `REDIS_SENTINELS` and `REDIS_SENTINEL_MASTER` for a service.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        vec![
+            // The scheme (and credentials, database) only: the hosts are the Sentinels'.
+            ("REDIS_URL".to_owned(), "redis://127.0.0.1:6379".to_owned()),
+            ("REDIS_SENTINELS".to_owned(), sentinels.join(",")),
+            ("REDIS_SENTINEL_MASTER".to_owned(), SENTINEL_MASTER.to_owned()),
+        ]
+    }
+
+    /// The master's port, as the first Sentinel that answers says.
+    pub async fn master_port(&self) -> Option<u16> {
+        for sentinel in &self.sentinels {
+            if let Some(reply) = command(
+                sentinel.port(),
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER],
+            )
+            .await
+            {
+                return bulk_strings(&reply).get(1).and_then(|p| p.parse().ok());
+            }
+        }
+        None
+    }
+
+    /// The node that is master now.
+    pub async fn master(&mut self) -> &mut PrivateRedis {
+        let port = self.master_port().await.expect("a Sentinel names the master");
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .expect("the master is one of the nodes")
+    }
+
+    /// Waits until the Sentinels name a master other than `old` that
+    /// answers as one (a replica promoted); returns its port.
+    pub async fn wait_for_new_master(&self, old: u16, within: Duration) -> u16 {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(port) = self.master_port().await
+                && port != old
+                && command(port, &["ROLE"]).await.is_some_and(|r| r.contains("master"))
+            {
+                return port;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new master within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the node on `port` runs as a replica of the master.
+    pub async fn wait_until_replica(&self, port: u16, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let reply = command(port, &["INFO", "replication"]).await.unwrap_or_default();
+            if reply.contains("role:slave") && reply.contains("master_link_status:up") {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {port} did not become a replica within {within:?}: {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl PrivateRedis {
+    /// A Sentinel with `conf` (which it rewrites) on a free port.
+    pub async fn start_sentinel(conf: &std::path::Path) -> PrivateRedis {
+        Self::start_on(vec![conf.display().to_string(), "--sentinel".into()], false).await
+    }
+}
+
+/// Sends one command to a plaintext Redis (or Sentinel) and returns the raw
+/// reply, read until the server pauses; `None` if it does not answer.
+pub async fn command(port: u16, args: &[&str]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let wait = if reply.is_empty() { 1000 } else { 50 };
+            match tokio::time::timeout(Duration::from_millis(wait), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => reply.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) => return None,
+            }
+        }
+        (!reply.is_empty()).then(|| String::from_utf8_lossy(&reply).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The bulk strings of a RESP reply, in order.
+fn bulk_strings(reply: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = reply.split("\r\n");
+    while let Some(line) = lines.next() {
+        if line.starts_with('$')
+            && line != "$-1"
+            && let Some(value) = lines.next()
+        {
+            out.push(value.to_owned());
+        }
+    }
+    out
+}
+
+/// The value after `name` in a RESP array of name/value bulk strings.
+fn field(reply: &str, name: &str) -> Option<String> {
+    let strings = bulk_strings(reply);
+    strings
+        .iter()
+        .position(|s| s == name)
+        .and_then(|i| strings.get(i + 1).cloned())
 }

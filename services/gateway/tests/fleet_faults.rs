@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Kind};
+use cluster::{Cluster, Kind, ResumingClient, assert_all_live, call_in_progress, metric_sum};
 use common::Gateway;
 use serde_json::{Value, json};
 use unilink_test_support::eventually;
@@ -30,24 +30,6 @@ async fn timed(request: impl std::future::Future<Output = (u16, Value)>) -> (u16
     let started = Instant::now();
     let (status, body) = request.await;
     (status, body, started.elapsed())
-}
-
-/// `/livez` of every process that is running: liveness must never fail
-/// because a dependency is down (a failing liveness probe restarts pods,
-/// which would turn an outage into a crash loop).
-async fn assert_all_live(cluster: &Cluster) {
-    for (kind, replica) in &cluster.replicas {
-        if !replica.is_running() {
-            continue;
-        }
-        let response = reqwest::Client::new()
-            .get(format!("http://{}/livez", replica.http))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{} ({kind:?}) /livez: {e}", replica.name));
-        assert_eq!(response.status(), 200, "{} /livez", replica.name);
-    }
 }
 
 /// `/readyz` of a backend replica (200 ready, 503 not).
@@ -184,38 +166,6 @@ async fn a_postgres_outage_fails_fast_with_503_and_heals_itself_losing_no_acknow
     eprintln!("healthy again {healed:?} after PostgreSQL came back");
 }
 
-/// Ada calls Bob through the balancer; both call sockets are open and a
-/// frame has crossed. Returns (call id, Bob's presence socket, Ada's and
-/// Bob's call sockets).
-async fn call_in_progress(
-    cluster: &Cluster,
-    (ada_id, ada): (&str, &str),
-    (bob_id, bob): (&str, &str),
-) -> (String, common::Socket, common::Socket, common::Socket) {
-    let gw = &cluster.client;
-    let mut bob_presence = gw.socket(&format!("/calls/ws/{bob_id}"), bob).await;
-    bob_presence.send_text("ping").await;
-    bob_presence.expect_text("pong").await;
-    let (status, call) = gw
-        .post_bearer("/calls/initiate", ada, json!({"receiver_id": bob_id}))
-        .await;
-    assert_eq!(status, 200, "{call}");
-    let call_id = call["id"].as_str().unwrap().to_owned();
-    assert_eq!(bob_presence.expect("incoming_call").await["call_id"], call_id);
-    let (status, body) = gw
-        .post_bearer(&format!("/calls/accept/{call_id}"), bob, json!({}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let mut ada_call = gw.socket(&format!("/ws/webrtc/{call_id}"), ada).await;
-    let mut bob_call = gw.socket(&format!("/ws/webrtc/{call_id}"), bob).await;
-    ada_call.expect("connection_ready").await;
-    ada_call
-        .send_json(json!({"type": "offer", "offer": {"type": "offer", "sdp": "v=0"}}))
-        .await;
-    assert_eq!(bob_call.expect("offer").await["from"], ada_id);
-    (call_id, bob_presence, ada_call, bob_call)
-}
-
 #[tokio::test]
 async fn a_redis_outage_and_empty_restart_heal_by_themselves_and_lose_no_event() {
     let mut cluster = Cluster::start(&[("SIGNALING_FRAME_RATE", "1000")]).await;
@@ -252,7 +202,7 @@ async fn a_redis_outage_and_empty_restart_heal_by_themselves_and_lose_no_event()
     })
     .await;
 
-    cluster.redis.kill();
+    cluster.redis.as_mut().expect("a single redis").kill();
     let killed_at = Instant::now();
     let gw = &Gateway::at(cluster.lb.base());
     eventually("/health to report Redis down", RECOVERY, || async {
@@ -302,7 +252,7 @@ async fn a_redis_outage_and_empty_restart_heal_by_themselves_and_lose_no_event()
     assert!(fallback > 0.0, "the rate limiter fell back to local counting");
 
     // Redis comes back with nothing in it.
-    cluster.redis.restart().await;
+    cluster.redis.as_mut().expect("a single redis").restart().await;
     let restarted_at = Instant::now();
     // The relay is subscribed again: Ada's frames reach Bob on the same sockets.
     let mut n = 0;
@@ -410,147 +360,12 @@ async fn a_redis_outage_and_empty_restart_heal_by_themselves_and_lose_no_event()
     );
 }
 
-/// The sum of every sample of `name` in a Prometheus text.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Call sockets open on each gateway (its `websocket_connections{kind="call"}`).
 async fn call_sockets(cluster: &Cluster, n: usize) -> f64 {
     metric_sum(
         &cluster.direct(n).metrics().await,
         "websocket_connections{kind=\"call\"}",
     )
-}
-
-/// A client's call socket that reconnects through the balancer with
-/// `last_seq` when its connection breaks (nothing it is sent is lost), and
-/// numbers what it sends (`cid` for this client session, `cseq` from 1),
-/// keeping each frame until the server's
-/// `ack` and sending it again after a reconnect or a second without the ack
-/// (nothing it sends is lost; the server relays a repeat once).
-struct ResumingClient {
-    path: String,
-    token: String,
-    socket: common::Socket,
-    last_seq: u64,
-    reconnects: usize,
-    cid: String,
-    next_cseq: u64,
-    unacked: std::collections::BTreeMap<u64, String>,
-    resent: usize,
-    last_sent: Instant,
-    /// A `user_disconnected` frame, if the peer was ever reported gone.
-    told_disconnected: Option<Value>,
-}
-
-impl ResumingClient {
-    fn new(path: String, token: String, socket: common::Socket) -> ResumingClient {
-        ResumingClient {
-            path,
-            token,
-            socket,
-            last_seq: 0,
-            reconnects: 0,
-            cid: uuid::Uuid::new_v4().simple().to_string(),
-            next_cseq: 1,
-            unacked: std::collections::BTreeMap::new(),
-            resent: 0,
-            last_sent: Instant::now(),
-            told_disconnected: None,
-        }
-    }
-
-    /// Sends `frame` with the next `cseq`; kept until acknowledged.
-    async fn send(&mut self, mut frame: Value) {
-        let cseq = self.next_cseq;
-        self.next_cseq += 1;
-        frame["cid"] = json!(self.cid);
-        frame["cseq"] = json!(cseq);
-        let text = frame.to_string();
-        self.unacked.insert(cseq, text.clone());
-        self.last_sent = Instant::now();
-        // A broken connection shows on the next read; the frame waits.
-        let _ = self.socket.try_send_text(&text).await;
-    }
-
-    async fn resend(&mut self) {
-        self.last_sent = Instant::now();
-        let frames: Vec<String> = self.unacked.values().cloned().collect();
-        self.resent += frames.len();
-        for text in frames {
-            if !self.socket.try_send_text(&text).await {
-                break;
-            }
-        }
-    }
-
-    /// Waits up to a second: the next frame that is not an `ack`, or None
-    /// (an ack arrived, or the second passed and unacknowledged frames were
-    /// sent again). Reconnects when the socket breaks.
-    async fn poll(&mut self, lb: &Gateway) -> Option<Value> {
-        self.poll_for(lb, Duration::from_secs(1)).await
-    }
-
-    /// [`ResumingClient::poll`] waiting `wait`; unacknowledged frames are
-    /// sent again only once a second has passed since the last sending.
-    async fn poll_for(&mut self, lb: &Gateway, wait: Duration) -> Option<Value> {
-        match self.socket.next_within(wait).await {
-            Some(common::Received::Text(text)) => {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                if frame["type"] == "ack" {
-                    let acked = frame["cseq"].as_u64().unwrap();
-                    self.unacked.retain(|cseq, _| *cseq > acked);
-                    return None;
-                }
-                if let Some(seq) = frame["seq"].as_u64() {
-                    self.last_seq = seq;
-                }
-                if frame["type"] == "user_disconnected" {
-                    self.told_disconnected = Some(frame.clone());
-                }
-                Some(frame)
-            }
-            Some(common::Received::Closed(code, reason)) => {
-                assert!([1006, 1012].contains(&code), "closed {code} {reason}");
-                self.reconnects += 1;
-                let path = format!("{}?last_seq={}", self.path, self.last_seq);
-                self.socket = eventually("the call socket to reconnect", Duration::from_secs(10), || {
-                    let (path, token) = (path.clone(), self.token.clone());
-                    async move { lb.try_socket(&path, &token).await.ok() }
-                })
-                .await;
-                self.resend().await;
-                None
-            }
-            None => {
-                if self.last_sent.elapsed() >= Duration::from_secs(1) {
-                    self.resend().await;
-                }
-                None
-            }
-        }
-    }
-
-    /// The next frame that is not an `ack` (within 10 s).
-    async fn next(&mut self, lb: &Gateway) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(frame) = self.poll(lb).await {
-                return frame;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no frame within 10 s on {} after seq {} ({} reconnects)",
-                self.path,
-                self.last_seq,
-                self.reconnects
-            );
-        }
-    }
 }
 
 #[tokio::test]

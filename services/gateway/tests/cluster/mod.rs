@@ -14,10 +14,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use unilink_test_support::faults::{CutProxy, PrivateRedis};
+use unilink_test_support::faults::{CutProxy, PrivateRedis, SentinelRedis};
 use unilink_test_support::service::{CHILD_STARTUP, ChildService, child_env, wait_serving, workspace_binary};
 use unilink_test_support::smtp::SmtpSink;
 use unilink_test_support::{TestDatabase, closed_port, eventually, unique_prefix};
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
 
 use crate::common::Gateway;
 
@@ -340,7 +344,10 @@ pub struct Cluster {
     pub db: TestDatabase,
     /// The path from every service to PostgreSQL.
     pub pg: CutProxy,
-    pub redis: PrivateRedis,
+    /// The one Redis (`Cluster::start`)…
+    pub redis: Option<PrivateRedis>,
+    /// …or a master, a replica and three Sentinels (`Cluster::start_with_sentinels`).
+    pub sentinel: Option<SentinelRedis>,
     pub smtp: std::sync::Arc<SmtpSink>,
     pub prefix: String,
     pub replicas: Vec<(Kind, Replica)>,
@@ -352,21 +359,34 @@ pub struct Cluster {
 impl Cluster {
     /// Two replicas of everything; `extra` is added to every process's environment.
     pub async fn start(extra: &[(&str, &str)]) -> Cluster {
+        let redis = PrivateRedis::start().await;
+        let env = vec![("REDIS_URL".to_owned(), redis.url())];
         // Boxed: the start holds ten process handles across awaits.
-        Box::pin(Cluster::launch(extra)).await
+        Box::pin(Cluster::launch(extra, env, Some(redis), None)).await
     }
 
-    async fn launch(extra: &[(&str, &str)]) -> Cluster {
+    /// Like [`Cluster::start`], on a Sentinel-managed Redis.
+    pub async fn start_with_sentinels(extra: &[(&str, &str)]) -> Cluster {
+        let sentinel = SentinelRedis::start().await;
+        eprintln!("[cluster] Sentinel topology up: {:?}", sentinel.env());
+        let env = sentinel.env();
+        Box::pin(Cluster::launch(extra, env, None, Some(sentinel))).await
+    }
+
+    async fn launch(
+        extra: &[(&str, &str)],
+        redis_env: Vec<(String, String)>,
+        redis: Option<PrivateRedis>,
+        sentinel: Option<SentinelRedis>,
+    ) -> Cluster {
         let db = TestDatabase::create().await;
         let pg = CutProxy::start(database_addr(db.url()).await).await;
-        let redis = PrivateRedis::start().await;
         let smtp = std::sync::Arc::new(SmtpSink::start().await);
         let prefix = unique_prefix();
         let database_url = replace_host(db.url(), &pg.addr().to_string());
         let mut common = child_env(&database_url, &prefix);
         common.extend(
             [
-                ("REDIS_URL", redis.url()),
                 ("LOG_LEVEL", LOG_LEVEL.to_owned()),
                 ("DATABASE_POOL_SIZE", "4".to_owned()),
                 ("DATABASE_CONNECT_TIMEOUT_SECONDS", "2".to_owned()),
@@ -380,6 +400,7 @@ impl Cluster {
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         );
+        common.extend(redis_env);
         common.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
 
         let start = |kind: Kind, n: usize, more: Vec<(String, String)>| {
@@ -437,6 +458,7 @@ impl Cluster {
             db,
             pg,
             redis,
+            sentinel,
             smtp,
             prefix,
             replicas,
@@ -514,4 +536,204 @@ fn database_urls_are_rewritten_to_the_proxy() {
         replace_host("postgres://h/x", "127.0.0.1:9"),
         "postgres://127.0.0.1:9/x"
     );
+}
+
+/// `/livez` of every process that is running: liveness must never fail
+/// because a dependency is down (a failing liveness probe restarts pods,
+/// which would turn an outage into a crash loop).
+pub async fn assert_all_live(cluster: &Cluster) {
+    for (kind, replica) in &cluster.replicas {
+        if !replica.is_running() {
+            continue;
+        }
+        let response = reqwest::Client::new()
+            .get(format!("http://{}/livez", replica.http))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} ({kind:?}) /livez: {e}", replica.name));
+        assert_eq!(response.status(), 200, "{} /livez", replica.name);
+    }
+}
+
+/// Ada calls Bob through the balancer; both call sockets are open and a
+/// frame has crossed. Returns (call id, Bob's presence socket, Ada's and
+/// Bob's call sockets).
+pub async fn call_in_progress(
+    cluster: &Cluster,
+    (ada_id, ada): (&str, &str),
+    (bob_id, bob): (&str, &str),
+) -> (
+    String,
+    crate::common::Socket,
+    crate::common::Socket,
+    crate::common::Socket,
+) {
+    let gw = &cluster.client;
+    let mut bob_presence = gw.socket(&format!("/calls/ws/{bob_id}"), bob).await;
+    bob_presence.send_text("ping").await;
+    bob_presence.expect_text("pong").await;
+    let (status, call) = gw
+        .post_bearer("/calls/initiate", ada, json!({"receiver_id": bob_id}))
+        .await;
+    assert_eq!(status, 200, "{call}");
+    let call_id = call["id"].as_str().unwrap().to_owned();
+    assert_eq!(bob_presence.expect("incoming_call").await["call_id"], call_id);
+    let (status, body) = gw
+        .post_bearer(&format!("/calls/accept/{call_id}"), bob, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut ada_call = gw.socket(&format!("/ws/webrtc/{call_id}"), ada).await;
+    let mut bob_call = gw.socket(&format!("/ws/webrtc/{call_id}"), bob).await;
+    ada_call.expect("connection_ready").await;
+    ada_call
+        .send_json(json!({"type": "offer", "offer": {"type": "offer", "sdp": "v=0"}}))
+        .await;
+    assert_eq!(bob_call.expect("offer").await["from"], ada_id);
+    (call_id, bob_presence, ada_call, bob_call)
+}
+
+/// The sum of every sample of `name` in a Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A client's call socket that reconnects through the balancer with
+/// `last_seq` when its connection breaks (nothing it is sent is lost), and
+/// numbers what it sends (`cid` for this client session, `cseq` from 1),
+/// keeping each frame until the server's
+/// `ack` and sending it again after a reconnect or a second without the ack
+/// (nothing it sends is lost; the server relays a repeat once).
+pub struct ResumingClient {
+    pub path: String,
+    token: String,
+    pub socket: crate::common::Socket,
+    pub last_seq: u64,
+    pub reconnects: usize,
+    cid: String,
+    next_cseq: u64,
+    pub unacked: std::collections::BTreeMap<u64, String>,
+    pub resent: usize,
+    last_sent: Instant,
+    /// When an ack (or a resend) last moved things on: a second without
+    /// one while frames wait means they are sent again, even if the client
+    /// keeps sending new ones.
+    last_progress: Instant,
+    /// A `user_disconnected` frame, if the peer was ever reported gone.
+    pub told_disconnected: Option<Value>,
+}
+
+impl ResumingClient {
+    pub fn new(path: String, token: String, socket: crate::common::Socket) -> ResumingClient {
+        ResumingClient {
+            path,
+            token,
+            socket,
+            last_seq: 0,
+            reconnects: 0,
+            cid: uuid::Uuid::new_v4().simple().to_string(),
+            next_cseq: 1,
+            unacked: std::collections::BTreeMap::new(),
+            resent: 0,
+            last_sent: Instant::now(),
+            last_progress: Instant::now(),
+            told_disconnected: None,
+        }
+    }
+
+    /// Sends `frame` with the next `cseq`; kept until acknowledged.
+    pub async fn send(&mut self, mut frame: Value) {
+        let cseq = self.next_cseq;
+        self.next_cseq += 1;
+        frame["cid"] = json!(self.cid);
+        frame["cseq"] = json!(cseq);
+        let text = frame.to_string();
+        self.unacked.insert(cseq, text.clone());
+        self.last_sent = Instant::now();
+        // A broken connection shows on the next read; the frame waits.
+        let _ = self.socket.try_send_text(&text).await;
+    }
+
+    async fn resend(&mut self) {
+        self.last_sent = Instant::now();
+        self.last_progress = Instant::now();
+        let frames: Vec<String> = self.unacked.values().cloned().collect();
+        self.resent += frames.len();
+        for text in frames {
+            if !self.socket.try_send_text(&text).await {
+                break;
+            }
+        }
+    }
+
+    /// Waits up to a second: the next frame that is not an `ack`, or None
+    /// (an ack arrived, or the second passed and unacknowledged frames were
+    /// sent again). Reconnects when the socket breaks.
+    pub async fn poll(&mut self, lb: &Gateway) -> Option<Value> {
+        self.poll_for(lb, Duration::from_secs(1)).await
+    }
+
+    /// [`ResumingClient::poll`] waiting `wait`; unacknowledged frames are
+    /// sent again only once a second has passed since the last sending.
+    pub async fn poll_for(&mut self, lb: &Gateway, wait: Duration) -> Option<Value> {
+        if !self.unacked.is_empty() && self.last_progress.elapsed() >= Duration::from_secs(1) {
+            self.resend().await;
+        }
+        match self.socket.next_within(wait).await {
+            Some(crate::common::Received::Text(text)) => {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "ack" {
+                    let acked = frame["cseq"].as_u64().unwrap();
+                    self.unacked.retain(|cseq, _| *cseq > acked);
+                    self.last_progress = Instant::now();
+                    return None;
+                }
+                if let Some(seq) = frame["seq"].as_u64() {
+                    self.last_seq = seq;
+                }
+                if frame["type"] == "user_disconnected" {
+                    self.told_disconnected = Some(frame.clone());
+                }
+                Some(frame)
+            }
+            Some(crate::common::Received::Closed(code, reason)) => {
+                assert!([1006, 1012].contains(&code), "closed {code} {reason}");
+                self.reconnects += 1;
+                let path = format!("{}?last_seq={}", self.path, self.last_seq);
+                self.socket = eventually("the call socket to reconnect", Duration::from_secs(10), || {
+                    let (path, token) = (path.clone(), self.token.clone());
+                    async move { lb.try_socket(&path, &token).await.ok() }
+                })
+                .await;
+                self.resend().await;
+                None
+            }
+            None => {
+                if self.last_sent.elapsed() >= Duration::from_secs(1) {
+                    self.resend().await;
+                }
+                None
+            }
+        }
+    }
+
+    /// The next frame that is not an `ack` (within 10 s).
+    pub async fn next(&mut self, lb: &Gateway) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(frame) = self.poll(lb).await {
+                return frame;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no frame within 10 s on {} after seq {} ({} reconnects)",
+                self.path,
+                self.last_seq,
+                self.reconnects
+            );
+        }
+    }
 }
