@@ -67,6 +67,13 @@ ensure_psql
 # The fleet fault tests run a private redis-server and nginx as the balancer.
 _redis_server_bin >/dev/null || apt_install redis-server
 ensure_nginx
+# The Redis failover test runs Sentinels (redis-server --sentinel, the
+# binary Debian's redis-sentinel links to); the TLS tests make certificates
+# with openssl and run a PostgreSQL cluster of their own (initdb, postgres,
+# pg_isready from the server package; setpriv to drop root).
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+command -v setpriv >/dev/null 2>&1 || apt_install util-linux
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || apt_install postgresql
 
 # --------------------------------------------------- stale test databases --
 

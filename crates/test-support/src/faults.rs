@@ -364,14 +364,18 @@ impl SentinelRedis {
     /// Starts the five processes and waits until every Sentinel knows the
     /// replica and the two other Sentinels.
     pub async fn start() -> SentinelRedis {
-        let master = PrivateRedis::start().await;
-        let replica = PrivateRedis::start_with(vec![
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master.port().to_string(),
-        ])
-        .await;
+        // Replication writes RDB files: into this test's folder, not the
+        // working directory.
         let dir = crate::stores::TempDir::new("sentinel");
+        let data = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(&path).expect("create a Redis data folder");
+            vec!["--dir".to_owned(), path.display().to_string()]
+        };
+        let master = PrivateRedis::start_with(data("master")).await;
+        let mut replica_args = data("replica");
+        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), master.port().to_string()]);
+        let replica = PrivateRedis::start_with(replica_args).await;
         let mut sentinels = Vec::new();
         for n in 0..3 {
             let conf = dir.path().join(format!("sentinel-{n}.conf"));
