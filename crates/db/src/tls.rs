@@ -91,27 +91,13 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// The error of a failed connection, naming the setting when TLS was why.
     pub fn explain(&self, error: tokio_postgres::Error) -> DbError {
-        let text = error_chain(&error);
+        let text = unilink_errors::error_chain(&error);
         if text.contains("TLS") || text.contains("certificate") {
             DbError::Tls(format!("{} (sslmode={}): {text}", self.variable, self.mode.as_str()))
         } else {
             DbError::Postgres(error)
         }
     }
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Reads `url` (from `variable`) into an [`Endpoint`].

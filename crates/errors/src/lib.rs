@@ -147,6 +147,22 @@ pub fn to_status<E: HasErrorCode>(err: &E) -> tonic::Status {
     }
 }
 
+/// An error and its causes on one line (`outer: cause: root cause`), each
+/// cause once even when an outer message already quotes it.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

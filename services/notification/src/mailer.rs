@@ -1,5 +1,9 @@
 //! Where emails go: an SMTP server (lettre), or — with no server configured
 //! outside production — the log and a folder of `.eml` files.
+//!
+//! Mail bodies carry login codes and verification tokens: the log gets a
+//! body only in development (`ENVIRONMENT=development`, what `scripts/dev.sh`
+//! sets). Tests, staging and production log who and what, never the body.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,7 +12,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use unilink_config::{SmtpSettings, SmtpTls};
+use unilink_config::{Environment, SmtpSettings, SmtpTls};
 use unilink_domain::EventId;
 
 use crate::email::Email;
@@ -26,8 +30,8 @@ pub enum Mailer {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         timeout: Duration,
     },
-    /// Development without an SMTP server: log, and write `<event id>.eml`
-    /// into `dir` when set.
+    /// No SMTP server (outside production): log, and write `<event id>.eml`
+    /// into `dir` when set. `log_body` only in development.
     Outbox { dir: Option<PathBuf>, log_body: bool },
 }
 
@@ -91,12 +95,15 @@ pub fn from_mailbox(smtp: &SmtpSettings) -> Result<Mailbox, String> {
 }
 
 impl Mailer {
-    /// The mailer the settings ask for.
-    pub fn from_settings(smtp: &SmtpSettings, production: bool) -> Result<Mailer, String> {
+    /// The mailer the settings ask for in `environment`.
+    pub fn from_settings(smtp: &SmtpSettings, environment: Environment) -> Result<Mailer, String> {
+        let production = environment.is_production();
         let Some(server) = smtp.server.as_deref() else {
             return Ok(Mailer::Outbox {
                 dir: smtp.outbox_dir.clone(),
-                log_body: !production,
+                // Codes and tokens in a log outlive the mail; only a
+                // developer's own terminal may show them.
+                log_body: environment == Environment::Development,
             });
         };
         let parameters = TlsParameters::new(server.to_owned())
@@ -133,8 +140,8 @@ impl Mailer {
                 let whole = timeout.saturating_mul(3);
                 match tokio::time::timeout(whole, transport.send(message)).await {
                     Ok(Ok(_response)) => Ok(()),
-                    Ok(Err(e)) if e.is_permanent() => Err(SendError::Refused(error_chain(&e))),
-                    Ok(Err(e)) => Err(SendError::Smtp(error_chain(&e))),
+                    Ok(Err(e)) if e.is_permanent() => Err(SendError::Refused(unilink_errors::error_chain(&e))),
+                    Ok(Err(e)) => Err(SendError::Smtp(unilink_errors::error_chain(&e))),
                     Err(_) => Err(SendError::Timeout(whole)),
                 }
             }
@@ -178,16 +185,83 @@ fn write_eml(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&temporary, dir.join(name))
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::email::EmailKind;
+
+    /// Everything the subscriber writes, for the test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
         }
-        source = cause.source();
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    text
+
+    fn no_server() -> SmtpSettings {
+        unilink_config::Settings::from_vars([("ENVIRONMENT", "development")])
+            .unwrap()
+            .smtp
+    }
+
+    /// What the log shows when `environment`'s mailer "sends" a login code.
+    async fn log_of_a_login_code(environment: Environment) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mailer = Mailer::from_settings(&no_server(), environment).unwrap();
+        let email = Email {
+            kind: EmailKind::LoginOtp,
+            to: "student@kiit.ac.in".to_owned(),
+            to_name: "Student".to_owned(),
+            subject: "Your UniLink login code".to_owned(),
+            text: "Your code is 734019. It expires in 5 minutes.".to_owned(),
+            html: "<p>Your code is <b>734019</b>.</p>".to_owned(),
+        };
+        let id = EventId::new();
+        let from: Mailbox = "UniLink <noreply@unilink.app>".parse().unwrap();
+        let message = email.to_message(&from, id).unwrap();
+        mailer.send(id, &email, message).await.unwrap();
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn mail_bodies_are_logged_in_development_only() {
+        let log = log_of_a_login_code(Environment::Development).await;
+        assert!(log.contains("734019"), "development shows the code: {log}");
+        for environment in [Environment::Test, Environment::Staging] {
+            let log = log_of_a_login_code(environment).await;
+            assert!(log.contains("email logged instead of sent"), "{environment:?}: {log}");
+            assert!(log.contains("student@kiit.ac.in"), "{environment:?}: {log}");
+            assert!(!log.contains("734019"), "{environment:?} logged the code: {log}");
+        }
+    }
+
+    #[test]
+    fn only_development_logs_bodies() {
+        for (environment, expected) in [
+            (Environment::Development, true),
+            (Environment::Test, false),
+            (Environment::Staging, false),
+            (Environment::Production, false),
+        ] {
+            match Mailer::from_settings(&no_server(), environment).unwrap() {
+                Mailer::Outbox { log_body, .. } => assert_eq!(log_body, expected, "{environment:?}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

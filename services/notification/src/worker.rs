@@ -64,11 +64,10 @@ impl EmailWorker {
     /// `SMTP_SERVER`, `SMTP_TLS` or `EVENT_SEAL_KEYS`).
     pub fn new(resources: &Resources) -> Result<EmailWorker, String> {
         let settings = &resources.settings;
-        let production = settings.environment.is_production();
         Ok(EmailWorker {
             inner: Arc::new(Inner {
                 deliveries: DeliveryRepository::new(resources.db.clone()),
-                mailer: Mailer::from_settings(&settings.smtp, production)?,
+                mailer: Mailer::from_settings(&settings.smtp, settings.environment)?,
                 from: crate::mailer::from_mailbox(&settings.smtp)?,
                 frontend_url: settings.frontend_url.clone(),
                 redis: resources.redis.clone(),

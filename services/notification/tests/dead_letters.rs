@@ -10,58 +10,19 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{random_token, verification_event};
-use unilink_bus::{Redis, StreamConsumer, StreamEntry};
-use unilink_config::{Settings, SmtpTls};
+use common::{Harness, random_token, verification_event};
+use unilink_bus::{StreamConsumer, StreamEntry};
+use unilink_config::{Environment, Settings, SmtpTls};
+use unilink_events::Event;
 use unilink_events::payload::USER_LOGIN_OTP_REQUESTED;
 use unilink_events::seal::{self, SealKeys};
-use unilink_events::{Event, stream_of};
-use unilink_notification::Notification;
 use unilink_notification::worker::DEAD_LETTERS;
-use unilink_test_support::service::{RunningService, spawn};
+use unilink_test_support::eventually;
 use unilink_test_support::smtp::SmtpSink;
-use unilink_test_support::{TestDatabase, eventually, settings, unique_prefix};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Harness {
-    db: TestDatabase,
-    prefix: String,
-    redis: Redis,
-}
-
 impl Harness {
-    async fn new() -> Harness {
-        let db = TestDatabase::create().await;
-        let prefix = unique_prefix();
-        let redis = Redis::connect(&settings(&db, &prefix, &[]).redis)
-            .await
-            .expect("connect to Redis");
-        Harness { db, prefix, redis }
-    }
-
-    fn settings_for(&self, sink: &SmtpSink, extra: &[(&str, &str)]) -> Settings {
-        let port = sink.port().to_string();
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("EMAIL_FROM", "noreply@unilink.test"),
-            ("SMTP_TIMEOUT_SECONDS", "2"),
-            ("SMTP_SERVER", sink.host()),
-            ("SMTP_PORT", &port),
-        ];
-        vars.extend_from_slice(extra);
-        settings(&self.db, &self.prefix, &vars)
-    }
-
-    async fn start(&self, sink: &SmtpSink, extra: &[(&str, &str)]) -> RunningService {
-        spawn::<Notification>(self.settings_for(sink, extra)).await
-    }
-
-    async fn append(&self, event: &Event) {
-        unilink_events::outbox::append(&self.redis, &stream_of("auth"), event)
-            .await
-            .expect("append to events:auth");
-    }
-
     /// (status, attempts, last_error) of the event's ledger row.
     async fn ledger(&self, event: &Event) -> Option<(String, i32, Option<String>)> {
         let row = self
@@ -141,7 +102,7 @@ async fn a_mail_refused_for_good_is_dead_lettered_at_once_and_the_stream_goes_on
     let h = Harness::new().await;
     let sink = SmtpSink::start().await;
     sink.refuse("bounce", "550 5.1.1 No such user here");
-    let service = h.start(&sink, &[]).await;
+    let service = h.start(Some(&sink), &[]).await;
 
     let code = "271828";
     let event = otp_event(
@@ -177,7 +138,7 @@ async fn temporary_failures_give_up_after_email_max_attempts() {
     let h = Harness::new().await;
     let sink = SmtpSink::start().await;
     sink.refuse("busy", "451 4.3.0 Mailbox busy, try later");
-    let service = h.start(&sink, &[("EMAIL_MAX_ATTEMPTS", "3")]).await;
+    let service = h.start(Some(&sink), &[("EMAIL_MAX_ATTEMPTS", "3")]).await;
 
     let event = verification_event("busy@kiit.ac.in", &random_token());
     h.append(&event).await;
@@ -204,7 +165,7 @@ async fn temporary_failures_give_up_after_email_max_attempts() {
 async fn a_code_that_expired_before_it_could_go_is_not_sent() {
     let h = Harness::new().await;
     let sink = SmtpSink::start().await;
-    let service = h.start(&sink, &[]).await;
+    let service = h.start(Some(&sink), &[]).await;
 
     let event = otp_event(
         "late@kiit.ac.in",
@@ -228,7 +189,7 @@ async fn sealed_codes_are_opened_and_codes_sealed_with_another_key_are_refused()
     let h = Harness::new().await;
     let sink = SmtpSink::start().await;
     let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-    let service = h.start(&sink, &[("EVENT_SEAL_KEYS", key)]).await;
+    let service = h.start(Some(&sink), &[("EVENT_SEAL_KEYS", key)]).await;
 
     let ours = SealKeys::from_base64(&[key]).unwrap();
     let event = sealed_otp_event("sealed@kiit.ac.in", "314159", &ours);
@@ -281,18 +242,24 @@ async fn production_mail_refuses_a_server_without_starttls() {
 
     let required = smtp("required");
     assert_eq!(required.tls, SmtpTls::Required);
-    let err = send(Mailer::from_settings(&required, true).unwrap(), required)
-        .await
-        .expect_err("no plaintext fallback");
+    let err = send(
+        Mailer::from_settings(&required, Environment::Production).unwrap(),
+        required,
+    )
+    .await
+    .expect_err("no plaintext fallback");
     assert!(err.to_string().to_lowercase().contains("tls"), "{err}");
     assert!(sink.messages().is_empty(), "nothing went out in plaintext");
 
     // Production refuses the opportunistic mode outright.
     let opportunistic = smtp("opportunistic");
-    assert!(Mailer::from_settings(&opportunistic, true).is_err());
+    assert!(Mailer::from_settings(&opportunistic, Environment::Production).is_err());
     // Development still delivers to such a server (the same sink).
-    send(Mailer::from_settings(&opportunistic, false).unwrap(), opportunistic)
-        .await
-        .expect("development falls back to plaintext");
+    send(
+        Mailer::from_settings(&opportunistic, Environment::Development).unwrap(),
+        opportunistic,
+    )
+    .await
+    .expect("development falls back to plaintext");
     assert_eq!(sink.messages().len(), 1);
 }

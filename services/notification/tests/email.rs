@@ -7,64 +7,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{random_token, verification_event};
+use common::{Harness, random_token, verification_event};
 
 use chrono::Utc;
-use unilink_bus::Redis;
-use unilink_config::Settings;
+use unilink_events::Event;
 use unilink_events::payload::{USER_LOGIN_OTP_REQUESTED, USER_REGISTERED, USER_VERIFICATION_REQUESTED};
-use unilink_events::{Event, stream_of};
-use unilink_notification::Notification;
-use unilink_test_support::service::{RunningService, spawn};
+use unilink_test_support::eventually;
 use unilink_test_support::smtp::{ReceivedMail, SmtpSink};
-use unilink_test_support::{TestDatabase, eventually, settings, unique_prefix};
 
 const FRONTEND_URL: &str = "https://app.unilink.test";
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Harness {
-    db: TestDatabase,
-    prefix: String,
-    redis: Redis,
-}
-
 impl Harness {
-    async fn new() -> Harness {
-        let db = TestDatabase::create().await;
-        let prefix = unique_prefix();
-        let redis = Redis::connect(&settings(&db, &prefix, &[]).redis)
-            .await
-            .expect("connect to Redis");
-        Harness { db, prefix, redis }
-    }
-
-    /// Settings that send to `sink`, plus `extra`.
-    fn settings_for(&self, sink: Option<&SmtpSink>, extra: &[(&str, &str)]) -> Settings {
-        let port = sink.map(|s| s.port().to_string());
-        let mut vars: Vec<(&str, &str)> = vec![
-            ("FRONTEND_URL", FRONTEND_URL),
-            ("EMAIL_FROM", "noreply@unilink.test"),
-            ("SMTP_TIMEOUT_SECONDS", "2"),
-        ];
-        if let (Some(sink), Some(port)) = (sink, port.as_deref()) {
-            vars.push(("SMTP_SERVER", sink.host()));
-            vars.push(("SMTP_PORT", port));
-        }
-        vars.extend_from_slice(extra);
-        settings(&self.db, &self.prefix, &vars)
-    }
-
-    async fn start(&self, sink: Option<&SmtpSink>, extra: &[(&str, &str)]) -> RunningService {
-        spawn::<Notification>(self.settings_for(sink, extra)).await
-    }
-
-    /// Appends `event` to `events:auth` as auth's outbox relay does.
-    async fn append(&self, event: &Event) {
-        unilink_events::outbox::append(&self.redis, &stream_of("auth"), event)
-            .await
-            .expect("append to events:auth");
-    }
-
     async fn ledger(&self, event: &Event) -> Option<Ledger> {
         let row = self
             .db

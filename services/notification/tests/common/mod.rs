@@ -3,8 +3,14 @@
 #![allow(dead_code)]
 
 use chrono::Utc;
-use unilink_events::Event;
+use unilink_bus::Redis;
+use unilink_config::Settings;
 use unilink_events::payload::USER_VERIFICATION_REQUESTED;
+use unilink_events::{Event, stream_of};
+use unilink_notification::Notification;
+use unilink_test_support::service::{RunningService, spawn};
+use unilink_test_support::smtp::SmtpSink;
+use unilink_test_support::{TestDatabase, settings, unique_prefix};
 
 /// A `user.verification_requested` event for `email` with `token` (the full
 /// name carries markup, which the mail must escape).
@@ -25,4 +31,50 @@ pub fn verification_event(email: &str, token: &str) -> Event {
 /// A token like auth's: base64url, at least 128 bits.
 pub fn random_token() -> String {
     format!("{}-{}_x", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// A database, a Redis prefix and a connection, for one test; the service
+/// started on them, and events appended as auth's outbox relay does.
+pub struct Harness {
+    pub db: TestDatabase,
+    pub prefix: String,
+    pub redis: Redis,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let db = TestDatabase::create().await;
+        let prefix = unique_prefix();
+        let redis = Redis::connect(&settings(&db, &prefix, &[]).redis)
+            .await
+            .expect("connect to Redis");
+        Harness { db, prefix, redis }
+    }
+
+    /// Settings that send to `sink`, plus `extra`.
+    pub fn settings_for(&self, sink: Option<&SmtpSink>, extra: &[(&str, &str)]) -> Settings {
+        let port = sink.map(|s| s.port().to_string());
+        let mut vars: Vec<(&str, &str)> = vec![
+            ("FRONTEND_URL", "https://app.unilink.test"),
+            ("EMAIL_FROM", "noreply@unilink.test"),
+            ("SMTP_TIMEOUT_SECONDS", "2"),
+        ];
+        if let (Some(sink), Some(port)) = (sink, port.as_deref()) {
+            vars.push(("SMTP_SERVER", sink.host()));
+            vars.push(("SMTP_PORT", port));
+        }
+        vars.extend_from_slice(extra);
+        settings(&self.db, &self.prefix, &vars)
+    }
+
+    pub async fn start(&self, sink: Option<&SmtpSink>, extra: &[(&str, &str)]) -> RunningService {
+        spawn::<Notification>(self.settings_for(sink, extra)).await
+    }
+
+    /// Appends `event` to `events:auth` as auth's outbox relay does.
+    pub async fn append(&self, event: &Event) {
+        unilink_events::outbox::append(&self.redis, &stream_of("auth"), event)
+            .await
+            .expect("append to events:auth");
+    }
 }
