@@ -29,9 +29,9 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               connection budget of the production overlay against its
               declared max_connections (printed), and a self-test showing
               that check refuses over-budget variants
-  docker      hadolint --failure-threshold warning deploy/Dockerfile
+  docker      hadolint --failure-threshold warning deploy/Dockerfile deploy/coturn/Dockerfile
   workflows   actionlint, check-jsonschema (github-workflows schema)
-  shell       shellcheck scripts/*.sh scripts/lib/*.sh deploy/*.sh
+  shell       shellcheck scripts/*.sh scripts/lib/*.sh deploy/*.sh deploy/coturn/*.sh
   yaml        yamllint -c .yamllint deploy k8s .github
   prometheus  promtool check config / check rules / test rules, alert coverage
   nginx       nginx -t on a copy of deploy/nginx (self-signed certificate from
@@ -42,6 +42,13 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               WebSocket 101 on /calls/ws/ and /ws/, 429 from the /auth/ zone
   grafana     dashboard JSON shape; every query checked by promtool
   compose     check-jsonschema (compose-spec) + wiring checks
+  turn        coturn: kustomize + kubernetes-validate of k8s/turn;
+              scripts/validate_deploy.py turn: deploy/coturn/turnserver.conf
+              denies every private/loopback/link-local peer range, knows
+              each option, bounds the relay range; compose and k8s give
+              coturn the secret signaling signs credentials with and point
+              TURN_URLS at its port; then a self-test showing each of those
+              checks refuses a broken variant
   scripts     --help of every operations script
   backup      backup -> drop -> restore round trip on a scratch database
               (whole database and per schema), row counts and md5 of every
@@ -253,7 +260,7 @@ check_kubernetes() {
 }
 
 check_dockerfile() {
-  hadolint --failure-threshold warning deploy/Dockerfile
+  hadolint --failure-threshold warning deploy/Dockerfile deploy/coturn/Dockerfile
 }
 
 check_workflows() {
@@ -262,7 +269,7 @@ check_workflows() {
 }
 
 check_shell() {
-  local files=(scripts/*.sh deploy/*.sh)
+  local files=(scripts/*.sh deploy/*.sh deploy/coturn/*.sh)
   [[ -d scripts/lib ]] && files+=(scripts/lib/*.sh)
   shellcheck -x "${files[@]}" && log "shellcheck: ${#files[@]} files clean"
 }
@@ -404,6 +411,19 @@ check_grafana() {
 check_compose() {
   check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml &&
     "$PYY" scripts/validate_deploy.py compose deploy/docker-compose.yml
+}
+
+check_turn() {
+  local prod="$WORK/k8s-production.yaml" turn="$WORK/k8s-turn.yaml"
+  [[ -s "$prod" ]] || "${KUSTOMIZE[@]}" k8s/overlays/production >"$prod" || return 1
+  "${KUSTOMIZE[@]}" k8s/turn >"$turn" || {
+    log "kustomize failed on k8s/turn"
+    return 1
+  }
+  log "k8s/turn: $(grep -c '^kind:' "$turn") objects rendered"
+  kubernetes-validate --strict -k 1.30 --quiet "$turn" &&
+    "$PYY" scripts/validate_deploy.py turn deploy/coturn/turnserver.conf deploy/docker-compose.yml "$prod" "$turn" &&
+    "$PYY" scripts/validate_deploy.py turn-selftest deploy/coturn/turnserver.conf deploy/docker-compose.yml "$prod" "$turn"
 }
 
 check_scripts() {
@@ -638,6 +658,7 @@ check "nginx behaviour (redirect, headers, WebSocket, rate limit)" check_nginx_b
 check "grafana dashboard" check_grafana
 check "docker compose" check_compose
 check "operations scripts" check_scripts
+check "turn (coturn config, compose and k8s wiring)" check_turn
 if [[ $BACKUP -eq 1 ]]; then
   check "backup -> drop -> restore round trip" check_backup_roundtrip
 fi

@@ -14,6 +14,12 @@ problem found.
   grafana DASHBOARD OUT_RULES  dashboard shape; writes its PromQL as a rule
                                file for `promtool check rules`
   compose FILE                 docker-compose.yml wiring
+  turn CONF COMPOSE PROD TURN  coturn: the shipped turnserver.conf (denied
+                               peers, relay range, options), compose's and
+                               the rendered k8s (production overlay, k8s/turn)
+                               wiring: one secret shared with signaling
+  turn-selftest CONF COMPOSE PROD TURN
+                               proves each turn check refuses a broken variant
 """
 import copy
 import json
@@ -575,6 +581,11 @@ REQUIRED_ALERTS = {
     "StreamConsumerLagHigh": "stream_consumer_lag",
     "RateLimitStorm": "rate_limit_hits_total",
     "PodNotReady": "kube_pod_status_ready",
+    "EmailsDeadLettered": "emails_dead_lettered_total",
+    "EmailsFailing": "emails_failed_total",
+    "SignalingRelayFramesLost": "signaling_relay_lost_total",
+    "DatabasePoolWaiting": "db_pool_waiting",
+    "RateLimitFallback": "rate_limit_fallback_total",
 }
 
 
@@ -783,6 +794,331 @@ def check_compose_budget(svcs):
           f"the services could open {total} PostgreSQL connections; max_connections {max_connections} - {reserved} reserved")
 
 
+# ----------------------------------------------------------------- turn --
+# deploy/coturn/turnserver.conf is the one coturn configuration: the image
+# carries it (compose and k8s/turn), scripts/e2e.sh runs it.
+TURN_IMAGE = "ghcr.io/unilink/unilink-coturn"
+# Options this check knows coturn for. coturn only logs an option it does
+# not know and starts anyway, so a typo ("no-clii") would silently leave the
+# telnet CLI on: anything else is refused.
+TURN_KNOWN_OPTIONS = {
+    "listening-port", "no-tls", "no-dtls", "no-tlsv1", "no-tlsv1_1", "no-tlsv1_2", "min-port", "max-port",
+    "no-tcp-relay", "use-auth-secret", "realm", "stale-nonce", "user-quota", "total-quota", "max-bps",
+    "bps-capacity", "denied-peer-ip", "no-multicast-peers", "no-cli", "fingerprint", "no-rfc5780",
+    "no-stun-backward-compatibility", "response-origin-only-with-rfc5780", "no-software-attribute",
+    "log-file", "simple-log", "new-log-timestamp", "prod", "channel-lifetime", "permission-lifetime",
+    "max-allocate-lifetime", "max-allocate-timeout", "relay-threads", "verbose", "secure-stun",
+}
+# Never in the shipped file, and why.
+TURN_FORBIDDEN = {
+    "static-auth-secret": "the secret comes from TURN_SECRET at start (deploy/coturn/entrypoint.sh), never from the repository",
+    "allowed-peer-ip": "re-opens denied ranges (only scripts/e2e.sh's loopback run may add it)",
+    "allow-loopback-peers": "lets clients relay to the host's own loopback services",
+    "lt-cred-mech": "static long-term users instead of TURN REST credentials",
+    "user": "a static user whose password never expires",
+    "no-auth": "an open relay",
+    "server-relay": "relays to the server's own addresses",
+    "cli-password": "the telnet CLI must stay off (no-cli)",
+    "web-admin": "an admin web interface",
+    "listening-ip": "per host: set by entrypoint.sh from TURN_LISTENING_IP",
+    "relay-ip": "per host: set by entrypoint.sh from TURN_LISTENING_IP",
+    "external-ip": "per host: set by entrypoint.sh from TURN_EXTERNAL_IPS",
+}
+TURN_REQUIRED_FLAGS = ["use-auth-secret", "no-cli", "fingerprint", "no-multicast-peers", "no-tcp-relay",
+                       "no-tlsv1", "no-tlsv1_1"]
+# Peers a relay must never reach: private, shared, loopback, link-local
+# (cloud metadata), reserved; IPv6 loopback, IPv4-mapped, NAT64 and 6to4
+# (they embed IPv4 addresses), unique-local, link-local.
+TURN_DENIED_NETS = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                    "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "240.0.0.0/4",
+                    "::1/128", "::ffff:0:0/96", "64:ff9b::/96", "2002::/16", "fc00::/7", "fe80::/10"]
+# Relay ports: in the dynamic range, and bounded (one per allocation; more
+# than the host's bandwidth can fill only widens what is open).
+TURN_RELAY_PORTS = (49152, 65535)
+TURN_RELAY_MAX_PORTS = 1000
+
+
+def turn_options(text):
+    """The (option, value) lines of a coturn configuration, in order."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.lstrip("-").partition("=")
+        out.append((key.strip(), value.strip().strip('"')))
+    return out
+
+
+def ip_intervals(values):
+    """{4: [(lo, hi)], 6: [...]} merged, from coturn's "ip" / "ip-ip" values."""
+    import ipaddress
+    spans = {4: [], 6: []}
+    for v in values:
+        lo, _, hi = v.partition("-")
+        try:
+            a, b = ipaddress.ip_address(lo), ipaddress.ip_address(hi or lo)
+        except ValueError:
+            check(False, f"turnserver.conf: denied-peer-ip={v} is not an address or range")
+            continue
+        if check(a.version == b.version and int(a) <= int(b), f"turnserver.conf: denied-peer-ip={v} is not a range"):
+            spans[a.version].append((int(a), int(b)))
+    for version, s in spans.items():
+        merged = []
+        for lo, hi in sorted(s):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+            else:
+                merged.append((lo, hi))
+        spans[version] = merged
+    return spans
+
+
+def check_turn_conf(text):
+    """The shipped coturn configuration; returns its settings."""
+    import ipaddress
+    opts = turn_options(text)
+    keys = [k for k, _ in opts]
+    for k in sorted(set(keys)):
+        if k in TURN_FORBIDDEN:
+            check(False, f"turnserver.conf: {k}: {TURN_FORBIDDEN[k]}")
+        else:
+            check(k in TURN_KNOWN_OPTIONS, f"turnserver.conf: unknown option {k!r} (coturn would ignore it)")
+    for flag in TURN_REQUIRED_FLAGS:
+        check(flag in keys, f"turnserver.conf: lacks {flag}")
+    single = {}
+    for k, v in opts:
+        if k != "denied-peer-ip":
+            check(k not in single, f"turnserver.conf: {k} given twice")
+            single[k] = v
+    check(single.get("realm"), "turnserver.conf: no realm")
+    try:
+        port = int(single.get("listening-port", "3478"))
+        lo, hi = int(single["min-port"]), int(single["max-port"])
+    except (KeyError, ValueError):
+        check(False, "turnserver.conf: listening-port, min-port and max-port must be numbers, and the relay range set")
+        return {}
+    check(TURN_RELAY_PORTS[0] <= lo <= hi <= TURN_RELAY_PORTS[1],
+          f"turnserver.conf: relay range {lo}-{hi} is not inside {TURN_RELAY_PORTS[0]}-{TURN_RELAY_PORTS[1]}")
+    check(hi - lo + 1 <= TURN_RELAY_MAX_PORTS,
+          f"turnserver.conf: relay range {lo}-{hi} opens {hi - lo + 1} ports (at most {TURN_RELAY_MAX_PORTS})")
+    check(not lo <= port <= hi, f"turnserver.conf: listening-port {port} inside the relay range")
+    spans = ip_intervals([v for k, v in opts if k == "denied-peer-ip"])
+    for net in TURN_DENIED_NETS:
+        n = ipaddress.ip_network(net)
+        first, last = int(n.network_address), int(n.broadcast_address)
+        check(any(a <= first and last <= b for a, b in spans[n.version]),
+              f"turnserver.conf: denied-peer-ip does not cover {net}")
+    return {"port": port, "relay": (lo, hi), "realm": single.get("realm")}
+
+
+def turn_urls(value, where, port):
+    """TURN_URLS: turn: URLs on coturn's port, UDP and TCP."""
+    transports = set()
+    for url in str(value or "").split(","):
+        m = re.fullmatch(r"turn:([^:?]+):(\d+)\?transport=(udp|tcp)", url.strip())
+        if not check(m, f"{where}: TURN_URLS entry {url!r} is not turn:HOST:PORT?transport=udp|tcp"):
+            continue
+        check(int(m.group(2)) == port, f"{where}: TURN_URLS {url} is not on coturn's listening-port {port}")
+        transports.add(m.group(3))
+    check(transports == {"udp", "tcp"}, f"{where}: TURN_URLS offers {sorted(transports)}, not both udp and tcp")
+
+
+def compose_var(value):
+    """The variable a compose value interpolates: ${TURN_SECRET:?...} -> TURN_SECRET."""
+    m = re.fullmatch(r"\$\{(\w+)(?::?[-?][^}]*)?\}", str(value))
+    return m.group(1) if m else None
+
+
+def check_turn_compose(svcs, conf, dockerfile):
+    turn = svcs.get("coturn")
+    if not check(turn is not None, "compose: service coturn missing"):
+        return
+    check(turn.get("build", {}).get("context") == "./coturn", "compose coturn: not built from deploy/coturn")
+    check(str(turn.get("image", "")).startswith(TURN_IMAGE + ":"), "compose coturn: image name")
+    check(turn.get("network_mode") == "host",
+          "compose coturn: not on the host's network (published ports NAT the peers' addresses)")
+    check(not turn.get("ports"), "compose coturn: publishes ports (on the host's network they mean nothing)")
+    check(turn.get("read_only") is True and "ALL" in turn.get("cap_drop", []), "compose coturn: not hardened")
+    env = turn.get("environment", {})
+    secret_var = compose_var(env.get("TURN_SECRET"))
+    check(secret_var, "compose coturn: TURN_SECRET is not taken from deploy/.env")
+    sig = svcs.get("signaling", {}).get("environment", {})
+    check(compose_var(sig.get("TURN_SECRET")) == secret_var and secret_var,
+          f"compose: signaling's TURN_SECRET ({sig.get('TURN_SECRET')}) is not coturn's ({env.get('TURN_SECRET')})")
+    urls = re.sub(r"\$\{(\w+)[^}]*\}", r"\1", str(sig.get("TURN_URLS", "")))
+    turn_urls(urls, "compose signaling", conf["port"])
+    for name, s in svcs.items():
+        if name not in ("signaling", "coturn"):
+            check("TURN_SECRET" not in s.get("environment", {}), f"compose {name}: must not receive TURN_SECRET")
+    # The checked file is the one the image carries, on the ports it exposes.
+    check("COPY turnserver.conf /etc/coturn/unilink.conf" in dockerfile,
+          "deploy/coturn/Dockerfile does not ship turnserver.conf as /etc/coturn/unilink.conf")
+    lo, hi = conf["relay"]
+    check(f"{lo}-{hi}/udp" in dockerfile, f"deploy/coturn/Dockerfile does not EXPOSE the relay range {lo}-{hi}/udp")
+
+
+def secret_ref(container, name):
+    ref = env_map(container).get(name, {}).get("valueFrom", {}).get("secretKeyRef")
+    return (ref.get("name"), ref.get("key")) if ref else None
+
+
+def check_turn_k8s(prod_docs, turn_docs, conf):
+    by_kind = {}
+    for d in prod_docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    sig_ref = None
+    for name, dep in by_kind.get("Deployment", {}).items():
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        if name == "signaling":
+            sig_ref = secret_ref(c, "TURN_SECRET")
+            check(sig_ref == ("unilink-secrets", "TURN_SECRET"),
+                  f"k8s signaling: TURN_SECRET not from Secret unilink-secrets ({sig_ref})")
+            turn_urls(env_value(c, "TURN_URLS"), "k8s signaling", conf["port"])
+        else:
+            check("TURN_SECRET" not in env_map(c), f"k8s {name}: must not receive TURN_SECRET")
+    cm = by_kind.get("ConfigMap", {}).get("unilink-config", {}).get("data", {})
+    for k in ("TURN_URLS", "TURN_SECRET"):
+        check(k not in cm, f"k8s unilink-config sets {k}: every service would need TURN_SECRET")
+
+    for d in turn_docs:
+        check(d["kind"] != "Secret", "k8s/turn renders a Secret (created out of band)")
+        if d["kind"] != "Namespace":
+            check(d["metadata"].get("namespace") == "unilink-turn", f"k8s/turn {d['kind']} {d['metadata']['name']}: namespace")
+    ds = next((d for d in turn_docs if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "coturn"), None)
+    if not check(ds is not None, "k8s/turn: DaemonSet coturn missing"):
+        return
+    pod = ds["spec"]["template"]["spec"]
+    check(pod.get("hostNetwork") is True, "k8s coturn: not hostNetwork (see k8s/turn/coturn.yaml for why)")
+    check(pod.get("nodeSelector"), "k8s coturn: no nodeSelector (it would take ports 3478 and the relay range on every node)")
+    check(pod.get("automountServiceAccountToken") is False, "k8s coturn: service account token mounted")
+    psc = pod.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+          "k8s coturn: pod not runAsNonRoot with RuntimeDefault seccomp")
+    c = pod["containers"][0]
+    image = c["image"]
+    check(image.split(":")[0] == TURN_IMAGE and ":" in image and not image.endswith(":latest"),
+          f"k8s coturn: image {image} is not a pinned {TURN_IMAGE}")
+    sc = c.get("securityContext", {})
+    check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False and
+          "ALL" in sc.get("capabilities", {}).get("drop", []), "k8s coturn: container not read-only, without capabilities")
+    check(not c.get("command") and not c.get("args"), "k8s coturn: command/args override the shipped configuration")
+    ref = secret_ref(c, "TURN_SECRET")
+    check(ref is not None and ref == sig_ref,
+          f"k8s coturn: TURN_SECRET from {ref}, signaling's from {sig_ref}: credentials would never verify")
+    field = env_map(c).get("TURN_LISTENING_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    check(field == "status.hostIP", "k8s coturn: TURN_LISTENING_IP is not the node's address (status.hostIP)")
+    ports = {(p["containerPort"], p.get("protocol", "TCP")) for p in c.get("ports", [])}
+    check(ports == {(conf["port"], "UDP"), (conf["port"], "TCP")},
+          f"k8s coturn: ports {sorted(ports)} are not listening-port {conf['port']} UDP and TCP")
+    for probe in ("readinessProbe", "livenessProbe"):
+        check(c.get(probe, {}).get("tcpSocket", {}).get("port") == conf["port"], f"k8s coturn: {probe} not on TCP {conf['port']}")
+
+
+def check_turn(conf_path, compose_path, prod_path, turn_path):
+    conf = check_turn_conf(open(conf_path).read())
+    if not conf:
+        finish("turn")
+    svcs = yaml.safe_load(open(compose_path))["services"]
+    dockerfile = open(os.path.join(os.path.dirname(conf_path), "Dockerfile")).read()
+    check_turn_compose(svcs, conf, dockerfile)
+    prod = [d for d in yaml.safe_load_all(open(prod_path)) if d]
+    turn = [d for d in yaml.safe_load_all(open(turn_path)) if d]
+    check_turn_k8s(prod, turn, conf)
+    lo, hi = conf["relay"]
+    finish(f"turn (coturn on {conf['port']}, relay {lo}-{hi}, {len(TURN_DENIED_NETS)} denied ranges covered; "
+           "compose and k8s share its secret with signaling)")
+
+
+def turn_selftest(conf_path, compose_path, prod_path, turn_path):
+    """Shows the turn checks can fail: broken variants of the configuration,
+    the compose file and the rendered manifests must each be refused."""
+    text = open(conf_path).read()
+    svcs = yaml.safe_load(open(compose_path))["services"]
+    dockerfile = open(os.path.join(os.path.dirname(conf_path), "Dockerfile")).read()
+    prod = [d for d in yaml.safe_load_all(open(prod_path)) if d]
+    turn = [d for d in yaml.safe_load_all(open(turn_path)) if d]
+
+    def run(text=text, svcs=svcs, prod=prod, turn=turn):
+        del problems[:]
+        conf = check_turn_conf(text)
+        if conf:
+            check_turn_compose(svcs, conf, dockerfile)
+            check_turn_k8s(prod, turn, conf)
+        found = list(problems)
+        del problems[:]
+        return found
+
+    def conf_edit(old, new):
+        assert old in text, old
+        return text.replace(old, new)
+
+    def compose_edit(edit):
+        s = copy.deepcopy(svcs)
+        edit(s)
+        return s
+
+    def docs_edit(docs, kind, name, edit):
+        ds = copy.deepcopy(docs)
+        edit(next(d for d in ds if d["kind"] == kind and d["metadata"]["name"] == name))
+        return ds
+
+    def container(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+
+    def env_set(d, name, entry):
+        c = container(d)
+        c["env"] = [e for e in c["env"] if e["name"] != name] + ([dict(entry, name=name)] if entry else [])
+
+    cases = [
+        ("the shipped files", {}, True),
+        ("172.16.0.0/12 no longer denied", {"text": conf_edit("denied-peer-ip=172.16.0.0-172.31.255.255\n", "")}, False),
+        ("10/8 narrowed to 10.0/16", {"text": conf_edit("10.0.0.0-10.255.255.255", "10.0.0.0-10.0.255.255")}, False),
+        ("link-local (cloud metadata) not denied", {"text": conf_edit("denied-peer-ip=169.254.0.0-169.254.255.255\n", "")}, False),
+        ("IPv6 unique-local not denied", {"text": conf_edit("denied-peer-ip=fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff\n", "")}, False),
+        ("allow-loopback-peers", {"text": text + "allow-loopback-peers\n"}, False),
+        ("allowed-peer-ip=10.1.2.3", {"text": text + "allowed-peer-ip=10.1.2.3\n"}, False),
+        ("a secret in the file", {"text": text + "static-auth-secret=north\n"}, False),
+        ("lt-cred-mech instead of use-auth-secret", {"text": conf_edit("use-auth-secret\n", "lt-cred-mech\n")}, False),
+        ("no-cli misspelt", {"text": conf_edit("no-cli\n", "no-clii\n")}, False),
+        ("no-multicast-peers dropped", {"text": conf_edit("no-multicast-peers\n", "")}, False),
+        ("relay range up to 65535", {"text": conf_edit("max-port=49999", "max-port=65535")}, False),
+        ("relay range from 1024", {"text": conf_edit("min-port=49160", "min-port=1024")}, False),
+        ("compose: coturn's secret from another variable",
+         {"svcs": compose_edit(lambda s: s["coturn"]["environment"].update(TURN_SECRET="${TURN_SECRET_OLD}"))}, False),
+        ("compose: TURN_URLS on port 3479",
+         {"svcs": compose_edit(lambda s: s["signaling"]["environment"].update(
+             TURN_URLS=s["signaling"]["environment"]["TURN_URLS"].replace(":3478?", ":3479?")))}, False),
+        ("compose: coturn publishes ports instead of the host network",
+         {"svcs": compose_edit(lambda s: (s["coturn"].pop("network_mode"), s["coturn"].update(ports=["3478:3478/udp"])))}, False),
+        ("compose: the gateways get TURN_SECRET",
+         {"svcs": compose_edit(lambda s: s["gateway-1"]["environment"].update(TURN_SECRET="${TURN_SECRET}"))}, False),
+        ("k8s: coturn's secret from another key",
+         {"turn": docs_edit(turn, "DaemonSet", "coturn", lambda d: env_set(
+             d, "TURN_SECRET", {"valueFrom": {"secretKeyRef": {"name": "unilink-secrets", "key": "TURN_SECRET_OLD"}}}))}, False),
+        ("k8s: coturn without hostNetwork",
+         {"turn": docs_edit(turn, "DaemonSet", "coturn", lambda d: d["spec"]["template"]["spec"].pop("hostNetwork"))}, False),
+        ("k8s: coturn with allow-loopback-peers in args",
+         {"turn": docs_edit(turn, "DaemonSet", "coturn", lambda d: container(d).update(args=["--allow-loopback-peers"]))}, False),
+        ("k8s: signaling's TURN_URLS udp only",
+         {"prod": docs_edit(prod, "Deployment", "signaling", lambda d: env_set(
+             d, "TURN_URLS", {"value": "turn:turn.unilink.app:3478?transport=udp"}))}, False),
+        ("k8s: the gateway gets TURN_SECRET",
+         {"prod": docs_edit(prod, "Deployment", "gateway", lambda d: env_set(
+             d, "TURN_SECRET", {"valueFrom": {"secretKeyRef": {"name": "unilink-secrets", "key": "TURN_SECRET"}}}))}, False),
+    ]
+    failures = 0
+    for what, args, should_pass in cases:
+        found = run(**args)
+        good = (not found) == should_pass
+        failures += not good
+        detail = f" ({found[0]})" if found else ""
+        print(f"  {'ok' if good else 'WRONG'}: {what}: {'accepted' if not found else 'refused'}{detail}")
+    if failures:
+        sys.exit(f"turn self-test: {failures} case(s) not as expected")
+    print(f"turn self-test: every broken variant refused ({len(cases) - 1} variants)")
+
+
 def main(argv):
     if len(argv) < 2 or argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -798,6 +1134,10 @@ def main(argv):
         check_grafana(*args)
     elif cmd == "compose" and len(args) == 1:
         check_compose(*args)
+    elif cmd == "turn" and len(args) == 4:
+        check_turn(*args)
+    elif cmd == "turn-selftest" and len(args) == 4:
+        turn_selftest(*args)
     else:
         print(__doc__, file=sys.stderr)
         return 2
