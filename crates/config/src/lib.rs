@@ -9,7 +9,10 @@
 //! Every error names the variable it is about. Secrets live in [`Secret`],
 //! whose `Debug` and `Display` print `[redacted]`. In production
 //! ([`Environment::Production`]) the loader refuses a weak `SECRET_KEY`, a
-//! wildcard CORS origin and a missing SMTP server.
+//! wildcard CORS origin and a missing SMTP server; no secret may still hold
+//! a template's `CHANGE-ME` placeholder, and the secrets we generate
+//! (`SECRET_KEY`, `EVENT_SEAL_KEYS`, `TURN_SECRET`) must be long and varied
+//! enough to have been generated.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -545,6 +548,55 @@ const DEV_SECRET_KEY: &str = "unilink-development-secret-key-not-for-production"
 pub const DEV_EVENT_SEAL_KEY: &str = "dW5pbGluay1kZXZlbG9wbWVudC1ldmVudC1zZWFsISE=";
 /// Shortest `SECRET_KEY` accepted in production (the seed's rule: 32+ characters).
 pub const MIN_SECRET_KEY_LEN: usize = 32;
+/// Fewest distinct characters a generated secret (`SECRET_KEY`,
+/// `EVENT_SEAL_KEYS`, `TURN_SECRET`) may have in production: any random
+/// token of 16+ characters has far more; `aaaa…`, `passwordpassword…` or a
+/// repeated word do not.
+pub const MIN_SECRET_DISTINCT_CHARS: usize = 10;
+/// Shortest `TURN_SECRET` accepted in production.
+pub const MIN_TURN_SECRET_LEN: usize = 16;
+
+/// Whether `value` still holds a template placeholder (`CHANGE-ME-…`,
+/// `changeme`, `change_me`), in any case.
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    ["change-me", "changeme", "change_me"]
+        .iter()
+        .any(|marker| lower.contains(marker))
+}
+
+/// Production rules for a secret: never a placeholder; a generated one
+/// (`min_len` given) also long and varied enough. The message never
+/// repeats the value.
+fn check_production_secret(var: &'static str, value: &str, min_len: Option<usize>) -> Result<(), ConfigError> {
+    if is_placeholder(value) {
+        return Err(ConfigError::Insecure {
+            var,
+            reason: "it still holds a CHANGE-ME placeholder from a template; set the real value".to_owned(),
+        });
+    }
+    let Some(min_len) = min_len else {
+        return Ok(());
+    };
+    let length = value.chars().count();
+    if length < min_len {
+        return Err(ConfigError::Insecure {
+            var,
+            reason: format!("it has {length} characters; use at least {min_len} random characters"),
+        });
+    }
+    let distinct = value.chars().collect::<std::collections::HashSet<_>>().len();
+    if distinct < MIN_SECRET_DISTINCT_CHARS {
+        return Err(ConfigError::Insecure {
+            var,
+            reason: format!(
+                "it uses only {distinct} distinct characters (at least {MIN_SECRET_DISTINCT_CHARS}); \
+                 generate it, e.g. `openssl rand -base64 32`"
+            ),
+        });
+    }
+    Ok(())
+}
 
 impl Settings {
     /// Reads the process environment.
@@ -663,15 +715,7 @@ impl Settings {
             None => Some(DEV_SECRET_KEY.to_owned()),
         };
         if let (true, Some(secret_key)) = (environment.is_production(), &secret_key) {
-            if secret_key.chars().count() < MIN_SECRET_KEY_LEN {
-                return Err(ConfigError::Insecure {
-                    var: "SECRET_KEY",
-                    reason: format!(
-                        "it has {} characters; use at least {MIN_SECRET_KEY_LEN} random characters",
-                        secret_key.chars().count()
-                    ),
-                });
-            }
+            check_production_secret("SECRET_KEY", secret_key, Some(MIN_SECRET_KEY_LEN))?;
             if secret_key == DEV_SECRET_KEY {
                 return Err(ConfigError::Insecure {
                     var: "SECRET_KEY",
@@ -855,6 +899,30 @@ impl Settings {
             return Err(ConfigError::Missing { var: "TURN_SECRET" });
         }
 
+        if environment.is_production() {
+            // Template placeholders (deploy/.env.example, the Secret
+            // template) must never reach production, whatever the variable;
+            // the secrets we generate must also look generated.
+            if let Some(secret) = &calls.turn_secret {
+                check_production_secret("TURN_SECRET", secret.expose(), Some(MIN_TURN_SECRET_LEN))?;
+            }
+            let plain: [(&'static str, Option<&Secret>); 5] = [
+                ("DATABASE_URL", Some(&database.url)),
+                ("DATABASE_READ_URL", database.read_url.as_ref()),
+                ("REDIS_URL", Some(&redis.url)),
+                ("SMTP_PASSWORD", smtp.password.as_ref()),
+                ("SENTRY_DSN", telemetry.sentry_dsn.as_ref()),
+            ];
+            for (var, secret) in plain {
+                if let Some(secret) = secret {
+                    check_production_secret(var, secret.expose(), None)?;
+                }
+            }
+            for previous in &jwt.previous_secret_keys {
+                check_production_secret("JWT_PREVIOUS_SECRET_KEYS", previous.expose(), None)?;
+            }
+        }
+
         Ok(Settings {
             environment,
             database,
@@ -877,6 +945,12 @@ impl Settings {
                         reason: "it holds the published development key".to_owned(),
                     });
                 } else {
+                    if environment.is_production() {
+                        for key in &keys {
+                            // 32 random bytes in base64 are 44 characters.
+                            check_production_secret("EVENT_SEAL_KEYS", key, Some(MIN_SECRET_KEY_LEN))?;
+                        }
+                    }
                     keys.into_iter().map(Secret::new).collect()
                 }
             },
@@ -1212,12 +1286,108 @@ mod tests {
     fn event_seal_keys_have_a_development_default_only() {
         assert_eq!(load(&[]).unwrap().event_seal_keys.len(), 1);
         assert!(production(&[]).unwrap().event_seal_keys.is_empty());
-        let s = production(&[("EVENT_SEAL_KEYS", "a,b")]).unwrap();
+        let s = production(&[(
+            "EVENT_SEAL_KEYS",
+            "q8Vb3kR1xZt7LmN2pQ9sW4eY6uI0oA5dF+gH/jKlM1E=,Zp4Tn8Wq2Lx6Rb0Yc3Vd7Hf1Jg5Km9Ns+Ou/Pi2Aw4E=",
+        )])
+        .unwrap();
         assert_eq!(s.event_seal_keys.len(), 2);
         let err = production(&[("EVENT_SEAL_KEYS", DEV_EVENT_SEAL_KEY)])
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("EVENT_SEAL_KEYS is not safe for production"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_template_placeholders_in_any_secret() {
+        let seal = "q8Vb3kR1xZt7LmN2pQ9sW4eY6uI0oA5dF+gH/jK=";
+        let cases: &[(&'static str, &'static str)] = &[
+            ("SECRET_KEY", "CHANGE-ME-generate-a-long-random-secret-key"),
+            ("SECRET_KEY", "x9TqChangeMe-Z1v7Lk3Wd8Rp2Mn5Bf0Yh6"),
+            ("EVENT_SEAL_KEYS", "change_me_0123456789abcdefghijklmnopqrst"),
+            ("TURN_SECRET", "CHANGE-ME-turn-secret-0123456789"),
+            ("SMTP_PASSWORD", "CHANGE-ME-smtp-password"),
+            (
+                "DATABASE_URL",
+                "postgres://unilink:CHANGE-ME-postgres-password@127.0.0.1/unilink",
+            ),
+            ("REDIS_URL", "redis://:changeme@127.0.0.1:6379"),
+            ("SENTRY_DSN", "https://CHANGEME@sentry.example/1"),
+            ("JWT_PREVIOUS_SECRET_KEYS", "CHANGE-ME-old-key"),
+        ];
+        for (var, value) in cases {
+            let turn = [("TURN_URLS", "turn:turn.example.com:3478"), ("TURN_SECRET", seal)];
+            let err = production(&[turn[0], turn[1], (*var, *value)])
+                .expect_err(var)
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "{var} is not safe for production: it still holds a CHANGE-ME placeholder from a template; set the real value"
+                ),
+            );
+            assert!(!err.contains(value), "the message repeats the value: {err}");
+            // Outside production the same values load.
+            load(&[
+                (*var, *value),
+                ("TURN_URLS", "turn:turn.example.com:3478"),
+                ("TURN_SECRET", "north"),
+            ])
+            .expect(var);
+        }
+    }
+
+    #[test]
+    fn production_refuses_generated_secrets_that_were_not_generated() {
+        let err = production(&[("SECRET_KEY", "passwordpasswordpasswordpassword")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("SECRET_KEY is not safe for production: it uses only 7 distinct characters"),
+            "{err}"
+        );
+        let err = production(&[("SECRET_KEY", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only 1 distinct characters"), "{err}");
+        // Random hex (`openssl rand -hex 32`) and base64 pass.
+        production(&[(
+            "SECRET_KEY",
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        )])
+        .unwrap();
+        production(&[("SECRET_KEY", "Xq3vR8tLm2Zp9Wd4Kf7Bn1Hs6Jc0Gy5Ea-_uPoIeTw")]).unwrap();
+
+        let zeros = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let err = production(&[("EVENT_SEAL_KEYS", zeros)]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("EVENT_SEAL_KEYS is not safe for production: it uses only 2"),
+            "{err}"
+        );
+        let err = production(&[("EVENT_SEAL_KEYS", "c2hvcnQ=")]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("EVENT_SEAL_KEYS is not safe for production: it has 8 characters"),
+            "{err}"
+        );
+
+        let turn = [("TURN_URLS", "turn:turn.example.com:3478")];
+        let err = production(&[turn[0], ("TURN_SECRET", "north")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("TURN_SECRET is not safe for production: it has 5 characters"),
+            "{err}"
+        );
+        let err = production(&[turn[0], ("TURN_SECRET", "abababababababababab")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("TURN_SECRET is not safe for production: it uses only 2"),
+            "{err}"
+        );
+        production(&[turn[0], ("TURN_SECRET", "Zk8pQ2wX7mR4tV9yB3nC")]).unwrap();
+        // Provider passwords are not ours to judge beyond placeholders.
+        production(&[("SMTP_PASSWORD", "pw")]).unwrap();
     }
 
     #[test]
