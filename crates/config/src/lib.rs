@@ -292,6 +292,23 @@ pub struct ListenSettings {
     /// `WS_IDLE_TIMEOUT_SECONDS`: a WebSocket from which nothing (no frame,
     /// no pong) arrived for this long is closed, and its user goes offline.
     pub ws_idle_timeout: Duration,
+    /// `WS_REBALANCE_*`: how a gateway replica holding more than its share
+    /// of the fleet's sockets (after a scale-up) asks some to reconnect.
+    pub ws_rebalance: RebalanceSettings,
+}
+
+/// Socket rebalancing between gateway replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebalanceSettings {
+    /// `WS_REBALANCE_INTERVAL_SECONDS`: how often a replica compares its
+    /// sockets with the fleet's average (0: never).
+    pub interval: Duration,
+    /// `WS_REBALANCE_MARGIN_PERCENT`: how far above the average a replica
+    /// must be before it asks sockets to move.
+    pub margin_percent: u32,
+    /// `WS_REBALANCE_MAX_PERCENT`: the largest share of its sockets a
+    /// replica asks to reconnect in one interval.
+    pub max_percent: u32,
 }
 
 /// Calls and WebRTC signaling.
@@ -862,6 +879,11 @@ impl Settings {
         if listen.ws_idle_timeout <= listen.ws_ping_interval {
             return Err(ConfigError::Invalid {
                 var: "WS_IDLE_TIMEOUT_SECONDS",
+            ws_rebalance: RebalanceSettings {
+                interval: Duration::from_secs(r.bounded("WS_REBALANCE_INTERVAL_SECONDS", 30, 0, 3600)?),
+                margin_percent: r.bounded("WS_REBALANCE_MARGIN_PERCENT", 20, 1, 1000)?,
+                max_percent: r.bounded("WS_REBALANCE_MAX_PERCENT", 5, 1, 100)?,
+            },
                 reason: format!(
                     "{}s must be longer than WS_PING_INTERVAL_SECONDS ({}s), or a live client is closed before it is pinged",
                     listen.ws_idle_timeout.as_secs(),
@@ -1096,6 +1118,40 @@ mod tests {
             ("DATABASE_POOL_SIZE", "lots", "DATABASE_POOL_SIZE is invalid: \"lots\""),
             (
                 "DATABASE_POOL_SIZE",
+    #[test]
+    fn sockets_are_rebalanced_gently_unless_configured() {
+        // Every 30 s, above the fleet's average by more than 20 %, at most
+        // 5 % of a replica's sockets per interval (10 % a minute).
+        let rebalance = load(&[]).unwrap().listen.ws_rebalance;
+        assert_eq!(
+            rebalance,
+            RebalanceSettings {
+                interval: Duration::from_secs(30),
+                margin_percent: 20,
+                max_percent: 5,
+            }
+        );
+        let rebalance = load(&[
+            ("WS_REBALANCE_INTERVAL_SECONDS", "0"),
+            ("WS_REBALANCE_MARGIN_PERCENT", "10"),
+            ("WS_REBALANCE_MAX_PERCENT", "25"),
+        ])
+        .unwrap()
+        .listen
+        .ws_rebalance;
+        assert_eq!(rebalance.interval, Duration::ZERO);
+        assert_eq!((rebalance.margin_percent, rebalance.max_percent), (10, 25));
+        for (var, value) in [
+            ("WS_REBALANCE_INTERVAL_SECONDS", "-1"),
+            ("WS_REBALANCE_MARGIN_PERCENT", "0"),
+            ("WS_REBALANCE_MAX_PERCENT", "0"),
+            ("WS_REBALANCE_MAX_PERCENT", "101"),
+        ] {
+            let err = load(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(&format!("{var} is invalid")), "{err}");
+        }
+    }
+
                 "0",
                 "DATABASE_POOL_SIZE is invalid: 0 is outside 1..=1000",
             ),

@@ -178,6 +178,7 @@ struct Shared {
     redis_settings: unilink_config::RedisSettings,
     edge: web::Data<Edge>,
     socket_cap: web::Data<crate::ws::cap::SocketCap>,
+    local_sockets: web::Data<crate::ws::rebalance::LocalSockets>,
     draining: web::Data<crate::ws::Draining>,
     liveness: web::Data<crate::ws::Liveness>,
     origins: OriginPolicy,
@@ -224,6 +225,7 @@ impl Shared {
             .app_data(self.draining.clone())
             .app_data(self.liveness.clone())
             .app_data(self.socket_cap.clone())
+            .app_data(self.local_sockets.clone())
             .app_data(json_config())
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .app_data(
@@ -353,6 +355,7 @@ impl Application {
         // Keys removed at auth stop being trusted within one interval.
         tokio::spawn(key_refresh.0.refresh_every(key_refresh.1, drain.0.clone()));
         let grace = settings.listen.shutdown_grace;
+            local_sockets: web::Data::new(crate::ws::rebalance::LocalSockets::default()),
 
         let listener = bind_public(settings.listen.http_addr)?;
         let addr = listener.local_addr()?;
@@ -364,6 +367,13 @@ impl Application {
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
             .listen("unilink-gateway", listener, move || {
                 let (upstreams, edge) = shared.worker_clients();
+        // Sockets leave a replica holding more than its share (after a scale-up).
+        let rebalancer = crate::ws::rebalance::Rebalancer::new(
+            redis.clone(),
+            shared.local_sockets.get_ref().clone(),
+            settings.listen.ws_rebalance,
+        );
+        tokio::spawn(rebalancer.run(drain.0.clone()));
                 let main = shared.app(upstreams.clone(), edge.clone());
                 let upgrades = {
                     let shared = shared.clone();

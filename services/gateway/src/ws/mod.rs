@@ -17,7 +17,9 @@
 //! itself drains, clients are closed with 1012 and reconnect elsewhere.
 //!
 //! A user holds at most `MAX_SOCKETS_PER_USER` sockets across the fleet
-//! ([`cap`]); beyond that the upgrade is refused with 429.
+//! ([`cap`]); beyond that the upgrade is refused with 429. A replica holding
+//! more than its share of the fleet's sockets asks some to reconnect, with
+//! the same 1012 a drain sends ([`rebalance`]).
 //!
 //! The routes below only decide whether to accept; the accepted socket runs
 //! on the bare TCP stream once the 101 is written ([`takeover`], [`socket`]).
@@ -25,6 +27,7 @@
 pub mod cap;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod rebalance;
 pub mod socket;
 pub mod takeover;
 
@@ -47,6 +50,7 @@ use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
 use crate::ws::cap::{Lease, SocketCap};
+use crate::ws::rebalance::{LocalSockets, Registration};
 use crate::ws::socket::{Fault, Incoming, WebSocket};
 use crate::ws::takeover::Takeover;
 
@@ -314,6 +318,7 @@ async fn bridge(
         _lease: lease,
         upstreams,
         draining: draining.get_ref().clone(),
+        local: req.app_data::<web::Data<LocalSockets>>().map(|l| l.get_ref().clone()),
     });
     Ok(response)
 }
@@ -328,6 +333,8 @@ pub struct Accepted {
     _lease: Option<Lease>,
     upstreams: web::Data<Upstreams>,
     draining: Draining,
+    /// Where the socket is counted for rebalancing.
+    local: Option<LocalSockets>,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -352,10 +359,24 @@ impl Accepted {
             _lease,
             upstreams,
             draining: Draining(draining, sockets),
+            local,
         } = self;
         match opened {
             Ok(upstream) => {
-                let pump = run(socket, upstream, open, kind, liveness, upstreams, draining, _lease);
+                // Cancelled by the drain, or to move this one socket.
+                let leave = draining.child_token();
+                let registration = local.map(|l| l.register(kind, leave.clone()));
+                let held = (_lease, registration);
+                let pump = run(
+                    socket,
+                    upstream,
+                    open,
+                    kind,
+                    liveness,
+                    upstreams,
+                    (draining, leave),
+                    held,
+                );
                 actix_web::rt::spawn(sockets.track_future(pump));
             }
             Err(status) => {
@@ -394,8 +415,8 @@ async fn run(
     kind: Kind,
     liveness: Liveness,
     upstreams: web::Data<Upstreams>,
-    draining: CancellationToken,
-    _lease: Option<Lease>,
+    (draining, leave): (CancellationToken, CancellationToken),
+    _held: (Option<Lease>, Option<Registration>),
 ) {
     metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
     let mut last_seq = open.resume_after;
@@ -495,12 +516,18 @@ async fn run(
                     }
                 }
             },
-            () = draining.cancelled() => {
+            () = leave.cancelled() => {
                 if matches!(kind, Kind::Presence) {
                     let handing_over = handover(&mut upstream).boxed_local();
                     handing_over.await;
                 }
-                break End::Close(close_reason(1012, "server restarting; reconnect"));
+                // The drain, or this replica holds more than its share.
+                let reason = if draining.is_cancelled() {
+                    "server restarting; reconnect"
+                } else {
+                    "rebalancing; reconnect"
+                };
+                break End::Close(close_reason(1012, reason));
             }
         }
     };
