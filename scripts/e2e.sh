@@ -16,8 +16,10 @@ headless Chromium, through the whole fleet:
   PostgreSQL, Redis (private, throwaway), auth, profile, notification,
   TWO signaling replicas, THREE gateways (a and b, and c as the balancer's
   fallback for both), nginx in front of the gateways (the browsers' only
-  address), and an SMTP sink (inside the test script) that the
-  notification service delivers the real emails to.
+  address), an SMTP sink (inside the test script) that the
+  notification service delivers the real emails to, and coturn
+  (deploy/coturn: the shipped turnserver.conf and entrypoint) that
+  signaling's TURN_URLS point at.
 
 The browser test (scripts/e2e/e2e.mjs, playwright-core driving Debian's
 chromium with a fake camera) signs two users up and in from their emails,
@@ -27,7 +29,12 @@ both pages mid-call (each rejoins), hangs up and checks both histories; has
 a call declined; kill -9s the caller's gateway mid-call (the
 page reconnects its signaling socket with last_seq through the balancer and
 misses nothing); then kill -9s the signaling replica holding the caller's
-call stream during set-up, and checks the call still connects.
+call stream during set-up, and checks the call still connects. Last, relay
+only: a TURN client in the test checks coturn takes the credentials GET
+/calls/ice-servers minted (not another secret's, not expired ones) and
+refuses private, link-local and reserved peers; both users tick "Always
+relay my calls" (iceTransportPolicy "relay"), call, and the selected
+candidate pair must be relay to relay through coturn, with video decoded.
 Screenshots and logs: target/e2e/.
 
 Everything runs inside a private network namespace (unshare -n, only a
@@ -36,7 +43,8 @@ ports inside cannot clash with anything on the machine, and nothing outside
 is reached. Needs root (for unshare -n and the throwaway PostgreSQL).
 
 Missing tools are installed: chromium, nginx-light, postgresql,
-redis-server (apt-get) and playwright-core (npm ci from scripts/e2e/package-lock.json).
+redis-server, coturn (apt-get) and playwright-core (npm ci from
+scripts/e2e/package-lock.json).
 The run is bounded (E2E_TIMEOUT seconds, default 180, builds and installs
 excluded; a passing run takes about 25 s) and stops every process it started.
 
@@ -80,6 +88,7 @@ ensure_tools() {
   command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || apt_install nginx-light
   _pg_bindir >/dev/null || apt_install postgresql
   _redis_server_bin >/dev/null || apt_install redis-server
+  command -v turnserver >/dev/null 2>&1 || apt_install coturn
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   _ensure_postgres_user
   if [[ ! -d "$TEST_DIR/node_modules/playwright-core" ||
@@ -259,6 +268,35 @@ service() {
   exec "$BIN_DIR/unilink-$bin" "$@"
 }
 
+# The TURN relay: deploy/coturn's entrypoint and turnserver.conf as shipped,
+# plus what only this loopback test may do. Production denies loopback peers
+# (denied-peer-ip 127.0.0.0/8, no allow-loopback-peers) so that nobody can
+# relay into the host's own services; here both browsers' relay addresses
+# are 127.0.0.1, the only address in this namespace, so exactly 127.0.0.1 is
+# allowed back (allowed-peer-ip). Every other denied range stays denied, and
+# the browser test checks that.
+start_turn() {
+  local conf="$ROOT/deploy/coturn/turnserver.conf" dir="$WORK/turn"
+  TURN_PORT="$(sed -n 's/^listening-port=//p' "$conf")"
+  TURN_RELAY_PORTS="$(sed -n 's/^min-port=//p' "$conf")-$(sed -n 's/^max-port=//p' "$conf")"
+  [[ "$TURN_PORT" =~ ^[0-9]+$ && "$TURN_RELAY_PORTS" =~ ^[0-9]+-[0-9]+$ ]] ||
+    die "cannot read listening-port/min-port/max-port from $conf"
+  mkdir -p "$dir"
+  chown turnserver: "$dir"
+  TURN_SECRET="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export TURN_SECRET
+  export TURN_URLS="turn:127.0.0.1:$TURN_PORT?transport=udp,turn:127.0.0.1:$TURN_PORT?transport=tcp"
+  spawn coturn env TURN_CONFIG="$conf" TURN_RUN_DIR="$dir" TURN_LISTENING_IP=127.0.0.1 \
+    setpriv --reuid=turnserver --regid=turnserver --init-groups \
+    "$ROOT/deploy/coturn/entrypoint.sh" --allow-loopback-peers --allowed-peer-ip=127.0.0.1 --verbose
+  local deadline=$((SECONDS + 15))
+  until tcp_open 127.0.0.1 "$TURN_PORT"; do
+    alive_or_die coturn
+    ((SECONDS < deadline)) || die "coturn did not listen on $TURN_PORT within 15s (log: $LOG_DIR/coturn.log)"
+    sleep 0.25
+  done
+}
+
 start_balancer() {
   local conf="$WORK/nginx/nginx.conf"
   mkdir -p "$WORK/nginx/tmp"
@@ -332,7 +370,8 @@ inside() {
 
   start_postgres
   start_redis
-  log "PostgreSQL and Redis up ($((SECONDS - t0))s)"
+  start_turn
+  log "PostgreSQL, Redis and coturn up ($((SECONDS - t0))s)"
 
   export ENVIRONMENT=development
   export LOG_LEVEL=info
@@ -380,6 +419,7 @@ inside() {
     E2E_OUT_DIR="$OUT_DIR" \
     E2E_GATEWAYS="$(replica_list gateway a b c)" \
     E2E_SIGNALING="$(replica_list signaling 1 2)" \
+    E2E_TURN_SECRET="$TURN_SECRET" E2E_TURN_RELAY_PORTS="$TURN_RELAY_PORTS" E2E_TURN_LOG="$LOG_DIR/coturn.log" \
     node "$TEST_DIR/e2e.mjs" > >(tee "$LOG_DIR/browser-test.log") 2>&1 &
   local test_pid=$!
   PIDS+=("$test_pid")

@@ -12,13 +12,17 @@
 //   E2E_GATEWAYS   a=<pid>@<url>,b=…,c=…: the gateway replicas (own address, metrics);
 //                  the balancer sends context A to a and B to b, each to c when its own is down
 //   E2E_SIGNALING  1=<pid>@<metrics url>,2=<pid>@<metrics url>: the signaling replicas
+//   E2E_TURN_SECRET, E2E_TURN_RELAY_PORTS (low-high), E2E_TURN_LOG: the coturn
+//                  the script started (deploy/coturn/turnserver.conf) and
+//                  signaling's TURN_URLS point at
 //   CHROMIUM       browser executable [/usr/bin/chromium]
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { probeTurn, selectedRoute } from './turn.mjs';
 
 const BASE = required('E2E_BASE_URL');
 const SMTP_PORT = Number(required('E2E_SMTP_PORT'));
@@ -36,6 +40,9 @@ function replicas(variable) {
 const GATEWAYS = Object.fromEntries(replicas('E2E_GATEWAYS').map((g) => [g.name, g]));
 const SIGNALING = replicas('E2E_SIGNALING');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const TURN_SECRET = required('E2E_TURN_SECRET');
+const TURN_RELAY_PORTS = required('E2E_TURN_RELAY_PORTS').split('-').map(Number);
+const TURN_LOG = required('E2E_TURN_LOG');
 const OVERALL_TIMEOUT_MS = 150_000;
 const STEP_TIMEOUT_MS = 30_000;
 
@@ -554,6 +561,64 @@ async function main() {
     });
     await step('chat still crosses', () => sendChat(b, a, 'Still here after the failover'));
     await step('A hangs up; both histories show all four calls', () => hangUpAndCheckHistory(a, b, third, 4));
+
+    // ------- scenario 4: relay only, through the real coturn (TURN REST) --
+    await step('coturn takes the credentials GET /calls/ice-servers minted, refuses others and private peers', async () => {
+      const seen = await probeTurn({ user: a, secret: TURN_SECRET, relayPorts: TURN_RELAY_PORTS });
+      log(`allocated ${seen.relayed.address}:${seen.relayed.port} via ${seen.host}:${seen.port}; ` +
+        `refused ${Object.keys(seen.refused).length} private/reserved peers (${Object.values(seen.refused)[0]}); ` +
+        `${Object.entries(seen.unauthorized).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
+    });
+    await step('both choose "Always relay my calls" (iceTransportPolicy "relay")', async () => {
+      for (const u of users) {
+        await u.page.getByLabel('Always relay my calls through the UniLink server').check();
+      }
+    });
+    let relayConnectedMs;
+    const fourth = await step('A calls B; both connect through the relay only', async () => {
+      const callId = await call(a, b);
+      const accepted = Date.now();
+      await Promise.all(users.map(waitConnected));
+      relayConnectedMs = Date.now() - accepted;
+      return callId;
+    });
+    await step('each selected pair is relay to relay through coturn, and video decodes', async () => {
+      for (const u of users) {
+        const frames = await waitVideo(u);
+        const route = await waitFor(`${u.label}'s selected pair`, async () => {
+          const r = await selectedRoute(u.page);
+          return r?.pair?.state === 'succeeded' && r.pair.nominated ? r : null;
+        });
+        assert.equal(route.policy, 'relay', `${u.label}'s peer connection is relay only`);
+        for (const side of ['local', 'remote']) {
+          const c = route.pair[side];
+          assert.equal(c.type, 'relay', `${u.label}'s ${side} candidate is a relay candidate: ${JSON.stringify(c)}`);
+          assert.equal(c.address, '127.0.0.1', `${u.label}'s ${side} candidate is on coturn`);
+          assert.ok(c.port >= TURN_RELAY_PORTS[0] && c.port <= TURN_RELAY_PORTS[1], `${side} port ${c.port} in the relay range`);
+        }
+        assert.ok(route.framesDecoded > 0, `${u.label} decodes video through the relay`);
+        // The page tells its user too.
+        await u.page.locator('#call-stats[data-route="relay"]', { hasText: 'through the relay' }).waitFor();
+        log(`${u.label}: ${route.pair.local.type} ${route.pair.local.address}:${route.pair.local.port} (${route.pair.local.relayProtocol}) ⇄ ` +
+          `${route.pair.remote.type} ${route.pair.remote.address}:${route.pair.remote.port}, ` +
+          `${route.pair.bytesReceived} bytes, ${frames} frames decoded at first check`);
+      }
+      for (const u of users) await framesFlowing(u);
+      const frames = await Promise.all(users.map(framesDecoded));
+      log(`relay-only call connected ${relayConnectedMs} ms after Accept; frames decoded ${frames.join(' / ')}`);
+    });
+    await step('coturn\'s log shows each user\'s allocation and permission, with the minted username', async () => {
+      const text = readFileSync(TURN_LOG, 'utf8');
+      for (const u of users) {
+        for (const what of ['ALLOCATE', 'CREATE_PERMISSION']) {
+          const line = new RegExp(`user <\\d+:${u.id}>: incoming packet ${what} processed, success`);
+          assert.match(text, line, `coturn logged no successful ${what} for ${u.label}`);
+        }
+      }
+      const forbidden = text.match(/CREATE_PERMISSION processed, error 403/g)?.length ?? 0;
+      log(`coturn: ${text.match(/ALLOCATE processed, success/g).length} allocations, ${forbidden} permissions refused with 403`);
+    });
+    await step('A hangs up; both histories show all five calls', () => hangUpAndCheckHistory(a, b, fourth, 5));
 
     for (const u of users) {
       const problems = u.problems.filter((p) => !/Failed to load resource/.test(p));

@@ -256,6 +256,27 @@ async function refreshHistory() {
 $('refresh-online').addEventListener('click', refreshOnline);
 $('refresh-history').addEventListener('click', refreshHistory);
 
+// "Always relay my calls": kept in this browser; off unless chosen.
+const RELAY_CALLS_KEY = 'unilink.relayCalls';
+
+function relayCalls() {
+  try {
+    return localStorage.getItem(RELAY_CALLS_KEY) === 'true';
+  } catch {
+    return false; // storage disabled
+  }
+}
+
+$('relay-calls').checked = relayCalls();
+$('relay-calls').addEventListener('change', (event) => {
+  try {
+    if (event.target.checked) localStorage.setItem(RELAY_CALLS_KEY, 'true');
+    else localStorage.removeItem(RELAY_CALLS_KEY);
+  } catch {
+    setStatus('This browser does not keep settings; the choice lasts until the page is reloaded.', 'error');
+  }
+});
+
 // ------------------------------------------------------------------- calls --
 
 async function localMedia() {
@@ -302,6 +323,7 @@ function enterCall(call, localStream, peerName) {
   const stats = $('call-stats');
   stats.textContent = 'No video yet.';
   stats.dataset.framesDecoded = '0';
+  stats.dataset.route = '';
   $('local-video').srcObject = localStream;
   $('remote-video').srcObject = null;
   for (const id of ['toggle-mute', 'toggle-camera']) $(id).setAttribute('aria-pressed', 'false');
@@ -312,6 +334,7 @@ function enterCall(call, localStream, peerName) {
     call,
     me: currentUser().id,
     localStream,
+    relayOnly: $('relay-calls').checked,
     on: {
       state: (s) => {
         setCallState(s);
@@ -344,7 +367,9 @@ function enterCall(call, localStream, peerName) {
       stats: (video) => {
         if (!video) return;
         stats.dataset.framesDecoded = String(video.framesDecoded);
-        stats.textContent = `Receiving video ${video.width}×${video.height}, ${Math.round(video.fps)} fps, ${video.framesDecoded} frames decoded.`;
+        stats.dataset.route = video.route ?? '';
+        const via = video.route === 'relay' ? ' through the relay' : video.route === 'direct' ? ' directly' : '';
+        stats.textContent = `Receiving video${via} ${video.width}×${video.height}, ${Math.round(video.fps)} fps, ${video.framesDecoded} frames decoded.`;
       },
       ended: (reason) => {
         if (state.call === session) state.call = null;

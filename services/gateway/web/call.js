@@ -55,16 +55,19 @@ export class CallSession {
    * @param {object} options.call the call JSON from the API
    * @param {string} options.me our user id
    * @param {MediaStream|null} options.localStream
+   * @param {boolean} [options.relayOnly] only relay (TURN) candidates: the
+   *   other side never learns our addresses (iceTransportPolicy "relay")
    * @param {object} options.on handlers: state(s), peerState(s), remoteStream(stream),
    *   chat(message), notice(text), stats(summary), ended(reason)
    */
-  constructor({ call, me, localStream, on }) {
+  constructor({ call, me, localStream, relayOnly = false, on }) {
     this.call = call;
     this.id = call.id;
     this.me = me;
     this.isCaller = call.initiator_id === me;
     this.peerId = this.isCaller ? call.receiver_id : call.initiator_id;
     this.localStream = localStream;
+    this.relayOnly = relayOnly;
     this.on = on;
     this.ws = null;
     this.lastSeq = 0;
@@ -100,6 +103,9 @@ export class CallSession {
       this.on.notice(`ICE servers unavailable (${e.message}); trying without`);
     }
     if (this.ended) return;
+    if (this.relayOnly && !iceServers.some((s) => [s.urls].flat().some((u) => /^turns?:/.test(u)))) {
+      this.on.notice('relaying was asked for, but this server offers no relay: the call cannot connect');
+    }
     this.iceServers = iceServers;
     this.createPeerConnection();
     this.statsTimer = setInterval(() => this.reportStats(), STATS_EVERY_MS);
@@ -111,7 +117,10 @@ export class CallSession {
   createPeerConnection() {
     if (this.pc) this.pc.close();
     this.pendingCandidates = [];
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    const pc = new RTCPeerConnection({
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.relayOnly ? 'relay' : 'all',
+    });
     this.pc = pc;
     const kinds = new Set();
     for (const track of this.localStream?.getTracks() ?? []) {
@@ -384,15 +393,21 @@ export class CallSession {
     try {
       const report = await this.pc.getStats();
       let video = null;
+      let pair = null;
       for (const s of report.values()) {
         if (s.type === 'inbound-rtp' && s.kind === 'video') video = s;
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
       }
+      const local = pair && report.get(pair.localCandidateId);
+      const remote = pair && report.get(pair.remoteCandidateId);
+      const route = local && remote ? (local.candidateType === 'relay' || remote.candidateType === 'relay' ? 'relay' : 'direct') : null;
       this.on.stats(
         video && {
           framesDecoded: video.framesDecoded ?? 0,
           width: video.frameWidth ?? 0,
           height: video.frameHeight ?? 0,
           fps: video.framesPerSecond ?? 0,
+          route,
         },
       );
     } catch {
