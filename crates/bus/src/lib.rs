@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface, StreamsInterface};
+use fred::interfaces::{
+    ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface, ServerInterface, StreamsInterface,
+};
 use fred::types::config::{Config, ReconnectPolicy, ServerConfig, TlsConnector};
 use fred::types::streams::XID;
 use fred::types::{Builder, Expiration};
@@ -113,6 +115,9 @@ async fn start<C: ClientLike>(client: &C, what: &str) {
 pub struct Redis {
     client: Client,
     settings: RedisSettings,
+    /// Under Sentinel: how many replicas the master had, and when that was
+    /// asked (see [`Redis::wait_replicated`]).
+    replicas: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -132,6 +137,7 @@ impl Redis {
         Ok(Redis {
             client,
             settings: settings.clone(),
+            replicas: Default::default(),
         })
     }
 
@@ -144,7 +150,47 @@ impl Redis {
         Ok(Redis {
             client,
             settings: settings.clone(),
+            replicas: Default::default(),
         })
+    }
+
+    /// Under Sentinel, waits (up to `timeout`) until the master's replicas
+    /// hold every write this client made so far, so that what was just
+    /// acknowledged survives a failover; returns how many replicas did.
+    /// Without Sentinel, or with no replica connected (asked at most once a
+    /// second), returns 0 at once. An error means the master may be gone:
+    /// the write may be lost, and the caller should not acknowledge it.
+    pub async fn wait_replicated(&self, timeout: Duration) -> Result<i64, BusError> {
+        if self.settings.sentinels.is_empty() {
+            return Ok(0);
+        }
+        let known = *self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        let replicas = match known {
+            Some((at, n)) if at.elapsed() < Duration::from_secs(1) => n,
+            _ => {
+                let info: String = tokio::time::timeout(
+                    COMMAND_TIMEOUT,
+                    self.client.info(Some(fred::types::InfoKind::Replication)),
+                )
+                .await
+                .map_err(|_| BusError::Timeout(COMMAND_TIMEOUT))??;
+                let n = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
+                *self.replicas.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), n));
+                n
+            }
+        };
+        if replicas == 0 {
+            return Ok(0);
+        }
+        let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let acked: i64 = tokio::time::timeout(timeout + COMMAND_TIMEOUT, self.client.wait(replicas, millis))
+            .await
+            .map_err(|_| BusError::Timeout(timeout + COMMAND_TIMEOUT))??;
+        Ok(acked)
     }
 
     /// The run id of the Redis server this client talks to now: it changes

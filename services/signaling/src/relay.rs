@@ -33,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::{BusError, LuaScript, Redis, Subscriber};
 use unilink_domain::{CallId, UserId};
 
+/// How long a relayed frame waits for a replica to hold it (Sentinel only).
+const REPLICATION_WAIT: Duration = Duration::from_millis(100);
+
 /// Frames kept per mailbox for replay (a resume within 30 s needs far fewer).
 pub const BUFFER_LEN: u64 = 4096;
 /// Bytes kept per mailbox for replay (the relay messages as stored): what
@@ -419,6 +422,14 @@ impl SignalRelay {
             SendOutcome::TooEarly => "too_early",
         };
         metrics::counter!("signaling_relay_frames_total", "direction" => direction).increment(1);
+        if let SendOutcome::Relayed(_) = outcome {
+            // Under Sentinel: acknowledged only once a replica holds it, so a
+            // failover cannot take back a frame (and its sequence number)
+            // the client was told is relayed. If the master dies meanwhile,
+            // the error makes the client send it again; the new master then
+            // relays it once (its `cseq` was either replicated or not).
+            self.redis.wait_replicated(REPLICATION_WAIT).await?;
+        }
         Ok(outcome)
     }
 
