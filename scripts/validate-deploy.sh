@@ -34,6 +34,10 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
   shell       shellcheck scripts/*.sh scripts/lib/*.sh deploy/*.sh deploy/coturn/*.sh
   yaml        yamllint -c .yamllint deploy k8s .github
   prometheus  promtool check config / check rules / test rules, alert coverage
+  alertmanager  deploy/alertmanager rendered as its entrypoint does, amtool
+              check-config and routes test; the entrypoint refuses CHANGE-ME;
+              a real Alertmanager (Debian's) run through that entrypoint
+              delivers a critical alert to a webhook
   nginx       nginx -t on a copy of deploy/nginx (self-signed certificate from
               scripts/setup-ssl.sh --self-signed, upstream hosts -> 127.0.0.1);
               then that config really runs (loopback, high ports) in front of
@@ -202,6 +206,7 @@ ensure_tool yamllint pip_install yamllint
 ensure_tool check-jsonschema pip_install check-jsonschema
 "$PY" -c 'import yaml' 2>/dev/null || pip_install pyyaml
 ensure_tool promtool apt_install prometheus
+ensure_tool amtool apt_install prometheus-alertmanager
 ensure_tool nginx apt_install nginx
 ensure_tool openssl apt_install openssl
 ensure_kustomize
@@ -269,7 +274,7 @@ check_workflows() {
 }
 
 check_shell() {
-  local files=(scripts/*.sh deploy/*.sh deploy/coturn/*.sh)
+  local files=(scripts/*.sh deploy/*.sh deploy/coturn/*.sh deploy/alertmanager/*.sh)
   [[ -d scripts/lib ]] && files+=(scripts/lib/*.sh)
   shellcheck -x "${files[@]}" && log "shellcheck: ${#files[@]} files clean"
 }
@@ -283,6 +288,91 @@ check_prometheus() {
     promtool check rules deploy/prometheus/alerts.yml &&
     promtool test rules deploy/prometheus/alerts_test.yml &&
     "$PYY" scripts/validate_deploy.py alerts deploy/prometheus/alerts.yml deploy/prometheus/alerts_test.yml
+}
+
+# Webhook receiver for the Alertmanager test: appends each POST body to a file.
+webhook_sink_py() {
+  cat <<'EOF_PY'
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+PORT, OUT = int(sys.argv[1]), sys.argv[2]
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(OUT, "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+HTTPServer(("127.0.0.1", PORT), H).serve_forever()
+EOF_PY
+}
+
+check_alertmanager() {
+  local d="$WORK/alertmanager" port hook rc=0 got
+  mkdir -p "$d/data"
+  port=$((20000 + RANDOM % 20000))
+  hook=$((port + 1))
+  # What deploy/.env would give (validate_deploy.py compose checks the
+  # container gets every variable the template uses).
+  export ALERT_EMAIL_TO="oncall@example.org" ALERT_WEBHOOK_URL="http://127.0.0.1:$hook/alerts" \
+    SMTP_SERVER="127.0.0.1" SMTP_PORT="1" SMTP_USER="alerts" SMTP_PASSWORD="it's&\$secret" EMAIL_FROM="noreply@example.org"
+  awk -f deploy/alertmanager/render.awk deploy/alertmanager/alertmanager.yml >"$d/rendered.yml"
+  amtool check-config "$d/rendered.yml" || rc=1
+  grep -qF "smtp_auth_password: 'it''s&\$secret'" "$d/rendered.yml" || { log "  FAILED: values are not quoted safely"; rc=1; }
+  local labels want
+  for labels in "severity=critical:oncall-page" "severity=warning:oncall-email" "severity=info:oncall-email"; do
+    want="${labels#*:}"
+    got="$(amtool config routes test --config.file="$d/rendered.yml" alertname=X job=auth "${labels%%:*}" 2>/dev/null)"
+    if [[ "$got" == "$want" ]]; then log "  ok: ${labels%%:*} -> $got"; else log "  FAILED: ${labels%%:*} -> $got, want $want"; rc=1; fi
+  done
+  # The entrypoint refuses placeholders and unset receivers.
+  if ALERT_EMAIL_TO="CHANGE-ME-oncall@example.com" ALERTMANAGER_TEMPLATE_DIR=deploy/alertmanager \
+    ALERTMANAGER_CONFIG_OUT="$d/refused.yml" ALERTMANAGER_BIN=true sh deploy/alertmanager/entrypoint.sh 2>"$d/err"; then
+    log "  FAILED: the entrypoint accepted a CHANGE-ME receiver"
+    rc=1
+  fi
+  grep -q 'ALERT_EMAIL_TO still holds a CHANGE-ME placeholder' "$d/err" || rc=1
+  if ALERT_WEBHOOK_URL="" ALERTMANAGER_TEMPLATE_DIR=deploy/alertmanager \
+    ALERTMANAGER_CONFIG_OUT="$d/refused.yml" ALERTMANAGER_BIN=true sh deploy/alertmanager/entrypoint.sh 2>/dev/null; then
+    log "  FAILED: the entrypoint accepted an unset webhook"
+    rc=1
+  fi
+  # End to end: Debian's Alertmanager through the entrypoint; a critical
+  # alert reaches the webhook (group_wait 10 s).
+  webhook_sink_py >"$d/sink.py"
+  "$PY" "$d/sink.py" "$hook" "$d/received.jsonl" & BG_PIDS+=($!)
+  ALERTMANAGER_TEMPLATE_DIR=deploy/alertmanager ALERTMANAGER_CONFIG_OUT="$d/run.yml" \
+    ALERTMANAGER_BIN=prometheus-alertmanager sh deploy/alertmanager/entrypoint.sh \
+    --storage.path="$d/data" --web.listen-address="127.0.0.1:$port" --cluster.listen-address= \
+    >"$d/alertmanager.log" 2>&1 & BG_PIDS+=($!)
+  for _ in $(seq 1 50); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/-/ready" && break
+    sleep 0.2
+  done
+  amtool alert add --alertmanager.url="http://127.0.0.1:$port" alertname=EmailsFailing severity=critical \
+    job=notification kind=login_otp --annotation=summary="login_otp mails are failing" || rc=1
+  for _ in $(seq 1 100); do
+    grep -q '"alertname":"EmailsFailing"' "$d/received.jsonl" 2>/dev/null && break
+    sleep 0.2
+  done
+  if grep -q '"receiver":"oncall-page"' "$d/received.jsonl" 2>/dev/null; then
+    log "  ok: a critical alert reached the paging webhook through a real Alertmanager"
+  else
+    log "  FAILED: the webhook got nothing within 20 s"
+    cat "$d/alertmanager.log" >&2
+    rc=1
+  fi
+  unset ALERT_EMAIL_TO ALERT_WEBHOOK_URL SMTP_SERVER SMTP_PORT SMTP_USER SMTP_PASSWORD EMAIL_FROM
+  kill "${BG_PIDS[@]}" 2>/dev/null || true
+  wait "${BG_PIDS[@]}" 2>/dev/null || true
+  BG_PIDS=()
+  return $rc
 }
 
 check_nginx() {
@@ -340,6 +430,9 @@ class H(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.path.startswith("/app"):
+            # Like the gateway's web client: a policy of its own.
+            self.send_header("Content-Security-Policy", "default-src 'none'; script-src 'self'; connect-src 'self'")
         self.end_headers()
         self.wfile.write(body)
     do_POST = do_GET
@@ -357,6 +450,12 @@ check_nginx_behaviour() {
   http=$base https=$((base + 1)) s1=$((base + 2)) s2=$((base + 3))
   sed -i -E "s/127\.0\.0\.1:18001/127.0.0.1:$s1/; s/127\.0\.0\.1:18002/127.0.0.1:$s2/" "$d/nginx.conf"
   sed -i -E "/listen \[::\]/d; s/listen 80 /listen 127.0.0.1:$http /; s/listen 443 /listen 127.0.0.1:$https /" "$d/conf.d/unilink.conf"
+  # The ACME webroot (compose: volume certbot-webroot at /var/www/certbot).
+  mkdir -p "$d/webroot" "$d/elsewhere"
+  # nginx's workers (user nobody when run as root) must reach it, as in the
+  # compose volume.
+  chmod o+x "$WORK" "$d" && chmod 0755 "$d/webroot"
+  sed -i -E "s#root /var/www/certbot;#root $d/webroot;#" "$d/conf.d/unilink.conf"
   stub_gateway_py >"$WORK/stub.py"
   "$PY" "$WORK/stub.py" gateway-1 "$s1" & BG_PIDS+=($!)
   "$PY" "$WORK/stub.py" gateway-2 "$s2" & BG_PIDS+=($!)
@@ -384,6 +483,12 @@ check_nginx_behaviour() {
     grep -q '"xff": "127.0.0.1", "proto": "https"' <<<"$out"
   out="$(for _ in 1 2 3 4; do curl -sk "https://127.0.0.1:$https/calls/history"; echo; done | sort -u | grep -o 'gateway-[12]' | sort -u | tr '\n' ' ')"
   _nginx_expect "requests spread over both replicas ($out)" test "$out" = "gateway-1 gateway-2 "
+  # setup-ssl.sh's webroot mode proves nginx serves its webroot before
+  # certbot runs, and notices when it does not.
+  _nginx_expect "setup-ssl.sh --check-webroot: nginx serves the ACME webroot" \
+    scripts/setup-ssl.sh --check-webroot --webroot "$d/webroot" --http-url "http://127.0.0.1:$http" localhost
+  _nginx_expect "setup-ssl.sh --check-webroot refuses a directory nginx does not serve" \
+    bash -c "! scripts/setup-ssl.sh --check-webroot --webroot '$d/elsewhere' --http-url 'http://127.0.0.1:$http' localhost 2>/dev/null"
   out="$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$https/metrics")"
   _nginx_expect "/metrics is not public ($out)" test "$out" = 404
   local path
@@ -393,12 +498,98 @@ check_nginx_behaviour() {
       "https://127.0.0.1:$https$path" 2>/dev/null | head -n 1 | tr -d '\r')" || true
     _nginx_expect "WebSocket upgrade on $path ($out)" grep -q ' 101' <<<"$out"
   done
+  # One Content-Security-Policy per answer: the gateway's when it sent one
+  # (/app), nginx's strict default otherwise.
+  curl -sk -D "$WORK/h-app.txt" -o /dev/null "https://127.0.0.1:$https/app/"
+  out="$(grep -ci '^content-security-policy:' "$WORK/h-app.txt")"
+  _nginx_expect "/app keeps the gateway's CSP, exactly one ($out)" \
+    grep -qi "^content-security-policy: default-src 'none'; script-src 'self'; connect-src 'self'" "$WORK/h-app.txt"
+  _nginx_expect "/app has one CSP header ($out)" test "$out" = 1
+  out="$(grep -i '^content-security-policy:' "$WORK/h.txt" | tr -d '\r' | tr '[:upper:]' '[:lower:]')"
+  _nginx_expect "answers without a CSP get nginx's default ($out)" \
+    test "$out" = "content-security-policy: default-src 'none'; frame-ancestors 'none'"
+  # Access log: tokens in the query are masked (WebSocket upgrades carry
+  # ?token=<jwt>).
+  curl -sk -o /dev/null "https://127.0.0.1:$https/calls/history?since=1&token=eyJSECRET.payload.sig&x=2"
+  curl -sk -o /dev/null "https://127.0.0.1:$https/ws/webrtc/call-9?token=eyJSECRET2.p.s"
+  out="$(grep -c 'GET /calls/history?since=1&token=\[redacted\]&x=2 \|GET /ws/webrtc/call-9?token=\[redacted\] ' "$WORK/nginx-run.log" || true)"
+  _nginx_expect "access log masks token= ($out of 2 lines masked)" test "$out" = 2
+  _nginx_expect "access log never holds a token" bash -c "! grep -q 'eyJSECRET' '$WORK/nginx-run.log'"
   out="$(for _ in $(seq 1 30); do curl -sk -o /dev/null -w '%{http_code}\n' -X POST "https://127.0.0.1:$https/auth/login"; done | sort | uniq -c | tr -s ' \n' ' ')"
   _nginx_expect "rate limit on /auth/ answers 429 to a burst ($out)" grep -q ' 429' <<<"$out"
   kill "${BG_PIDS[@]}" 2>/dev/null || true
   wait "${BG_PIDS[@]}" 2>/dev/null || true
   BG_PIDS=()
   [[ $rc -eq 0 ]] || cat "$WORK/nginx-run.log" >&2
+  return $rc
+}
+
+# The renewal deploy hook of scripts/setup-ssl.sh against a real nginx:
+# serving certificate A, the hook installs the "renewed" certificate B from
+# a certbot-like lineage and reloads nginx, which then serves B; a hook
+# whose reload fails exits non-zero (certbot reports it).
+check_tls_renewal() {
+  have openssl || { log "openssl missing"; return 1; }
+  local d="$WORK/tls-renewal" port a b served hook rc=0
+  mkdir -p "$d"
+  scripts/setup-ssl.sh --self-signed --days 1 --cert-dir "$d/certs" localhost 2>/dev/null
+  scripts/setup-ssl.sh --self-signed --days 2 --cert-dir "$d/lineage" localhost 2>/dev/null
+  a="$(openssl x509 -noout -fingerprint -sha256 -in "$d/certs/fullchain.pem")"
+  b="$(openssl x509 -noout -fingerprint -sha256 -in "$d/lineage/fullchain.pem")"
+  [[ "$a" != "$b" ]] || { log "the two test certificates are the same"; return 1; }
+  port=$((20000 + RANDOM % 20000))
+  cat >"$d/nginx.conf" <<EOF_CONF
+pid $d/nginx.pid;
+error_log stderr warn;
+events {}
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$port ssl;
+        ssl_certificate certs/fullchain.pem;
+        ssl_certificate_key certs/privkey.pem;
+        return 200 "ok";
+    }
+}
+EOF_CONF
+  nginx -e stderr -p "$d/" -c "$d/nginx.conf" -g 'daemon off;' >"$d/nginx.log" 2>&1 & BG_PIDS+=($!)
+  _served() {
+    openssl s_client -connect "127.0.0.1:$port" -servername localhost </dev/null 2>/dev/null |
+      openssl x509 -noout -fingerprint -sha256 2>/dev/null
+  }
+  for _ in $(seq 1 50); do
+    served="$(_served)"
+    [[ -n "$served" ]] && break
+    sleep 0.1
+  done
+  [[ "$served" == "$a" ]] || { log "nginx does not serve the first certificate ($served)"; rc=1; }
+  hook="$d/deploy-hook.sh"
+  scripts/setup-ssl.sh --write-hook "$hook" --cert-dir "$d/certs" \
+    --reload-cmd "nginx -e stderr -p '$d/' -c '$d/nginx.conf' -s reload" localhost 2>/dev/null
+  RENEWED_LINEAGE="$d/lineage" "$hook" || { log "the deploy hook failed"; rc=1; }
+  for _ in $(seq 1 50); do
+    served="$(_served)"
+    [[ "$served" == "$b" ]] && break
+    sleep 0.1
+  done
+  if [[ "$served" == "$b" ]]; then
+    log "  ok: after the hook nginx serves the renewed certificate (no restart)"
+  else
+    log "  FAILED: after the hook nginx still serves $served, not $b"
+    rc=1
+  fi
+  [[ "$(stat -c %a "$d/certs/privkey.pem")" == 600 ]] || { log "  FAILED: privkey.pem is not 0600"; rc=1; }
+  scripts/setup-ssl.sh --write-hook "$d/failing-hook.sh" --cert-dir "$d/certs" --reload-cmd false localhost 2>/dev/null
+  if RENEWED_LINEAGE="$d/lineage" "$d/failing-hook.sh" 2>/dev/null; then
+    log "  FAILED: a hook whose nginx reload fails exits 0"
+    rc=1
+  else
+    log "  ok: a failed reload fails the hook"
+  fi
+  kill "${BG_PIDS[@]}" 2>/dev/null || true
+  wait "${BG_PIDS[@]}" 2>/dev/null || true
+  BG_PIDS=()
+  [[ $rc -eq 0 ]] || cat "$d/nginx.log" >&2
   return $rc
 }
 
@@ -653,8 +844,10 @@ check "workflows (actionlint + schema)" check_workflows
 check "shell (shellcheck)" check_shell
 check "yaml (yamllint)" check_yaml
 check "prometheus (promtool)" check_prometheus
+check "alertmanager (amtool, a real alert to a webhook)" check_alertmanager
 check "nginx (nginx -t)" check_nginx
 check "nginx behaviour (redirect, headers, WebSocket, rate limit)" check_nginx_behaviour
+check "TLS renewal hook (installs, reloads a real nginx)" check_tls_renewal
 check "grafana dashboard" check_grafana
 check "docker compose" check_compose
 check "operations scripts" check_scripts

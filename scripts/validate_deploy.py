@@ -704,6 +704,7 @@ def check_compose(path):
     check_compose_profiles(svcs)
     check_compose_sentinel(svcs)
     check_compose_budget(svcs)
+    check_compose_safe_defaults(doc, base)
     nginx_conf = open(os.path.join(base, "nginx", "nginx.conf")).read()
     for g in ("gateway-1:8000", "gateway-2:8000"):
         check(g in nginx_conf, f"nginx upstream lacks {g}")
@@ -712,6 +713,112 @@ def check_compose(path):
     for t in ["gateway-1:8000", "gateway-2:8000"] + [f"{b}:9090" for b in BACKENDS]:
         check(t in targets, f"prometheus does not scrape {t}")
     finish(f"compose wiring ({len(svcs)} services)")
+
+
+# Who may receive each secret in compose (UniLink services; migrate-* count
+# as their service): SECRET_KEY peppers login codes in auth, EVENT_SEAL_KEYS
+# seals them for notification, only notification sends mail, only signaling
+# mints TURN credentials. Other containers (coturn, alertmanager) are checked
+# by their own sections.
+COMPOSE_SECRET_USERS = {
+    "SECRET_KEY": {"auth"},
+    "EVENT_SEAL_KEYS": {"auth", "notification"},
+    "SMTP_PASSWORD": {"notification"},
+    "SMTP_USER": {"notification"},
+    "TURN_SECRET": {"signaling"},
+}
+COMPOSE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?([-?])([^}]*))?\}")
+
+
+def compose_var_default(value):
+    """The value compose gives `${VAR:-default}` when VAR is unset (None if required or unset)."""
+    m = COMPOSE_VAR.fullmatch(str(value))
+    if not m:
+        return str(value)
+    return m.group(3) if m.group(2) == "-" else None
+
+
+def check_compose_safe_defaults(doc, base):
+    """Compose runs as production unless told otherwise, with what production
+    needs, and each secret only where it is used."""
+    svcs = doc["services"]
+    text = open(os.path.join(base, "docker-compose.yml")).read()
+    for name, s in svcs.items():
+        svc = compose_service(name)
+        env = s.get("environment", {})
+        if svc not in SERVICES:
+            continue
+        where = f"compose {name}"
+        check(compose_var_default(env.get("ENVIRONMENT", "")) == "production",
+              f"{where}: ENVIRONMENT does not default to production ({env.get('ENVIRONMENT')!r})")
+        check(compose_var_default(env.get("ALGORITHM", "EdDSA")) == "EdDSA", f"{where}: ALGORITHM does not default to EdDSA")
+        check(compose_var_default(env.get("JWT_ALLOW_HS256", "false")) in ("false", None),
+              f"{where}: JWT_ALLOW_HS256 defaults to true")
+        smtp = str(env.get("SMTP_SERVER", ""))
+        check(COMPOSE_VAR.fullmatch(smtp) and COMPOSE_VAR.fullmatch(smtp).group(2) == "?",
+              f"{where}: SMTP_SERVER is not required (production refuses to start without it)")
+        # Production refuses plaintext to a store on the network unless told.
+        for url_var, flag in (("DATABASE_URL", "DATABASE_ALLOW_PLAINTEXT"), ("REDIS_URL", "REDIS_ALLOW_PLAINTEXT")):
+            url = str(env.get(url_var, ""))
+            if not url or "sslmode=require" in url or "sslmode=verify" in url or url.startswith("rediss://"):
+                continue
+            check(compose_var_default(env.get(flag, "false")) == "true",
+                  f"{where}: {url_var} is plaintext on compose's network but {flag} does not default to true "
+                  "(production would refuse to start)")
+        for var, users in COMPOSE_SECRET_USERS.items():
+            if svc in users and not name.startswith("migrate-"):
+                check(var in env, f"{where}: lacks {var}")
+            else:
+                check(var not in env, f"{where}: must not receive {var} (only {', '.join(sorted(users))})")
+        secrets = [x if isinstance(x, str) else x.get("source") for x in s.get("secrets", [])]
+        if name == "auth":
+            for var, secret in (("JWT_PRIVATE_KEY_FILE", "jwt_private_key"), ("JWT_PUBLIC_KEY_FILE", "jwt_public_key")):
+                check(env.get(var) == f"/run/secrets/{secret}" and secret in secrets,
+                      f"{where}: {var} is not the mounted secret {secret}")
+        else:
+            check(not {"jwt_private_key", "jwt_public_key"} & set(secrets), f"{where}: only auth may mount the signing keys")
+    check(doc.get("secrets", {}).get("jwt_private_key", {}).get("file", "").startswith("./secrets/"),
+          "compose secret jwt_private_key does not come from deploy/secrets/")
+    # deploy/.env.example assigns every variable compose requires, and no
+    # required secret there is anything but a placeholder or empty.
+    example = {}
+    for line in open(os.path.join(base, ".env.example")):
+        m = re.match(r"([A-Z_][A-Z0-9_]*)=(.*)$", line.strip())
+        if m:
+            example[m.group(1)] = m.group(2)
+    required = sorted({m.group(1) for m in COMPOSE_VAR.finditer(text) if m.group(2) == "?"})
+    for var in required:
+        check(var in example, f"deploy/.env.example does not assign {var}, which compose requires")
+    check(example.get("ENVIRONMENT", "production") == "production", "deploy/.env.example: ENVIRONMENT is not production")
+    # Alertmanager: Prometheus sends to it, and it gets every variable its
+    # template uses.
+    am = svcs.get("alertmanager")
+    if check(am is not None, "compose: no alertmanager service"):
+        mounts = [v.split(":")[:2] for v in am.get("volumes", []) if isinstance(v, str)]
+        check(["./alertmanager", "/etc/alertmanager"] in mounts, "alertmanager: deploy/alertmanager not mounted at /etc/alertmanager")
+        check(am.get("entrypoint", [None])[-1] == "/etc/alertmanager/entrypoint.sh",
+              "alertmanager: not started through deploy/alertmanager/entrypoint.sh (the template would not be rendered)")
+        template = open(os.path.join(base, "alertmanager", "alertmanager.yml")).read()
+        used = {m.group(1) for m in COMPOSE_VAR.finditer(template)}
+        for var in sorted(used):
+            check(var in am.get("environment", {}), f"alertmanager: the template uses {var}, which the container does not get")
+            check(var in example, f"deploy/.env.example does not assign {var} (alertmanager)")
+    prom = yaml.safe_load(open(os.path.join(base, "prometheus", "prometheus.yml")))
+    am_targets = {t for a in prom.get("alerting", {}).get("alertmanagers", []) for sc in a.get("static_configs", [])
+                  for t in sc.get("targets", [])}
+    check("alertmanager:9093" in am_targets, "prometheus.yml does not send alerts to alertmanager:9093")
+    # setup-ssl.sh's default webroot is the volume nginx serves.
+    nginx = svcs.get("nginx", {})
+    webroot_mounts = [v for v in nginx.get("volumes", []) if isinstance(v, str) and v.split(":")[1] == "/var/www/certbot"]
+    ssl_script = open(os.path.join(ROOT, "scripts", "setup-ssl.sh")).read()
+    m = re.search(r'^webroot_volume="([^"]+)"', ssl_script, re.M)
+    if check(webroot_mounts and m, "nginx does not mount a volume at /var/www/certbot, or setup-ssl.sh names none"):
+        volume = webroot_mounts[0].split(":")[0]
+        check(m.group(1) == f"{doc.get('name')}_{volume}",
+              f"setup-ssl.sh writes the challenge into volume {m.group(1)}, nginx serves {doc.get('name')}_{volume}")
+    conf = open(os.path.join(base, "nginx", "conf.d", "unilink.conf")).read()
+    check(re.search(r"location /\.well-known/acme-challenge/ \{\s*root /var/www/certbot;", conf),
+          "nginx does not serve /var/www/certbot at /.well-known/acme-challenge/")
 
 
 def check_compose_profiles(svcs):
