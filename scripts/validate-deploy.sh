@@ -25,7 +25,10 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               (scripts/validate_deploy.py k8s: probes, security contexts,
               HPA/PDB per service, headless Services, NetworkPolicy call
               graph, migration Job, Ingress, datastore CA mounts, startup
-              probes that outlast the database wait); the PostgreSQL
+              probes that outlast the database wait; KEDA ScaledObjects
+              on the metric each service exports, with a scale-down that
+              does not flap, checked against k8s/schemas and by a
+              self-test of broken variants); the PostgreSQL
               connection budget of the production overlay against its
               declared max_connections (printed), and a self-test showing
               that check refuses over-budget variants
@@ -256,10 +259,14 @@ check_kubernetes() {
     log "$dir: $(grep -c '^kind:' "$out") objects rendered"
     kubernetes-validate --strict -k 1.30 --quiet "$out" || rc=1
     "$PYY" scripts/validate_deploy.py k8s "$out" "$flavour" || rc=1
+    # KEDA's ScaledObjects: kubernetes-validate has no schema for them.
+    "$PYY" scripts/validate_deploy.py crds "$out" || rc=1
   done
   # The budget check must be able to fail: over-budget variants of the
   # rendered production overlay are refused.
   "$PYY" scripts/validate_deploy.py budget-selftest "$WORK/k8s-production.yaml" || rc=1
+  # So must the autoscaling checks (wrong metric, flapping scale-down…).
+  "$PYY" scripts/validate_deploy.py autoscaling-selftest "$WORK/k8s-production.yaml" || rc=1
   kubernetes-validate --strict -k 1.30 --quiet k8s/base/secret.example.yaml || rc=1
   return $rc
 }

@@ -20,6 +20,12 @@ problem found.
                                wiring: one secret shared with signaling
   turn-selftest CONF COMPOSE PROD TURN
                                proves each turn check refuses a broken variant
+  crds FILE                    objects of CustomResourceDefinitions (KEDA's
+                               ScaledObject) against the schemas vendored in
+                               k8s/schemas/<group>/<kind>_<version>.json
+  autoscaling-selftest FILE    proves the autoscaling checks refuse broken
+                               variants of the rendered production overlay
+                               (wrong metric, no scale-down stabilization…)
 """
 import copy
 import json
@@ -211,6 +217,9 @@ def check_k8s(path, flavour):
 
     hpas = by_kind.get("HorizontalPodAutoscaler", {})
     for name in SERVICES:
+        if name in CONNECTION_METRICS:
+            # A KEDA ScaledObject (autoscaling_problems below).
+            continue
         hpa = hpas.get(name)
         if not check(hpa is not None, f"HPA {name} missing"):
             continue
@@ -220,8 +229,7 @@ def check_k8s(path, flavour):
         kinds = {(m["type"], (m.get("resource") or m.get("pods") or {}).get("name") or
                   (m.get("pods") or {}).get("metric", {}).get("name")) for m in s["metrics"]}
         check(("Resource", "cpu") in kinds, f"HPA {name}: no CPU metric")
-        if name in ("gateway", "signaling"):
-            check(("Pods", "websocket_connections") in kinds, f"HPA {name}: no websocket_connections Pods metric")
+    problems.extend(autoscaling_problems(docs))
 
     pdbs = by_kind.get("PodDisruptionBudget", {})
     for name in SERVICES:
@@ -414,10 +422,12 @@ def connection_budget(docs):
         if not any("DATABASE_URL" in env_map(c) for c in containers):
             continue
         hpa = hpas.get(name)
-        if hpa is None:
-            bad(f"connection budget: Deployment {name} has no HPA, so no bound on its replicas")
+        scaled = by_kind.get("ScaledObject", {}).get(name)
+        if hpa is None and scaled is None:
+            bad(f"connection budget: Deployment {name} has no HPA or ScaledObject, so no bound on its replicas")
             continue
-        max_replicas = hpa["spec"]["maxReplicas"]
+        # KEDA's default maxReplicaCount is 100.
+        max_replicas = hpa["spec"]["maxReplicas"] if hpa else scaled["spec"].get("maxReplicaCount", 100)
         strategy = dep["spec"].get("strategy", {})
         surge = 0
         if strategy.get("type", "RollingUpdate") == "RollingUpdate":
@@ -569,6 +579,264 @@ def budget_selftest(path):
     if failures:
         sys.exit(f"budget self-test: {failures} case(s) not as expected")
     print(f"budget self-test: the check refuses every over-budget variant ({len(cases) + 1} cases)")
+
+
+# ---------------------------------------------------------- autoscaling --
+# Connection-based autoscaling: KEDA ScaledObjects with the Prometheus
+# scaler. The gauge each service scales on, and where its code exports it.
+CONNECTION_METRICS = {
+    "gateway": ("websocket_connections", "services/gateway/src"),
+    "signaling": ("signaling_streams", "services/signaling/src"),
+}
+# Where Prometheus runs: k8s/base/networkpolicies.yaml lets it scrape from there.
+PROMETHEUS_NAMESPACE = "monitoring"
+# Scale-down looks back this long at least (the HPA's own default is 300 s).
+MIN_SCALE_DOWN_WINDOW = 300
+# Each scale-down policy removes at most this many pods or percent per minute or more.
+MAX_SCALE_DOWN_PODS, MAX_SCALE_DOWN_PERCENT = 2, 25
+SCHEMA_DIR = os.path.join(ROOT, "k8s", "schemas")
+METRIC_MACRO = re.compile(r'metrics::(?:gauge|counter|histogram)!\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"')
+# A metric name directly followed by its label selector, in PromQL.
+PROMQL_SELECTOR = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}')
+
+
+def exported_metrics(src_dir):
+    """Metric names the Rust sources under src_dir record (metrics::gauge!("…") etc.)."""
+    names = set()
+    for base, _, files in os.walk(os.path.join(ROOT, src_dir)):
+        for f in files:
+            if f.endswith(".rs"):
+                names |= set(METRIC_MACRO.findall(open(os.path.join(base, f)).read()))
+    return names
+
+
+def autoscaling_problems(docs):
+    """What is wrong with the connection-based autoscaling of the rendered
+    manifests: one ScaledObject per service in CONNECTION_METRICS, on the
+    gauge that service exports, CPU too, no second autoscaler, and a
+    scale-down that does not flap."""
+    out = []
+    bad = out.append
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    hpas = by_kind.get("HorizontalPodAutoscaler", {})
+    for name, (metric, src) in CONNECTION_METRICS.items():
+        exported = exported_metrics(src)
+        if metric not in exported:
+            bad(f"{src} no longer exports {metric}: the autoscaling of {name} would see nothing")
+        for hpa_name, hpa in hpas.items():
+            if hpa["spec"].get("scaleTargetRef", {}).get("name") == name:
+                bad(f"HPA {hpa_name} scales Deployment {name} next to its ScaledObject: two autoscalers fight "
+                    "(KEDA renders the HPA itself)")
+        so = by_kind.get("ScaledObject", {}).get(name)
+        where = f"ScaledObject {name}"
+        if so is None:
+            bad(f"{where} missing: {name} must scale on open connections ({metric})")
+            continue
+        s = so.get("spec", {})
+        target = s.get("scaleTargetRef", {})
+        if (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment"), target.get("name")) != \
+                ("apps/v1", "Deployment", name):
+            bad(f"{where}: scaleTargetRef {target} is not Deployment {name}")
+        low, high = s.get("minReplicaCount", 0), s.get("maxReplicaCount")
+        if low < 2:
+            bad(f"{where}: minReplicaCount {low} < 2 (the PDB would block drains)")
+        if high is None or high < low:
+            bad(f"{where}: maxReplicaCount {high} (unset means KEDA's 100; the connection budget needs a bound)")
+        hpa_config = s.get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
+        if so["metadata"].get("annotations", {}).get("scaledobject.keda.sh/transfer-hpa-ownership") != "true" \
+                or hpa_config.get("name") != name:
+            bad(f"{where}: KEDA must adopt the HPA {name} earlier releases applied "
+                "(annotation scaledobject.keda.sh/transfer-hpa-ownership and horizontalPodAutoscalerConfig.name)")
+        fallback = s.get("fallback")
+        if fallback is not None and fallback.get("behavior") != "currentReplicasIfHigher":
+            bad(f"{where}: a fallback replaces the CPU-based count while Prometheus fails (kedacore/keda#6659); "
+                "leave it out or use behavior currentReplicasIfHigher")
+        triggers = s.get("triggers", [])
+        if not any(t.get("type") == "cpu" and t.get("metricType") == "Utilization" for t in triggers):
+            bad(f"{where}: no cpu trigger (metricType Utilization)")
+        prom = [t for t in triggers if t.get("type") == "prometheus"]
+        if len(prom) != 1:
+            bad(f"{where}: {len(prom)} prometheus triggers, expected one on {metric}")
+        for t in prom:
+            md = t.get("metadata", {})
+            query = md.get("query", "")
+            selectors = PROMQL_SELECTOR.findall(query)
+            used = {m for m, _ in selectors}
+            if used != {metric}:
+                bad(f"{where}: the query reads {sorted(used) or 'no metric'}, not {metric} ({name} exports "
+                    f"{metric}): {query!r}")
+            for m in used - exported:
+                bad(f"{where}: {src} exports no metric {m}")
+            namespace = so["metadata"].get("namespace")
+            for m, labels in selectors:
+                ns = re.search(r'\bnamespace\s*=\s*"([^"]*)"', labels)
+                if ns is None:
+                    bad(f"{where}: {m} is not limited to one namespace: another environment's pods would count")
+                elif namespace is not None and ns.group(1) != namespace:
+                    bad(f"{where}: the query counts namespace {ns.group(1)!r}, the object is in {namespace!r}")
+            if t.get("metricType", "AverageValue") != "AverageValue":
+                bad(f"{where}: metricType {t.get('metricType')} (AverageValue: the total over the replica count)")
+            try:
+                if float(md.get("threshold", "0")) <= 0:
+                    raise ValueError
+            except ValueError:
+                bad(f"{where}: threshold {md.get('threshold')!r} is not a positive number")
+            if md.get("ignoreNullValues") != "false":
+                bad(f"{where}: ignoreNullValues must be \"false\": a lost scrape target would read as zero "
+                    "connections and scale the fleet down")
+            host = (re.match(r"https?://([^/:]+)", md.get("serverAddress", "")) or [None, ""])[1]
+            if host.split(".")[1:2] != [PROMETHEUS_NAMESPACE]:
+                bad(f"{where}: serverAddress {md.get('serverAddress')!r} is not a Service in namespace "
+                    f"{PROMETHEUS_NAMESPACE} (where the NetworkPolicies let Prometheus scrape from)")
+        down = hpa_config.get("behavior", {}).get("scaleDown")
+        if down is None:
+            bad(f"{where}: no scaleDown behaviour (stabilization window and policies)")
+            continue
+        window = down.get("stabilizationWindowSeconds")
+        if window is None or window < MIN_SCALE_DOWN_WINDOW:
+            bad(f"{where}: scaleDown stabilizationWindowSeconds {window} < {MIN_SCALE_DOWN_WINDOW}: "
+                "the count would follow every dip, and each removal drains sockets")
+        if down.get("selectPolicy") == "Disabled":
+            bad(f"{where}: scale-down disabled")
+        policies = down.get("policies", [])
+        if not policies:
+            bad(f"{where}: no scaleDown policies (the default removes every pod above the minimum in 15 s)")
+        for p in policies:
+            gentle = p.get("periodSeconds", 0) >= 60 and (
+                (p.get("type") == "Pods" and p.get("value", 0) <= MAX_SCALE_DOWN_PODS) or
+                (p.get("type") == "Percent" and p.get("value", 0) <= MAX_SCALE_DOWN_PERCENT))
+            if not gentle:
+                bad(f"{where}: scaleDown policy {p} removes more than {MAX_SCALE_DOWN_PODS} pods or "
+                    f"{MAX_SCALE_DOWN_PERCENT}% per minute or more")
+    return out
+
+
+def schema_for(doc):
+    """The vendored JSON schema of an object of a CustomResourceDefinition, if any."""
+    group, _, version = doc.get("apiVersion", "").rpartition("/")
+    path = os.path.join(SCHEMA_DIR, group, f"{doc.get('kind', '').lower()}_{version}.json")
+    return path if group and os.path.exists(path) else None
+
+
+def crd_schema_problems(docs):
+    """Every keda.sh object against its vendored schema (check-jsonschema);
+    kubernetes-validate only warns about kinds it has no schema for."""
+    out, by_schema = [], {}
+    for d in docs:
+        schema = schema_for(d)
+        if schema is not None:
+            by_schema.setdefault(schema, []).append(d)
+        elif d.get("apiVersion", "").startswith("keda.sh/"):
+            out.append(f"{d['kind']} {d['metadata']['name']}: no schema for {d['apiVersion']} in k8s/schemas")
+    with tempfile.TemporaryDirectory() as tmp:
+        for schema, objs in sorted(by_schema.items()):
+            files = []
+            for i, d in enumerate(objs):
+                files.append(os.path.join(tmp, f"{d['kind']}-{d['metadata']['name']}-{i}.json"))
+                with open(files[-1], "w") as f:
+                    json.dump(d, f)
+            run = subprocess.run(["check-jsonschema", "--schemafile", schema, *files], capture_output=True, text=True)
+            if run.returncode != 0:
+                out.append(f"{os.path.relpath(schema, ROOT)}: {(run.stdout + run.stderr).strip()}")
+    return out, sum(len(o) for o in by_schema.values())
+
+
+def check_crds(path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    found, count = crd_schema_problems(docs)
+    problems.extend(found)
+    finish(f"vendored CRD schemas ({count} objects)")
+
+
+def autoscaling_selftest(path):
+    """Shows the autoscaling checks can fail: broken variants of the rendered
+    production overlay must be refused, the overlay itself accepted, and the
+    real `k8s` command must exit 1 on the signaling metric the old HPA named."""
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+
+    def find(ds, name):
+        return next(d for d in ds if d["kind"] == "ScaledObject" and d["metadata"]["name"] == name)
+
+    def prom(ds, name):
+        return next(t for t in find(ds, name)["spec"]["triggers"] if t["type"] == "prometheus")["metadata"]
+
+    def down(ds, name):
+        return find(ds, name)["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+
+    def variant(edit):
+        ds = copy.deepcopy(docs)
+        edit(ds)
+        return ds
+
+    def metric(name, old, new):
+        return lambda ds: prom(ds, name).update(query=prom(ds, name)["query"].replace(old, new))
+
+    def plain_hpa(ds):
+        ds.append({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                   "metadata": {"name": "gateway-extra", "namespace": "unilink"},
+                   "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"},
+                            "minReplicas": 2, "maxReplicas": 5, "metrics": []}})
+
+    def misspelt(ds):
+        d = down(ds, "gateway")
+        d["stabilisationWindowSeconds"] = d.pop("stabilizationWindowSeconds")
+
+    cases = [
+        ("the rendered overlay", lambda ds: None, True, autoscaling_problems),
+        ("signaling scaled on websocket_connections (the old HPA's name)",
+         metric("signaling", "signaling_streams", "websocket_connections"), False, autoscaling_problems),
+        ("gateway scaled on a metric it does not export",
+         metric("gateway", "websocket_connections", "websocket_connection"), False, autoscaling_problems),
+        ("gateway query over every namespace",
+         metric("gateway", 'namespace="unilink"', 'pod=~"gateway-.*"'), False, autoscaling_problems),
+        ("no scaleDown stabilization window", lambda ds: down(ds, "gateway").pop("stabilizationWindowSeconds"),
+         False, autoscaling_problems),
+        ("scaleDown stabilization window 60 s",
+         lambda ds: down(ds, "signaling").update(stabilizationWindowSeconds=60), False, autoscaling_problems),
+        ("scaleDown policy of 10 pods a minute",
+         lambda ds: down(ds, "gateway").update(policies=[{"type": "Pods", "value": 10, "periodSeconds": 60}]),
+         False, autoscaling_problems),
+        ("no scaleDown behaviour",
+         lambda ds: find(ds, "signaling")["spec"]["advanced"]["horizontalPodAutoscalerConfig"].pop("behavior"),
+         False, autoscaling_problems),
+        ("ignoreNullValues left to its default (true)", lambda ds: prom(ds, "gateway").pop("ignoreNullValues"),
+         False, autoscaling_problems),
+        ("a static fallback", lambda ds: find(ds, "gateway")["spec"].update(fallback={"failureThreshold": 3,
+                                                                                   "replicas": 3}),
+         False, autoscaling_problems),
+        ("a plain HPA on the gateway as well", plain_hpa, False, autoscaling_problems),
+        ("no ScaledObject for signaling",
+         lambda ds: ds.remove(find(ds, "signaling")), False, autoscaling_problems),
+        ("a misspelt stabilisationWindowSeconds (schema)", misspelt, False, lambda ds: crd_schema_problems(ds)[0]),
+        ("threshold as a number (schema: metadata values are strings)",
+         lambda ds: prom(ds, "gateway").update(threshold=1000), False, lambda ds: crd_schema_problems(ds)[0]),
+    ]
+    failures = 0
+    for what, edit, should_pass, checker in cases:
+        found = checker(variant(edit))
+        good = (not found) == should_pass
+        failures += not good
+        # One line: the schema's message without the temporary file's path.
+        one_line = re.sub(r"\s+", " ", re.sub(r"\S*/tmp\S*::", "", found[0])) if found else ""
+        detail = f" ({one_line[:200]})" if found else ""
+        print(f"  {'ok' if good else 'WRONG'}: {what}: {'accepted' if not found else 'refused'}{detail}")
+    # End to end: the k8s command itself exits 1 on the old signaling metric.
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(variant(metric("signaling", "signaling_streams", "websocket_connections")), f)
+    try:
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "k8s", f.name, "production"],
+                             capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    e2e = run.returncode == 1 and "signaling_streams" in run.stderr
+    failures += not e2e
+    print(f"  {'ok' if e2e else 'WRONG'}: `validate_deploy.py k8s` with signaling on websocket_connections "
+          f"exits {run.returncode}")
+    if failures:
+        sys.exit(f"autoscaling self-test: {failures} case(s) not as expected")
+    print(f"autoscaling self-test: every broken variant refused ({len(cases) + 1} cases)")
 
 
 # --------------------------------------------------------------- alerts --
@@ -1245,6 +1513,10 @@ def main(argv):
         check_turn(*args)
     elif cmd == "turn-selftest" and len(args) == 4:
         turn_selftest(*args)
+    elif cmd == "crds" and len(args) == 1:
+        check_crds(*args)
+    elif cmd == "autoscaling-selftest" and len(args) == 1:
+        autoscaling_selftest(*args)
     else:
         print(__doc__, file=sys.stderr)
         return 2
