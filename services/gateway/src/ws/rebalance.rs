@@ -46,7 +46,10 @@ const LOAD_KEY: &str = "gateway:load";
 /// A replica's count is dropped when it was not written for this many intervals.
 const LAPSE_INTERVALS: u32 = 3;
 /// How long after a move the others' counts must have been written before
-/// this replica acts again (at most; an interval when that is shorter).
+/// this replica acts again: the clients it asked reconnect within this (the
+/// web client waits 500 ms, then one handshake). A client slower than that
+/// is missing from the average for a round, which can move a few sockets
+/// too many, never more than a round's bound.
 const SETTLE: Duration = Duration::from_secs(2);
 
 /// KEYS[1] the hash; ARGV replica id, its count, lapse (ms). Writes the
@@ -251,7 +254,7 @@ impl Rebalancer {
         if interval.is_zero() {
             return;
         }
-        let settle = u64::try_from(SETTLE.min(interval).as_millis()).unwrap_or(u64::MAX);
+        let settle = u64::try_from(SETTLE.as_millis()).unwrap_or(u64::MAX);
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Redis's time of the last move.
