@@ -31,7 +31,12 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               self-test of broken variants); the PostgreSQL
               connection budget of the production overlay against its
               declared max_connections (printed), and a self-test showing
-              that check refuses over-budget variants
+              that check refuses over-budget variants; the
+              prometheus-operator resources of k8s/monitoring (PrometheusRule
+              generated from and equal to deploy/prometheus/alerts.yml,
+              ServiceMonitor on every service, vendored schemas in
+              k8s/schemas/monitoring.coreos.com) and their self-test; each
+              workload's keys of unilink-secrets against an allowlist
   docker      hadolint --failure-threshold warning deploy/Dockerfile deploy/coturn/Dockerfile
   workflows   actionlint, check-jsonschema (github-workflows schema)
   shell       shellcheck scripts/*.sh scripts/lib/*.sh deploy/*.sh deploy/coturn/*.sh
@@ -267,6 +272,11 @@ check_kubernetes() {
   "$PYY" scripts/validate_deploy.py budget-selftest "$WORK/k8s-production.yaml" || rc=1
   # So must the autoscaling checks (wrong metric, flapping scale-down…).
   "$PYY" scripts/validate_deploy.py autoscaling-selftest "$WORK/k8s-production.yaml" || rc=1
+  # prometheus-operator resources: the PrometheusRule equals alerts.yml,
+  # the ServiceMonitor scrapes every service, both against k8s/schemas.
+  "$PYY" scripts/validate_deploy.py monitoring "$WORK/k8s-production.yaml" deploy/prometheus/alerts.yml || rc=1
+  # Each workload gets only the keys of unilink-secrets it uses.
+  "$PYY" scripts/validate_deploy.py secrets "$WORK/k8s-production.yaml" || rc=1
   kubernetes-validate --strict -k 1.30 --quiet k8s/base/secret.example.yaml || rc=1
   return $rc
 }

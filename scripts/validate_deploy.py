@@ -14,6 +14,13 @@ problem found.
   grafana DASHBOARD OUT_RULES  dashboard shape; writes its PromQL as a rule
                                file for `promtool check rules`
   compose FILE                 docker-compose.yml wiring
+  prometheusrule RULES OUT     writes the PrometheusRule of RULES (alerts.yml)
+                               to OUT (k8s/monitoring/prometheusrule.yaml)
+  monitoring FILE RULES        rendered production overlay: PrometheusRule
+                               equal to RULES, ServiceMonitor on every
+                               service, both against k8s/schemas; self-test
+  secrets FILE                 rendered overlay: each workload gets only the
+                               keys of unilink-secrets it uses; self-test
   turn CONF COMPOSE PROD TURN  coturn: the shipped turnserver.conf (denied
                                peers, relay range, options), compose's and
                                the rendered k8s (production overlay, k8s/turn)
@@ -857,12 +864,32 @@ REQUIRED_ALERTS = {
 }
 
 
+def exported_metric_names():
+    """Names passed to metrics::counter!/gauge!/histogram! anywhere in crates/ and services/."""
+    names = set()
+    for top in ("crates", "services"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            if "/target" in dirpath or "/tests" in dirpath:
+                continue
+            for f in files:
+                if f.endswith(".rs"):
+                    text = open(os.path.join(dirpath, f)).read()
+                    names |= set(re.findall(r'(?:counter|gauge|histogram)!\(\s*"([a-z_:][a-z0-9_:]*)"', text))
+    return names
+
+
 def check_alerts(rules_path, tests_path):
     rules = yaml.safe_load(open(rules_path))
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    exported = exported_metric_names()
     for name, metric in REQUIRED_ALERTS.items():
         if check(name in alerts, f"alert {name} missing"):
             check(metric in alerts[name], f"alert {name} does not use {metric}")
+        # Our own metrics must be what the code exports (a renamed metric
+        # leaves an alert that can never fire).
+        if not metric.startswith(("node_", "kube_")):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            check(base in exported, f"alert {name}: no code exports {base} (metrics::counter!/gauge!/histogram!)")
     tests = yaml.safe_load(open(tests_path))
     fires, silent = set(), set()
     for t in tests["tests"]:
@@ -1494,6 +1521,247 @@ def turn_selftest(conf_path, compose_path, prod_path, turn_path):
     print(f"turn self-test: every broken variant refused ({len(cases) - 1} variants)")
 
 
+# ----------------------------------------------------------- monitoring --
+# prometheus-operator resources next to the plain rule files: the
+# PrometheusRule is generated from deploy/prometheus/alerts.yml (never edited
+# by hand) and must stay equal to it; the ServiceMonitor scrapes every
+# service's metrics port.
+MONITORING_DIR = os.path.join(ROOT, "k8s", "monitoring")
+PROMETHEUS_RULE_FILE = os.path.join(MONITORING_DIR, "prometheusrule.yaml")
+MONITORING_SCHEMAS = os.path.join(ROOT, "k8s", "schemas", "monitoring.coreos.com")
+
+
+def prometheus_rule(rules_path):
+    """The PrometheusRule object carrying the groups of RULES."""
+    groups = yaml.safe_load(open(rules_path))["groups"]
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "unilink", "labels": {"app.kubernetes.io/part-of": "unilink",
+                                                   "app.kubernetes.io/component": "alerts"}},
+        "spec": {"groups": groups},
+    }
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    pass
+
+
+_LiteralDumper.add_representer(
+    str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+
+
+def write_prometheus_rule(rules_path, out_path):
+    """validate_deploy.py prometheusrule: regenerate k8s/monitoring/prometheusrule.yaml."""
+    rel = os.path.relpath(os.path.abspath(rules_path), ROOT)
+    with open(out_path, "w") as f:
+        f.write(f"# GENERATED from {rel}: do not edit. Regenerate with\n"
+                f"#   scripts/validate_deploy.py prometheusrule {rel} {os.path.relpath(os.path.abspath(out_path), ROOT)}\n"
+                "# scripts/validate-deploy.sh fails when the two differ.\n---\n")
+        yaml.dump(prometheus_rule(rules_path), f, Dumper=_LiteralDumper, sort_keys=False, width=120)
+    print(f"wrote {out_path}")
+
+
+def selector_matches(selector, labels):
+    for k, v in selector.get("matchLabels", {}).items():
+        if labels.get(k) != v:
+            return False
+    for ex in selector.get("matchExpressions", []):
+        value, op = labels.get(ex["key"]), ex["operator"]
+        if (op == "In" and value not in ex.get("values", [])) or (op == "NotIn" and value in ex.get("values", [])) \
+                or (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+            return False
+    return True
+
+
+def schema_problems(objs, schema_dir):
+    """Objects of monitoring.coreos.com against the vendored schemas (check-jsonschema)."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, d in enumerate(objs):
+            version = d["apiVersion"].rpartition("/")[2]
+            schema = os.path.join(schema_dir, f"{d['kind'].lower()}_{version}.json")
+            if not os.path.exists(schema):
+                out.append(f"{d['kind']} {d['metadata']['name']}: no vendored schema {os.path.relpath(schema, ROOT)}")
+                continue
+            f = os.path.join(tmp, f"{i}.json")
+            with open(f, "w") as fh:
+                json.dump(d, fh)
+            run = subprocess.run(["check-jsonschema", "--schemafile", schema, f], capture_output=True, text=True)
+            if run.returncode != 0:
+                text = re.sub(r"\s+", " ", (run.stdout + run.stderr).replace(f, "")).strip()
+                out.append(f"{d['kind']} {d['metadata']['name']}: schema: {text[:300]}")
+    return out
+
+
+def monitoring_problems(docs, rules_path):
+    out = []
+    bad = out.append
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    rules = by_kind.get("PrometheusRule", {})
+    if len(rules) != 1:
+        bad(f"expected one PrometheusRule, found {sorted(rules)}")
+    for name, rule in rules.items():
+        want = prometheus_rule(rules_path)["spec"]
+        if rule.get("spec") != want:
+            have = {r.get("alert") or r.get("record") for g in rule.get("spec", {}).get("groups", []) for r in g["rules"]}
+            wanted = {r.get("alert") or r.get("record") for g in want["groups"] for r in g["rules"]}
+            bad(f"PrometheusRule {name} differs from {os.path.relpath(rules_path, ROOT)} (missing "
+                f"{sorted(wanted - have)}, extra {sorted(have - wanted)}; regenerate it: "
+                f"scripts/validate_deploy.py prometheusrule deploy/prometheus/alerts.yml k8s/monitoring/prometheusrule.yaml)")
+    monitors = by_kind.get("ServiceMonitor", {})
+    if len(monitors) != 1:
+        bad(f"expected one ServiceMonitor, found {sorted(monitors)}")
+    services = by_kind.get("Service", {})
+    for name, sm in monitors.items():
+        spec = sm.get("spec", {})
+        ns = spec.get("namespaceSelector", {})
+        for svc_name in SERVICES:
+            svc = services.get(svc_name)
+            if svc is None:
+                bad(f"Service {svc_name} not rendered")
+                continue
+            labels = svc["metadata"].get("labels", {})
+            if not selector_matches(spec.get("selector", {}), labels):
+                bad(f"ServiceMonitor {name} does not select Service {svc_name}")
+                continue
+            if ns and not ns.get("any") and svc["metadata"].get("namespace") not in ns.get("matchNames", []):
+                bad(f"ServiceMonitor {name}: namespaceSelector misses Service {svc_name}'s namespace")
+            port_names = {p.get("name") for p in svc["spec"].get("ports", [])}
+            eps = [e for e in spec.get("endpoints", []) if e.get("port") in port_names]
+            if not eps:
+                bad(f"ServiceMonitor {name}: no endpoint on a port of Service {svc_name} ({sorted(port_names)})")
+            for e in eps:
+                if e.get("path", "/metrics") != "/metrics":
+                    bad(f"ServiceMonitor {name}: scrapes {e.get('path')} on {svc_name}, not /metrics")
+                port = next(p for p in svc["spec"]["ports"] if p.get("name") == e["port"])
+                if port["port"] not in (8000, 9090):
+                    bad(f"ServiceMonitor {name}: port {e['port']} of {svc_name} is {port['port']}, not a metrics port")
+        # `job` must stay the service name: the alerts and the dashboard say job="auth", ….
+        if spec.get("jobLabel") not in (None, "app.kubernetes.io/name"):
+            bad(f"ServiceMonitor {name}: jobLabel {spec.get('jobLabel')} would rename the job label the alerts use")
+    out.extend(schema_problems(list(rules.values()) + list(monitors.values()), MONITORING_SCHEMAS))
+    return out
+
+
+def check_monitoring(rendered_path, rules_path):
+    """The rendered production overlay's prometheus-operator resources, then a
+    self-test: broken variants must be refused."""
+    docs = [d for d in yaml.safe_load_all(open(rendered_path)) if d]
+    problems.extend(monitoring_problems(docs, rules_path))
+    if problems:
+        finish("monitoring (PrometheusRule, ServiceMonitor)")
+
+    def find(ds, kind):
+        return next(d for d in ds if d["kind"] == kind)
+
+    def drop_alert(ds):
+        find(ds, "PrometheusRule")["spec"]["groups"][-1]["rules"].pop()
+
+    def edit_expr(ds):
+        r = find(ds, "PrometheusRule")["spec"]["groups"][0]["rules"][0]
+        r["expr"] = r["expr"].replace("0.05", "0.5")
+
+    def wrong_port(ds):
+        find(ds, "ServiceMonitor")["spec"]["endpoints"] = [{"port": "grpc", "path": "/metrics"}]
+
+    def narrow(ds):
+        sel = find(ds, "ServiceMonitor")["spec"]["selector"]
+        sel.setdefault("matchLabels", {})["app.kubernetes.io/name"] = "gateway"
+
+    def unknown_field(ds):
+        find(ds, "ServiceMonitor")["spec"]["endpoints"][0]["intervall"] = "15s"
+
+    def bad_duration(ds):
+        find(ds, "PrometheusRule")["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
+
+    def whole(ds):
+        return monitoring_problems(ds, rules_path)
+
+    def schema_only(ds):
+        return schema_problems([d for d in ds if d["kind"] in ("PrometheusRule", "ServiceMonitor")], MONITORING_SCHEMAS)
+
+    cases = [("an alert missing from the PrometheusRule", drop_alert, whole),
+             ("an edited expression", edit_expr, whole),
+             ("scraping the gRPC port", wrong_port, whole),
+             ("a selector that misses the backends", narrow, whole),
+             ("a misspelt endpoint field (schema)", unknown_field, schema_only),
+             ("a duration Prometheus cannot parse (schema)", bad_duration, schema_only)]
+    wrong = 0
+    for what, edit, checker in cases:
+        ds = copy.deepcopy(docs)
+        edit(ds)
+        found = checker(ds)
+        wrong += not found
+        print(f"  {'ok' if found else 'WRONG'}: {what}: {'refused (' + found[0][:150] + ')' if found else 'accepted'}")
+    check(wrong == 0, f"monitoring self-test: {wrong} broken variant(s) accepted")
+    finish(f"monitoring (PrometheusRule = alerts.yml, ServiceMonitor on {len(SERVICES)} services; "
+           f"{len(cases)} broken variants refused)")
+
+
+# -------------------------------------------------------------- secrets --
+# Which keys of Secret unilink-secrets each workload may receive: what its
+# code uses. The gateway keeps DATABASE_URL for its /health database ping
+# (a pool of 2, `SELECT 1`; README "Operating in production").
+SECRET_KEYS_ALLOWED = {
+    "gateway": {"DATABASE_URL", "REDIS_URL", "SENTRY_DSN"},
+    "auth": {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "SENTRY_DSN", "SECRET_KEY", "EVENT_SEAL_KEYS"},
+    "profile": {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "SENTRY_DSN"},
+    "signaling": {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "SENTRY_DSN", "TURN_SECRET"},
+    "notification": {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "SENTRY_DSN", "EVENT_SEAL_KEYS",
+                     "SMTP_USER", "SMTP_PASSWORD"},
+    "unilink-migrate": {"DATABASE_URL", "REDIS_URL"},
+}
+
+
+def secret_refs(container):
+    refs = set()
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            refs.add((ref.get("name"), ref.get("key"), e["name"]))
+    for ef in container.get("envFrom", []):
+        if "secretRef" in ef:
+            refs.add((ef["secretRef"].get("name"), "*", "*"))
+    return refs
+
+
+def secrets_problems(docs):
+    out = []
+    for d in docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        name = d["metadata"]["name"]
+        allowed = SECRET_KEYS_ALLOWED.get(name)
+        if allowed is None:
+            continue
+        pod = d["spec"]["template"]["spec"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            for secret, key, var in sorted(secret_refs(c)):
+                if secret == "unilink-secrets" and key == "*":
+                    out.append(f"{d['kind']} {name}/{c['name']}: envFrom the whole Secret unilink-secrets")
+                elif secret == "unilink-secrets" and key not in allowed:
+                    out.append(f"{d['kind']} {name}/{c['name']}: receives {key} (as {var}), which it does not use")
+                elif secret == "unilink-secrets" and key != var:
+                    out.append(f"{d['kind']} {name}/{c['name']}: {key} arrives as {var}")
+    return out
+
+
+def check_secrets(rendered_path):
+    docs = [d for d in yaml.safe_load_all(open(rendered_path)) if d]
+    problems.extend(secrets_problems(docs))
+    # Self-test: TURN_SECRET or SECRET_KEY handed to the gateway is refused.
+    for key in ("TURN_SECRET", "SECRET_KEY", "SMTP_PASSWORD"):
+        ds = copy.deepcopy(docs)
+        gw = next(d for d in ds if d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway")
+        gw["spec"]["template"]["spec"]["containers"][0].setdefault("env", []).append(
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": "unilink-secrets", "key": key}}})
+        check(secrets_problems(ds), f"secrets self-test: {key} given to the gateway was not refused")
+    finish(f"secrets per workload ({len(SECRET_KEYS_ALLOWED)} workloads; 3 broken variants refused)")
+
+
 def main(argv):
     if len(argv) < 2 or argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -1509,6 +1777,12 @@ def main(argv):
         check_grafana(*args)
     elif cmd == "compose" and len(args) == 1:
         check_compose(*args)
+    elif cmd == "prometheusrule" and len(args) == 2:
+        write_prometheus_rule(*args)
+    elif cmd == "monitoring" and len(args) == 2:
+        check_monitoring(*args)
+    elif cmd == "secrets" and len(args) == 1:
+        check_secrets(*args)
     elif cmd == "turn" and len(args) == 4:
         check_turn(*args)
     elif cmd == "turn-selftest" and len(args) == 4:
