@@ -37,7 +37,7 @@ is inherent):
 
 Start the fleet first with the benchmark tunables exported for both, e.g.:
 
-  export SIGNALING_FRAME_RATE=100000 RATE_LIMIT_API=1000000 RATE_LIMIT_AUTH=1000000 \
+  export SIGNALING_FRAME_RATE=100000 RATE_LIMIT_API=1000000 RATE_LIMIT_AUTH=1000000 RATE_LIMIT_AUTH_ADDRESS=1000000 \
          MAX_SOCKETS_PER_USER=100 LOG_LEVEL=warn
   scripts/dev.sh --release --no-tail &
   scripts/bench-fleet.sh --release

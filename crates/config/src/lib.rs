@@ -349,8 +349,12 @@ pub struct Settings {
     pub frontend_url: String,
     /// `ALLOWED_ORIGINS`: JSON list or comma list; `https://*.example.dev` allows subdomains.
     pub allowed_origins: Vec<String>,
-    /// `RATE_LIMIT_AUTH`: requests per minute per client IP on `/auth/*`.
+    /// `RATE_LIMIT_AUTH`: requests per minute per (email, client address)
+    /// on login, login-code verification and resend-verification.
     pub rate_limit_auth: u32,
+    /// `RATE_LIMIT_AUTH_ADDRESS`: requests per minute per client address on
+    /// `/auth/*` whatever the email (a campus NAT's logins and sign-ups).
+    pub rate_limit_auth_address: u32,
     /// `RATE_LIMIT_API`: requests per minute per user elsewhere.
     pub rate_limit_api: u32,
     /// `OTP_LOCK_SECONDS`: the first lockout after five wrong login codes
@@ -875,15 +879,15 @@ impl Settings {
             max_sockets: r.bounded("MAX_SOCKETS", 50_000, 1, 1_000_000)?,
             ws_ping_interval: Duration::from_secs(r.bounded("WS_PING_INTERVAL_SECONDS", 20, 1, 600)?),
             ws_idle_timeout: Duration::from_secs(r.bounded("WS_IDLE_TIMEOUT_SECONDS", 45, 2, 3600)?),
-        };
-        if listen.ws_idle_timeout <= listen.ws_ping_interval {
-            return Err(ConfigError::Invalid {
-                var: "WS_IDLE_TIMEOUT_SECONDS",
             ws_rebalance: RebalanceSettings {
                 interval: Duration::from_secs(r.bounded("WS_REBALANCE_INTERVAL_SECONDS", 30, 0, 3600)?),
                 margin_percent: r.bounded("WS_REBALANCE_MARGIN_PERCENT", 20, 1, 1000)?,
                 max_percent: r.bounded("WS_REBALANCE_MAX_PERCENT", 5, 1, 100)?,
             },
+        };
+        if listen.ws_idle_timeout <= listen.ws_ping_interval {
+            return Err(ConfigError::Invalid {
+                var: "WS_IDLE_TIMEOUT_SECONDS",
                 reason: format!(
                     "{}s must be longer than WS_PING_INTERVAL_SECONDS ({}s), or a live client is closed before it is pinged",
                     listen.ws_idle_timeout.as_secs(),
@@ -955,6 +959,7 @@ impl Settings {
             frontend_url: r.url("FRONTEND_URL", "http://localhost:3000", &["http", "https"])?,
             allowed_origins,
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
+            rate_limit_auth_address: r.bounded("RATE_LIMIT_AUTH_ADDRESS", 300, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
             otp_lock: Duration::from_secs(r.bounded("OTP_LOCK_SECONDS", 30, 1, 3600)?),
             event_seal_keys: {
@@ -1020,6 +1025,7 @@ mod tests {
         assert_eq!(s.jwt.access_token_ttl, Duration::from_secs(30 * 60));
         assert_eq!(s.allowed_email_domains, vec!["kiit.ac.in"]);
         assert_eq!(s.rate_limit_auth, 10);
+        assert_eq!(s.rate_limit_auth_address, 300);
         assert_eq!(s.rate_limit_api, 60);
         assert!(s.smtp.server.is_none());
         assert_eq!(s.calls.ring_timeout, Duration::from_secs(30));
@@ -1113,12 +1119,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_name_their_variable() {
-        let cases: &[(&str, &str, &str)] = &[
-            ("DATABASE_POOL_SIZE", "lots", "DATABASE_POOL_SIZE is invalid: \"lots\""),
-            (
-                "DATABASE_POOL_SIZE",
-    #[test]
     fn sockets_are_rebalanced_gently_unless_configured() {
         // Every 30 s, above the fleet's average by more than 20 %, at most
         // 5 % of a replica's sockets per interval (10 % a minute).
@@ -1152,6 +1152,12 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("DATABASE_POOL_SIZE", "lots", "DATABASE_POOL_SIZE is invalid: \"lots\""),
+            (
+                "DATABASE_POOL_SIZE",
                 "0",
                 "DATABASE_POOL_SIZE is invalid: 0 is outside 1..=1000",
             ),

@@ -325,11 +325,23 @@ impl Application {
             tracing::warn!(detail = %e.detail, "verification keys not loaded yet");
         }
         let key_refresh = (keys.clone(), settings.jwt_keys_refresh);
+        let production = settings.environment.is_production();
+        let mut proxies = TrustedProxies::parse(&settings.trusted_proxies).map_err(GatewayError::Config)?;
+        if production {
+            if proxies.is_empty() {
+                tracing::warn!(
+                    "TRUSTED_PROXIES is empty: behind a proxy or an Ingress every client has its address \
+                     and shares one rate limit; set it to the proxy's address or range"
+                );
+            }
+            proxies = proxies.warning_once();
+        }
         let edge = web::Data::new(Edge {
             keys,
             limiter: Arc::new(RateLimiter::new(redis.clone())),
-            proxies: TrustedProxies::parse(&settings.trusted_proxies).map_err(GatewayError::Config)?,
+            proxies,
             auth_limit: settings.rate_limit_auth,
+            auth_address_limit: settings.rate_limit_auth_address,
             api_limit: settings.rate_limit_api,
         });
         let shared = Shared {
@@ -343,19 +355,26 @@ impl Application {
                 settings.max_sockets_per_user,
                 settings.listen.max_sockets,
             )),
+            local_sockets: web::Data::new(crate::ws::rebalance::LocalSockets::default()),
             draining: web::Data::new(crate::ws::Draining::default()),
             liveness: web::Data::new(crate::ws::Liveness {
                 ping_every: settings.listen.ws_ping_interval,
                 silent_after: settings.listen.ws_idle_timeout,
             }),
             origins: OriginPolicy::new(&settings.allowed_origins),
-            production: settings.environment.is_production(),
+            production,
         };
         let drain = shared.draining.get_ref().clone();
         // Keys removed at auth stop being trusted within one interval.
         tokio::spawn(key_refresh.0.refresh_every(key_refresh.1, drain.0.clone()));
+        // Sockets leave a replica holding more than its share (after a scale-up).
+        let rebalancer = crate::ws::rebalance::Rebalancer::new(
+            redis.clone(),
+            shared.local_sockets.get_ref().clone(),
+            settings.listen.ws_rebalance,
+        );
+        tokio::spawn(rebalancer.run(drain.0.clone()));
         let grace = settings.listen.shutdown_grace;
-            local_sockets: web::Data::new(crate::ws::rebalance::LocalSockets::default()),
 
         let listener = bind_public(settings.listen.http_addr)?;
         let addr = listener.local_addr()?;
@@ -367,13 +386,6 @@ impl Application {
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
             .listen("unilink-gateway", listener, move || {
                 let (upstreams, edge) = shared.worker_clients();
-        // Sockets leave a replica holding more than its share (after a scale-up).
-        let rebalancer = crate::ws::rebalance::Rebalancer::new(
-            redis.clone(),
-            shared.local_sockets.get_ref().clone(),
-            settings.listen.ws_rebalance,
-        );
-        tokio::spawn(rebalancer.run(drain.0.clone()));
                 let main = shared.app(upstreams.clone(), edge.clone());
                 let upgrades = {
                     let shared = shared.clone();
@@ -415,9 +427,13 @@ impl Application {
         self.addr
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, tells every
-    /// WebSocket to reconnect elsewhere (1012), lets in-flight requests and
-    /// socket closes finish (up to `SHUTDOWN_GRACE_SECONDS`) and returns.
+    /// Serves until `shutdown` resolves, then drains within one deadline,
+    /// `SHUTDOWN_GRACE_SECONDS` from the signal: `/readyz` answers 503,
+    /// every WebSocket is told to reconnect elsewhere (1012) and new upgrades
+    /// are refused; once the sockets have closed the server stops accepting
+    /// and lets in-flight requests finish. Whatever is still running at the
+    /// deadline is cut, so the process exits within the grace whatever its
+    /// clients do.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let Application {
             server,
@@ -431,19 +447,29 @@ impl Application {
         let result = tokio::select! {
             result = &mut server => result,
             () = shutdown => {
-                tracing::info!(service = crate::SERVICE, "shutting down");
+                let deadline = tokio::time::Instant::now() + grace;
+                tracing::info!(service = crate::SERVICE, grace_seconds = grace.as_secs(), "shutting down");
                 let crate::ws::Draining(token, sockets) = drain;
                 token.cancel();
                 sockets.close();
+                // Plain requests are still served while the sockets close: a
+                // balancer that has not noticed yet gets answers rather than
+                // connections left in the accept queue until the exit.
                 // Sockets run outside the HTTP server's connections, on its
-                // workers: stop accepting, let them send their close frames,
-                // then stop the workers (and finish in-flight requests).
-                handle.pause().await;
-                if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+                // workers, so they close before the workers stop.
+                let sockets_closed = tokio::time::timeout_at(deadline, sockets.wait()).await.is_ok();
+                if !sockets_closed {
                     tracing::warn!(open = sockets.len(), "sockets still open at the end of the grace period");
                 }
-                handle.stop(true).await;
-                server.await
+                // Stop accepting and finish in-flight requests in what is
+                // left of the same deadline (at once if it has passed).
+                match tokio::time::timeout_at(deadline, handle.stop(sockets_closed)).await {
+                    Ok(()) => server.await,
+                    Err(_) => {
+                        tracing::warn!("requests still in flight at the end of the grace period are cut");
+                        Ok(Ok(()))
+                    }
+                }
             }
         };
         redis.close().await;

@@ -101,6 +101,7 @@ impl ChildFleet {
                     ("SMTP_SERVER", "127.0.0.1"),
                     ("SMTP_PORT", smtp.port().to_string().as_str()),
                     ("RATE_LIMIT_AUTH", "100000"),
+                    ("RATE_LIMIT_AUTH_ADDRESS", "100000"),
                     ("RATE_LIMIT_API", "100000"),
                 ]
                 .map(|(k, v)| (k.to_owned(), v.to_owned())),

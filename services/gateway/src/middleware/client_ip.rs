@@ -1,15 +1,29 @@
 //! The client's address: the TCP peer, or — only when the peer is a trusted
 //! proxy (`TRUSTED_PROXIES`) — the right-most untrusted address of
 //! `X-Forwarded-For`.
+//!
+//! `X-Forwarded-For` from a peer that is not trusted is ignored and counted
+//! (`untrusted_forwarded_for_total`): behind a proxy missing from
+//! `TRUSTED_PROXIES` every client has the proxy's address and shares its
+//! rate limits, which this counter (and, in production, one warning) shows.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::HttpRequest;
 use ipnet::IpNet;
 
 /// Proxies whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    /// Whether an ignored `X-Forwarded-For` is worth one warning (production).
+    warn_untrusted: bool,
+    /// Set once that warning was logged, so a misconfigured proxy does not
+    /// flood the log.
+    warned: Arc<AtomicBool>,
+}
 
 impl TrustedProxies {
     /// Parses `TRUSTED_PROXIES` entries (addresses or CIDR ranges).
@@ -22,17 +36,38 @@ impl TrustedProxies {
                     .map_err(|_| format!("TRUSTED_PROXIES is invalid: {e:?} is not an address or CIDR range"))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map(TrustedProxies)
+            .map(|nets| TrustedProxies {
+                nets,
+                ..TrustedProxies::default()
+            })
+    }
+
+    /// Logs one warning the first time `X-Forwarded-For` arrives from a
+    /// peer that is not trusted (production does this).
+    #[must_use]
+    pub fn warning_once(self) -> TrustedProxies {
+        TrustedProxies {
+            warn_untrusted: true,
+            ..self
+        }
+    }
+
+    /// Whether no proxy is trusted (every client is its TCP peer).
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// The client address of `req`.
     pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
         let peer = req.peer_addr()?.ip();
         if !self.trusts(peer) {
+            if req.headers().contains_key("x-forwarded-for") {
+                self.ignored_forwarded_for(peer);
+            }
             return Some(peer);
         }
         let forwarded: Vec<IpAddr> = req
@@ -43,6 +78,19 @@ impl TrustedProxies {
             .filter_map(|s| s.trim().parse().ok())
             .collect();
         Some(forwarded.into_iter().rev().find(|ip| !self.trusts(*ip)).unwrap_or(peer))
+    }
+
+    /// A peer we do not trust sent `X-Forwarded-For`: a client forging it,
+    /// or a proxy missing from `TRUSTED_PROXIES`.
+    fn ignored_forwarded_for(&self, peer: IpAddr) {
+        metrics::counter!("untrusted_forwarded_for_total").increment(1);
+        if self.warn_untrusted && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                peer = %peer,
+                "x-forwarded-for from a peer not in TRUSTED_PROXIES is ignored; if this peer is your proxy, \
+                 add it, or every client behind it shares its rate limits (counted in untrusted_forwarded_for_total)"
+            );
+        }
     }
 }
 

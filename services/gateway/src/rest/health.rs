@@ -1,9 +1,18 @@
-//! `GET /health`: is every dependency answering?
+//! The gateway's probes.
 //!
-//! Probes PostgreSQL (`SELECT 1`), Redis (`PING`) and every backend service
-//! (`grpc.health.v1`) at once, each bounded by [`PROBE_TIMEOUT`], so the
-//! answer comes within about a second whatever is down: 200 `healthy`, or 503
-//! `degraded` naming what is down in `down`.
+//! * `GET /health` — is every dependency answering? Probes PostgreSQL
+//!   (`SELECT 1`), Redis (`PING`) and every backend service
+//!   (`grpc.health.v1`) at once, each bounded by [`PROBE_TIMEOUT`], so the
+//!   answer comes within about a second whatever is down: 200 `healthy`, or
+//!   503 `degraded` naming what is down in `down`. For people and status
+//!   pages, not for the balancer.
+//! * `GET /readyz` — may this replica take traffic? 200 while it serves, 503
+//!   once it drains. It asks no dependency on purpose: every replica shares
+//!   them, so an outage would take every replica out of the balancer at once
+//!   and replace the degraded answers the gateway still gives (cached
+//!   verification keys, a per-replica rate limit, 503s with a detail) by the
+//!   balancer's own error page.
+//! * `GET /livez` (in [`crate::rest`]) — the process answers.
 
 use std::time::Duration;
 
@@ -94,6 +103,16 @@ impl HealthChecker {
             down,
             version: env!("CARGO_PKG_VERSION"),
         }
+    }
+}
+
+/// `GET /readyz`: 200 `ready` while this replica serves, 503 `draining`
+/// from its shutdown signal on.
+pub async fn readyz(draining: web::Data<crate::ws::Draining>) -> HttpResponse {
+    if draining.0.is_cancelled() {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "draining" }))
+    } else {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     }
 }
 

@@ -42,6 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource!("/", get => index::index))
         .service(resource!("/health", get => health::health))
         .service(resource!("/livez", get => livez))
+        .service(resource!("/readyz", get => health::readyz))
         .service(resource!("/metrics", get => metrics))
         .service(resource!("/openapi.json", get => openapi::openapi))
         .service(resource!("/client-errors", post => client_errors::report))

@@ -396,7 +396,10 @@ impl Cluster {
                 ("SMTP_PORT", smtp.port().to_string()),
                 ("FRONTEND_URL", "http://localhost:5173".to_owned()),
                 ("RATE_LIMIT_AUTH", "100000".to_owned()),
+                ("RATE_LIMIT_AUTH_ADDRESS", "100000".to_owned()),
                 ("RATE_LIMIT_API", "100000".to_owned()),
+                // nginx in front is the proxy whose X-Forwarded-For is believed.
+                ("TRUSTED_PROXIES", "127.0.0.1".to_owned()),
             ]
             .map(|(k, v)| (k.to_owned(), v)),
         );

@@ -48,6 +48,7 @@ impl Fleet {
             ("SMTP_PORT", port.as_str()),
             ("FRONTEND_URL", "http://localhost:5173"),
             ("RATE_LIMIT_AUTH", "100000"),
+            ("RATE_LIMIT_AUTH_ADDRESS", "100000"),
             ("RATE_LIMIT_API", "100000"),
         ];
         vars.extend_from_slice(extra);
@@ -96,6 +97,7 @@ impl Fleet {
     pub fn gateway_vars(&self, overrides: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = vec![
             ("RATE_LIMIT_AUTH".into(), "100000".into()),
+            ("RATE_LIMIT_AUTH_ADDRESS".into(), "100000".into()),
             ("RATE_LIMIT_API".into(), "100000".into()),
             ("AUTH_GRPC_URL".into(), self.auth.url()),
             ("PROFILE_GRPC_URL".into(), self.profile.url()),
