@@ -38,7 +38,11 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               k8s/schemas/monitoring.coreos.com) and their self-test; each
               workload's keys of unilink-secrets against an allowlist
   docker      hadolint --failure-threshold warning deploy/Dockerfile deploy/coturn/Dockerfile
-  workflows   actionlint, check-jsonschema (github-workflows schema)
+  workflows   actionlint, check-jsonschema (github-workflows schema); the
+              deploy workflow's order (validate_deploy.py workflow: tests
+              gate it, images carry an SBOM, migration Job completes before
+              the Deployments change, rollout waited for with a timeout and
+              undone on failure) with a self-test of broken variants
   shell       shellcheck scripts/*.sh scripts/lib/*.sh deploy/*.sh deploy/coturn/*.sh
   yaml        yamllint -c .yamllint deploy k8s .github
   prometheus  promtool check config / check rules / test rules, alert coverage
@@ -287,7 +291,8 @@ check_dockerfile() {
 
 check_workflows() {
   actionlint .github/workflows/*.yml &&
-    check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+    check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml &&
+    "$PYY" scripts/validate_deploy.py workflow .github/workflows/deploy.yml .github/workflows/tests.yml
 }
 
 check_shell() {

@@ -21,6 +21,11 @@ problem found.
                                service, both against k8s/schemas; self-test
   secrets FILE                 rendered overlay: each workload gets only the
                                keys of unilink-secrets it uses; self-test
+  workflow DEPLOY TESTS        .github/workflows/deploy.yml: tests gate it,
+                               images carry an SBOM, the migration Job
+                               completes before the Deployments change, the
+                               rollout is waited for and rolled back on
+                               failure; self-test
   turn CONF COMPOSE PROD TURN  coturn: the shipped turnserver.conf (denied
                                peers, relay range, options), compose's and
                                the rendered k8s (production overlay, k8s/turn)
@@ -1762,6 +1767,187 @@ def check_secrets(rendered_path):
     finish(f"secrets per workload ({len(SECRET_KEYS_ALLOWED)} workloads; 3 broken variants refused)")
 
 
+# ------------------------------------------------------------- workflow --
+# .github/workflows/deploy.yml must: run the tests before anything is built
+# or applied; push images that carry an SBOM; apply the migration Job and
+# wait for it to complete before any Deployment changes; wait for the
+# rollout with a timeout; roll every Deployment back when that fails.
+YQ_SPLIT = re.compile(r"""yq\b.*select\(\.kind\s*(==|!=)\s*"Deployment"\).*>\s*"?([^"\s]+)"?""")
+
+
+def workflow_problems(deploy, tests):
+    out = []
+    bad = out.append
+    jobs = deploy.get("jobs", {})
+    on = deploy.get("on", deploy.get(True, {}))
+
+    def runs(job):
+        return "\n".join(st.get("run", "") for st in job.get("steps", []))
+
+    def needs(name, seen=None):
+        seen = set() if seen is None else seen
+        for n in ([jobs[name].get("needs")] if isinstance(jobs[name].get("needs"), str) else jobs[name].get("needs", [])):
+            if n in jobs and n not in seen:
+                seen.add(n)
+                needs(n, seen)
+        return seen
+
+    # The gate: a job that is the test workflow (or runs scripts/test.sh).
+    gates = {n for n, j in jobs.items()
+             if j.get("uses") == "./.github/workflows/tests.yml" or "scripts/test.sh" in runs(j)}
+    if not gates:
+        bad("no job runs the tests (uses ./.github/workflows/tests.yml, or runs scripts/test.sh)")
+    if any(j.get("uses") == "./.github/workflows/tests.yml" for j in jobs.values()):
+        tests_on = tests.get("on", tests.get(True, {}))
+        if "workflow_call" not in (tests_on or {}):
+            bad("tests.yml has no workflow_call trigger: the deploy workflow cannot run it")
+        if "scripts/test.sh" not in yaml.safe_dump(tests) or "scripts/validate-deploy.sh" not in yaml.safe_dump(tests):
+            bad("tests.yml does not run scripts/test.sh and scripts/validate-deploy.sh (the README's test command)")
+    for name, job in jobs.items():
+        text = yaml.safe_dump(job)
+        if ("docker/build-push-action" in text or "kubectl" in text) and not (needs(name) & gates):
+            bad(f"job {name} builds or deploys without needing the tests ({sorted(gates)})")
+
+    # Images carry an SBOM.
+    builds = [(n, st) for n, j in jobs.items() for st in j.get("steps", [])
+              if str(st.get("uses", "")).startswith("docker/build-push-action")]
+    if not builds:
+        bad("no docker/build-push-action step")
+    for n, st in builds:
+        w = st.get("with", {})
+        if str(w.get("push", "")).lower() == "true" and str(w.get("sbom", "")).lower() != "true":
+            bad(f"job {n}: pushes images without an SBOM attestation (sbom: true)")
+
+    # The deploy job's order.
+    deployers = [n for n, j in jobs.items() if "kubectl apply" in runs(j)]
+    if len(deployers) != 1:
+        bad(f"expected one job that runs kubectl apply, found {deployers}")
+        return out
+    steps = jobs[deployers[0]].get("steps", [])
+    split = {}
+    for st in steps:
+        for m in YQ_SPLIT.finditer(st.get("run", "")):
+            split[m.group(2)] = m.group(1)
+    wait_at = next((i for i, st in enumerate(steps)
+                    if "wait --for=condition=complete" in st.get("run", "") and "job/unilink-migrate" in st.get("run", "")),
+                   None)
+    if wait_at is None:
+        bad("no step waits for job/unilink-migrate to complete (kubectl wait --for=condition=complete)")
+        return out
+    job_applied = deploy_applied = None
+    for i, st in enumerate(steps):
+        for line in st.get("run", "").splitlines():
+            if "kubectl apply" not in line:
+                continue
+            if "kubectl apply -k" in line or re.search(r"kubectl apply\b.*-k\s", line):
+                bad(f"step {st.get('name', i)!r} applies a whole kustomization: Deployments would change "
+                    "together with the migration Job")
+                continue
+            m = re.search(r"kubectl apply\b.*-f\s+\"?([^\"\s]+)\"?", line)
+            if not m:
+                continue
+            target = m.group(1)
+            if target == "-":
+                continue
+            kind = split.get(target)
+            if kind == "!=":
+                job_applied = i if job_applied is None else job_applied
+            elif kind == "==":
+                deploy_applied = i if deploy_applied is None else deploy_applied
+            elif os.path.exists(os.path.join(ROOT, target)):
+                if "kind: Deployment" in open(os.path.join(ROOT, target)).read():
+                    deploy_applied = i if deploy_applied is None else deploy_applied
+            else:
+                bad(f"step {st.get('name', i)!r} applies {target}, which is not one of the split halves")
+    if job_applied is None or job_applied > wait_at:
+        bad("the migration Job is not applied before the wait for it (a select(.kind != \"Deployment\") half)")
+    if deploy_applied is None:
+        bad("no step applies the Deployments (a select(.kind == \"Deployment\") half)")
+    elif deploy_applied <= wait_at:
+        bad("Deployments are applied before the migration Job completed")
+    status_at = next((i for i, st in enumerate(steps) if "rollout status" in st.get("run", "")
+                      and "--timeout=" in st.get("run", "") and not st.get("if")), None)
+    if status_at is None or deploy_applied is None or status_at <= deploy_applied:
+        bad("no step waits for the rollout with a timeout (kubectl rollout status --timeout=…) after applying")
+    undo = [(i, st) for i, st in enumerate(steps) if "rollout undo" in st.get("run", "")]
+    if not undo:
+        bad("no step rolls back (kubectl rollout undo)")
+    for i, st in undo:
+        if "failure()" not in str(st.get("if", "")):
+            bad(f"step {st.get('name', i)!r}: rollout undo does not run on failure (if: failure())")
+        if status_at is not None and i <= status_at:
+            bad(f"step {st.get('name', i)!r}: rolls back before the rollout was waited for")
+        if "$DEPLOYMENTS" not in st.get("run", "") and not all(d in st.get("run", "") for d in SERVICES):
+            bad(f"step {st.get('name', i)!r}: does not roll back every Deployment")
+    return out
+
+
+def check_workflow(deploy_path, tests_path):
+    deploy = yaml.safe_load(open(deploy_path))
+    tests = yaml.safe_load(open(tests_path))
+    problems.extend(workflow_problems(deploy, tests))
+    if problems:
+        finish("deploy workflow")
+
+    def deploy_job(d):
+        return next(j for j in d["jobs"].values() if "kubectl apply" in yaml.safe_dump(j))
+
+    def steps(d):
+        return deploy_job(d)["steps"]
+
+    def step(d, word):
+        return next(st for st in steps(d) if word in st.get("run", ""))
+
+    def no_gate(d, t):
+        for j in d["jobs"].values():
+            j.pop("needs", None)
+
+    def no_call(d, t):
+        (t.get("on") if "on" in t else t[True]).pop("workflow_call")
+
+    def all_at_once(d, t):
+        st = step(d, "wait --for=condition=complete")
+        st["run"] = st["run"].replace('kubectl apply -f "$RUNNER_TEMP/prerequisites.yaml"', "kubectl apply -k .")
+
+    def deployments_first(d, t):
+        ss = steps(d)
+        st = step(d, 'kubectl apply -f "$RUNNER_TEMP/workloads.yaml"')
+        ss.remove(st)
+        ss.insert(ss.index(step(d, "wait --for=condition=complete")), st)
+
+    def no_undo(d, t):
+        steps(d).remove(step(d, "rollout undo"))
+
+    def undo_always(d, t):
+        step(d, "rollout undo").pop("if")
+
+    def no_timeout(d, t):
+        st = next(x for x in steps(d) if "rollout status" in x.get("run", "") and not x.get("if"))
+        st["run"] = st["run"].replace(" --timeout=300s", "")
+
+    def no_sbom(d, t):
+        for j in d["jobs"].values():
+            for st in j.get("steps", []):
+                if str(st.get("uses", "")).startswith("docker/build-push-action"):
+                    st["with"].pop("sbom")
+
+    cases = [("no job needs the tests", no_gate), ("tests.yml cannot be called", no_call),
+             ("the whole overlay applied with the Job", all_at_once),
+             ("Deployments applied before the Job completed", deployments_first),
+             ("no rollback", no_undo), ("a rollback that runs on success too", undo_always),
+             ("a rollout wait without timeout", no_timeout), ("images without an SBOM", no_sbom)]
+    wrong = 0
+    for what, edit in cases:
+        d, t = copy.deepcopy(deploy), copy.deepcopy(tests)
+        edit(d, t)
+        found = workflow_problems(d, t)
+        wrong += not found
+        print(f"  {'ok' if found else 'WRONG'}: {what}: {'refused (' + found[0][:140] + ')' if found else 'accepted'}")
+    check(wrong == 0, f"workflow self-test: {wrong} broken variant(s) accepted")
+    finish(f"deploy workflow (tests gate, SBOM, migrations before rollout, timeout, rollback; "
+           f"{len(cases)} broken variants refused)")
+
+
 def main(argv):
     if len(argv) < 2 or argv[1] in ("-h", "--help"):
         print(__doc__)
@@ -1783,6 +1969,8 @@ def main(argv):
         check_monitoring(*args)
     elif cmd == "secrets" and len(args) == 1:
         check_secrets(*args)
+    elif cmd == "workflow" and len(args) == 2:
+        check_workflow(*args)
     elif cmd == "turn" and len(args) == 4:
         check_turn(*args)
     elif cmd == "turn-selftest" and len(args) == 4:
