@@ -31,7 +31,9 @@ venv under ~/.cache/unilink-deploy-tools; Debian packages with apt-get
               self-test of broken variants); the PostgreSQL
               connection budget of the production overlay against its
               declared max_connections (printed), and a self-test showing
-              that check refuses over-budget variants; the
+              that check refuses over-budget variants; the drain budget
+              (preStop sleep + SHUTDOWN_GRACE_SECONDS + margin within
+              terminationGracePeriodSeconds) and its self-test; the
               prometheus-operator resources of k8s/monitoring (PrometheusRule
               generated from and equal to deploy/prometheus/alerts.yml,
               ServiceMonitor on every service, vendored schemas in
@@ -274,6 +276,9 @@ check_kubernetes() {
   # The budget check must be able to fail: over-budget variants of the
   # rendered production overlay are refused.
   "$PYY" scripts/validate_deploy.py budget-selftest "$WORK/k8s-production.yaml" || rc=1
+  # And the drain check: preStop sleep + SHUTDOWN_GRACE_SECONDS + margin
+  # within terminationGracePeriodSeconds, for every Deployment.
+  "$PYY" scripts/validate_deploy.py drain-selftest "$WORK/k8s-production.yaml" || rc=1
   # So must the autoscaling checks (wrong metric, flapping scale-down…).
   "$PYY" scripts/validate_deploy.py autoscaling-selftest "$WORK/k8s-production.yaml" || rc=1
   # prometheus-operator resources: the PrometheusRule equals alerts.yml,

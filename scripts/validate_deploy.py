@@ -10,6 +10,10 @@ problem found.
   budget-selftest FILE         proves the budget check fails when the
                                rendered production overlay could exceed
                                its declared max_connections
+  drain-selftest FILE          proves the drain check (preStop sleep +
+                               SHUTDOWN_GRACE_SECONDS + margin within
+                               terminationGracePeriodSeconds) refuses
+                               variants of the rendered overlay that overrun
   alerts RULES TESTS           every alert has a firing and a silent test
   grafana DASHBOARD OUT_RULES  dashboard shape; writes its PromQL as a rule
                                file for `promtool check rules`
@@ -40,6 +44,7 @@ problem found.
                                (wrong metric, no scale-down stabilization…)
 """
 import copy
+import ipaddress
 import json
 import math
 import os
@@ -116,6 +121,16 @@ def check_k8s(path, flavour):
               "ConfigMap ALGORITHM is not EdDSA (HS256 hands the signing secret to the gateways)")
         check(cm["data"].get("SMTP_TLS", "required") in ("required", "implicit"),
               "ConfigMap SMTP_TLS allows a plaintext fallback")
+        if flavour == "production":
+            # Behind the Ingress every client would otherwise have the
+            # controller's address and share its rate limits.
+            proxies = [p.strip() for p in cm["data"].get("TRUSTED_PROXIES", "").split(",") if p.strip()]
+            check(proxies, "ConfigMap sets no TRUSTED_PROXIES (the Ingress controller's pod CIDR)")
+            for p in proxies:
+                try:
+                    ipaddress.ip_network(p, strict=False)
+                except ValueError:
+                    check(False, f"ConfigMap TRUSTED_PROXIES: {p!r} is not an address or CIDR range")
 
     deployments = by_kind.get("Deployment", {})
     check(sorted(deployments) == sorted(SERVICES), f"Deployments {sorted(deployments)} != {sorted(SERVICES)}")
@@ -150,8 +165,6 @@ def check_k8s(path, flavour):
         check(env_value(c, "SHUTDOWN_GRACE_SECONDS") == "20", f"{where}: SHUTDOWN_GRACE_SECONDS != 20")
         pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
         check(pre[:1] == ["sleep"], f"{where}: preStop sleep")
-        if pre[:1] == ["sleep"]:
-            check(int(pre[1]) + 20 < 30, f"{where}: preStop sleep + drain does not fit the grace period")
         refs = {r.get("configMapRef", {}).get("name") for r in c.get("envFrom", [])}
         check("unilink-config" in refs, f"{where}: envFrom unilink-config")
         # Each secret goes only where it is needed: SECRET_KEY (login-code
@@ -187,7 +200,10 @@ def check_k8s(path, flavour):
         if name == "gateway":
             check(env_value(c, "HTTP_ADDR") == "0.0.0.0:8000", f"{where}: HTTP_ADDR")
             check(ports == {"http": 8000}, f"{where}: ports {ports}")
-            check(ready.get("path") == "/health" and ready.get("port") in ("http", 8000), f"{where}: readiness /health :8000")
+            # /health answers 503 while any dependency is down, which would
+            # take every gateway out of the Ingress at once; /readyz only
+            # while this replica drains.
+            check(ready.get("path") == "/readyz" and ready.get("port") in ("http", 8000), f"{where}: readiness /readyz :8000")
             check(live.get("path") == "/livez" and live.get("port") in ("http", 8000), f"{where}: liveness /livez :8000")
             for b in BACKENDS:
                 var = f"{b.upper()}_GRPC_URL"
@@ -226,6 +242,8 @@ def check_k8s(path, flavour):
         else:
             check(svc["spec"].get("clusterIP") == "None", f"Service {name}: not headless")
             check(ports == {"grpc": 50051, "http": 9090}, f"Service {name}: ports {ports}")
+
+    problems.extend(drain_problems(docs))
 
     hpas = by_kind.get("HorizontalPodAutoscaler", {})
     for name in SERVICES:
@@ -364,6 +382,149 @@ def startup_retry_seconds():
     if not m:
         sys.exit(f"cannot find DATABASE_STARTUP_RETRY in {path}")
     return int(m.group(1))
+
+
+# What a process may take past its SHUTDOWN_GRACE_SECONDS deadline before it
+# exits: a backend's last probe round (at most 1 s) and its probe/metrics
+# server (at most 2 s, crates/grpc/src/server.rs); the gateway exits within
+# 0.1 s of its deadline (services/gateway/tests/operations.rs measures it).
+DRAIN_MARGIN_SECONDS = 3
+
+
+def shutdown_grace_default():
+    """SHUTDOWN_GRACE_SECONDS's default in crates/config."""
+    path = os.path.join(ROOT, "crates", "config", "src", "lib.rs")
+    m = re.search(r'"SHUTDOWN_GRACE_SECONDS",\s*(\d+)', open(path).read())
+    if not m:
+        sys.exit(f"cannot find the SHUTDOWN_GRACE_SECONDS default in {path}")
+    return int(m.group(1))
+
+
+def drain_problems(docs):
+    """Every UniLink Deployment drains within its pod's grace: preStop sleep
+    (the balancers stop sending) + SHUTDOWN_GRACE_SECONDS (the process's one
+    deadline) + DRAIN_MARGIN_SECONDS <= terminationGracePeriodSeconds, or the
+    kubelet's SIGKILL cuts the drain short."""
+    found = []
+    config = {}
+    for d in docs:
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "unilink-config":
+            config = d.get("data") or {}
+    for d in docs:
+        name = d["metadata"]["name"]
+        if d["kind"] != "Deployment" or name not in SERVICES:
+            continue
+        where = f"Deployment {name}"
+        pod = d["spec"]["template"]["spec"]
+        budget = pod.get("terminationGracePeriodSeconds", 30)
+        for c in pod.get("containers", []):
+            pre = c.get("lifecycle", {}).get("preStop", {})
+            command = pre.get("exec", {}).get("command", [])
+            try:
+                if command[:1] == ["sleep"]:
+                    sleep = float(command[1])
+                elif "sleep" in pre:
+                    sleep = float(pre["sleep"]["seconds"])
+                elif not pre:
+                    sleep = 0
+                else:
+                    found.append(f"drain budget: {where}: preStop {pre} takes an unknown time")
+                    continue
+                raw = env_value(c, "SHUTDOWN_GRACE_SECONDS")
+                if raw is None:
+                    raw = config.get("SHUTDOWN_GRACE_SECONDS", shutdown_grace_default())
+                grace = float(raw)
+            except (IndexError, KeyError, TypeError, ValueError) as e:
+                found.append(f"drain budget: {where}: cannot read preStop sleep or SHUTDOWN_GRACE_SECONDS ({e})")
+                continue
+            need = sleep + grace + DRAIN_MARGIN_SECONDS
+            if need > budget:
+                found.append(f"drain budget: {where}: preStop sleep {sleep:g} s + SHUTDOWN_GRACE_SECONDS {grace:g} s "
+                             f"+ margin {DRAIN_MARGIN_SECONDS} s = {need:g} s > terminationGracePeriodSeconds {budget}")
+    return found
+
+
+def drain_selftest(path):
+    """Shows the drain check can fail: variants of the rendered overlay whose
+    preStop sleep, grace or termination period overrun are refused, the exact
+    fit accepted, and the real command exits 1."""
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    if drain_problems(docs):
+        sys.exit(f"drain self-test: the rendered overlay itself fails: {drain_problems(docs)}")
+
+    def deployment(ds, name):
+        return next(d for d in ds if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+
+    def container(ds, name):
+        return deployment(ds, name)["spec"]["template"]["spec"]["containers"][0]
+
+    def set_env(c, var, value):
+        c["env"] = [e for e in c.get("env", []) if e["name"] != var]
+        if value is not None:
+            c["env"].append({"name": var, "value": str(value)})
+
+    def variant(edit):
+        ds = copy.deepcopy(docs)
+        edit(ds)
+        return ds
+
+    def exact(ds):
+        pod = deployment(ds, "gateway")["spec"]["template"]["spec"]
+        set_env(container(ds, "gateway"), "SHUTDOWN_GRACE_SECONDS", 20)
+        container(ds, "gateway")["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+        pod["terminationGracePeriodSeconds"] = 5 + 20 + DRAIN_MARGIN_SECONDS
+
+    def one_short(ds):
+        exact(ds)
+        deployment(ds, "gateway")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] -= 1
+
+    def longer_grace(ds):
+        set_env(container(ds, "auth"), "SHUTDOWN_GRACE_SECONDS", 25)
+
+    def longer_sleep(ds):
+        container(ds, "signaling")["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "10"]}}}
+
+    def native_sleep(ds):
+        container(ds, "profile")["lifecycle"] = {"preStop": {"sleep": {"seconds": 10}}}
+
+    def grace_from_configmap(ds):
+        set_env(container(ds, "notification"), "SHUTDOWN_GRACE_SECONDS", None)
+        next(d for d in ds if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "unilink-config")[
+            "data"]["SHUTDOWN_GRACE_SECONDS"] = "40"
+
+    def default_period(ds):
+        deployment(ds, "gateway")["spec"]["template"]["spec"].pop("terminationGracePeriodSeconds", None)
+        set_env(container(ds, "gateway"), "SHUTDOWN_GRACE_SECONDS", 23)
+
+    cases = [
+        ("gateway fits exactly (5 + 20 + margin)", variant(exact), True),
+        ("gateway terminationGracePeriodSeconds one short", variant(one_short), False),
+        ("auth SHUTDOWN_GRACE_SECONDS 25", variant(longer_grace), False),
+        ("signaling preStop sleep 10", variant(longer_sleep), False),
+        ("profile preStop sleep action of 10 s", variant(native_sleep), False),
+        ("notification's grace from the ConfigMap (40)", variant(grace_from_configmap), False),
+        ("gateway grace 23 under the default period (30)", variant(default_period), False),
+    ]
+    failures = 0
+    for what, ds, should_pass in cases:
+        found = drain_problems(ds)
+        good = (not found) == should_pass
+        failures += not good
+        detail = f" ({found[0]})" if found else ""
+        print(f"  {'ok' if good else 'WRONG'}: {what}: {'accepted' if not found else 'refused'}{detail}")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(variant(longer_grace), f)
+    try:
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), "k8s", f.name, "production"],
+                             capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    e2e = run.returncode == 1 and "drain budget" in run.stderr
+    failures += not e2e
+    print(f"  {'ok' if e2e else 'WRONG'}: `validate_deploy.py k8s` on the auth grace 25 overlay exits {run.returncode}")
+    if failures:
+        sys.exit(f"drain self-test: {failures} case(s) not as expected")
+    print(f"drain self-test: the check refuses every variant that overruns ({len(cases) + 1} cases)")
 
 
 def pod_containers(obj):
@@ -1002,6 +1163,7 @@ def check_compose(path):
             if src.startswith("./") and src != "./nginx/certs":
                 check(os.path.exists(os.path.join(base, src)), f"{name}: mounts missing {src}")
     check_compose_profiles(svcs)
+    check_compose_proxies(doc)
     check_compose_sentinel(svcs)
     check_compose_budget(svcs)
     check_compose_safe_defaults(doc, base)
@@ -1119,6 +1281,39 @@ def check_compose_safe_defaults(doc, base):
     conf = open(os.path.join(base, "nginx", "conf.d", "unilink.conf")).read()
     check(re.search(r"location /\.well-known/acme-challenge/ \{\s*root /var/www/certbot;", conf),
           "nginx does not serve /var/www/certbot at /.well-known/acme-challenge/")
+
+
+def check_compose_proxies(doc):
+    """The gateways trust exactly the nginx in front of them: nginx has a
+    fixed address on a network it shares with them (and no other network, so
+    that is the address they see), inside that network's subnet, and that
+    address is the gateways' TRUSTED_PROXIES."""
+    def default(value):
+        # What `${VAR:-default}` gives when VAR is unset.
+        m = re.fullmatch(r"\$\{\w+:?-([^}]*)\}", str(value))
+        return m.group(1) if m else str(value)
+
+    svcs = doc["services"]
+    nginx_nets = svcs.get("nginx", {}).get("networks")
+    if not check(isinstance(nginx_nets, dict) and len(nginx_nets) == 1,
+                 "nginx: not on exactly one network with a fixed address (the one the gateways trust)"):
+        return
+    (net, conf), = nginx_nets.items()
+    address = default((conf or {}).get("ipv4_address", ""))
+    subnets = [default(c.get("subnet", "")) for c in
+               (doc.get("networks", {}).get(net) or {}).get("ipam", {}).get("config", [])]
+    try:
+        inside = any(ipaddress.ip_address(address) in ipaddress.ip_network(n) for n in subnets)
+    except ValueError:
+        inside = False
+    check(inside, f"nginx: address {address!r} is not inside network {net}'s subnet {subnets}")
+    for name, s in svcs.items():
+        if compose_service(name) != "gateway" or name.startswith("migrate-"):
+            continue
+        nets = s.get("networks", [])
+        check(net in (nets if isinstance(nets, (list, dict)) else []), f"{name}: not on network {net} with nginx")
+        trusted = default(s.get("environment", {}).get("TRUSTED_PROXIES", ""))
+        check(trusted == address, f"{name}: TRUSTED_PROXIES {trusted!r} is not nginx's address {address!r}")
 
 
 def check_compose_profiles(svcs):
@@ -1957,6 +2152,8 @@ def main(argv):
         check_k8s(*args)
     elif cmd == "budget-selftest" and len(args) == 1:
         budget_selftest(*args)
+    elif cmd == "drain-selftest" and len(args) == 1:
+        drain_selftest(*args)
     elif cmd == "alerts" and len(args) == 2:
         check_alerts(*args)
     elif cmd == "grafana" and len(args) == 2:
