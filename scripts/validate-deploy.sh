@@ -221,6 +221,7 @@ ensure_tool check-jsonschema pip_install check-jsonschema
 "$PY" -c 'import yaml' 2>/dev/null || pip_install pyyaml
 ensure_tool promtool apt_install prometheus
 ensure_tool amtool apt_install prometheus-alertmanager
+ensure_tool prometheus-alertmanager apt_install prometheus-alertmanager
 ensure_tool nginx apt_install nginx
 ensure_tool openssl apt_install openssl
 ensure_kustomize
