@@ -195,7 +195,7 @@ impl Shared {
             Upstreams::connect(&self.upstream_settings).map_or_else(|_| self.upstreams.clone(), web::Data::new);
         let edge = match Redis::connect_background(&self.redis_settings) {
             Ok(redis) => web::Data::new(Edge {
-                limiter: Arc::new(RateLimiter::new(redis)),
+                limiter: Arc::new(self.edge.limiter.with_redis(redis)),
                 ..self.edge.get_ref().clone()
             }),
             Err(_) => self.edge.clone(),

@@ -191,12 +191,20 @@ async fn the_auth_rate_limit_is_shared_by_two_gateways() {
 async fn rate_limiting_falls_back_to_the_replica_when_redis_is_down() {
     let fleet = Fleet::start().await;
     let redis = format!("redis://127.0.0.1:{}", unilink_test_support::closed_port());
-    let gw = fleet.gateway(&[("RATE_LIMIT_AUTH", "3"), ("REDIS_URL", &redis)]).await;
+    // Two workers, a new connection per request: the requests land on both,
+    // and the replica still limits as one.
+    let gw = fleet
+        .gateway(&[("RATE_LIMIT_AUTH", "3"), ("REDIS_URL", &redis), ("HTTP_WORKERS", "2")])
+        .await;
     let body = json!({"email": "nobody@kiit.ac.in"});
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let (status, _) = gw.post("/auth/resend-verification", body.clone()).await;
-        statuses.push(status);
+        let request = gw
+            .http
+            .post(gw.url("/auth/resend-verification"))
+            .header("connection", "close")
+            .json(&body);
+        statuses.push(gw.send(request).await.0);
     }
     assert_eq!(statuses, vec![202, 202, 202, 429]);
     let metrics = gw.metrics().await;

@@ -3,7 +3,7 @@
 //! (counted in `rate_limit_fallback_total`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use unilink_bus::Redis;
@@ -36,7 +36,9 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct RateLimiter {
     redis: Redis,
-    local: Mutex<HashMap<String, (u64, u32)>>,
+    /// The fallback windows: one per process, shared by every worker's
+    /// limiter ([`RateLimiter::with_redis`]), so the replica limits as one.
+    local: Arc<Mutex<HashMap<String, (u64, u32)>>>,
 }
 
 fn now_secs() -> u64 {
@@ -47,7 +49,16 @@ impl RateLimiter {
     pub fn new(redis: Redis) -> RateLimiter {
         RateLimiter {
             redis,
-            local: Mutex::new(HashMap::new()),
+            local: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A limiter on another Redis client (a worker's own) that falls back to
+    /// the same per-process windows as this one.
+    pub fn with_redis(&self, redis: Redis) -> RateLimiter {
+        RateLimiter {
+            redis,
+            local: Arc::clone(&self.local),
         }
     }
 
