@@ -767,17 +767,17 @@ impl Settings {
         // The key files are auth's alone (other services fetch public keys
         // from it): auth checks them when it loads its signing keys.
 
+        let smtp_port: u16 = r.bounded("SMTP_PORT", 587, 1, 65535)?;
         let smtp = SmtpSettings {
             server: r.opt("SMTP_SERVER"),
-            port: r.bounded("SMTP_PORT", 587, 1, 65535)?,
+            port: smtp_port,
             user: r.opt("SMTP_USER"),
             password: r.opt("SMTP_PASSWORD").map(Secret::new),
             from: r.string("EMAIL_FROM", "noreply@unilink.app"),
             outbox_dir: r.opt("EMAIL_OUTBOX_DIR").map(std::path::PathBuf::from),
             timeout: Duration::from_secs(r.bounded("SMTP_TIMEOUT_SECONDS", 10, 1, 300)?),
             tls: {
-                let port: u16 = r.bounded("SMTP_PORT", 587, 1, 65535)?;
-                let default = if port == 465 {
+                let default = if smtp_port == 465 {
                     SmtpTls::Implicit
                 } else if environment.is_production() {
                     SmtpTls::Required

@@ -147,20 +147,27 @@ fn pg_endpoint(
     target: Target,
 ) -> Result<Endpoint, DbError> {
     check_schema(schema)?;
-    let mut endpoint = tls::endpoint(url, target.variable())?;
+    let mut endpoint = base_endpoint(url, settings, app, target)?;
     let read_only = if target == Target::ReadReplica {
         " -c default_transaction_read_only=on"
     } else {
         ""
     };
+    endpoint.config.options(format!(
+        "-c search_path={schema} -c statement_timeout={} -c idle_in_transaction_session_timeout=60000{read_only}",
+        settings.statement_timeout.as_millis()
+    ));
+    Ok(endpoint)
+}
+
+/// `url` with its TLS, the connect deadline, `app` as the application name
+/// and TCP keepalives: what every connection of a service shares.
+fn base_endpoint(url: &str, settings: &DatabaseSettings, app: &str, target: Target) -> Result<Endpoint, DbError> {
+    let mut endpoint = tls::endpoint(url, target.variable())?;
     endpoint
         .config
         .connect_timeout(settings.connect_timeout)
         .application_name(app)
-        .options(format!(
-            "-c search_path={schema} -c statement_timeout={} -c idle_in_transaction_session_timeout=60000{read_only}",
-            settings.statement_timeout.as_millis()
-        ))
         .keepalives(true);
     Ok(endpoint)
 }
@@ -171,12 +178,7 @@ pub async fn connect_direct(
     settings: &DatabaseSettings,
     app: &str,
 ) -> Result<(tokio_postgres::Client, DirectConnection), DbError> {
-    let mut endpoint = tls::endpoint(settings.url.expose(), Target::Primary.variable())?;
-    endpoint
-        .config
-        .connect_timeout(settings.connect_timeout)
-        .application_name(app)
-        .keepalives(true);
+    let endpoint = base_endpoint(settings.url.expose(), settings, app, Target::Primary)?;
     let tls = endpoint.tls.clone();
     endpoint.config.connect(tls).await.map_err(|e| endpoint.explain(e))
 }

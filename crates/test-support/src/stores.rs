@@ -168,7 +168,8 @@ fn as_postgres(program: &Path) -> Command {
 /// user `postgres`).
 #[derive(Debug)]
 pub struct PrivatePostgres {
-    dir: TempDir,
+    /// Its data and socket folder, deleted with it.
+    _dir: TempDir,
     port: u16,
     child: Child,
 }
@@ -176,7 +177,7 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Starts a cluster; with `tls`, `ssl=on` with that certificate.
     pub async fn start(tls: Option<&ServerCert>) -> PrivatePostgres {
-        let mut dir = TempDir::new("pg");
+        let dir = TempDir::new("pg");
         let data = dir.path().join("data");
         if is_root() {
             run(Command::new("chown").arg("postgres:postgres").arg(dir.path()));
@@ -215,7 +216,7 @@ impl PrivatePostgres {
         std::fs::write(&conf, text).expect("write postgresql.conf");
         for _ in 0..10 {
             let port = crate::closed_port();
-            let child = as_postgres(&postgres_bin("postgres"))
+            let mut child = as_postgres(&postgres_bin("postgres"))
                 .arg("-D")
                 .arg(&data)
                 .args(["-p", &port.to_string()])
@@ -223,10 +224,10 @@ impl PrivatePostgres {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start postgres");
-            let mut server = PrivatePostgres { dir, port, child };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
-                if server.child.try_wait().expect("wait for postgres").is_some() {
+                if child.try_wait().expect("wait for postgres").is_some() {
+                    // The port was taken meanwhile: try another.
                     break;
                 }
                 let ready = Command::new(postgres_bin("pg_isready"))
@@ -234,14 +235,11 @@ impl PrivatePostgres {
                     .status()
                     .is_ok_and(|s| s.success());
                 if ready {
-                    return server;
+                    return PrivatePostgres { _dir: dir, port, child };
                 }
                 assert!(tokio::time::Instant::now() < deadline, "postgres did not start");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            // The port was taken meanwhile: try another.
-            dir = std::mem::replace(&mut server.dir, TempDir(PathBuf::new()));
-            std::mem::forget(server);
         }
         panic!("could not start a private postgres");
     }

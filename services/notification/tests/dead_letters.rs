@@ -87,16 +87,6 @@ fn sealed_otp_event(email: &str, code: &str, keys: &SealKeys) -> Event {
     event
 }
 
-/// Appends a marker mail and waits for it: everything before it was handled.
-async fn flush(h: &Harness, sink: &SmtpSink) {
-    let marker = format!("marker-{}@kiit.ac.in", uuid::Uuid::new_v4().simple());
-    h.append(&verification_event(&marker, &random_token())).await;
-    eventually("the marker mail", WAIT, || async {
-        (!sink.messages_to(&marker).is_empty()).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_mail_refused_for_good_is_dead_lettered_at_once_and_the_stream_goes_on() {
     let h = Harness::new().await;
@@ -111,7 +101,7 @@ async fn a_mail_refused_for_good_is_dead_lettered_at_once_and_the_stream_goes_on
         chrono::Duration::minutes(10),
     );
     h.append(&event).await;
-    flush(&h, &sink).await;
+    h.flush(&sink).await;
 
     let letter = h.dead_letter_of(&event).await;
     assert_eq!(letter.fields["event_type"], USER_LOGIN_OTP_REQUESTED);
@@ -128,7 +118,7 @@ async fn a_mail_refused_for_good_is_dead_lettered_at_once_and_the_stream_goes_on
 
     // Redelivered (e.g. taken over from a dead replica): not tried again.
     h.append(&event).await;
-    flush(&h, &sink).await;
+    h.flush(&sink).await;
     assert_eq!(h.ledger(&event).await.unwrap().1, 1);
     service.stop().await.unwrap();
 }
@@ -148,7 +138,7 @@ async fn temporary_failures_give_up_after_email_max_attempts() {
     let (status, attempts, _) = h.ledger(&event).await.unwrap();
     assert_eq!((status.as_str(), attempts), ("failed", 3));
     // It is not retried any more.
-    flush(&h, &sink).await;
+    h.flush(&sink).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.ledger(&event).await.unwrap().1, 3);
     let count = h
@@ -173,7 +163,7 @@ async fn a_code_that_expired_before_it_could_go_is_not_sent() {
         chrono::Duration::seconds(-5),
     );
     h.append(&event).await;
-    flush(&h, &sink).await;
+    h.flush(&sink).await;
     assert!(
         sink.messages_to("late@kiit.ac.in").is_empty(),
         "a dead code is not mailed"

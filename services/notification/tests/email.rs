@@ -78,17 +78,6 @@ fn mails_to(mails: &[ReceivedMail], address: &str) -> usize {
         .count()
 }
 
-/// Appends a marker event for another address and waits for its mail: the
-/// consumer handles a stream in order, so everything before it was handled.
-async fn flush(h: &Harness, sink: &SmtpSink) -> Vec<ReceivedMail> {
-    let before = sink.messages().len();
-    let marker = format!("marker-{}@kiit.ac.in", uuid::Uuid::new_v4().simple());
-    h.append(&verification_event(&marker, &random_token())).await;
-    let mails = sink.wait_for(before + 1, WAIT).await;
-    assert_eq!(mails_to(&mails, &marker), 1);
-    mails
-}
-
 #[tokio::test]
 async fn verification_event_sends_one_mail_with_link_and_token() {
     let h = Harness::new().await;
@@ -126,7 +115,7 @@ async fn verification_event_sends_one_mail_with_link_and_token() {
     assert_eq!(ledger.last_error, None);
     assert_eq!(ledger.recipient.as_deref(), Some("ana@kiit.ac.in"));
 
-    let mails = flush(&h, &sink).await;
+    let mails = h.flush(&sink).await;
     assert_eq!(mails_to(&mails, "ana@kiit.ac.in"), 1);
     service.stop().await.unwrap();
 }
@@ -145,7 +134,7 @@ async fn a_redelivered_event_is_not_sent_twice() {
     h.ledger_delivered(&event).await;
     h.append(&event).await;
 
-    let mails = flush(&h, &sink).await;
+    let mails = h.flush(&sink).await;
     assert_eq!(mails_to(&mails, "dup@kiit.ac.in"), 1, "{mails:#?}");
     assert_eq!(mails.len(), 2);
     assert_eq!(h.ledger(&event).await.unwrap().attempts, 1);
@@ -198,7 +187,7 @@ async fn events_appended_while_the_service_is_down_are_delivered_once_on_restart
     let mails = sink.wait_for(1, WAIT).await;
     assert_eq!(mails[0].token_after("verify?token=").as_deref(), Some(token.as_str()));
     h.ledger_delivered(&event).await;
-    let mails = flush(&h, &sink).await;
+    let mails = h.flush(&sink).await;
     assert_eq!(mails_to(&mails, "late@kiit.ac.in"), 1);
     service.stop().await.unwrap();
 }
@@ -228,7 +217,7 @@ async fn mail_is_delivered_once_the_smtp_server_is_back() {
     let ledger = h.ledger_delivered(&event).await;
     assert!(ledger.attempts >= 2, "{ledger:?}");
     assert_eq!(ledger.last_error, None);
-    let mails = flush(&h, &sink).await;
+    let mails = h.flush(&sink).await;
     assert_eq!(mails_to(&mails, "retry@kiit.ac.in"), 1);
     service.stop().await.unwrap();
 }
@@ -284,7 +273,7 @@ async fn other_events_are_ignored_and_malformed_ones_do_not_block_the_stream() {
     h.append(&malformed).await;
     h.append(&bad_address).await;
 
-    let mails = flush(&h, &sink).await;
+    let mails = h.flush(&sink).await;
     assert_eq!(mails.len(), 1, "{mails:#?}");
     assert!(
         h.ledger(&registered).await.is_none(),

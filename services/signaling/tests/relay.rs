@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
-use unilink_signaling::relay::{RETIRED_TTL, SignalRelay};
+use unilink_signaling::relay::{Mailbox, RETIRED_TTL, Relayed, SignalRelay};
 use unilink_test_support::faults::PrivateRedis;
 use unilink_test_support::{redis_url, unique_prefix};
 
@@ -29,6 +29,20 @@ fn frame(n: u32) -> String {
     format!(r#"{{"type":"ice_candidate","candidate":{{"n":{n}}}}}"#)
 }
 
+/// The mailbox's next frame, within `wait`.
+async fn next_within(mailbox: &mut Mailbox, wait: Duration) -> Relayed {
+    tokio::time::timeout(wait, mailbox.next())
+        .await
+        .unwrap_or_else(|_| panic!("frame within {wait:?}"))
+        .unwrap()
+        .unwrap()
+}
+
+/// Nothing arrives within `wait` (`what` says why nothing should).
+async fn nothing_more(mailbox: &mut Mailbox, wait: Duration, what: &str) {
+    assert!(tokio::time::timeout(wait, mailbox.next()).await.is_err(), "{what}");
+}
+
 fn n_of(text: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(text).unwrap();
     v["candidate"]["n"].as_u64().unwrap()
@@ -48,11 +62,7 @@ async fn a_reader_that_falls_behind_still_gets_every_frame_once_in_order() {
     });
     let mut base = 0;
     for expected in 0..3000u64 {
-        let got = tokio::time::timeout(Duration::from_secs(10), mailbox.next())
-            .await
-            .expect("frame within 10 s")
-            .unwrap()
-            .unwrap();
+        let got = next_within(&mut mailbox, Duration::from_secs(10)).await;
         if expected == 0 {
             // A new mailbox counts from the clock (ms × 1000), so numbers
             // keep growing even if Redis loses the counter.
@@ -65,12 +75,7 @@ async fn a_reader_that_falls_behind_still_gets_every_frame_once_in_order() {
         assert_eq!(got.sender, "peer");
     }
     sending.await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), mailbox.next())
-            .await
-            .is_err(),
-        "nothing twice"
-    );
+    nothing_more(&mut mailbox, Duration::from_millis(300), "nothing twice").await;
     stop.cancel();
 }
 
@@ -138,12 +143,7 @@ async fn a_lost_tail_is_found_by_catching_up() {
             .await
             .unwrap();
     }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), mailbox.next())
-            .await
-            .is_err(),
-        "nothing was published"
-    );
+    nothing_more(&mut mailbox, Duration::from_millis(200), "nothing was published").await;
     mailbox.catch_up().await.unwrap();
     assert!(mailbox.has_ready());
     assert_eq!(mailbox.next().await.unwrap().unwrap().seq, base + 1);
@@ -250,20 +250,11 @@ async fn numbered_client_frames_are_relayed_once_and_in_order() {
     assert!(matches!(send("page2", 1).await, SendOutcome::Relayed(_)));
     let mut got = Vec::new();
     for _ in 0..4 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
-            .await
-            .expect("frame within 5 s")
-            .unwrap()
-            .unwrap();
+        let frame = next_within(&mut mailbox, Duration::from_secs(5)).await;
         got.push(n_of(&frame.text));
     }
     assert_eq!(got, [1, 2, 3, 1]);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), mailbox.next())
-            .await
-            .is_err(),
-        "nothing more"
-    );
+    nothing_more(&mut mailbox, Duration::from_millis(300), "nothing more").await;
     stop.cancel();
 }
 
@@ -299,11 +290,7 @@ async fn a_retired_mailbox_expires_within_minutes_and_still_replays() {
     // A client reconnecting in the resume window still reads every frame.
     let mut mailbox = relay.open(call, user, 0).await.unwrap();
     for n in 0..3u64 {
-        let got = tokio::time::timeout(Duration::from_secs(2), mailbox.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let got = next_within(&mut mailbox, Duration::from_secs(2)).await;
         assert_eq!(n_of(&got.text), n);
     }
     stop.cancel();
@@ -362,11 +349,7 @@ async fn a_mailbox_keeps_the_newest_frames_within_its_byte_bound() {
     for after in [Some(0), Some(seqs[3])] {
         let mut mailbox = relay.open_after(call, user, after).await.unwrap();
         for n in (320 - kept as u64)..320 {
-            let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
-                .await
-                .expect("frame within 5 s")
-                .unwrap()
-                .unwrap();
+            let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
             assert_eq!(n_of(&got.text), n);
             assert_eq!(got.seq, seqs[n as usize]);
         }
@@ -430,11 +413,7 @@ async fn a_replay_from_the_start_is_read_a_page_at_a_time() {
     let mut mailbox = relay.open_after(call, user, Some(0)).await.unwrap();
     assert!(mailbox.held() <= REPLAY_PAGE, "{} frames read at once", mailbox.held());
     for n in 0..1000u64 {
-        let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
-            .await
-            .expect("frame within 5 s")
-            .unwrap()
-            .unwrap();
+        let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
         assert_eq!(n_of(&got.text), n);
         assert!(
             mailbox.held() <= REPLAY_PAGE,
@@ -444,11 +423,7 @@ async fn a_replay_from_the_start_is_read_a_page_at_a_time() {
     }
     // Then live frames, as before.
     relay.send(call, user, "peer", &frame(1000), "").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
-        .await
-        .expect("live frame within 5 s")
-        .unwrap()
-        .unwrap();
+    let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
     assert_eq!(n_of(&got.text), 1000);
     stop.cancel();
 }
@@ -487,11 +462,7 @@ async fn a_long_gap_is_filled_a_page_at_a_time() {
         .unwrap();
     relay.send(call, user, "peer", &frame(601), "").await.unwrap();
     for n in 1..=601u64 {
-        let got = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
-            .await
-            .expect("frame within 5 s")
-            .unwrap()
-            .unwrap();
+        let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
         assert_eq!((got.seq, n_of(&got.text)), (base + n, n));
         assert!(
             mailbox.held() <= REPLAY_PAGE + 1,
@@ -552,11 +523,7 @@ async fn before_the_call_is_accepted_only_a_few_client_frames_enter_a_mailbox() 
     let mut mailbox = relay.open_after(call, user, Some(0)).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..=EARLY_FRAMES + 1 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), mailbox.next())
-            .await
-            .expect("frame within 5 s")
-            .unwrap()
-            .unwrap();
+        let frame = next_within(&mut mailbox, Duration::from_secs(5)).await;
         got.push(n_of(&frame.text));
     }
     let expected: Vec<u64> = (1..=next).chain([0]).collect();

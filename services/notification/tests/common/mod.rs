@@ -9,7 +9,7 @@ use unilink_events::payload::USER_VERIFICATION_REQUESTED;
 use unilink_events::{Event, stream_of};
 use unilink_notification::Notification;
 use unilink_test_support::service::{RunningService, spawn};
-use unilink_test_support::smtp::SmtpSink;
+use unilink_test_support::smtp::{ReceivedMail, SmtpSink};
 use unilink_test_support::{TestDatabase, settings, unique_prefix};
 
 /// A `user.verification_requested` event for `email` with `token` (the full
@@ -76,5 +76,17 @@ impl Harness {
         unilink_events::outbox::append(&self.redis, &stream_of("auth"), event)
             .await
             .expect("append to events:auth");
+    }
+
+    /// Appends a marker event for another address and waits for its mail
+    /// (the consumer handles a stream in order, so everything before it
+    /// was handled); returns every mail so far.
+    pub async fn flush(&self, sink: &SmtpSink) -> Vec<ReceivedMail> {
+        let before = sink.messages().len();
+        let marker = format!("marker-{}@kiit.ac.in", uuid::Uuid::new_v4().simple());
+        self.append(&verification_event(&marker, &random_token())).await;
+        let mails = sink.wait_for(before + 1, std::time::Duration::from_secs(15)).await;
+        assert_eq!(sink.messages_to(&marker).len(), 1);
+        mails
     }
 }
