@@ -168,16 +168,10 @@ impl Redis {
         let replicas = match known {
             Some((at, n)) if at.elapsed() < Duration::from_secs(1) => n,
             _ => {
-                let info: String = tokio::time::timeout(
-                    COMMAND_TIMEOUT,
-                    self.client.info(Some(fred::types::InfoKind::Replication)),
-                )
-                .await
-                .map_err(|_| BusError::Timeout(COMMAND_TIMEOUT))??;
-                let n = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("connected_slaves:"))
-                    .and_then(|n| n.trim().parse().ok())
+                let n = self
+                    .info_field(fred::types::InfoKind::Replication, "connected_slaves")
+                    .await?
+                    .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
                 *self.replicas.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), n));
                 n
@@ -196,13 +190,21 @@ impl Redis {
     /// The run id of the Redis server this client talks to now: it changes
     /// when the server restarts or another one takes over (a failover).
     pub async fn server_id(&self) -> Result<String, BusError> {
-        let info: String = tokio::time::timeout(COMMAND_TIMEOUT, self.client.info(Some(fred::types::InfoKind::Server)))
+        self.info_field(fred::types::InfoKind::Server, "run_id")
+            .await?
+            .ok_or_else(|| BusError::Reply("INFO server has no run_id".to_owned()))
+    }
+
+    /// The value of one `field:value` line of an `INFO` section.
+    async fn info_field(&self, section: fred::types::InfoKind, field: &str) -> Result<Option<String>, BusError> {
+        let info: String = tokio::time::timeout(COMMAND_TIMEOUT, self.client.info(Some(section)))
             .await
             .map_err(|_| BusError::Timeout(COMMAND_TIMEOUT))??;
-        info.lines()
-            .find_map(|line| line.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned())
-            .ok_or_else(|| BusError::Reply("INFO server has no run_id".to_owned()))
+        Ok(info.lines().find_map(|line| {
+            line.strip_prefix(field)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .map(|value| value.trim().to_owned())
+        }))
     }
 
     /// `name` with this deployment's prefix.
