@@ -173,7 +173,8 @@ async fn sockets_move_to_a_gateway_that_joins_until_each_holds_its_share() {
     let clients: Vec<_> = (0..SOCKETS)
         .map(|n| {
             let (id, token) = &users[n % USERS];
-            let url = format!("{ws_base}/calls/ws/{id}?token={token}");
+            // These clients reconnect when asked to move (`reconnects=1`).
+            let url = format!("{ws_base}/calls/ws/{id}?token={token}&reconnects=1");
             tokio::spawn(presence_client(n, url, shared.clone(), stop.clone()))
         })
         .collect();

@@ -31,7 +31,9 @@ export class PresenceSocket {
     this.onStatus('connecting');
     let url;
     try {
-      url = await socketUrl(`/calls/ws/${encodeURIComponent(this.userId)}`);
+      // reconnects=1: this client opens the socket again when it closes, so
+      // the gateway may ask it to move to another replica.
+      url = await socketUrl(`/calls/ws/${encodeURIComponent(this.userId)}`, { reconnects: 1 });
     } catch {
       this.scheduleReconnect();
       return;

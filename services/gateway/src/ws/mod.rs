@@ -104,11 +104,21 @@ impl Kind {
     }
 }
 
-/// `WS /calls/ws/{user_id}?token=`.
+#[derive(Debug, serde::Deserialize)]
+pub struct PresenceQuery {
+    /// `1` (or `true`): this client opens its presence socket again when it
+    /// closes, so the gateway may ask it to move (rebalancing). The original
+    /// web client does not reconnect its presence socket, so without this a
+    /// presence socket is never moved.
+    reconnects: Option<String>,
+}
+
+/// `WS /calls/ws/{user_id}?token=[&reconnects=1]`.
 pub async fn presence(
     req: HttpRequest,
     caller: Authenticated,
     path: web::Path<String>,
+    query: web::Query<PresenceQuery>,
     upstreams: web::Data<Upstreams>,
     draining: web::Data<Draining>,
 ) -> Result<HttpResponse, ApiError> {
@@ -125,7 +135,8 @@ pub async fn presence(
         family_id: caller.0.claims.fid.clone(),
         ..Open::default()
     };
-    bridge(&req, open, Kind::Presence, &upstreams, &draining).await
+    let movable = matches!(query.reconnects.as_deref(), Some("1" | "true"));
+    bridge(&req, open, Kind::Presence, movable, &upstreams, &draining).await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -153,7 +164,8 @@ pub async fn signaling(
         connection_id: String::new(),
         family_id: caller.0.claims.fid.clone(),
     };
-    bridge(&req, open, Kind::Call, &upstreams, &draining).await
+    // Call clients (the original one included) reconnect a call socket that closes.
+    bridge(&req, open, Kind::Call, true, &upstreams, &draining).await
 }
 
 /// A live stream to a signaling replica.
@@ -274,10 +286,13 @@ fn refusal(status: &tonic::Status) -> CloseReason {
     }
 }
 
+/// `movable`: the client reconnects when this socket closes, so
+/// rebalancing may ask it to (it is registered in [`LocalSockets`]).
 async fn bridge(
     req: &HttpRequest,
     open: Open,
     kind: Kind,
+    movable: bool,
     upstreams: &web::Data<Upstreams>,
     draining: &web::Data<Draining>,
 ) -> Result<HttpResponse, ApiError> {
@@ -319,6 +334,7 @@ async fn bridge(
         upstreams,
         draining: draining.get_ref().clone(),
         local: req.app_data::<web::Data<LocalSockets>>().map(|l| l.get_ref().clone()),
+        movable,
     });
     Ok(response)
 }
@@ -335,6 +351,8 @@ pub struct Accepted {
     draining: Draining,
     /// Where the socket is counted for rebalancing.
     local: Option<LocalSockets>,
+    /// Whether its client reconnects, so rebalancing may move it.
+    movable: bool,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -360,12 +378,13 @@ impl Accepted {
             upstreams,
             draining: Draining(draining, sockets),
             local,
+            movable,
         } = self;
         match opened {
             Ok(upstream) => {
                 // Cancelled by the drain, or to move this one socket.
                 let leave = draining.child_token();
-                let registration = local.map(|l| l.register(kind, leave.clone()));
+                let registration = local.map(|l| l.register(kind, movable.then(|| leave.clone())));
                 let held = (_lease, registration);
                 let pump = run(
                     socket,

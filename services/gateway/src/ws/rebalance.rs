@@ -110,7 +110,8 @@ pub struct LocalSockets {
 #[derive(Debug, Default)]
 struct Registry {
     next: u64,
-    open: BTreeMap<u64, (Kind, CancellationToken)>,
+    /// `None`: a socket whose client does not reconnect (counted, never moved).
+    open: BTreeMap<u64, (Kind, Option<CancellationToken>)>,
 }
 
 /// What [`LocalSockets::ask_to_move`] asked.
@@ -126,8 +127,9 @@ impl LocalSockets {
     }
 
     /// Counts a running socket until the registration is dropped; `leave`
-    /// is cancelled to ask it to reconnect elsewhere.
-    pub(super) fn register(&self, kind: Kind, leave: CancellationToken) -> Registration {
+    /// is cancelled to ask it to reconnect elsewhere (`None`: its client
+    /// would not reconnect, so it is never asked).
+    pub(super) fn register(&self, kind: Kind, leave: Option<CancellationToken>) -> Registration {
         let mut registry = self.lock();
         let id = registry.next;
         registry.next += 1;
@@ -157,15 +159,19 @@ impl LocalSockets {
             let presence = registry
                 .open
                 .iter()
-                .filter(|(_, (kind, _))| matches!(kind, Kind::Presence))
+                .filter(|(_, (kind, leave))| matches!(kind, Kind::Presence) && leave.is_some())
                 .map(|(id, _)| *id);
             let calls = registry
                 .open
                 .iter()
-                .filter(|(_, (kind, _))| matches!(kind, Kind::Call))
+                .filter(|(_, (kind, leave))| matches!(kind, Kind::Call) && leave.is_some())
                 .map(|(id, _)| *id);
             let chosen: Vec<u64> = presence.chain(calls).take(n).collect();
-            chosen.iter().filter_map(|id| registry.open.remove(id)).collect()
+            chosen
+                .iter()
+                .filter_map(|id| registry.open.remove(id))
+                .filter_map(|(kind, leave)| Some((kind, leave?)))
+                .collect()
         };
         for (kind, leave) in leaving {
             match kind {
@@ -355,7 +361,7 @@ mod tests {
             .collect();
         let registrations: Vec<Registration> = tokens
             .iter()
-            .map(|(kind, token)| sockets.register(*kind, token.clone()))
+            .map(|(kind, token)| sockets.register(*kind, Some(token.clone())))
             .collect();
         assert_eq!(sockets.len(), 4);
 
@@ -371,9 +377,25 @@ mod tests {
 
         drop(registrations);
         assert!(sockets.is_empty());
-        let late = sockets.register(Kind::Presence, CancellationToken::new());
+        let late = sockets.register(Kind::Presence, Some(CancellationToken::new()));
         assert_eq!(sockets.len(), 1);
         drop(late);
+        assert!(sockets.is_empty());
+    }
+
+    #[test]
+    fn a_socket_whose_client_does_not_reconnect_is_counted_but_never_asked() {
+        let sockets = LocalSockets::default();
+        let legacy = sockets.register(Kind::Presence, None);
+        let token = CancellationToken::new();
+        let movable = sockets.register(Kind::Presence, Some(token.clone()));
+        assert_eq!(sockets.len(), 2);
+        assert_eq!(sockets.ask_to_move(5), Asked { presence: 1, call: 0 });
+        assert!(token.is_cancelled());
+        // The original client's presence socket stays, and counts.
+        assert_eq!(sockets.len(), 1);
+        assert_eq!(sockets.ask_to_move(5), Asked::default());
+        drop((legacy, movable));
         assert!(sockets.is_empty());
     }
 }
