@@ -289,7 +289,12 @@ fn report(round: &str, f: &Figures) {
 
 #[tokio::test]
 async fn killing_the_redis_master_fails_over_and_loses_nothing_twice() {
-    let mut cluster = Cluster::start_with_sentinels(&[("SIGNALING_FRAME_RATE", "1000")]).await;
+    // Rebalancing off: with four sockets its moves are noise here, and a
+    // call socket asked to move while Redis fails over is another test's
+    // subject (see the closing note of issue 18).
+    let mut cluster =
+        Cluster::start_with_sentinels(&[("SIGNALING_FRAME_RATE", "1000"), ("WS_REBALANCE_INTERVAL_SECONDS", "0")])
+            .await;
     eprintln!("[redis failover] fleet started on the Sentinels");
     let lb = Gateway::at(cluster.lb.base());
     let (ada_id, ada) = cluster.user("ada").await;
