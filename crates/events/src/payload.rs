@@ -121,23 +121,9 @@ impl CallEvent {
     }
 }
 
-/// Redis pub/sub channel (before the deployment prefix) of the pushes to one
-/// user's presence sockets, on whichever signaling replica holds them.
+/// Redis pub/sub channel (before the deployment prefix) of one user: pushes
+/// for their presence sockets and control messages for all their sockets
+/// (`unilink_protocol::Control`), on whichever gateway replica holds them.
 pub fn push_channel(user_id: &str) -> String {
     format!("push:{user_id}")
-}
-
-/// The WebSocket close code for a session that ended by policy (logged out,
-/// account closed).
-pub const CLOSE_POLICY: u32 = 1008;
-
-/// Control message on a user's push channel: close their sockets (presence
-/// and call), or only those of one session (`family`, the token's `fid`).
-/// Pushes for the client never carry a top-level `control` key.
-pub fn close_control(code: u32, reason: &str, family: Option<&str>) -> String {
-    let mut control = serde_json::json!({"control": "close", "code": code, "reason": reason});
-    if let Some(family) = family {
-        control["family"] = family.into();
-    }
-    control.to_string()
 }

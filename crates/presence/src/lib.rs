@@ -49,6 +49,25 @@ return 1
 "#,
 );
 
+/// KEYS: online, then the conns hash of each connection. ARGV: now, ttl_ms,
+/// then connection id and user of each connection, in the order of KEYS.
+/// Renews a batch of connections in one round trip.
+static BEAT_MANY: LuaScript = LuaScript::new(
+    r#"
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local conn, user = ARGV[2 * i - 1], ARGV[2 * i]
+  redis.call('HSET', KEYS[i], conn, now + ttl)
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
+  redis.call('ZADD', KEYS[1], 'GT', now, user)
+end
+return #KEYS - 1
+"#,
+);
+
+/// Connections renewed per script call by [`PresenceRegistry::heartbeat_many`].
+pub const BEAT_BATCH: usize = 500;
+
 /// KEYS: conns, online. ARGV: conn, now, user. Returns 1 while other live
 /// connections remain.
 static LEAVE: LuaScript = LuaScript::new(
@@ -114,6 +133,44 @@ impl PresenceRegistry {
         ];
         self.redis.run(&BEAT, self.keys(&user), args).await?;
         Ok(())
+    }
+
+    /// Renews many connections: one script call per [`BEAT_BATCH`] of them,
+    /// all sent at once (one round trip, pipelined). Returns how many were
+    /// renewed; a failed batch is reported and the rest still renewed.
+    pub async fn heartbeat_many(&self, connections: &[(UserId, String)]) -> Result<usize, BusError> {
+        let now = now_ms().to_string();
+        let ttl = (self.ttl.as_millis() as i64).to_string();
+        let batches = connections.chunks(BEAT_BATCH).map(|batch| {
+            let mut keys = Vec::with_capacity(batch.len() + 1);
+            keys.push(self.redis.key(ONLINE));
+            let mut args = Vec::with_capacity(2 * batch.len() + 2);
+            args.push(now.clone());
+            args.push(ttl.clone());
+            for (user, connection) in batch {
+                keys.push(self.redis.key(&conns_key(user)));
+                args.push(connection.clone());
+                args.push(user.to_string());
+            }
+            let redis = self.redis.clone();
+            async move { redis.run(&BEAT_MANY, keys, args).await.map(|_| batch.len()) }
+        });
+        let mut renewed = 0;
+        let mut failure = None;
+        for outcome in futures_util::future::join_all(batches).await {
+            match outcome {
+                Ok(n) => renewed += n,
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) if renewed == 0 => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, renewed, "some presence heartbeats failed");
+                Ok(renewed)
+            }
+            None => Ok(renewed),
+        }
     }
 
     /// Marks a new connection online (same as a heartbeat).

@@ -10,10 +10,11 @@ use unilink_bus::Redis;
 use unilink_config::Settings;
 use unilink_db::{DbError, Uuid};
 use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
+use unilink_protocol::{CLOSE_POLICY, Control};
 use unilink_events::payload::{
-    CLOSE_POLICY, LoginOtpRequested, USER_DEACTIVATED, USER_DELETED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED,
+    LoginOtpRequested, USER_DEACTIVATED, USER_DELETED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED,
     USER_VERIFICATION_REQUESTED, USER_VERIFIED, UserDeleted, UserRef, UserRegistered, UserVerified,
-    VerificationRequested, close_control, push_channel,
+    VerificationRequested, push_channel,
 };
 use unilink_events::seal::{self, SealKeys};
 use unilink_events::{Event, outbox};
@@ -467,7 +468,7 @@ impl AuthService {
     /// Tells every signaling replica to close the sockets of `user` opened
     /// with a token of `family` (1008 and `reason`).
     async fn close_session_sockets(&self, user: UserId, family: Uuid, reason: &str) -> Result<(), AuthError> {
-        let close = close_control(CLOSE_POLICY, reason, Some(&family.to_string()));
+        let close = Control::close(CLOSE_POLICY, reason, Some(&family.to_string())).to_text();
         self.redis.publish(&push_channel(&user.to_string()), &close).await?;
         Ok(())
     }

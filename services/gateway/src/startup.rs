@@ -17,6 +17,7 @@ use actix_web::middleware::{DefaultHeaders, ErrorHandlerResponse, ErrorHandlers,
 use actix_web::{App, HttpResponse, web};
 use futures_util::FutureExt;
 use futures_util::future::LocalBoxFuture;
+use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_config::{DatabaseSettings, Settings};
 use unilink_errors::ErrorCode;
@@ -181,6 +182,11 @@ struct Shared {
     local_sockets: web::Data<crate::ws::rebalance::LocalSockets>,
     draining: web::Data<crate::ws::Draining>,
     liveness: web::Data<crate::ws::Liveness>,
+    /// The replica's relay (one subscription connection) and presence hub;
+    /// each worker sends over its own Redis client.
+    relay: unilink_relay::SignalRelay,
+    presence: crate::ws::presence::PresenceHub,
+    calls: unilink_config::CallSettings,
     origins: OriginPolicy,
     production: bool,
 }
@@ -190,17 +196,33 @@ impl Shared {
     /// request's HTTP, Redis and gRPC I/O all run on its worker's thread (no
     /// hand-offs to another runtime). Settings were validated at start-up, so
     /// these cannot fail here; if they did, the shared clients serve.
-    fn worker_clients(&self) -> (web::Data<Upstreams>, web::Data<Edge>) {
+    fn worker_clients(&self) -> (web::Data<Upstreams>, web::Data<Edge>, web::Data<crate::ws::Planes>) {
         let upstreams =
             Upstreams::connect(&self.upstream_settings).map_or_else(|_| self.upstreams.clone(), web::Data::new);
-        let edge = match Redis::connect_background(&self.redis_settings) {
-            Ok(redis) => web::Data::new(Edge {
-                limiter: Arc::new(self.edge.limiter.with_redis(redis)),
-                ..self.edge.get_ref().clone()
-            }),
-            Err(_) => self.edge.clone(),
+        let (edge, relay, presence) = match Redis::connect_background(&self.redis_settings) {
+            Ok(redis) => {
+                let relay = self.relay.with_redis(redis.clone());
+                (
+                    web::Data::new(Edge {
+                        limiter: Arc::new(self.edge.limiter.with_redis(redis.clone())),
+                        ..self.edge.get_ref().clone()
+                    }),
+                    relay.clone(),
+                    self.presence.with_redis(redis, relay),
+                )
+            }
+            Err(_) => (self.edge.clone(), self.relay.clone(), self.presence.clone()),
         };
-        (upstreams, edge)
+        let planes = web::Data::new(crate::ws::Planes {
+            call: crate::ws::call::CallPlane {
+                connections: unilink_relay::CallConnections::new(relay.redis().clone(), self.calls.disconnect_grace),
+                relay,
+                signaling: upstreams.signaling.clone(),
+                frame_rate: self.calls.frame_rate,
+            },
+            presence,
+        });
+        (upstreams, edge, planes)
     }
 
     /// The application: every route and middleware. Each worker builds it
@@ -209,6 +231,7 @@ impl Shared {
         &self,
         upstreams: web::Data<Upstreams>,
         edge: web::Data<Edge>,
+        planes: web::Data<crate::ws::Planes>,
     ) -> App<
         impl ServiceFactory<
             ServiceRequest,
@@ -222,6 +245,7 @@ impl Shared {
             .app_data(self.checker.clone())
             .app_data(upstreams)
             .app_data(edge)
+            .app_data(planes)
             .app_data(self.draining.clone())
             .app_data(self.liveness.clone())
             .app_data(self.socket_cap.clone())
@@ -293,6 +317,9 @@ pub struct Application {
     drain: crate::ws::Draining,
     /// How long shutdown waits for sockets and requests to finish.
     grace: Duration,
+    /// Stops the relay's subscription and the presence renewals, once the
+    /// sockets have closed.
+    relay_stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Application {
@@ -344,7 +371,20 @@ impl Application {
             auth_address_limit: settings.rate_limit_auth_address,
             api_limit: settings.rate_limit_api,
         });
+        // One pub/sub connection for the whole replica, open before the
+        // first socket: mailboxes and user channels share it.
+        let relay_stop = CancellationToken::new();
+        let relay = unilink_relay::SignalRelay::connect(redis.clone(), relay_stop.clone()).await?;
+        let presence = crate::ws::presence::PresenceHub::new(redis.clone(), relay.clone());
+        tokio::spawn(
+            presence
+                .clone()
+                .run(unilink_presence::HEARTBEAT_EVERY, relay_stop.clone()),
+        );
         let shared = Shared {
+            relay,
+            presence,
+            calls: settings.calls.clone(),
             checker,
             upstreams: web::Data::new(upstreams),
             upstream_settings: settings.upstreams.clone(),
@@ -385,11 +425,11 @@ impl Application {
             .disable_signals()
             .shutdown_timeout(settings.listen.shutdown_grace.as_secs())
             .listen("unilink-gateway", listener, move || {
-                let (upstreams, edge) = shared.worker_clients();
-                let main = shared.app(upstreams.clone(), edge.clone());
+                let (upstreams, edge, planes) = shared.worker_clients();
+                let main = shared.app(upstreams.clone(), edge.clone(), planes.clone());
                 let upgrades = {
                     let shared = shared.clone();
-                    upgrade_service(move || shared.app(upstreams.clone(), edge.clone()))
+                    upgrade_service(move || shared.app(upstreams.clone(), edge.clone(), planes.clone()))
                 };
                 let shutdown_signal = shutdown_signal.clone();
                 HttpService::build()
@@ -416,6 +456,7 @@ impl Application {
             redis,
             drain,
             grace,
+            relay_stop,
         })
     }
 
@@ -440,6 +481,7 @@ impl Application {
             redis,
             drain,
             grace,
+            relay_stop,
             ..
         } = self;
         let handle = server.handle();
@@ -472,6 +514,7 @@ impl Application {
                 }
             }
         };
+        relay_stop.cancel();
         redis.close().await;
         tracing::info!(service = crate::SERVICE, "stopped");
         result.unwrap_or_else(|e| Err(std::io::Error::other(e)))

@@ -3,7 +3,8 @@
 //! sockets.
 //!
 //! A push is a Redis `PUBLISH` on [`push_channel`] of each user in
-//! [`CallEvent::to_notify`]; the signaling replica holding that user's
+//! [`CallEvent::to_notify`], typed as the wire protocol's
+//! [`unilink_protocol::Push`]; the gateway replica holding that user's
 //! `WS /calls/ws/{user_id}` subscribes to the channel and forwards the JSON
 //! text verbatim as one WebSocket text frame.
 //!
@@ -21,7 +22,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
@@ -31,6 +31,7 @@ use unilink_events::consumer::HandlerError;
 use unilink_events::payload::{
     CALL_ACCEPTED, CALL_ENDED, CALL_INITIATED, CALL_MISSED, CALL_REJECTED, CallEvent, push_channel,
 };
+use unilink_protocol::{CallChange, CallView, Push as Wire};
 use unilink_runtime::Resources;
 
 /// The producer whose stream carries the call events.
@@ -86,7 +87,7 @@ impl PushWorker {
             tracing::debug!(event_id = %event.id, call_id = %call.call_id, kind = push.kind, occurred_at = %event.occurred_at, "call event too old to push; skipping it");
             return Ok(());
         }
-        let text = push.body.to_string();
+        let text = push.body.to_text();
         for user in call.to_notify() {
             let sockets = self
                 .redis
@@ -100,11 +101,11 @@ impl PushWorker {
     }
 }
 
-/// One push: its `type` and the JSON sent.
+/// One push: its `type` and what is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Push {
     pub kind: &'static str,
-    pub body: Value,
+    pub body: Wire,
 }
 
 impl Push {
@@ -130,34 +131,29 @@ impl Push {
             UserId::parse(actor).map_err(|e| HandlerError::Reject(format!("actor_id: {e}")))?;
         }
         CallId::parse(&call.call_id).map_err(|e| HandlerError::Reject(format!("call_id: {e}")))?;
-        let kind = match event_type {
-            CALL_INITIATED => {
-                return Ok(Push {
-                    kind: Push::INCOMING_CALL,
-                    body: json!({
-                        "type": Push::INCOMING_CALL,
-                        "call_id": call.call_id,
-                        "caller_id": call.initiator_id,
-                        "caller_username": call.initiator_username,
-                        "call": call_json(call),
-                    }),
-                });
-            }
-            CALL_ACCEPTED => "call_accepted",
-            CALL_REJECTED => "call_rejected",
-            CALL_MISSED => "call_missed",
-            CALL_ENDED => "call_ended",
+        let view = call_view(call);
+        let change = || CallChange {
+            call_id: call.call_id.clone(),
+            user_id: call.actor_id.clone(),
+            reason: call.reason.clone(),
+            call: view.clone(),
+        };
+        let body = match event_type {
+            CALL_INITIATED => Wire::IncomingCall {
+                call_id: call.call_id.clone(),
+                caller_id: call.initiator_id.clone(),
+                caller_username: call.initiator_username.clone(),
+                call: view.clone(),
+            },
+            CALL_ACCEPTED => Wire::CallAccepted(change()),
+            CALL_REJECTED => Wire::CallRejected(change()),
+            CALL_MISSED => Wire::CallMissed(change()),
+            CALL_ENDED => Wire::CallEnded(change()),
             other => return Err(HandlerError::Reject(format!("unknown call event type {other:?}"))),
         };
         Ok(Push {
-            kind,
-            body: json!({
-                "type": kind,
-                "call_id": call.call_id,
-                "user_id": call.actor_id,
-                "reason": call.reason,
-                "call": call_json(call),
-            }),
+            kind: body.kind(),
+            body,
         })
     }
 }
@@ -165,22 +161,22 @@ impl Push {
 /// The call as the public API shows it (`started_at` is when it was placed,
 /// `duration_seconds` 0 until it ended). Events written before they carried
 /// the token and the creation time give `""` and the acceptance time.
-fn call_json(call: &CallEvent) -> Value {
+fn call_view(call: &CallEvent) -> CallView {
     let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true));
-    json!({
-        "id": call.call_id,
-        "initiator_id": call.initiator_id,
-        "receiver_id": call.receiver_id,
-        "initiator_username": call.initiator_username,
-        "receiver_username": call.receiver_username,
-        "status": call.status,
-        "call_token": call.call_token.as_deref().unwrap_or_default(),
-        "created_at": time(call.created_at),
-        "started_at": time(call.created_at.or(call.answered_at)),
-        "answered_at": time(call.answered_at),
-        "ended_at": time(call.ended_at),
-        "duration_seconds": call.duration_seconds.unwrap_or(0),
-    })
+    CallView {
+        id: call.call_id.clone(),
+        initiator_id: call.initiator_id.clone(),
+        receiver_id: call.receiver_id.clone(),
+        initiator_username: call.initiator_username.clone(),
+        receiver_username: call.receiver_username.clone(),
+        status: call.status.clone(),
+        call_token: call.call_token.clone().unwrap_or_default(),
+        created_at: time(call.created_at),
+        started_at: time(call.created_at.or(call.answered_at)),
+        answered_at: time(call.answered_at),
+        ended_at: time(call.ended_at),
+        duration_seconds: call.duration_seconds.unwrap_or(0),
+    }
 }
 
 /// Whether something that happened at `at` is more than `age` old at `now`
@@ -192,6 +188,7 @@ fn is_older_than(at: DateTime<Utc>, age: Duration, now: DateTime<Utc>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn call(actor: Option<&str>) -> CallEvent {
         CallEvent {
@@ -217,7 +214,7 @@ mod tests {
         let push = Push::of(CALL_ENDED, &c).unwrap();
         assert_eq!(push.kind, "call_ended");
         assert_eq!(
-            push.body,
+            serde_json::to_value(&push.body).unwrap(),
             json!({
                 "type": "call_ended",
                 "call_id": c.call_id,
@@ -259,7 +256,7 @@ mod tests {
             "duration_seconds": null,
         }))
         .unwrap();
-        let call = &Push::of(CALL_INITIATED, &old).unwrap().body["call"];
+        let call = &serde_json::to_value(Push::of(CALL_INITIATED, &old).unwrap().body).unwrap()["call"];
         assert_eq!(call["duration_seconds"], 0);
         assert_eq!(call["call_token"], "");
         assert!(call["started_at"].is_null());

@@ -1,27 +1,24 @@
 //! `unilink.signaling.v1.SignalingService`: converts, calls the core, converts back.
 
-use std::pin::Pin;
-
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 use unilink_domain::{CallId, UserId};
 use unilink_proto::signaling::signaling_service_server::{SignalingService, SignalingServiceServer};
 use unilink_proto::signaling::{
     ActiveConnectionsReply, ActiveConnectionsRequest, Call as CallMessage, CallConnections as CallConnectionsMessage,
-    CallHistory, CallRequest, CallStatus as CallStatusMessage, ClientFrame, HistoryRequest,
-    IceServer as IceServerMessage, IceServerConfig, InitiateRequest, MaybeCall, ServerFrame, UserRequest,
+    CallHistory, CallRequest, CallStatus as CallStatusMessage, ConnectionStateRecorded, ConnectionStateReport,
+    HistoryRequest, IceServer as IceServerMessage, IceServerConfig, InitiateRequest, JoinCallReply, JoinCallRequest,
+    MaybeCall, UserRequest,
 };
+use unilink_relay::CallSockets;
 
-use crate::connections::CallSockets;
 use crate::error::SignalingError;
 use crate::repo::{Call, CallStatus};
 use crate::service::CallService;
-use crate::session::Sessions;
 
-/// The gRPC face of the core and of the socket sessions.
+/// The gRPC face of the core.
 #[derive(Debug, Clone)]
 pub struct SignalingApi {
     pub core: CallService,
-    pub sessions: Sessions,
 }
 
 pub fn server(api: SignalingApi) -> SignalingServiceServer<SignalingApi> {
@@ -59,13 +56,11 @@ impl From<Call> for CallMessage {
     }
 }
 
-impl From<CallSockets> for CallConnectionsMessage {
-    fn from(s: CallSockets) -> Self {
-        CallConnectionsMessage {
-            call_id: s.call_id.to_string(),
-            users: s.users.iter().map(ToString::to_string).collect(),
-            connection_state: s.connection_state,
-        }
+fn sockets_message(s: CallSockets) -> CallConnectionsMessage {
+    CallConnectionsMessage {
+        call_id: s.call_id.to_string(),
+        users: s.users.iter().map(ToString::to_string).collect(),
+        connection_state: s.connection_state,
     }
 }
 
@@ -83,8 +78,6 @@ fn maybe(call: Option<Call>) -> Response<MaybeCall> {
         call: call.map(Into::into),
     })
 }
-
-type SessionStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ServerFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl SignalingService for SignalingApi {
@@ -166,7 +159,7 @@ impl SignalingService for SignalingApi {
         request: Request<CallRequest>,
     ) -> Result<Response<CallConnectionsMessage>, Status> {
         let (user, call) = call_ids(request.get_ref())?;
-        Ok(Response::new(self.core.connection_state(user, call).await?.into()))
+        Ok(Response::new(sockets_message(self.core.connection_state(user, call).await?)))
     }
 
     async fn active_connections(
@@ -176,16 +169,34 @@ impl SignalingService for SignalingApi {
         let calls = self.core.active_connections().await?;
         let total = calls.iter().map(|c| c.users.len() as u32).sum();
         Ok(Response::new(ActiveConnectionsReply {
-            calls: calls.into_iter().map(Into::into).collect(),
+            calls: calls.into_iter().map(sockets_message).collect(),
             total_connections: total,
         }))
     }
 
-    type SessionStream = SessionStream;
+    #[tracing::instrument(skip_all, fields(call_id = %request.get_ref().call_id))]
+    async fn join_call(&self, request: Request<JoinCallRequest>) -> Result<Response<JoinCallReply>, Status> {
+        let r = request.get_ref();
+        let call = CallId::parse(&r.call_id).map_err(SignalingError::from)?;
+        let connection: String = r.connection_id.chars().take(64).collect();
+        if connection.is_empty() {
+            return Err(SignalingError::BadRequest("connection_id is required").into());
+        }
+        let joined = self.core.join(user(&r.user_id)?, call, &connection).await?;
+        Ok(Response::new(JoinCallReply {
+            call: Some(joined.call.into()),
+            peer_id: joined.peer.to_string(),
+            peer_here: joined.peer_here,
+        }))
+    }
 
-    async fn session(&self, request: Request<Streaming<ClientFrame>>) -> Result<Response<SessionStream>, Status> {
-        use tokio_stream::StreamExt;
-        let outbound = self.sessions.open(request.into_inner()).await?;
-        Ok(Response::new(Box::pin(outbound.map(Ok))))
+    async fn report_connection_state(
+        &self,
+        request: Request<ConnectionStateReport>,
+    ) -> Result<Response<ConnectionStateRecorded>, Status> {
+        let r = request.get_ref();
+        let call = CallId::parse(&r.call_id).map_err(SignalingError::from)?;
+        self.core.report_state(user(&r.user_id)?, call, &r.state).await?;
+        Ok(Response::new(ConnectionStateRecorded {}))
     }
 }

@@ -1,25 +1,22 @@
-//! The signaling service: calls, the sockets of presence and of WebRTC
-//! signaling, and the relay that carries frames between replicas.
+//! The signaling service: the control plane of calls. It owns the call
+//! state machine, its timers and history, who may join a call's signaling,
+//! and the WebRTC connection states; the frames themselves travel between
+//! the gateways over Redis ([`unilink_relay`]) and never pass through here.
 //!
-//! * [`service`] — the call rules (state machine, eligibility, history),
-//!   [`repo`] — SQL on the `signaling` schema,
-//! * [`session`] — one gRPC stream per client WebSocket (presence or call),
-//! * [`relay`] — sequenced per-participant mailboxes over Redis pub/sub,
-//! * [`connections`] — who has a call socket open, cluster-wide,
+//! * [`service`] — the call rules (state machine, eligibility, history,
+//!   joining, `call_ended` into both mailboxes), [`repo`] — SQL on the
+//!   `signaling` schema,
 //! * [`timers`] — ring timeout, maximum duration, abandoned calls,
 //! * [`worker`] — follows account deactivation and deletion,
 //! * [`ice`] — STUN/TURN configuration with TURN REST credentials,
 //! * [`grpc`] — the `unilink.signaling.v1.SignalingService` adapter,
 //! * [`Signaling`] — how the shared runtime starts it.
 
-pub mod connections;
 pub mod error;
 pub mod grpc;
 pub mod ice;
-pub mod relay;
 pub mod repo;
 pub mod service;
-pub mod session;
 pub mod timers;
 pub mod worker;
 
@@ -58,8 +55,8 @@ fn core(resources: &Resources) -> Result<service::CallService, StartupError> {
         )?),
         profiles,
         PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL),
-        connections::CallConnections::new(resources.redis.clone(), calls.disconnect_grace),
-        relay::SignalRelay::new(resources.redis.clone(), resources.stopped.clone()),
+        unilink_relay::CallConnections::new(resources.redis.clone(), calls.disconnect_grace),
+        unilink_relay::SignalRelay::new(resources.redis.clone(), resources.stopped.clone()),
         calls.clone(),
     ))
 }
@@ -86,12 +83,8 @@ impl BackendService for Signaling {
     ];
 
     fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
-        let core = core(resources)?;
-        let presence = PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL);
-        let sessions = session::Sessions::new(core.clone(), presence, resources.draining.clone());
         Ok(tonic::service::Routes::new(grpc::server(grpc::SignalingApi {
-            core,
-            sessions,
+            core: core(resources)?,
         })))
     }
 

@@ -5,18 +5,26 @@ use unilink_config::CallSettings;
 use unilink_domain::{CallId, UserId};
 use unilink_grpc::GrpcChannel;
 use unilink_presence::PresenceRegistry;
+use unilink_protocol::CallFrame;
+use unilink_relay::{CallConnections, CallSockets, SignalRelay};
 use unilink_proto::profile::CallEligibilityRequest;
 use unilink_proto::profile::profile_service_client::ProfileServiceClient;
 
-use crate::connections::{CallConnections, CallSockets};
 use crate::error::SignalingError;
 use crate::ice::{IceServer, ice_servers};
-use crate::relay::SignalRelay;
 use crate::repo::{Call, CallRepository, CallStatus, Cursor, NewCall, Transition};
 
 /// History pages: default and largest size.
 pub const HISTORY_DEFAULT: u32 = 50;
 pub const HISTORY_MAX: u32 = 100;
+
+/// What a participant joining a call's signaling is told.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub call: Call,
+    pub peer: UserId,
+    pub peer_here: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct CallService {
@@ -178,13 +186,11 @@ impl CallService {
             (None, Some("abandoned")) => "both participants left the call".to_owned(),
             (None, _) => "the call was ended".to_owned(),
         };
-        // `type` first: sessions recognise the frame by its prefix.
-        let frame = format!(
-            r#"{{"type":"call_ended","user_id":{},"status":"{}","message":{}}}"#,
-            actor.map_or_else(|| "null".to_owned(), |a| format!("\"{a}\"")),
-            call.status.as_str(),
-            serde_json::Value::from(message),
-        );
+        let frame = CallFrame::CallEnded {
+            user_id: actor,
+            status: call.status.as_str().to_owned(),
+            message,
+        };
         let traceparent = unilink_telemetry::inject().remove("traceparent").unwrap_or_default();
         for user in [call.initiator_id, call.receiver_id] {
             if let Err(e) = self.relay.send(call.id, user, "system", &frame, &traceparent).await {
@@ -196,6 +202,31 @@ impl CallService {
                 tracing::debug!(call_id = %call.id, error = %e, "mailbox keeps its longer expiry");
             }
         }
+    }
+
+    /// `user` opens a socket on call `id` (connection `connection`): allowed
+    /// while the call is pending or ongoing, for its participants. The
+    /// socket is registered before the answer; returns the call, the peer
+    /// and whether the peer has a socket on it.
+    pub async fn join(&self, user: UserId, id: CallId, connection: &str) -> Result<Joined, SignalingError> {
+        let call = self.call_for(user, id).await?;
+        if !call.status.is_open() {
+            return Err(SignalingError::WrongState(format!("call is {}", call.status.as_str())));
+        }
+        let peer = call.peer_of(user);
+        let peer_here = self.connections.beat(id, user, peer, connection).await?;
+        Ok(Joined { call, peer, peer_here })
+    }
+
+    /// A participant's WebRTC connection state, as its client reports it.
+    pub async fn report_state(&self, user: UserId, id: CallId, state: &str) -> Result<(), SignalingError> {
+        self.call_for(user, id).await?;
+        let state: String = state.chars().take(32).collect();
+        if state == "failed" {
+            metrics::counter!("webrtc_connection_failures_total").increment(1);
+        }
+        self.connections.report_state(id, user, &state).await?;
+        Ok(())
     }
 
     pub async fn active(&self, user: UserId) -> Result<Option<Call>, SignalingError> {

@@ -6,7 +6,8 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_events::consumer::{HandlerError, Subscription};
-use unilink_events::payload::{CLOSE_POLICY, USER_DEACTIVATED, USER_DELETED, UserRef, close_control, push_channel};
+use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, UserRef, push_channel};
+use unilink_protocol::{CLOSE_POLICY, Control};
 use unilink_events::{Event, stream_of};
 
 use crate::service::CallService;
@@ -46,7 +47,7 @@ async fn handle(core: &CallService, redis: &Redis, event: Event) -> Result<(), H
     redis
         .publish(
             &push_channel(&user.to_string()),
-            &close_control(CLOSE_POLICY, "account closed", None),
+            &Control::close(CLOSE_POLICY, "account closed", None).to_text(),
         )
         .await
         .map_err(retry)?;

@@ -1,20 +1,19 @@
-//! The two WebSockets of the public API, each carried as one gRPC
-//! bidirectional stream (`SignalingService.Session`) to a signaling replica
-//! chosen by the client-side load balancer:
+//! The two WebSockets of the public API, run by the gateway replica that
+//! holds them (the wire protocol is [`unilink_protocol`]):
 //!
-//! * `WS /calls/ws/{user_id}?token=` — presence and call pushes;
-//! * `WS /ws/webrtc/{call_id}?token=` — the signaling of one call.
+//! * `WS /calls/ws/{user_id}?token=` — presence and call pushes ([`presence`]);
+//! * `WS /ws/webrtc/{call_id}?token=` — the signaling of one call ([`call`]).
 //!
 //! The token is checked at the upgrade (401 without a valid one, 403 when
 //! `user_id` is not the token's subject); what signaling refuses (not a
 //! participant, call over) is answered by closing with 1008 and the reason.
 //!
-//! The bridge remembers the sequence number of the last relayed frame it
-//! handed to the client. When the signaling replica goes away (its stream
-//! breaks, or it drains and asks for 1012), the bridge opens a new stream —
-//! on another replica — resuming after that number, so the client sees
-//! every frame once and in order and keeps its socket. When the gateway
-//! itself drains, clients are closed with 1012 and reconnect elsewhere.
+//! Frames travel between gateways over Redis ([`unilink_relay`]): a call's
+//! frames never pass through signaling, which keeps the calls' state and is
+//! asked only when a socket joins and when a frame changes state. A
+//! signaling replica that dies therefore interrupts no frame. When the
+//! gateway itself drains, clients are closed with 1012 and reconnect
+//! elsewhere, resuming after the last `seq` they saw.
 //!
 //! A user holds at most `MAX_SOCKETS_PER_USER` sockets across the fleet
 //! ([`cap`]); beyond that the upgrade is refused with 429. A replica holding
@@ -24,9 +23,12 @@
 //! The routes below only decide whether to accept; the accepted socket runs
 //! on the bare TCP stream once the 101 is written ([`takeover`], [`socket`]).
 
+mod bucket;
+pub mod call;
 pub mod cap;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod presence;
 pub mod rebalance;
 pub mod socket;
 pub mod takeover;
@@ -35,21 +37,19 @@ use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use futures_channel::mpsc;
 use futures_util::FutureExt;
-use futures_util::SinkExt;
-use futures_util::future::poll_fn;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use unilink_domain::{CallId, UserId};
 use unilink_errors::ErrorCode;
-use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
-use unilink_proto::signaling::{ClientFrame, Handover, Open, ServerFrame, SocketKind, client_frame, server_frame};
+use unilink_protocol::CallFrame;
 
-use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
+use crate::ws::bucket::Admit;
+use crate::ws::call::{CallEvent, CallPlane, CallSession, Join, Refused};
 use crate::ws::cap::{Lease, SocketCap};
+use crate::ws::presence::{PresenceHub, PresenceSession};
 use crate::ws::rebalance::{LocalSockets, Registration};
 use crate::ws::socket::{Fault, Incoming, WebSocket};
 use crate::ws::takeover::Takeover;
@@ -58,12 +58,17 @@ use crate::ws::takeover::Takeover;
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Frames larger than this close the socket (protocol limit).
 pub(crate) const MAX_WIRE_FRAME_BYTES: usize = 1024 * 1024;
-/// How long the bridge keeps trying to reach another signaling replica.
-const RESUME_WINDOW: Duration = Duration::from_secs(5);
-/// How long a draining gateway waits for signaling to take a presence handover.
-const HANDOVER_WAIT: Duration = Duration::from_millis(500);
-/// Client frames queued towards signaling per socket.
-const UPSTREAM_QUEUE: usize = 64;
+/// How long opening a call socket keeps trying to reach a signaling replica
+/// (one that just died may still be in the balancer for a moment).
+const JOIN_WINDOW: Duration = Duration::from_secs(5);
+
+/// What the sockets of one HTTP worker use: the call data plane and the
+/// presence hub, over the worker's own Redis and gRPC clients.
+#[derive(Debug, Clone)]
+pub struct Planes {
+    pub call: CallPlane,
+    pub presence: PresenceHub,
+}
 
 /// Cancelled when the gateway begins to shut down; the tracker holds every
 /// running socket, so shutdown can wait for their close frames.
@@ -119,7 +124,7 @@ pub async fn presence(
     caller: Authenticated,
     path: web::Path<String>,
     query: web::Query<PresenceQuery>,
-    upstreams: web::Data<Upstreams>,
+    planes: web::Data<Planes>,
     draining: web::Data<Draining>,
 ) -> Result<HttpResponse, ApiError> {
     let user = UserId::parse(&path).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
@@ -129,14 +134,16 @@ pub async fn presence(
             "the token does not belong to this user",
         ));
     }
-    let open = Open {
-        kind: SocketKind::Presence as i32,
-        user_id: user.to_string(),
-        family_id: caller.0.claims.fid.clone(),
-        ..Open::default()
-    };
     let movable = matches!(query.reconnects.as_deref(), Some("1" | "true"));
-    bridge(&req, open, Kind::Presence, movable, &upstreams, &draining).await
+    let family = caller.0.claims.fid.clone();
+    let hub = planes.presence.clone();
+    let opening = async move {
+        hub.open(user, family).await.map(Session::Presence).map_err(|e| {
+            tracing::warn!(user_id = %user, error = %e, "presence socket not opened");
+            close_reason(1013, "presence is unavailable; try again")
+        })
+    };
+    accept(&req, user, opening.boxed_local(), Kind::Presence, movable, &draining).await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -151,90 +158,45 @@ pub async fn signaling(
     caller: Authenticated,
     path: web::Path<String>,
     query: web::Query<ResumeQuery>,
-    upstreams: web::Data<Upstreams>,
+    planes: web::Data<Planes>,
     draining: web::Data<Draining>,
 ) -> Result<HttpResponse, ApiError> {
     let call = CallId::parse(&path).map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let open = Open {
-        kind: SocketKind::Call as i32,
-        user_id: caller.0.user_id.to_string(),
-        call_id: call.to_string(),
-        resume_after: query.last_seq.unwrap_or(0),
-        resume: query.last_seq.is_some(),
-        connection_id: String::new(),
-        family_id: caller.0.claims.fid.clone(),
+    let join = Join {
+        user: caller.0.user_id,
+        call,
+        family: caller.0.claims.fid.clone(),
+        last_seq: query.last_seq,
     };
+    let plane = planes.call.clone();
+    let opening = async move { join_call(&plane, join).await.map(|s| Session::Call(Box::new(s))) };
     // Call clients (the original one included) reconnect a call socket that closes.
-    bridge(&req, open, Kind::Call, true, &upstreams, &draining).await
+    accept(&req, caller.0.user_id, opening.boxed_local(), Kind::Call, true, &draining).await
 }
 
-/// A live stream to a signaling replica.
-struct Upstream {
-    /// Client text frames, or `None` for the handover before a drain; the
-    /// stream wraps them (a channel of `Option<String>`, as small as one of
-    /// `String`s, keeps the per-socket buffer small).
-    tx: mpsc::Sender<Option<String>>,
-    rx: tonic::Streaming<ServerFrame>,
-}
-
-/// Opens a `Session` stream with `open` as its first message.
-async fn connect(upstreams: &Upstreams, open: Open) -> Result<Upstream, tonic::Status> {
-    use tokio_stream::StreamExt;
-    let (tx, rx) = mpsc::channel::<Option<String>>(UPSTREAM_QUEUE);
-    let first = ClientFrame {
-        kind: Some(client_frame::Kind::Open(open)),
-    };
-    let frames = tokio_stream::once(first).chain(rx.map(|text| ClientFrame {
-        kind: Some(match text {
-            Some(text) => client_frame::Kind::Text(text),
-            None => client_frame::Kind::Handover(Handover {}),
-        }),
-    }));
-    let response = SignalingServiceClient::new(upstreams.signaling.clone())
-        .max_decoding_message_size(4 * MAX_WIRE_FRAME_BYTES)
-        .session(frames)
-        .await?;
-    Ok(Upstream {
-        tx,
-        rx: response.into_inner(),
-    })
-}
-
-/// Tells signaling that this presence socket's client is about to be asked
-/// to reconnect elsewhere, so the user stays online in between, and waits
-/// (briefly) until signaling has it and ends the stream: dropping the stream
-/// at once would cancel it before the message goes out.
-async fn handover(upstream: &mut Upstream) {
-    if upstream.tx.send(None).await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(HANDOVER_WAIT, async {
-        while let Ok(Some(_)) = upstream.rx.message().await {}
-    })
-    .await;
-}
-
-/// Keeps trying to open the stream again on a live replica, for up to
-/// [`RESUME_WINDOW`]; refusals (the call ended meanwhile) end the attempt.
-async fn reconnect(upstreams: &Upstreams, open: &Open) -> Result<Upstream, tonic::Status> {
-    let deadline = tokio::time::Instant::now() + RESUME_WINDOW;
+/// Joins the call, trying again for up to [`JOIN_WINDOW`] while no
+/// signaling replica answers; a refusal is final.
+async fn join_call(plane: &CallPlane, join: Join) -> Result<CallSession, CloseReason> {
+    let connection = uuid::Uuid::new_v4().simple().to_string();
+    let deadline = tokio::time::Instant::now() + JOIN_WINDOW;
     let mut wait = Duration::from_millis(50);
     loop {
-        match connect(upstreams, open.clone()).await {
-            Ok(upstream) => return Ok(upstream),
-            Err(status)
+        match plane.open(join.clone(), connection.clone()).await {
+            Ok(session) => return Ok(session),
+            Err(Refused::Signaling(status))
                 if matches!(
                     status.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::DeadlineExceeded
-                        | tonic::Code::Unknown
-                        | tonic::Code::Cancelled
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
                 ) && tokio::time::Instant::now() + wait < deadline =>
             {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));
             }
-            Err(status) => return Err(status),
+            Err(Refused::Signaling(status)) => return Err(refusal(&status)),
+            Err(Refused::Relay(e)) => {
+                tracing::warn!(call_id = %join.call, error = %e, "call socket not opened");
+                return Err(close_reason(1013, "the relay is unavailable; try again"));
+            }
         }
     }
 }
@@ -248,7 +210,7 @@ fn spread(period: Duration) -> Duration {
     period.mul_f64(f64::from(nanos % 1_000_000) / 1_000_000.0)
 }
 
-fn close_reason(code: u16, reason: &str) -> CloseReason {
+pub(crate) fn close_reason(code: u16, reason: &str) -> CloseReason {
     // A close reason may be at most 123 bytes.
     let mut description: String = String::new();
     for c in reason.chars() {
@@ -263,22 +225,10 @@ fn close_reason(code: u16, reason: &str) -> CloseReason {
     }
 }
 
-/// The close a socket gets when its stream could not be resumed: a refusal
-/// (the call ended meanwhile) is final; otherwise the client should
-/// reconnect, through the load balancer, to another gateway.
-fn resume_failed(status: &tonic::Status) -> CloseReason {
-    match status.code() {
-        tonic::Code::PermissionDenied | tonic::Code::NotFound | tonic::Code::FailedPrecondition => {
-            close_reason(1008, status.message())
-        }
-        _ => close_reason(1012, "signaling moved; reconnect"),
-    }
-}
-
-/// The close a refused stream gets.
+/// The close a socket signaling refused gets.
 fn refusal(status: &tonic::Status) -> CloseReason {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             close_reason(1013, "signaling is unavailable; try again")
         }
         tonic::Code::Internal | tonic::Code::Unknown => close_reason(1011, "internal error"),
@@ -286,14 +236,72 @@ fn refusal(status: &tonic::Status) -> CloseReason {
     }
 }
 
+/// A socket's session, as its kind runs it.
+enum Session {
+    Presence(PresenceSession),
+    Call(Box<CallSession>),
+}
+
+/// What woke a session.
+enum Event {
+    Push(Option<String>),
+    Call(CallEvent),
+}
+
+/// What a socket does after a frame or an event.
+pub(crate) enum Step {
+    Go,
+    End(End),
+}
+
+impl Session {
+    fn admit(&mut self) -> Admit {
+        match self {
+            Session::Presence(s) => s.admit(),
+            Session::Call(s) => s.admit(),
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        match self {
+            Session::Presence(s) => Event::Push(s.next_push().await),
+            Session::Call(s) => Event::Call(s.next_event().await),
+        }
+    }
+
+    async fn on_event(&mut self, socket: &mut WebSocket, event: Event) -> Step {
+        match (self, event) {
+            (Session::Presence(s), Event::Push(push)) => s.on_push(socket, push).await,
+            (Session::Call(s), Event::Call(event)) => s.on_event(socket, event).await,
+            _ => Step::Go,
+        }
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Step {
+        match self {
+            Session::Presence(s) => s.on_text(socket, text).await,
+            Session::Call(s) => s.on_text(socket, text).await,
+        }
+    }
+
+    async fn finish(self, handover: bool) {
+        match self {
+            Session::Presence(s) => s.finish(handover).await,
+            Session::Call(s) => s.finish().await,
+        }
+    }
+}
+
+type Opening = futures_util::future::LocalBoxFuture<'static, Result<Session, CloseReason>>;
+
 /// `movable`: the client reconnects when this socket closes, so
 /// rebalancing may ask it to (it is registered in [`LocalSockets`]).
-async fn bridge(
+async fn accept(
     req: &HttpRequest,
-    open: Open,
+    user: UserId,
+    opening: Opening,
     kind: Kind,
     movable: bool,
-    upstreams: &web::Data<Upstreams>,
     draining: &web::Data<Draining>,
 ) -> Result<HttpResponse, ApiError> {
     if draining.0.is_cancelled() {
@@ -310,28 +318,23 @@ async fn bridge(
         ));
     }
     let lease = match req.app_data::<web::Data<SocketCap>>() {
-        Some(cap) => Some(cap.acquire(&open.user_id).await?),
+        Some(cap) => Some(cap.acquire(&user.to_string()).await?),
         None => None,
     };
-    // The stream is opened before the upgrade is answered, so a client whose
-    // socket is open is already known to the fleet (its peer joining next is
-    // announced to it).
-    let upstreams = upstreams.clone();
-    // Retried like a resume: a replica that just died may still be in the
-    // balancer for a moment.
-    let opened = reconnect(&upstreams, &open).await;
+    // The session opens before the upgrade is answered, so a client whose
+    // socket is open is already known to the fleet (its peer joining next
+    // is announced to it).
+    let opened = opening.await;
     let liveness = req
         .app_data::<web::Data<Liveness>>()
         .map(|l| *l.get_ref())
         .unwrap_or_default();
     let mut response = HttpResponse::from(handshake.finish().map_into_boxed_body());
     response.extensions_mut().insert(Accepted {
-        open,
         kind,
         opened,
         liveness,
         _lease: lease,
-        upstreams,
         draining: draining.get_ref().clone(),
         local: req.app_data::<web::Data<LocalSockets>>().map(|l| l.get_ref().clone()),
         movable,
@@ -341,13 +344,11 @@ async fn bridge(
 
 /// A socket the route accepted, run by [`takeover`] once the 101 is out.
 pub struct Accepted {
-    open: Open,
     kind: Kind,
-    opened: Result<Upstream, tonic::Status>,
+    opened: Result<Session, CloseReason>,
     liveness: Liveness,
     /// Held while the socket lives.
     _lease: Option<Lease>,
-    upstreams: web::Data<Upstreams>,
     draining: Draining,
     /// Where the socket is counted for rebalancing.
     local: Option<LocalSockets>,
@@ -358,7 +359,6 @@ pub struct Accepted {
 impl std::fmt::Debug for Accepted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accepted")
-            .field("open", &self.open)
             .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
@@ -370,43 +370,32 @@ impl Accepted {
     /// shutdown waits for these tasks through the tracker.
     pub fn spawn(self, socket: WebSocket) {
         let Accepted {
-            open,
             kind,
             opened,
             liveness,
             _lease,
-            upstreams,
             draining: Draining(draining, sockets),
             local,
             movable,
         } = self;
         match opened {
-            Ok(upstream) => {
+            Ok(session) => {
                 // Cancelled by the drain, or to move this one socket.
                 let leave = draining.child_token();
                 let registration = local.map(|l| l.register(kind, movable.then(|| leave.clone())));
                 let held = (_lease, registration);
-                let pump = run(
-                    socket,
-                    upstream,
-                    open,
-                    kind,
-                    liveness,
-                    upstreams,
-                    (draining, leave),
-                    held,
-                );
+                let pump = run(socket, session, kind, liveness, (draining, leave), held);
                 actix_web::rt::spawn(sockets.track_future(pump));
             }
-            Err(status) => {
-                actix_web::rt::spawn(sockets.track_future(socket.close(Some(refusal(&status)))));
+            Err(reason) => {
+                actix_web::rt::spawn(sockets.track_future(socket.close(Some(reason))));
             }
         }
     }
 }
 
 /// How a socket's pump ended.
-enum End {
+pub(crate) enum End {
     /// Close the client socket with this.
     Close(CloseReason),
     /// The client closed (with this reason): answer its close frame.
@@ -415,74 +404,72 @@ enum End {
     Gone,
 }
 
-/// Runs one socket: client frames up the stream, the stream's frames down.
-/// Every idle socket holds this future for its whole life, so whatever is
-/// large and rare (opening a stream, a handover, lingering at close) is
-/// boxed, in a `let` of its own: `Box::pin(f(..))` inside an awaited
-/// expression still reserves room for the unboxed future here (rustc keeps
-/// a temporary until the end of its statement, awaits included).
+/// Runs one socket: client frames into its session, the session's frames
+/// out. Every idle socket holds this future for its whole life, so whatever
+/// is large and rare (a Redis or gRPC call) is boxed, in a `let` of its own:
+/// `Box::pin(f(..))` inside an awaited expression still reserves room for
+/// the unboxed future here (rustc keeps a temporary until the end of its
+/// statement, awaits included).
 ///
-/// Backpressure: when the queue towards signaling is full (signaling slows
-/// a client sending faster than its frame rate), the frame read last is
-/// held and the socket is not read again until the queue takes it, so the
-/// client's TCP window closes, while the stream's frames keep flowing down.
-#[allow(clippy::too_many_arguments)]
+/// Backpressure: a frame beyond the socket's rate is held until its time
+/// comes and the socket is not read meanwhile, so the client's TCP window
+/// closes, while frames for the client keep flowing.
 async fn run(
     mut socket: WebSocket,
-    mut upstream: Upstream,
-    mut open: Open,
+    mut session: Session,
     kind: Kind,
     liveness: Liveness,
-    upstreams: web::Data<Upstreams>,
     (draining, leave): (CancellationToken, CancellationToken),
     _held: (Option<Lease>, Option<Registration>),
 ) {
     metrics::gauge!("websocket_connections", "kind" => kind.label()).increment(1.0);
-    let mut last_seq = open.resume_after;
-    // A client frame waiting for room in the queue towards signaling.
+    // A client frame waiting for its turn, and when it comes.
     let mut held: Option<String> = None;
+    let mut held_until = tokio::time::Instant::now();
     let mut last_heard = tokio::time::Instant::now();
     // Sockets opened together are not pinged together.
     let first_ping = tokio::time::Instant::now() + spread(liveness.ping_every);
     let mut pings = tokio::time::interval_at(first_ping, liveness.ping_every);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut handover = false;
     let end = loop {
-        tokio::select! {
-            ready = poll_fn(|cx| upstream.tx.poll_ready(cx)), if held.is_some() && !upstream.tx.is_closed() => {
-                if ready.is_ok() && let Some(text) = held.take() {
-                    // Cannot fail: the queue has room, and this task is its only sender.
-                    let _ = upstream.tx.start_send(Some(text));
-                }
-            }
+        let text = tokio::select! {
+            () = tokio::time::sleep_until(held_until), if held.is_some() => held.take(),
             message = socket.next(), if held.is_none() => {
                 last_heard = tokio::time::Instant::now();
                 match message {
                     Ok(Incoming::Text(text)) => {
                         if text.len() > MAX_FRAME_BYTES {
-                            if socket.send_text(r#"{"type":"error","message":"message too large (at most 64 KiB)"}"#).await.is_err() {
+                            let too_large = CallFrame::error("message too large (at most 64 KiB)").to_text();
+                            if socket.send_text(&too_large).await.is_err() {
                                 break End::Gone;
                             }
                             continue;
                         }
-                        match upstream.tx.try_send(Some(text)) {
-                            Ok(()) => {}
-                            // Full (slowed down), or the stream is gone: the
-                            // frame waits for the queue, or for the stream
-                            // that the next read of `upstream.rx` opens.
-                            Err(e) => held = e.into_inner(),
+                        match session.admit() {
+                            Admit::Now => Some(text),
+                            Admit::At(at) => {
+                                held = Some(text);
+                                held_until = at;
+                                None
+                            }
+                            Admit::Flood => break End::Close(close_reason(1008, "too many messages")),
                         }
                     }
                     Ok(Incoming::Ping(bytes)) => {
                         if socket.pong(&bytes).await.is_err() {
                             break End::Gone;
                         }
+                        None
                     }
                     Ok(Incoming::Binary) => {
-                        if socket.send_text(r#"{"type":"error","message":"binary frames are not supported"}"#).await.is_err() {
+                        let refused = CallFrame::error("binary frames are not supported").to_text();
+                        if socket.send_text(&refused).await.is_err() {
                             break End::Gone;
                         }
+                        None
                     }
-                    Ok(Incoming::Pong) => {}
+                    Ok(Incoming::Pong) => None,
                     Ok(Incoming::Close(theirs)) => break End::Closed(theirs),
                     Err(Fault::Gone) => break End::Gone,
                     Err(Fault::Protocol(reason)) => break End::Close(reason),
@@ -497,50 +484,18 @@ async fn run(
                 if socket.ping().await.is_err() {
                     break End::Gone;
                 }
+                None
             }
-            frame = upstream.rx.message() => {
-                let resume = match frame {
-                    Ok(Some(ServerFrame { kind: Some(server_frame::Kind::Text(text)), seq })) => {
-                        if seq > 0 {
-                            last_seq = seq;
-                        }
-                        if socket.send_text(&text).await.is_err() {
-                            break End::Gone;
-                        }
-                        false
-                    }
-                    Ok(Some(ServerFrame { kind: Some(server_frame::Kind::Close(close)), .. })) => {
-                        // 1012: that replica is draining; anything else is final.
-                        if close.code != 1012 || draining.is_cancelled() {
-                            break End::Close(close_reason(close.code as u16, &close.reason));
-                        }
-                        true
-                    }
-                    Ok(Some(_)) => false,
-                    Ok(None) | Err(_) => true,
-                };
-                if resume {
-                    metrics::counter!("signaling_reconnects_total", "kind" => kind.label()).increment(1);
-                    // After the last frame this socket passed on; a socket
-                    // that has passed none and was opened without `last_seq`
-                    // starts where the fleet last delivered, as at first.
-                    open.resume = open.resume || last_seq > 0;
-                    open.resume_after = last_seq;
-                    // Boxed: a stream being opened (a gRPC call in flight) is
-                    // many times larger than the rest of this task.
-                    let reconnecting = reconnect(&upstreams, &open).boxed_local();
-                    match reconnecting.await {
-                        Ok(fresh) => upstream = fresh,
-                        Err(status) => break End::Close(resume_failed(&status)),
-                    }
+            event = session.next_event().boxed_local() => {
+                let handling = session.on_event(&mut socket, event).boxed_local();
+                if let Step::End(end) = handling.await {
+                    break end;
                 }
+                None
             },
             () = leave.cancelled() => {
-                if matches!(kind, Kind::Presence) {
-                    let handing_over = handover(&mut upstream).boxed_local();
-                    handing_over.await;
-                }
                 // The drain, or this replica holds more than its share.
+                handover = true;
                 let reason = if draining.is_cancelled() {
                     "server restarting; reconnect"
                 } else {
@@ -548,10 +503,16 @@ async fn run(
                 };
                 break End::Close(close_reason(1012, reason));
             }
+        };
+        if let Some(text) = text {
+            let handling = session.on_text(&mut socket, &text).boxed_local();
+            if let Step::End(end) = handling.await {
+                break end;
+            }
         }
     };
-    // Dropping the upstream ends the stream: signaling cleans up.
-    drop(upstream);
+    let finishing = session.finish(handover).boxed_local();
+    finishing.await;
     metrics::gauge!("websocket_connections", "kind" => kind.label()).decrement(1.0);
     let closing = match end {
         End::Close(reason) => socket.close(Some(reason)).boxed_local(),

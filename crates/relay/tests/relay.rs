@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
-use unilink_signaling::relay::{Mailbox, RETIRED_TTL, Relayed, SignalRelay};
+use unilink_protocol::CallFrame;
+use unilink_relay::{Mailbox, RETIRED_TTL, Relayed, SignalRelay};
 use unilink_test_support::faults::PrivateRedis;
 use unilink_test_support::{redis_url, unique_prefix};
 
@@ -25,8 +26,15 @@ async fn relay() -> (SignalRelay, CancellationToken) {
     (SignalRelay::new(redis().await, stop.clone()), stop)
 }
 
-fn frame(n: u32) -> String {
-    format!(r#"{{"type":"ice_candidate","candidate":{{"n":{n}}}}}"#)
+fn from() -> UserId {
+    UserId::parse("6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1").unwrap()
+}
+
+fn frame(n: u32) -> CallFrame {
+    CallFrame::IceCandidate {
+        candidate: serde_json::json!({ "n": n }),
+        from: from(),
+    }
 }
 
 /// The mailbox's next frame, within `wait`.
@@ -43,9 +51,11 @@ async fn nothing_more(mailbox: &mut Mailbox, wait: Duration, what: &str) {
     assert!(tokio::time::timeout(wait, mailbox.next()).await.is_err(), "{what}");
 }
 
-fn n_of(text: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(text).unwrap();
-    v["candidate"]["n"].as_u64().unwrap()
+fn n_of(relayed: &Relayed) -> u64 {
+    match &relayed.envelope.frame {
+        CallFrame::IceCandidate { candidate, .. } => candidate["n"].as_u64().unwrap(),
+        other => panic!("not a test frame: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -70,9 +80,9 @@ async fn a_reader_that_falls_behind_still_gets_every_frame_once_in_order() {
             assert!(base > 1_700_000_000_000_000, "{base}");
         }
         assert_eq!(got.seq, base + expected);
-        assert_eq!(n_of(&got.text), expected);
-        assert!(got.text.starts_with(&format!(r#"{{"seq":{},"type""#, base + expected)));
-        assert_eq!(got.sender, "peer");
+        assert_eq!(n_of(&got), expected);
+        assert!(got.client_text().starts_with(&format!(r#"{{"seq":{},"type""#, base + expected)));
+        assert_eq!(got.envelope.sender, "peer");
     }
     sending.await.unwrap();
     nothing_more(&mut mailbox, Duration::from_millis(300), "nothing twice").await;
@@ -96,12 +106,12 @@ async fn a_second_reader_resumes_after_what_it_saw() {
     drop(first);
     // A reconnect that does not say where it stopped continues from there…
     let mut second = relay.open(call, user, 0).await.unwrap();
-    assert_eq!(n_of(&second.next().await.unwrap().unwrap().text), 12);
+    assert_eq!(n_of(&second.next().await.unwrap().unwrap()), 12);
     // …and one that does, from exactly there.
     let mut third = relay.open(call, user, base + 4).await.unwrap();
     let next = third.next().await.unwrap().unwrap();
     assert_eq!(next.seq, base + 5);
-    assert_eq!(n_of(&next.text), 5);
+    assert_eq!(n_of(&next), 5);
     stop.cancel();
 }
 
@@ -127,10 +137,7 @@ async fn a_lost_tail_is_found_by_catching_up() {
     // subscriber was reconnecting): written the way the send script does,
     // without the PUBLISH.
     for seq in base + 1..base + 3 {
-        let text = format!(
-            r#"{{"seq":{seq},"type":"ice_candidate","candidate":{{"n":{}}}}}"#,
-            seq - base
-        );
+        let text = stored(seq, (seq - base) as u32);
         redis
             .script(
                 "redis.call('INCR', KEYS[1]); redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2]); return 1",
@@ -138,7 +145,7 @@ async fn a_lost_tail_is_found_by_catching_up() {
                     redis.key(&format!("relay:{call}:{user}:seq")),
                     redis.key(&format!("relay:{call}:{user}:buf")),
                 ],
-                vec![seq.to_string(), format!("1|{seq}|peer|0||{text}")],
+                vec![seq.to_string(), text],
             )
             .await
             .unwrap();
@@ -198,7 +205,7 @@ async fn the_relay_survives_a_redis_restart_that_loses_everything() {
     .await
     .expect("frames flow again within 10 s of the restart");
     assert!(got.seq > last, "{} after {last}", got.seq);
-    assert!(n_of(&got.text) >= 100);
+    assert!(n_of(&got) >= 100);
     eprintln!("relay flowing again {:?} after the restart", restarted.elapsed());
     // And on in order.
     let sent = relay.send(call, user, "peer", &frame(999), "").await.unwrap();
@@ -206,7 +213,7 @@ async fn the_relay_survives_a_redis_restart_that_loses_everything() {
         let next = mailbox.next().await.unwrap().unwrap();
         assert!(next.seq > last);
         last = next.seq;
-        if n_of(&next.text) == 999 {
+        if n_of(&next) == 999 {
             assert_eq!(next.seq, sent);
             break;
         }
@@ -216,7 +223,7 @@ async fn the_relay_survives_a_redis_restart_that_loses_everything() {
 
 #[tokio::test]
 async fn numbered_client_frames_are_relayed_once_and_in_order() {
-    use unilink_signaling::relay::{FromClient, SendOutcome};
+    use unilink_relay::{FromClient, SendOutcome};
     let (relay, stop) = relay().await;
     let (call, user) = (CallId::new(), UserId::new());
     let mut mailbox = relay.open(call, user, 0).await.unwrap();
@@ -251,7 +258,7 @@ async fn numbered_client_frames_are_relayed_once_and_in_order() {
     let mut got = Vec::new();
     for _ in 0..4 {
         let frame = next_within(&mut mailbox, Duration::from_secs(5)).await;
-        got.push(n_of(&frame.text));
+        got.push(n_of(&frame));
     }
     assert_eq!(got, [1, 2, 3, 1]);
     nothing_more(&mut mailbox, Duration::from_millis(300), "nothing more").await;
@@ -291,7 +298,7 @@ async fn a_retired_mailbox_expires_within_minutes_and_still_replays() {
     let mut mailbox = relay.open(call, user, 0).await.unwrap();
     for n in 0..3u64 {
         let got = next_within(&mut mailbox, Duration::from_secs(2)).await;
-        assert_eq!(n_of(&got.text), n);
+        assert_eq!(n_of(&got), n);
     }
     stop.cancel();
 }
@@ -317,16 +324,27 @@ async fn buffer_of(redis: &Redis, call: CallId, user: UserId) -> (Vec<String>, O
     (members, bytes)
 }
 
-fn padded(n: u32, pad: usize) -> String {
-    format!(
-        r#"{{"type":"ice_candidate","candidate":{{"n":{n},"pad":"{}"}}}}"#,
-        "x".repeat(pad)
-    )
+/// A frame as the send script stores it.
+fn stored(seq: u64, n: u32) -> String {
+    let envelope = unilink_protocol::Envelope {
+        sender: "peer".into(),
+        sent_us: 0,
+        traceparent: String::new(),
+        frame: frame(n),
+    };
+    format!("{}{seq}|{}", Relayed::PREFIX, envelope.to_json())
+}
+
+fn padded(n: u32, pad: usize) -> CallFrame {
+    CallFrame::IceCandidate {
+        candidate: serde_json::json!({ "n": n, "pad": "x".repeat(pad) }),
+        from: from(),
+    }
 }
 
 #[tokio::test]
 async fn a_mailbox_keeps_the_newest_frames_within_its_byte_bound() {
-    use unilink_signaling::relay::BUFFER_BYTES;
+    use unilink_relay::BUFFER_BYTES;
     let redis = redis().await;
     let stop = CancellationToken::new();
     let relay = SignalRelay::new(redis.clone(), stop.clone());
@@ -350,7 +368,7 @@ async fn a_mailbox_keeps_the_newest_frames_within_its_byte_bound() {
         let mut mailbox = relay.open_after(call, user, after).await.unwrap();
         for n in (320 - kept as u64)..320 {
             let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
-            assert_eq!(n_of(&got.text), n);
+            assert_eq!(n_of(&got), n);
             assert_eq!(got.seq, seqs[n as usize]);
         }
     }
@@ -404,7 +422,7 @@ async fn the_byte_count_follows_the_buffer_when_redis_lost_either() {
 
 #[tokio::test]
 async fn a_replay_from_the_start_is_read_a_page_at_a_time() {
-    use unilink_signaling::relay::REPLAY_PAGE;
+    use unilink_relay::REPLAY_PAGE;
     let (relay, stop) = relay().await;
     let (call, user) = (CallId::new(), UserId::new());
     for n in 0..1000 {
@@ -414,7 +432,7 @@ async fn a_replay_from_the_start_is_read_a_page_at_a_time() {
     assert!(mailbox.held() <= REPLAY_PAGE, "{} frames read at once", mailbox.held());
     for n in 0..1000u64 {
         let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
-        assert_eq!(n_of(&got.text), n);
+        assert_eq!(n_of(&got), n);
         assert!(
             mailbox.held() <= REPLAY_PAGE,
             "{} frames held after {n}",
@@ -424,13 +442,13 @@ async fn a_replay_from_the_start_is_read_a_page_at_a_time() {
     // Then live frames, as before.
     relay.send(call, user, "peer", &frame(1000), "").await.unwrap();
     let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
-    assert_eq!(n_of(&got.text), 1000);
+    assert_eq!(n_of(&got), 1000);
     stop.cancel();
 }
 
 #[tokio::test]
 async fn a_long_gap_is_filled_a_page_at_a_time() {
-    use unilink_signaling::relay::REPLAY_PAGE;
+    use unilink_relay::REPLAY_PAGE;
     let redis = redis().await;
     let stop = CancellationToken::new();
     let relay = SignalRelay::new(redis.clone(), stop.clone());
@@ -442,12 +460,9 @@ async fn a_long_gap_is_filled_a_page_at_a_time() {
     // the send script does, without the PUBLISH), then a live one.
     let mut texts = Vec::new();
     for seq in base + 1..=base + 600 {
-        let text = format!(
-            r#"{{"seq":{seq},"type":"ice_candidate","candidate":{{"n":{}}}}}"#,
-            seq - base
-        );
+        let text = stored(seq, (seq - base) as u32);
         texts.push(seq.to_string());
-        texts.push(format!("1|{seq}|peer|0||{text}"));
+        texts.push(text);
     }
     redis
         .script(
@@ -463,7 +478,7 @@ async fn a_long_gap_is_filled_a_page_at_a_time() {
     relay.send(call, user, "peer", &frame(601), "").await.unwrap();
     for n in 1..=601u64 {
         let got = next_within(&mut mailbox, Duration::from_secs(5)).await;
-        assert_eq!((got.seq, n_of(&got.text)), (base + n, n));
+        assert_eq!((got.seq, n_of(&got)), (base + n, n));
         assert!(
             mailbox.held() <= REPLAY_PAGE + 1,
             "{} frames held after {n}",
@@ -475,7 +490,7 @@ async fn a_long_gap_is_filled_a_page_at_a_time() {
 
 #[tokio::test]
 async fn before_the_call_is_accepted_only_a_few_client_frames_enter_a_mailbox() {
-    use unilink_signaling::relay::{EARLY_FRAMES, FromClient, SendOutcome};
+    use unilink_relay::{EARLY_FRAMES, FromClient, SendOutcome};
     let (relay, stop) = relay().await;
     let (call, user) = (CallId::new(), UserId::new());
     let early = |cseq: u64| FromClient {
@@ -524,7 +539,7 @@ async fn before_the_call_is_accepted_only_a_few_client_frames_enter_a_mailbox() 
     let mut got = Vec::new();
     for _ in 0..=EARLY_FRAMES + 1 {
         let frame = next_within(&mut mailbox, Duration::from_secs(5)).await;
-        got.push(n_of(&frame.text));
+        got.push(n_of(&frame));
     }
     let expected: Vec<u64> = (1..=next).chain([0]).collect();
     assert_eq!(got, expected);

@@ -1,5 +1,5 @@
 //! `SignalRelay`: frames for one participant of one call, carried between
-//! signaling replicas over Redis pub/sub — in order, exactly once, and
+//! gateway replicas over Redis pub/sub — in order, exactly once, and
 //! replayable for a client that reconnects.
 //!
 //! Each (call, recipient) pair has a mailbox: a sequence counter, a buffer of
@@ -32,6 +32,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::{BusError, LuaScript, Redis, Subscriber};
 use unilink_domain::{CallId, UserId};
+use unilink_protocol::{CallFrame, Envelope, Relayed};
 
 /// How long a relayed frame waits for a replica to hold it (Sentinel only).
 const REPLICATION_WAIT: Duration = Duration::from_millis(100);
@@ -67,17 +68,19 @@ return #KEYS
 /// drops them (they are then fetched from the buffer as a gap).
 const INBOX_CAPACITY: usize = 1024;
 
-/// Told to every reader when the pub/sub connection lost messages.
-const RESYNC: &str = "resync";
-
-/// Version of the relay message format.
-const FORMAT: &str = "1";
+/// What the dispatcher hands a reader.
+#[derive(Debug)]
+enum Delivery {
+    Message(String),
+    /// The pub/sub connection lost messages (which, unknown): re-read the buffer.
+    Resync,
+}
 
 /// KEYS: seq, buffer, channel, the buffer's byte count, the count of frames
 /// relayed before the call was accepted, and (numbered frames only) the last
 /// client sequence number accepted from this sender's client session.
-/// ARGV: frame JSON (starting with `{`), header
-/// (`<sender>|<sent unix µs>|<traceparent>`), buffer length, ttl seconds,
+/// ARGV: the envelope JSON, the message prefix ([`Relayed::PREFIX`]),
+/// buffer length, ttl seconds,
 /// now in ms, the frame's client sequence number (`cseq`, or empty), buffer
 /// bytes, and the frames allowed before the call is accepted (empty once it
 /// is, and for frames not from a client).
@@ -88,7 +91,8 @@ const FORMAT: &str = "1";
 /// unacknowledged frame again, in order); -2 when the call is not accepted
 /// and the frames allowed before are used up (nothing recorded: the client
 /// may send it again once the call is accepted). The message is
-/// `1|<seq>|<sender>|<sent µs>|<traceparent>|<frame with "seq">`.
+/// `2|<seq>|<envelope>`: the sequence number is the script's, the envelope
+/// the sender's, untouched.
 ///
 /// A new mailbox (or one Redis lost, e.g. in a restart) starts counting at
 /// `now_ms × 1000`, so sequence numbers keep growing across Redis restarts:
@@ -128,8 +132,7 @@ if seq == 1 then
   redis.call('SET', KEYS[1], string.format('%d', seq))
 end
 local digits = string.format('%d', seq)
-local text = '{"seq":' .. digits .. ',' .. string.sub(ARGV[1], 2)
-local message = '1|' .. digits .. '|' .. ARGV[2] .. '|' .. text
+local message = ARGV[2] .. digits .. '|' .. ARGV[1]
 local kept = redis.call('ZCARD', KEYS[2])
 local bytes = 0
 if kept > 0 then
@@ -203,36 +206,6 @@ pub struct FromClient<'a> {
 /// not lost frames.
 const RESTART_GAP: u64 = 1_000_000;
 
-/// One relayed frame as it travels: format version, sequence number,
-/// sender, send time, the sender's trace context and the client-ready JSON
-/// text (with `"seq"` in it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relayed {
-    pub seq: u64,
-    /// The participant (or `system`) who sent it.
-    pub sender: String,
-    /// When it was sent, unix microseconds (relay latency).
-    pub sent_us: i64,
-    pub traceparent: String,
-    pub text: String,
-}
-
-impl Relayed {
-    fn parse(message: &str) -> Option<Relayed> {
-        let mut parts = message.splitn(6, '|');
-        if parts.next()? != FORMAT {
-            return None;
-        }
-        Some(Relayed {
-            seq: parts.next()?.parse().ok()?,
-            sender: parts.next()?.to_owned(),
-            sent_us: parts.next()?.parse().ok()?,
-            traceparent: parts.next()?.to_owned(),
-            text: parts.next()?.to_owned(),
-        })
-    }
-}
-
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -265,10 +238,10 @@ fn early_key(call: CallId, user: UserId) -> String {
 }
 
 /// Channel → the streams of this replica reading it.
-type RouteTable = HashMap<String, Vec<(u64, mpsc::Sender<String>)>>;
+type RouteTable = HashMap<String, Vec<(u64, mpsc::Sender<Delivery>)>>;
 type Routes = Mutex<RouteTable>;
 
-/// The relay of one signaling replica: one pub/sub connection shared by all
+/// The relay of one replica (a gateway): one pub/sub connection shared by all
 /// its streams, opened on first use. Cheap to clone.
 #[derive(Clone)]
 pub struct SignalRelay {
@@ -302,6 +275,28 @@ impl SignalRelay {
                 stop,
             }),
         }
+    }
+
+    /// A relay whose pub/sub connection is open already (a replica that
+    /// holds sockets: the first socket does not wait for it).
+    pub async fn connect(redis: Redis, stop: CancellationToken) -> Result<SignalRelay, BusError> {
+        let relay = SignalRelay::new(redis, stop);
+        relay.subscriber().await?;
+        Ok(relay)
+    }
+
+    /// The same relay (its subscription and routes), sending its commands
+    /// over `redis`: a worker thread's own client.
+    pub fn with_redis(&self, redis: Redis) -> SignalRelay {
+        SignalRelay {
+            redis,
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The client commands go over.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     async fn subscriber(&self) -> Result<&Subscriber, BusError> {
@@ -338,15 +333,14 @@ impl SignalRelay {
         Ok(())
     }
 
-    /// Sends one frame (a JSON object) to `user`'s mailbox of `call`;
-    /// returns its sequence number.
-    /// `sender` is the participant who sent it, or `system`.
+    /// Sends one frame to `user`'s mailbox of `call`; returns its sequence
+    /// number. `sender` is the participant who sent it, or `system`.
     pub async fn send(
         &self,
         call: CallId,
         user: UserId,
         sender: &str,
-        frame: &str,
+        frame: &CallFrame,
         traceparent: &str,
     ) -> Result<u64, BusError> {
         match self
@@ -371,11 +365,16 @@ impl SignalRelay {
         call: CallId,
         user: UserId,
         sender: &str,
-        frame: &str,
+        frame: &CallFrame,
         traceparent: &str,
         from: FromClient<'_>,
     ) -> Result<SendOutcome, BusError> {
-        debug_assert!(frame.starts_with('{'));
+        let envelope = Envelope {
+            sender: sender.to_owned(),
+            sent_us: now_us(),
+            traceparent: traceparent.to_owned(),
+            frame: frame.clone(),
+        };
         let mut keys = vec![
             self.redis.key(&seq_key(call, user)),
             self.redis.key(&buffer_key(call, user)),
@@ -389,8 +388,8 @@ impl SignalRelay {
             keys.push(self.redis.key(&format!("relay:cseq:{call}:{user}:{sender}:{client}")));
         }
         let args = vec![
-            frame.to_owned(),
-            format!("{sender}|{}|{traceparent}", now_us()),
+            envelope.to_json(),
+            Relayed::PREFIX.to_owned(),
             BUFFER_LEN.to_string(),
             MAILBOX_TTL.as_secs().to_string(),
             (now_us() / 1000).to_string(),
@@ -435,7 +434,7 @@ impl SignalRelay {
 
     /// Routes messages of `name` to a new receiver, subscribing to the
     /// channel when this replica was not yet.
-    async fn attach(&self, name: &str) -> Result<(u64, mpsc::Receiver<String>), BusError> {
+    async fn attach(&self, name: &str) -> Result<(u64, mpsc::Receiver<Delivery>), BusError> {
         let subscriber = self.subscriber().await?;
         let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
         let id = self.inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -557,7 +556,7 @@ async fn dispatch(subscriber: Subscriber, inner: Arc<Inner>) {
                 // re-reads its buffer.
                 let mut routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
                 for (_, tx) in routes.values_mut().flatten() {
-                    let _ = tx.try_send(RESYNC.to_owned());
+                    let _ = tx.try_send(Delivery::Resync);
                 }
                 continue;
             }
@@ -571,7 +570,7 @@ async fn dispatch(subscriber: Subscriber, inner: Arc<Inner>) {
             continue;
         };
         for (_, tx) in list.iter_mut() {
-            if tx.try_send(message.payload.clone()).is_err() {
+            if tx.try_send(Delivery::Message(message.payload.clone())).is_err() {
                 metrics::counter!("signaling_relay_dropped_total").increment(1);
             }
         }
@@ -588,7 +587,7 @@ pub struct Mailbox {
     user: UserId,
     channel: String,
     id: u64,
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<Delivery>,
     last: u64,
     /// Frames received, in sequence order, not yet handed out.
     ready: std::collections::VecDeque<Relayed>,
@@ -653,17 +652,20 @@ impl Mailbox {
                 self.gap_checked = false;
                 self.last = frame.seq;
                 metrics::counter!("signaling_relay_frames_total", "direction" => "delivered").increment(1);
-                let latency = (now_us() - frame.sent_us).max(0) as f64 / 1e6;
+                let latency = (now_us() - frame.envelope.sent_us).max(0) as f64 / 1e6;
                 metrics::histogram!("signaling_relay_latency_seconds").record(latency);
                 return Ok(Some(frame));
             }
             let Some(message) = self.rx.next().await else {
                 return Ok(None);
             };
-            if message == RESYNC {
-                self.resync = true;
-                continue;
-            }
+            let message = match message {
+                Delivery::Resync => {
+                    self.resync = true;
+                    continue;
+                }
+                Delivery::Message(message) => message,
+            };
             match Relayed::parse(&message) {
                 Some(frame) => self.insert(vec![frame]),
                 None => tracing::warn!(channel = %self.channel, "malformed relay message dropped"),
@@ -777,15 +779,14 @@ pub struct Listener {
     relay: SignalRelay,
     channel: String,
     id: u64,
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<Delivery>,
 }
 
 impl Listener {
     /// The next message; `None` when the relay stopped.
     pub async fn next(&mut self) -> Option<String> {
         loop {
-            let message = self.rx.next().await?;
-            if message != RESYNC {
+            if let Delivery::Message(message) = self.rx.next().await? {
                 return Some(message);
             }
         }
@@ -795,23 +796,5 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.relay.detach(&self.channel, self.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relay_messages_parse() {
-        let m = Relayed::parse(r#"1|7|u1|1700000000000000|00-abc-def-01|{"seq":7,"type":"offer","x":"a|b"}"#).unwrap();
-        assert_eq!(m.seq, 7);
-        assert_eq!(m.sender, "u1");
-        assert_eq!(m.sent_us, 1_700_000_000_000_000);
-        assert_eq!(m.traceparent, "00-abc-def-01");
-        assert_eq!(m.text, r#"{"seq":7,"type":"offer","x":"a|b"}"#);
-        assert!(Relayed::parse("2|7|u1|1|tp|{}").is_none(), "unknown format version");
-        assert!(Relayed::parse("x|y|z").is_none());
-        assert!(Relayed::parse("nothing").is_none());
     }
 }
