@@ -6,163 +6,75 @@
 //! channel per pair (a signaling replica has one pub/sub connection for all
 //! its mailboxes), and per pair a publisher that waits for each `PUBLISH`
 //! answer before the next (signaling runs one script per frame, in order).
-//! A few lines of RESP over a `TcpStream` are all it needs, so the load
-//! generator carries no Redis client.
+//! It talks to Redis through the `redis` crate (tokio, RESP2 pub/sub, no TLS,
+//! no cluster): a dedicated pub/sub connection for the subscriber and a
+//! connection of its own per publisher. The fleet itself uses `fred`; this
+//! client is the load generator's only.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::io::tcp::TcpSettings;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Msg, RedisResult};
 use tokio::sync::watch;
 
 use crate::Fail;
 use crate::pacing::{Arrivals, Pacer, Progress, Tally, candidate, stamp};
 
-/// One RESP value (arrays hold scalars only: enough for pub/sub).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Resp>),
+/// The channels of a run are `{PREFIX}:{run}:{pair}`.
+const PREFIX: &str = "unilink-load:bare";
+
+/// Longest wait for a connection, its `AUTH` and `SELECT` included.
+const CONNECT: Duration = Duration::from_secs(5);
+
+/// Longest wait for the answer to a command (`SUBSCRIBE`, `PUBLISH`).
+const ANSWER: Duration = Duration::from_secs(5);
+
+/// A client for `redis://[user:password@]host:port[/db]`, its sockets
+/// without Nagle's delay (small frames, one at a time).
+fn client(url: &str) -> Result<Client, Fail> {
+    if !url.starts_with("redis://") {
+        return Err("--bare-redis must be a redis:// URL".into());
+    }
+    let info = url
+        .into_connection_info()
+        .map_err(|e| format!("--bare-redis: {e}"))?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    Ok(Client::open(info)?)
 }
 
-/// A RESP connection.
-struct Connection {
-    stream: BufReader<TcpStream>,
-    line: Vec<u8>,
-}
-
-/// `*N\r\n$len\r\narg\r\n…`: a command as Redis reads it.
-fn command(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-impl Connection {
-    /// Connects to `redis://[:password@]host:port[/db]`.
-    async fn open(url: &str) -> Result<Connection, Fail> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("--bare-redis must be a redis:// URL")?;
-        let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
-        let (password, host_port) = match authority.rsplit_once('@') {
-            Some((user_info, host_port)) => {
-                let password = user_info.split_once(':').map_or(user_info, |(_, p)| p);
-                (Some(password.to_owned()).filter(|p| !p.is_empty()), host_port)
-            }
-            None => (None, authority),
-        };
-        let address = if host_port
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            host_port.to_owned()
-        } else {
-            format!("{host_port}:6379")
-        };
-        let stream = TcpStream::connect(&address)
-            .await
-            .map_err(|e| format!("bare Redis at {address}: {e}"))?;
-        stream.set_nodelay(true)?;
-        let mut connection = Connection {
-            stream: BufReader::new(stream),
-            line: Vec::new(),
-        };
-        if let Some(password) = password {
-            connection.expect_ok(&[b"AUTH", password.as_bytes()]).await?;
-        }
-        if !db.is_empty() {
-            connection.expect_ok(&[b"SELECT", db.as_bytes()]).await?;
-        }
-        Ok(connection)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Fail> {
-        self.stream.get_mut().write_all(bytes).await?;
-        Ok(())
-    }
-
-    /// Sends a command and reads its answer; a Redis error is an error.
-    async fn call(&mut self, args: &[&[u8]]) -> Result<Resp, Fail> {
-        self.send(&command(args)).await?;
-        match self.read().await? {
-            Resp::Error(e) => Err(format!("bare Redis: {e}").into()),
-            answer => Ok(answer),
-        }
-    }
-
-    async fn expect_ok(&mut self, args: &[&[u8]]) -> Result<(), Fail> {
-        match self.call(args).await? {
-            Resp::Simple(ok) if ok == "OK" => Ok(()),
-            other => Err(format!("bare Redis: {} answered {other:?}", String::from_utf8_lossy(args[0])).into()),
-        }
-    }
-
-    async fn read_line(&mut self) -> Result<(u8, String), Fail> {
-        self.line.clear();
-        let n = self.stream.read_until(b'\n', &mut self.line).await?;
-        if n == 0 {
-            return Err("bare Redis closed the connection".into());
-        }
-        let line = self
-            .line
-            .strip_suffix(b"\r\n")
-            .ok_or("bare Redis: a line without CRLF")?;
-        let (&kind, rest) = line.split_first().ok_or("bare Redis: an empty line")?;
-        Ok((kind, String::from_utf8_lossy(rest).into_owned()))
-    }
-
-    async fn read_scalar(&mut self, kind: u8, rest: String) -> Result<Resp, Fail> {
-        let number =
-            |s: &str| -> Result<i64, Fail> { s.parse().map_err(|_| format!("bare Redis: bad number {s:?}").into()) };
-        Ok(match kind {
-            b'+' => Resp::Simple(rest),
-            b'-' => Resp::Error(rest),
-            b':' => Resp::Integer(number(&rest)?),
-            b'$' => {
-                let len = number(&rest)?;
-                if len < 0 {
-                    Resp::Bulk(None)
-                } else {
-                    let mut data = vec![0; usize::try_from(len)? + 2];
-                    self.stream.read_exact(&mut data).await?;
-                    data.truncate(data.len() - 2);
-                    Resp::Bulk(Some(data))
-                }
-            }
-            other => return Err(format!("bare Redis: unexpected type byte {:?}", other as char).into()),
-        })
-    }
-
-    async fn read(&mut self) -> Result<Resp, Fail> {
-        let (kind, rest) = self.read_line().await?;
-        if kind != b'*' {
-            return self.read_scalar(kind, rest).await;
-        }
-        let len: i64 = rest.parse().map_err(|_| "bare Redis: bad array length")?;
-        let mut items = Vec::with_capacity(usize::try_from(len.max(0))?);
-        for _ in 0..len {
-            let (kind, rest) = self.read_line().await?;
-            if kind == b'*' {
-                return Err("bare Redis: nested arrays are not expected here".into());
-            }
-            items.push(self.read_scalar(kind, rest).await?);
-        }
-        Ok(Resp::Array(items))
+/// `call`, or an error naming `what` if it fails or takes longer than `limit`.
+async fn within<T>(limit: Duration, what: &str, call: impl Future<Output = RedisResult<T>>) -> Result<T, Fail> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("bare Redis: {what}: {e}").into()),
+        Err(_) => Err(format!("bare Redis: {what}: no answer within {}s", limit.as_secs()).into()),
     }
 }
 
-/// The channel of pair `index`.
-fn channel(run: &str, index: usize) -> String {
-    format!("unilink-load:bare:{run}:{index}")
+/// A pub/sub connection subscribed to all of `channels` (one `SUBSCRIBE`).
+async fn subscriber(client: &Client, channels: &[String]) -> Result<(PubSubSink, PubSubStream), Fail> {
+    let pubsub = within(CONNECT, "connecting the subscriber", client.get_async_pubsub()).await?;
+    // The sink stays with the stream for the whole run: the connection's
+    // task is meant to be driven by both.
+    let (mut sink, stream) = pubsub.split();
+    within(ANSWER, "SUBSCRIBE", sink.subscribe(channels)).await?;
+    Ok((sink, stream))
+}
+
+/// A publisher's connection: the crate bounds both the connecting and each
+/// answer (`PUBLISH` fails after [`ANSWER`]).
+async fn publisher(client: &Client) -> Result<MultiplexedConnection, Fail> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT))
+        .set_response_timeout(Some(ANSWER));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| format!("bare Redis: connecting a publisher: {e}").into())
 }
 
 /// A message shaped like signaling's relay messages
@@ -185,22 +97,10 @@ struct Stamp {
     n: u64,
 }
 
-/// `(pair, t, n)` of a pub/sub `message` push.
-fn parse_message(value: &Resp, prefix: &str) -> Option<(usize, u64, u64)> {
-    let Resp::Array(items) = value else { return None };
-    let [
-        Resp::Bulk(Some(kind)),
-        Resp::Bulk(Some(channel)),
-        Resp::Bulk(Some(data)),
-    ] = items.as_slice()
-    else {
-        return None;
-    };
-    if kind.as_slice() != b"message" {
-        return None;
-    }
-    let index = std::str::from_utf8(channel).ok()?.strip_prefix(prefix)?.parse().ok()?;
-    let text = std::str::from_utf8(data).ok()?;
+/// `(pair, t, n)` of a pub/sub message on a channel `{prefix}{pair}`.
+fn parse_message(message: &Msg, prefix: &str) -> Option<(usize, u64, u64)> {
+    let index = message.get_channel_name().strip_prefix(prefix)?.parse().ok()?;
+    let text = std::str::from_utf8(message.get_payload_bytes()).ok()?;
     let (_, json) = text.rsplit_once('|')?;
     let frame: Frame = serde_json::from_str(json).ok()?;
     Some((index, frame.candidate.t, frame.candidate.n))
@@ -216,6 +116,18 @@ pub async fn measure(
     seconds: u64,
     drain: Duration,
 ) -> Result<Tally, Fail> {
+    measure_on(PREFIX, url, senders, (rate, window), seconds, drain).await
+}
+
+/// [`measure`] on channels `{prefix}:{run}:{pair}`.
+async fn measure_on(
+    prefix: &str,
+    url: &str,
+    senders: &[String],
+    (rate, window): (u64, u64),
+    seconds: u64,
+    drain: Duration,
+) -> Result<Tally, Fail> {
     let pairs = senders.len();
     let run = format!(
         "{}-{}",
@@ -224,22 +136,14 @@ pub async fn measure(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    let prefix = format!("unilink-load:bare:{run}:");
+    let prefix = format!("{prefix}:{run}:");
 
-    let mut subscriber = Connection::open(url).await?;
-    let names: Vec<String> = (0..pairs).map(|i| channel(&run, i)).collect();
-    let mut subscribe: Vec<&[u8]> = vec![b"SUBSCRIBE"];
-    subscribe.extend(names.iter().map(String::as_bytes));
-    subscriber.send(&command(&subscribe)).await?;
-    for _ in 0..pairs {
-        match subscriber.read().await? {
-            Resp::Array(items) if items.first() == Some(&Resp::Bulk(Some(b"subscribe".to_vec()))) => {}
-            other => return Err(format!("bare Redis: SUBSCRIBE answered {other:?}").into()),
-        }
-    }
+    let client = client(url)?;
+    let names: Vec<String> = (0..pairs).map(|i| format!("{prefix}{i}")).collect();
+    let (sink, mut messages) = subscriber(&client, &names).await?;
     let mut publishers = Vec::with_capacity(pairs);
     for _ in 0..pairs {
-        publishers.push(Connection::open(url).await?);
+        publishers.push(publisher(&client).await?);
     }
 
     let origin = Instant::now();
@@ -247,22 +151,23 @@ pub async fn measure(
     let progress: Vec<Arc<Progress>> = (0..pairs).map(|_| Arc::default()).collect();
     let counters = progress.clone();
     let reader = tokio::spawn(async move {
+        let _sink = sink;
         let mut arrivals: Vec<Arrivals> = (0..pairs).map(|_| Arrivals::default()).collect();
         let mut stopped = stopped;
         loop {
             tokio::select! {
                 _ = stopped.changed() => break,
-                value = subscriber.read() => match value {
-                    Ok(value) => {
-                        if let Some((i, t, n)) = parse_message(&value, &prefix)
+                message = messages.next() => match message {
+                    Some(message) => {
+                        if let Some((i, t, n)) = parse_message(&message, &prefix)
                             && let Some(a) = arrivals.get_mut(i)
                             && a.record(origin, t, n)
                         {
                             counters[i].arrive();
                         }
                     }
-                    Err(e) => {
-                        eprintln!("unilink-load: bare Redis subscriber: {e}");
+                    None => {
+                        eprintln!("unilink-load: bare Redis subscriber: the connection closed");
                         break;
                     }
                 },
@@ -281,13 +186,15 @@ pub async fn measure(
             let mut sent = 0u64;
             while pacer.wait().await {
                 let message = payload(sent + 1, &from, stamp(origin));
-                match publisher
-                    .call(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()])
+                match redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&message)
+                    .query_async::<i64>(&mut publisher)
                     .await
                 {
-                    Ok(Resp::Integer(1..)) => sent += 1,
-                    Ok(other) => {
-                        eprintln!("unilink-load: bare Redis PUBLISH answered {other:?} (no subscriber?)");
+                    Ok(1..) => sent += 1,
+                    Ok(receivers) => {
+                        eprintln!("unilink-load: bare Redis PUBLISH reached {receivers} subscribers (no subscriber?)");
                         break;
                     }
                     Err(e) => {
@@ -316,22 +223,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_are_resp_arrays_of_bulk_strings() {
-        assert_eq!(
-            command(&[b"PUBLISH", b"ch", b"hi"]),
-            b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\nhi\r\n".to_vec()
-        );
+    fn messages_yield_their_pair_and_stamp() {
+        let text = payload(7, "6f1c1d3e-0a3b-4c5d-8e9f-000000000001", 123_456);
+        let value = redis::Value::Array(vec![
+            redis::Value::BulkString(b"message".to_vec()),
+            redis::Value::BulkString(b"unilink-load:bare:r:3".to_vec()),
+            redis::Value::BulkString(text.into_bytes()),
+        ]);
+        let message = Msg::from_owned_value(value).unwrap();
+        assert_eq!(parse_message(&message, "unilink-load:bare:r:"), Some((3, 123_456, 7)));
+        assert_eq!(parse_message(&message, "unilink-load:other:"), None);
     }
 
     #[test]
-    fn messages_yield_their_pair_and_stamp() {
-        let text = payload(7, "6f1c1d3e-0a3b-4c5d-8e9f-000000000001", 123_456);
-        let value = Resp::Array(vec![
-            Resp::Bulk(Some(b"message".to_vec())),
-            Resp::Bulk(Some(b"unilink-load:bare:r:3".to_vec())),
-            Resp::Bulk(Some(text.into_bytes())),
-        ]);
-        assert_eq!(parse_message(&value, "unilink-load:bare:r:"), Some((3, 123_456, 7)));
-        assert_eq!(parse_message(&Resp::Integer(1), "x"), None);
+    fn only_redis_urls_are_taken() {
+        assert!(client("redis://:secret@127.0.0.1:6379/0").is_ok());
+        assert!(client("rediss://127.0.0.1:6379").is_err());
+        assert!(client("http://127.0.0.1:6379").is_err());
+    }
+
+    /// Two seconds of the baseline against the real Redis (`TEST_REDIS_URL`,
+    /// default `redis://127.0.0.1:6379`) at a low rate, on channels of its
+    /// own: every frame arrives, once, in order, in a sane time.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn measures_against_a_real_redis() {
+        let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let senders: Vec<String> = (1..=2).map(|i| format!("6f1c1d3e-0a3b-4c5d-8e9f-{i:012}")).collect();
+        let run = measure_on(
+            "unilink-load:bare-test",
+            &url,
+            &senders,
+            (100, 32),
+            2,
+            Duration::from_secs(2),
+        );
+        let mut tally = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the measurement stops by itself")
+            .expect("the measurement runs");
+        let s = tally.samples.summary();
+        eprintln!(
+            "bare Redis, 2 pairs, 100 frames/s, 2 s: sent {} received {} p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+            tally.sent, tally.received, s.p50, s.p99, s.max
+        );
+        assert!((190..=200).contains(&tally.sent), "sent {}", tally.sent);
+        assert_eq!(tally.received, tally.sent, "every frame arrives");
+        assert_eq!((tally.duplicates, tally.out_of_order), (0, 0));
+        assert_eq!(s.count as u64, tally.received);
+        assert!(s.p50 > 0.0 && s.p50 < 50.0, "p50 {} ms", s.p50);
+        assert!(s.max < 1000.0, "max {} ms", s.max);
     }
 }
