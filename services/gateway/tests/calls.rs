@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fleet, Gateway, go_online, two_sides};
+use common::{Fleet, Gateway, Socket, go_online, two_sides};
 use serde_json::{Value, json};
 
 async fn post(gw: &Gateway, path: &str, token: &str) -> (u16, Value) {
@@ -440,15 +440,40 @@ async fn bad_frames_get_errors() {
     // Floods are slowed and, when sustained, closed: original_client.rs.
 }
 
+/// `from` sends candidates numbered `range`; `to` gets each once, in
+/// order, with sequence numbers following `last_seq` without a gap (any
+/// first one when it is 0). Returns the last one.
+async fn relay_candidates(
+    from: &mut Socket,
+    to: &mut Socket,
+    from_id: &str,
+    range: std::ops::Range<u32>,
+    mut last_seq: u64,
+) -> u64 {
+    for i in range.clone() {
+        from.send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
+            .await;
+    }
+    for i in range {
+        let frame = to.expect("ice_candidate").await;
+        assert_eq!(frame["candidate"]["n"], i, "{frame}");
+        assert_eq!(frame["from"], from_id);
+        let seq = frame["seq"].as_u64().unwrap();
+        assert!(last_seq == 0 || seq == last_seq + 1, "no gap: {seq} after {last_seq}");
+        last_seq = seq;
+    }
+    last_seq
+}
+
 #[tokio::test]
-async fn a_draining_signaling_replica_hands_its_sockets_over_without_losing_frames() {
+async fn frames_keep_flowing_while_the_signaling_replica_stops_and_only_state_changes_wait() {
     let fleet = Fleet::start_with(&[("SIGNALING_FRAME_RATE", "100000")]).await;
     let spare = fleet.signaling_replica(&[("SIGNALING_FRAME_RATE", "100000")]).await;
     let first = fleet.signaling.url();
-    let both = format!("{first},{}", spare.url());
+    // Ada's gateway knows only the first replica; Bob's only the spare.
     let ga = fleet.gateway(&[("SIGNALING_GRPC_URL", first.as_str())]).await;
     let gb = fleet.gateway(&[("SIGNALING_GRPC_URL", spare.url().as_str())]).await;
-    let (_, ada) = fleet.user(&ga, "ada").await;
+    let (ada_id, ada) = fleet.user(&ga, "ada").await;
     let (bob_id, bob) = fleet.user(&gb, "bob").await;
     let _bob_presence = go_online(&gb, &bob_id, &bob).await;
     let (_, call) = ga
@@ -456,52 +481,41 @@ async fn a_draining_signaling_replica_hands_its_sockets_over_without_losing_fram
         .await;
     let call_id = call["id"].as_str().unwrap().to_owned();
     post(&gb, &format!("/calls/accept/{call_id}"), &bob).await;
-
-    // Ada's gateway knows both replicas but is on the first (the only one it
-    // had when it opened the socket: a third gateway with both is used for the
-    // reconnect through the balancer).
-    let gc = fleet.gateway(&[("SIGNALING_GRPC_URL", both.as_str())]).await;
     let mut ada_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
     let mut bob_call = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
     ada_call.expect("connection_ready").await;
 
-    // Bob sends 100 frames; halfway, Ada's replica drains (SIGTERM).
-    for i in 0..50 {
-        bob_call
-            .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
-            .await;
-    }
-    let mut last_seq = 0;
-    for i in 0..50 {
-        let frame = ada_call.expect("ice_candidate").await;
-        assert_eq!(frame["candidate"]["n"], i);
-        last_seq = frame["seq"].as_u64().unwrap();
-    }
+    // Bob sends 100 frames; halfway, the only replica Ada's gateway knows
+    // stops (SIGTERM). Frames do not pass through it: her socket stays open
+    // and gets every frame once, in order.
+    let last_seq = relay_candidates(&mut bob_call, &mut ada_call, &bob_id, 0..50, 0).await;
+    // The replica stops while Bob sends the rest: its drain waits for nothing here.
     let stopping = tokio::spawn(fleet.signaling.stop());
-    // Ada's socket is told to reconnect; she does, through a gateway that can
-    // reach the surviving replica, and resumes after the last frame she saw.
-    let (code, _) = ada_call.closed().await;
-    assert_eq!(code, 1012, "ada's gateway has no other replica: it passes the drain on");
+    relay_candidates(&mut bob_call, &mut ada_call, &bob_id, 50..100, last_seq).await;
     stopping.await.unwrap().unwrap();
-    for i in 50..100 {
-        bob_call
-            .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
-            .await;
-    }
-    let mut resumed = gc
-        .socket(&format!("/ws/webrtc/{call_id}?last_seq={last_seq}"), &ada)
-        .await;
-    for i in 50..100 {
-        let frame = resumed.expect("ice_candidate").await;
-        assert_eq!(frame["candidate"]["n"], i, "{frame}");
-        assert_eq!(frame["from"], bob_id);
-    }
     assert!(
-        resumed.next_within(Duration::from_millis(500)).await.is_none(),
+        ada_call.next_within(Duration::from_millis(300)).await.is_none(),
         "nothing twice"
     );
-    // A quick resume is not announced to the peer.
-    assert!(bob_call.next_within(Duration::from_millis(200)).await.is_none());
+    // Ada's frames reach Bob as well, with her replica gone.
+    ada_call
+        .send_json(json!({"type": "chat_message", "text": "still here"}))
+        .await;
+    assert_eq!(bob_call.expect("chat_message").await["text"], "still here");
+    assert_eq!(ada_call.expect("chat_message").await["from"], ada_id);
+    // A state change waits for a replica: Ada's gateway has none.
+    ada_call.send_json(json!({"type": "end_call"})).await;
+    assert_eq!(
+        ada_call.expect("error").await["message"],
+        "could not end the call; try again"
+    );
+    // Bob's has one: the call ends, and both sockets close, on both gateways.
+    bob_call.send_json(json!({"type": "end_call"})).await;
+    for socket in [&mut ada_call, &mut bob_call] {
+        let ended = socket.expect("call_ended").await;
+        assert_eq!(ended["user_id"], bob_id);
+        assert_eq!(socket.closed().await.0, 1000);
+    }
     spare.stop().await.unwrap();
 }
 

@@ -30,6 +30,8 @@ pub struct Fleet {
     pub profile: RunningService,
     pub signaling: RunningService,
     pub notification: RunningService,
+    /// The settings given for every service: the gateways get them too.
+    pub extra: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -74,6 +76,7 @@ impl Fleet {
             profile,
             signaling,
             notification,
+            extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         }
     }
 
@@ -82,7 +85,7 @@ impl Fleet {
         mail(&self.smtp, address, n).await
     }
 
-    /// The presence registry of this fleet (what signaling sockets will write).
+    /// The presence registry of this fleet (what gateways write for their sockets).
     pub async fn presence(&self) -> unilink_presence::PresenceRegistry {
         let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
             unilink_config::Secret::new(unilink_test_support::redis_url()),
@@ -104,6 +107,7 @@ impl Fleet {
             ("SIGNALING_GRPC_URL".into(), self.signaling.url()),
             ("NOTIFICATION_GRPC_URL".into(), self.notification.url()),
         ];
+        vars.extend(self.extra.iter().cloned());
         vars.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         vars
     }
