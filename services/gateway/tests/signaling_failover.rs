@@ -1,7 +1,8 @@
-//! A signaling replica holding a live call is killed (`kill -9`): the
-//! gateway resumes the caller's stream on the surviving replica and the
-//! caller receives every frame sent meanwhile, once and in order, on the
-//! same socket. Real processes for the two signaling replicas.
+//! Signaling replicas are killed (`kill -9`) during a call with frames
+//! flowing: frames do not pass through signaling, so they keep arriving on
+//! the same sockets, once, in order and with no gap in their numbering,
+//! whichever replica dies and even with none left; only a state change
+//! (`end_call`) waits for a replica. Real processes for the two replicas.
 
 mod common;
 
@@ -24,32 +25,60 @@ impl Replica {
     fn url(&self) -> String {
         self.0.url()
     }
-
-    /// Call streams this process holds (its own metrics).
-    async fn call_streams(&self) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.0.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(r#"signaling_streams{kind="call"} "#))
-            .map_or(0.0, |v| v.trim().parse().unwrap())
-    }
 }
 
 async fn post(gw: &Gateway, path: &str, token: &str) -> u16 {
     gw.post_bearer(path, token, json!({})).await.0
 }
 
+/// Bob sends candidates numbered `range`, one every 2 ms, while `during`
+/// runs; Ada gets each once, in order, with sequence numbers following
+/// `last_seq` without a gap. Returns the last one and the longest wait
+/// between two frames.
+async fn stream_through(
+    bob_call: &mut common::Socket,
+    ada_call: &mut common::Socket,
+    range: std::ops::Range<u32>,
+    mut last_seq: u64,
+    during: impl std::future::Future<Output = ()>,
+) -> (u64, Duration) {
+    let sending = async {
+        for i in range.clone() {
+            bob_call
+                .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let receiving = async {
+        let mut longest = Duration::ZERO;
+        let mut at = tokio::time::Instant::now();
+        for i in range.clone() {
+            let frame = ada_call.expect("ice_candidate").await;
+            assert_eq!(frame["candidate"]["n"], i, "{frame}");
+            let seq = frame["seq"].as_u64().unwrap();
+            assert!(last_seq == 0 || seq == last_seq + 1, "gap: {seq} after {last_seq}");
+            last_seq = seq;
+            longest = longest.max(at.elapsed());
+            at = tokio::time::Instant::now();
+        }
+        longest
+    };
+    let ((), longest, ()) = tokio::join!(sending, receiving, during);
+    (last_seq, longest)
+}
+
 #[tokio::test]
-async fn killing_the_callers_signaling_replica_loses_no_frame() {
+async fn killing_signaling_replicas_mid_call_interrupts_no_frame() {
     let fleet = Fleet::start().await;
     let replicas = [Replica::start(&fleet).await, Replica::start(&fleet).await];
     let both = format!("{},{}", replicas[0].url(), replicas[1].url());
-    let ga = fleet.gateway(&[("SIGNALING_GRPC_URL", both.as_str())]).await;
-    let gb = fleet.gateway(&[("SIGNALING_GRPC_URL", both.as_str())]).await;
+    let ga = fleet
+        .gateway(&[("SIGNALING_GRPC_URL", both.as_str()), ("SIGNALING_FRAME_RATE", "100000")])
+        .await;
+    let gb = fleet
+        .gateway(&[("SIGNALING_GRPC_URL", both.as_str()), ("SIGNALING_FRAME_RATE", "100000")])
+        .await;
     let (ada_id, ada) = fleet.user(&ga, "ada").await;
     let (bob_id, bob) = fleet.user(&gb, "bob").await;
     let mut bob_presence = gb.socket(&format!("/calls/ws/{bob_id}"), &bob).await;
@@ -61,65 +90,19 @@ async fn killing_the_callers_signaling_replica_loses_no_frame() {
     assert_eq!(status, 200, "{call}");
     let call_id = call["id"].as_str().unwrap().to_owned();
     assert_eq!(post(&gb, &format!("/calls/accept/{call_id}"), &bob).await, 200);
-
-    // Which replica holds Ada's stream: the one whose count went up.
-    let before = [replicas[0].call_streams().await, replicas[1].call_streams().await];
     let mut ada_call = ga.socket(&format!("/ws/webrtc/{call_id}"), &ada).await;
-    let after = [replicas[0].call_streams().await, replicas[1].call_streams().await];
-    let doomed = if after[0] > before[0] { 0 } else { 1 };
-    assert!(
-        after[doomed] > before[doomed],
-        "ada's stream is on a replica: {before:?} {after:?}"
-    );
-    // Bob on the other one (the balancer picks at random: retry).
-    let mut bob_call = loop {
-        let before = replicas[1 - doomed].call_streams().await;
-        let socket = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
-        if replicas[1 - doomed].call_streams().await > before {
-            break socket;
-        }
-        socket.close().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut bob_call = gb.socket(&format!("/ws/webrtc/{call_id}"), &bob).await;
     ada_call.expect("connection_ready").await;
 
-    for i in 0..50 {
-        bob_call
-            .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
-            .await;
-    }
-    for i in 0..50 {
-        assert_eq!(ada_call.expect("ice_candidate").await["candidate"]["n"], i);
-    }
-
-    // kill -9 Ada's replica; Bob keeps talking meanwhile.
+    let (last_seq, _) = stream_through(&mut bob_call, &mut ada_call, 0..50, 0, async {}).await;
+    // kill -9 one replica while Bob sends the next 300 frames.
     let [first, second] = replicas;
-    let (doomed, survivor) = if doomed == 0 { (first, second) } else { (second, first) };
-    drop(doomed.0.process);
-    for i in 50..150 {
-        bob_call
-            .send_json(json!({"type": "ice_candidate", "candidate": {"n": i}}))
-            .await;
-    }
-    // Same socket, resumed by the gateway on the survivor: every frame, in order, once.
-    for i in 50..150 {
-        let frame = ada_call.expect("ice_candidate").await;
-        assert_eq!(frame["candidate"]["n"], i, "{frame}");
-        assert_eq!(frame["from"], bob_id);
-    }
-    assert!(
-        ada_call.next_within(Duration::from_millis(500)).await.is_none(),
-        "no duplicates"
-    );
-    assert!(survivor.call_streams().await >= 2.0, "both streams on the survivor now");
-    // And Ada can still talk; Bob was never told she left.
-    ada_call
-        .send_json(json!({"type": "chat_message", "text": "still here"}))
-        .await;
-    let chat = bob_call.expect("chat_message").await;
-    assert_eq!(chat["from"], ada_id);
-    assert_eq!(chat["text"], "still here");
-    assert!(!format!("{:?}", bob_call.next_within(Duration::from_millis(200)).await).contains("user_disconnected"));
+    let kill_first = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(first.0.process);
+    };
+    let (last_seq, longest) = stream_through(&mut bob_call, &mut ada_call, 50..350, last_seq, kill_first).await;
+    eprintln!("first replica killed: 300 frames, longest wait between two {longest:?}");
     // Plain requests stop reaching the dead replica: the balancer drops it
     // at the first failed connect (tonic alone keeps picking it).
     for (gw, token) in [(&ga, &ada), (&gb, &bob)] {
@@ -131,5 +114,34 @@ async fn killing_the_callers_signaling_replica_loses_no_frame() {
         }
         assert!(failures <= 2, "{failures} of 40 history requests failed after the kill");
     }
-    drop(survivor);
+    // And the second: no signaling replica is left, frames still flow.
+    let kill_second = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(second.0.process);
+    };
+    let (_, longest) = stream_through(&mut bob_call, &mut ada_call, 350..650, last_seq, kill_second).await;
+    eprintln!("second replica killed: 300 frames, longest wait between two {longest:?}");
+    assert!(
+        ada_call.next_within(Duration::from_millis(300)).await.is_none(),
+        "no duplicates"
+    );
+    ada_call
+        .send_json(json!({"type": "chat_message", "text": "still here"}))
+        .await;
+    let chat = bob_call.expect("chat_message").await;
+    assert_eq!((chat["from"].as_str(), chat["text"].as_str()), (Some(ada_id.as_str()), Some("still here")));
+    // Only a state change needs a replica: ending the call must wait.
+    bob_call.send_json(json!({"type": "end_call"})).await;
+    let refused = loop {
+        let frame = bob_call.next().await;
+        if let common::Received::Text(text) = &frame
+            && text.contains(r#""type":"error""#)
+        {
+            break text.clone();
+        }
+        assert!(matches!(frame, common::Received::Text(_)), "{frame:?}");
+    };
+    assert!(refused.contains("could not end the call; try again"), "{refused}");
+    // Nobody was told the other left.
+    assert!(!format!("{:?}", ada_call.next_within(Duration::from_millis(200)).await).contains("user_disconnected"));
 }
