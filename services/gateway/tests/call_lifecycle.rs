@@ -223,3 +223,91 @@ async fn presence_follows_sockets_and_ice_servers_carry_turn_credentials() {
     })
     .await;
 }
+
+/// A gateway renews the presence of all its sockets in batches: for 10,000
+/// presence sockets one round is a handful of script calls (one per 500
+/// sockets, pipelined), not 10,000 heartbeats. Counted on a Redis of the
+/// test's own.
+#[tokio::test]
+async fn presence_of_ten_thousand_sockets_is_renewed_in_batches() {
+    use unilink_test_support::faults::{PrivateRedis, command};
+    const SOCKETS: usize = 10_000;
+    let server = PrivateRedis::start().await;
+    let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
+        unilink_config::Secret::new(server.url()),
+        "batches:".to_owned(),
+    ))
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay = unilink_relay::SignalRelay::connect(redis.clone(), stop.clone()).await.unwrap();
+    let hub = unilink_gateway::ws::presence::PresenceHub::new(redis.clone(), relay);
+    let users: Vec<unilink_domain::UserId> = (0..SOCKETS).map(|_| unilink_domain::UserId::new()).collect();
+    let mut sessions = Vec::with_capacity(SOCKETS);
+    for chunk in users.chunks(500) {
+        let opening = chunk.iter().map(|u| hub.open(*u, "family".to_owned()));
+        for session in futures_util::future::join_all(opening).await {
+            sessions.push(session.unwrap());
+        }
+    }
+    assert_eq!(hub.len(), SOCKETS);
+    let score = |user: unilink_domain::UserId| {
+        let port = server.port();
+        async move {
+            let reply = command(port, &["ZSCORE", "batches:presence:online", &user.to_string()])
+                .await
+                .unwrap();
+            reply.lines().nth(1).unwrap().parse::<f64>().unwrap()
+        }
+    };
+    let sample = [users[0], users[SOCKETS / 2], users[SOCKETS - 1]];
+    let mut before = Vec::new();
+    for u in sample {
+        before.push(score(u).await);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // The first round loads the script; the second is the steady state.
+    assert_eq!(hub.renew().await, SOCKETS, "every socket renewed");
+    command(server.port(), &["CONFIG", "RESETSTAT"]).await.unwrap();
+    assert_eq!(hub.renew().await, SOCKETS, "every socket renewed");
+    let stats = command(server.port(), &["INFO", "commandstats"]).await.unwrap();
+    let calls: Vec<(String, u64)> = stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .filter(|(name, _)| name != "info" && name != "config|resetstat")
+        .collect();
+    // What clients sent (scripts); the writes inside the scripts are
+    // counted by Redis too, and are the same three per socket as before.
+    let sent: u64 = calls
+        .iter()
+        .filter(|(name, _)| name.starts_with("eval") || name.starts_with("script"))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("one renewal round of {SOCKETS} sockets: {sent} commands sent; in all {calls:?}");
+    assert_eq!(
+        sent,
+        SOCKETS.div_ceil(unilink_presence::BEAT_BATCH) as u64,
+        "one script call per batch: {calls:?}"
+    );
+    let writes: u64 = calls
+        .iter()
+        .filter(|(name, _)| ["hset", "pexpire", "zadd"].contains(&name.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(writes, 3 * SOCKETS as u64, "{calls:?}");
+    for (u, old) in sample.into_iter().zip(before) {
+        assert!(score(u).await > old, "{u} renewed");
+    }
+    // Closing the sockets takes them out of the rounds.
+    for session in sessions.drain(..SOCKETS / 2) {
+        drop(session);
+    }
+    assert_eq!(hub.len(), SOCKETS / 2);
+    stop.cancel();
+}
