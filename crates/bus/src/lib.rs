@@ -114,7 +114,7 @@ async fn start<C: ClientLike>(client: &C, what: &str) {
 #[derive(Clone)]
 pub struct Redis {
     client: Client,
-    settings: RedisSettings,
+    settings: std::sync::Arc<RedisSettings>,
     /// Under Sentinel: how many replicas the master had, and when that was
     /// asked (see [`Redis::wait_replicated`]).
     replicas: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, i64)>>>,
@@ -136,7 +136,7 @@ impl Redis {
         start(&client, "commands").await;
         Ok(Redis {
             client,
-            settings: settings.clone(),
+            settings: std::sync::Arc::new(settings.clone()),
             replicas: Default::default(),
         })
     }
@@ -149,7 +149,7 @@ impl Redis {
         client.connect();
         Ok(Redis {
             client,
-            settings: settings.clone(),
+            settings: std::sync::Arc::new(settings.clone()),
             replicas: Default::default(),
         })
     }

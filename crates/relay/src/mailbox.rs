@@ -256,6 +256,12 @@ struct Inner {
     stop: CancellationToken,
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner").finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for SignalRelay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignalRelay").finish_non_exhaustive()
@@ -445,7 +451,7 @@ impl SignalRelay {
             list.len() == 1
         };
         if first && let Err(e) = subscriber.subscribe(name).await {
-            self.detach(name, id);
+            detach(&self.inner, name, id);
             return Err(e);
         }
         Ok((id, rx))
@@ -495,48 +501,55 @@ impl SignalRelay {
     pub async fn listen(&self, channel: &str) -> Result<Listener, BusError> {
         let (id, rx) = self.attach(channel).await?;
         Ok(Listener {
-            relay: self.clone(),
+            inner: self.inner.clone(),
             channel: channel.to_owned(),
             id,
             rx,
         })
     }
 
-    fn detach(&self, name: &str, id: u64) {
-        let now_empty = {
-            let mut routes = self.routes();
-            let Some(list) = routes.get_mut(name) else { return };
-            list.retain(|(i, _)| *i != id);
-            let empty = list.is_empty();
-            if empty {
-                routes.remove(name);
-            }
-            empty
-        };
-        let Some(subscriber) = self.inner.subscriber.get().cloned() else {
-            return;
-        };
-        if now_empty {
-            let relay = self.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                let reopened = || relay.routes().contains_key(&name);
-                if reopened() {
-                    return;
-                }
-                let _ = subscriber.unsubscribe(&name).await;
-                // Opened again while the unsubscribe was on its way: subscribe
-                // again (subscribing twice is harmless).
-                if reopened() {
-                    let _ = subscriber.subscribe(&name).await;
-                }
-            });
-        }
-    }
-
     /// How many channels this replica is subscribed to.
     pub fn subscriptions(&self) -> usize {
         self.routes().len()
+    }
+}
+
+/// Removes reader `id` from channel `name`; the last one out unsubscribes.
+fn detach(inner: &Arc<Inner>, name: &str, id: u64) {
+    let now_empty = {
+        let mut routes = inner.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = routes.get_mut(name) else { return };
+        list.retain(|(i, _)| *i != id);
+        let empty = list.is_empty();
+        if empty {
+            routes.remove(name);
+        }
+        empty
+    };
+    let Some(subscriber) = inner.subscriber.get().cloned() else {
+        return;
+    };
+    if now_empty {
+        let inner = inner.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let reopened = || {
+                inner
+                    .routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(&name)
+            };
+            if reopened() {
+                return;
+            }
+            let _ = subscriber.unsubscribe(&name).await;
+            // Opened again while the unsubscribe was on its way: subscribe
+            // again (subscribing twice is harmless).
+            if reopened() {
+                let _ = subscriber.subscribe(&name).await;
+            }
+        });
     }
 }
 
@@ -769,14 +782,15 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.relay.detach(&self.channel, self.id);
+        detach(&self.relay.inner, &self.channel, self.id);
     }
 }
 
 /// The messages of one channel on this replica. Unsubscribes when dropped.
 #[derive(Debug)]
 pub struct Listener {
-    relay: SignalRelay,
+    /// Only the shared part of the relay: an idle socket holds this.
+    inner: Arc<Inner>,
     channel: String,
     id: u64,
     rx: mpsc::Receiver<Delivery>,
@@ -795,6 +809,6 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.relay.detach(&self.channel, self.id);
+        detach(&self.inner, &self.channel, self.id);
     }
 }

@@ -81,7 +81,10 @@ async fn a_reader_that_falls_behind_still_gets_every_frame_once_in_order() {
         }
         assert_eq!(got.seq, base + expected);
         assert_eq!(n_of(&got), expected);
-        assert!(got.client_text().starts_with(&format!(r#"{{"seq":{},"type""#, base + expected)));
+        assert!(
+            got.client_text()
+                .starts_with(&format!(r#"{{"seq":{},"type""#, base + expected))
+        );
         assert_eq!(got.envelope.sender, "peer");
     }
     sending.await.unwrap();

@@ -36,7 +36,9 @@ const PRESENCE_FRAME_RATE: u32 = 10;
 /// them online. Cheap to clone; every HTTP worker holds one sharing the
 /// same table.
 #[derive(Clone)]
-pub struct PresenceHub {
+pub struct PresenceHub(Arc<Hub>);
+
+struct Hub {
     registry: PresenceRegistry,
     relay: SignalRelay,
     /// Connection id → user, for every presence socket open here.
@@ -53,24 +55,24 @@ impl std::fmt::Debug for PresenceHub {
 
 impl PresenceHub {
     pub fn new(redis: Redis, relay: SignalRelay) -> PresenceHub {
-        PresenceHub {
+        PresenceHub(Arc::new(Hub {
             registry: PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL),
             relay,
             local: Arc::default(),
-        }
+        }))
     }
 
     /// The same hub, sending its commands over `redis` (a worker's own client).
     pub fn with_redis(&self, redis: Redis, relay: SignalRelay) -> PresenceHub {
-        PresenceHub {
+        PresenceHub(Arc::new(Hub {
             registry: PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL),
             relay,
-            local: self.local.clone(),
-        }
+            local: self.0.local.clone(),
+        }))
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, UserId>> {
-        self.local.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many presence sockets are open here.
@@ -103,7 +105,7 @@ impl PresenceHub {
         if sockets.is_empty() {
             return 0;
         }
-        let renewing = tokio::time::timeout(RENEW_TIMEOUT, self.registry.heartbeat_many(&sockets));
+        let renewing = tokio::time::timeout(RENEW_TIMEOUT, self.0.registry.heartbeat_many(&sockets));
         match renewing.await {
             Ok(Ok(renewed)) => {
                 metrics::counter!("presence_heartbeats_total").increment(renewed as u64);
@@ -114,7 +116,10 @@ impl PresenceHub {
                 0
             }
             Err(_) => {
-                tracing::warn!(sockets = sockets.len(), "presence renewal timed out; retried next round");
+                tracing::warn!(
+                    sockets = sockets.len(),
+                    "presence renewal timed out; retried next round"
+                );
                 0
             }
         }
@@ -125,8 +130,8 @@ impl PresenceHub {
     pub async fn open(&self, user: UserId, family: String) -> Result<PresenceSession, BusError> {
         let connection = uuid::Uuid::new_v4().simple().to_string();
         // Subscribed first: a push sent once the user shows online is not missed.
-        let listener = self.relay.listen(&push_channel(&user.to_string())).await?;
-        self.registry.connect(user, &connection).await?;
+        let listener = self.0.relay.listen(&push_channel(&user.to_string())).await?;
+        self.0.registry.connect(user, &connection).await?;
         self.table().insert(connection.clone(), user);
         Ok(PresenceSession {
             entry: Entry {
@@ -226,7 +231,7 @@ impl PresenceSession {
             metrics::counter!("presence_handovers_total").increment(1);
             return;
         }
-        let leaving = tokio::time::timeout(RENEW_TIMEOUT, hub.registry.disconnect(user, &connection));
+        let leaving = tokio::time::timeout(RENEW_TIMEOUT, hub.0.registry.disconnect(user, &connection));
         match leaving.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(user_id = %user, error = %e, "presence not cleared; it expires with its TTL"),
