@@ -237,9 +237,9 @@ if wants hops; then
     ss -ltnpH "sport = :$1" | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2
   }
   redis_port="$(url_port "$REDIS_URL")"
-  gateway_a="$(listener 8000)" signaling_a="$(listener 50053)" redis_pid="$(listener "${redis_port:-6379}")"
-  [[ -n "$gateway_a" && -n "$signaling_a" && -n "$redis_pid" ]] ||
-    die "hops: could not find the processes listening on :8000, :50053 and :${redis_port:-6379}"
+  gateway_a="$(listener 8000)" redis_pid="$(listener "${redis_port:-6379}")"
+  [[ -n "$gateway_a" && -n "$redis_pid" ]] ||
+    die "hops: could not find the processes listening on :8000 and :${redis_port:-6379}"
   events=syscalls:sys_exit_epoll_wait,syscalls:sys_exit_recvfrom,syscalls:sys_exit_read
   events+=,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto
   ((frame_rate >= 1000)) ||
@@ -256,7 +256,8 @@ if wants hops; then
       die "hops: perf record failed (it needs root, or kernel.perf_event_paranoid <= 1 and tracefs access)"
     }
   }
-  trace fleet "$load_pid,$gateway_a,$signaling_a,$redis_pid,$SIGNALING_B_PID,$GATEWAY_B_PID"
+  # Relay v2: a frame crosses the two gateways and Redis, not signaling.
+  trace fleet "$load_pid,$gateway_a,$redis_pid,$GATEWAY_B_PID"
   sleep 7
   trace bare "$load_pid,$redis_pid"
   wait "$load_pid" || die "hops: the relay run failed"
@@ -265,7 +266,7 @@ if wants hops; then
     perf script -i "$WORK/$path.data" -F comm,pid,tid,time,event >"$WORK/$path.txt" 2>/dev/null
     echo "hops, $path:"
     "$LOAD" hops --path "$path" --trace "$WORK/$path.txt" \
-      --roles "L=$load_pid,gA=$gateway_a,sA=$signaling_a,R=$redis_pid,sB=$SIGNALING_B_PID,gB=$GATEWAY_B_PID"
+      --roles "L=$load_pid,gA=$gateway_a,R=$redis_pid,gB=$GATEWAY_B_PID"
   done
 fi
 log "done; stopping the second replicas"

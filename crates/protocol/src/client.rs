@@ -21,12 +21,20 @@ pub enum ClientMessage {
     /// Answered with `pong`.
     Ping,
     /// Relayed to the peer; the payloads are the browser's, passed on as they are.
-    Offer { offer: Value },
-    Answer { answer: Value },
-    IceCandidate { candidate: Value },
+    Offer {
+        offer: Value,
+    },
+    Answer {
+        answer: Value,
+    },
+    IceCandidate {
+        candidate: Value,
+    },
     /// The client's WebRTC connection state (`connected`, `failed`, …):
     /// recorded by signaling and relayed to the peer.
-    ConnectionState { state: String },
+    ConnectionState {
+        state: String,
+    },
     /// Relayed to both participants, in one order.
     ChatMessage {
         text: String,
@@ -183,10 +191,18 @@ mod tests {
         );
         assert_eq!(frame.numbered(), Some(("c1", 3)));
         // A number without a session, or a session without a number, is no numbering.
-        assert_eq!(ClientFrame::parse(r#"{"type":"ping","cseq":3}"#).unwrap().numbered(), None);
-        assert_eq!(ClientFrame::parse(r#"{"type":"ping","cid":"c"}"#).unwrap().numbered(), None);
         assert_eq!(
-            ClientFrame::parse(r#"{"type":"ping","cid":"c","cseq":0}"#).unwrap().numbered(),
+            ClientFrame::parse(r#"{"type":"ping","cseq":3}"#).unwrap().numbered(),
+            None
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping","cid":"c"}"#).unwrap().numbered(),
+            None
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping","cid":"c","cseq":0}"#)
+                .unwrap()
+                .numbered(),
             None
         );
         // What a typed client writes, the parser reads back.
@@ -215,9 +231,18 @@ mod tests {
         );
         let big = format!(r#"{{"type":"answer","answer":"{}"}}"#, "a".repeat(MAX_SIGNAL_BYTES));
         assert_eq!(err(&big), "answer too large (at most 16 KiB)");
-        assert_eq!(err(r#"{"type":"connection_state","state":3}"#), "connection_state needs a string \"state\"");
-        assert_eq!(err(r#"{"type":"chat_message"}"#), "chat_message needs a string \"text\"");
-        let long = format!(r#"{{"type":"chat_message","text":"{}"}}"#, "é".repeat(MAX_CHAT_CHARS + 1));
+        assert_eq!(
+            err(r#"{"type":"connection_state","state":3}"#),
+            "connection_state needs a string \"state\""
+        );
+        assert_eq!(
+            err(r#"{"type":"chat_message"}"#),
+            "chat_message needs a string \"text\""
+        );
+        let long = format!(
+            r#"{{"type":"chat_message","text":"{}"}}"#,
+            "é".repeat(MAX_CHAT_CHARS + 1)
+        );
         assert_eq!(err(&long), "chat message too long (at most 4000 characters)");
         assert_eq!(err(r#"{"type":"dance"}"#), "unknown message type: dance");
     }

@@ -217,7 +217,10 @@ mod tests {
         let text = Sequenced { seq: 7, frame: &frame }.to_text();
         assert_eq!(
             text,
-            format!(r#"{{"seq":7,"type":"ice_candidate","candidate":{{"candidate":"c"}},"from":"{}"}}"#, user())
+            format!(
+                r#"{{"seq":7,"type":"ice_candidate","candidate":{{"candidate":"c"}},"from":"{}"}}"#,
+                user()
+            )
         );
         let back: Sequenced<CallFrame> = serde_json::from_str(&text).unwrap();
         assert_eq!(back.seq, 7);

@@ -10,7 +10,6 @@ use unilink_bus::Redis;
 use unilink_config::Settings;
 use unilink_db::{DbError, Uuid};
 use unilink_domain::{Email, FullName, NewPassword, Otp, UserId, Username};
-use unilink_protocol::{CLOSE_POLICY, Control};
 use unilink_events::payload::{
     LoginOtpRequested, USER_DEACTIVATED, USER_DELETED, USER_LOGIN_OTP_REQUESTED, USER_REGISTERED,
     USER_VERIFICATION_REQUESTED, USER_VERIFIED, UserDeleted, UserRef, UserRegistered, UserVerified,
@@ -19,6 +18,7 @@ use unilink_events::payload::{
 use unilink_events::seal::{self, SealKeys};
 use unilink_events::{Event, outbox};
 use unilink_presence::PresenceRegistry;
+use unilink_protocol::{CLOSE_POLICY, Control};
 use unilink_tokens::SigningKeys;
 
 use crate::crypto::{self, PasswordHasher};

@@ -240,7 +240,9 @@ async fn presence_of_ten_thousand_sockets_is_renewed_in_batches() {
     .await
     .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let relay = unilink_relay::SignalRelay::connect(redis.clone(), stop.clone()).await.unwrap();
+    let relay = unilink_relay::SignalRelay::connect(redis.clone(), stop.clone())
+        .await
+        .unwrap();
     let hub = unilink_gateway::ws::presence::PresenceHub::new(redis.clone(), relay);
     let users: Vec<unilink_domain::UserId> = (0..SOCKETS).map(|_| unilink_domain::UserId::new()).collect();
     let mut sessions = Vec::with_capacity(SOCKETS);

@@ -74,10 +74,16 @@ async fn killing_signaling_replicas_mid_call_interrupts_no_frame() {
     let replicas = [Replica::start(&fleet).await, Replica::start(&fleet).await];
     let both = format!("{},{}", replicas[0].url(), replicas[1].url());
     let ga = fleet
-        .gateway(&[("SIGNALING_GRPC_URL", both.as_str()), ("SIGNALING_FRAME_RATE", "100000")])
+        .gateway(&[
+            ("SIGNALING_GRPC_URL", both.as_str()),
+            ("SIGNALING_FRAME_RATE", "100000"),
+        ])
         .await;
     let gb = fleet
-        .gateway(&[("SIGNALING_GRPC_URL", both.as_str()), ("SIGNALING_FRAME_RATE", "100000")])
+        .gateway(&[
+            ("SIGNALING_GRPC_URL", both.as_str()),
+            ("SIGNALING_FRAME_RATE", "100000"),
+        ])
         .await;
     let (ada_id, ada) = fleet.user(&ga, "ada").await;
     let (bob_id, bob) = fleet.user(&gb, "bob").await;
@@ -129,7 +135,10 @@ async fn killing_signaling_replicas_mid_call_interrupts_no_frame() {
         .send_json(json!({"type": "chat_message", "text": "still here"}))
         .await;
     let chat = bob_call.expect("chat_message").await;
-    assert_eq!((chat["from"].as_str(), chat["text"].as_str()), (Some(ada_id.as_str()), Some("still here")));
+    assert_eq!(
+        (chat["from"].as_str(), chat["text"].as_str()),
+        (Some(ada_id.as_str()), Some("still here"))
+    );
     // Only a state change needs a replica: ending the call must wait.
     bob_call.send_json(json!({"type": "end_call"})).await;
     let refused = loop {

@@ -159,7 +159,9 @@ impl SignalingService for SignalingApi {
         request: Request<CallRequest>,
     ) -> Result<Response<CallConnectionsMessage>, Status> {
         let (user, call) = call_ids(request.get_ref())?;
-        Ok(Response::new(sockets_message(self.core.connection_state(user, call).await?)))
+        Ok(Response::new(sockets_message(
+            self.core.connection_state(user, call).await?,
+        )))
     }
 
     async fn active_connections(

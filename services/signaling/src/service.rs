@@ -5,10 +5,10 @@ use unilink_config::CallSettings;
 use unilink_domain::{CallId, UserId};
 use unilink_grpc::GrpcChannel;
 use unilink_presence::PresenceRegistry;
-use unilink_protocol::CallFrame;
-use unilink_relay::{CallConnections, CallSockets, SignalRelay};
 use unilink_proto::profile::CallEligibilityRequest;
 use unilink_proto::profile::profile_service_client::ProfileServiceClient;
+use unilink_protocol::CallFrame;
+use unilink_relay::{CallConnections, CallSockets, SignalRelay};
 
 use crate::error::SignalingError;
 use crate::ice::{IceServer, ice_servers};

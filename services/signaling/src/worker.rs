@@ -7,8 +7,8 @@ use unilink_bus::Redis;
 use unilink_domain::UserId;
 use unilink_events::consumer::{HandlerError, Subscription};
 use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, UserRef, push_channel};
-use unilink_protocol::{CLOSE_POLICY, Control};
 use unilink_events::{Event, stream_of};
+use unilink_protocol::{CLOSE_POLICY, Control};
 
 use crate::service::CallService;
 

@@ -171,7 +171,15 @@ pub async fn signaling(
     let plane = planes.call.clone();
     let opening = async move { join_call(&plane, join).await.map(|s| Session::Call(Box::new(s))) };
     // Call clients (the original one included) reconnect a call socket that closes.
-    accept(&req, caller.0.user_id, opening.boxed_local(), Kind::Call, true, &draining).await
+    accept(
+        &req,
+        caller.0.user_id,
+        opening.boxed_local(),
+        Kind::Call,
+        true,
+        &draining,
+    )
+    .await
 }
 
 /// Joins the call, trying again for up to [`JOIN_WINDOW`] while no
@@ -186,7 +194,10 @@ async fn join_call(plane: &CallPlane, join: Join) -> Result<CallSession, CloseRe
             Err(Refused::Signaling(status))
                 if matches!(
                     status.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
                 ) && tokio::time::Instant::now() + wait < deadline =>
             {
                 tokio::time::sleep(wait).await;
