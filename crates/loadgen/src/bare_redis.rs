@@ -21,6 +21,9 @@ use redis::io::tcp::TcpSettings;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Msg, RedisResult};
 use tokio::sync::watch;
 
+use unilink_domain::UserId;
+use unilink_protocol::{CallFrame, Envelope, Relayed};
+
 use crate::Fail;
 use crate::pacing::{Arrivals, Pacer, Progress, Tally, candidate, stamp};
 
@@ -77,13 +80,25 @@ async fn publisher(client: &Client) -> Result<MultiplexedConnection, Fail> {
         .map_err(|e| format!("bare Redis: connecting a publisher: {e}").into())
 }
 
-/// A message shaped like signaling's relay messages
-/// (`1|seq|sender|sent µs|traceparent|frame`), so the sizes match.
+/// A message shaped like the relay's (`2|seq|envelope`, the envelope as
+/// the gateways write it), so the sizes match.
 fn payload(seq: u64, from: &str, t: u64) -> String {
-    format!(
-        r#"1|{seq}|{from}|1795000000000000|00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01|{{"seq":{seq},"type":"ice_candidate","candidate":{},"from":"{from}"}}"#,
-        candidate(t, seq)
-    )
+    let envelope = Envelope {
+        sender: from.to_owned(),
+        sent_us: 1_795_000_000_000_000,
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        frame: CallFrame::IceCandidate {
+            candidate: candidate(t, seq),
+            from: UserId::parse(from).unwrap_or_default(),
+        },
+    };
+    format!("{}{seq}|{}", Relayed::PREFIX, envelope.to_json())
+}
+
+/// The part of an envelope the subscriber reads: the stamp.
+#[derive(serde::Deserialize)]
+struct Enveloped {
+    frame: Frame,
 }
 
 #[derive(serde::Deserialize)]
@@ -101,9 +116,9 @@ struct Stamp {
 fn parse_message(message: &Msg, prefix: &str) -> Option<(usize, u64, u64)> {
     let index = message.get_channel_name().strip_prefix(prefix)?.parse().ok()?;
     let text = std::str::from_utf8(message.get_payload_bytes()).ok()?;
-    let (_, json) = text.rsplit_once('|')?;
-    let frame: Frame = serde_json::from_str(json).ok()?;
-    Some((index, frame.candidate.t, frame.candidate.n))
+    let (_, json) = text.strip_prefix(Relayed::PREFIX)?.split_once('|')?;
+    let envelope: Enveloped = serde_json::from_str(json).ok()?;
+    Some((index, envelope.frame.candidate.t, envelope.frame.candidate.n))
 }
 
 /// Publishes from `senders.len()` pairs at `rate` frames/s in all (0 = each

@@ -69,13 +69,8 @@ async fn listen(mut socket: Socket, rings: mpsc::UnboundedSender<(String, Instan
             message = socket.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let at = Instant::now();
-                    if !text.as_str().contains(r#""incoming_call""#) {
-                        continue;
-                    }
-                    let Ok(push) = serde_json::from_str::<serde_json::Value>(text.as_str()) else { continue };
-                    if push["type"] == "incoming_call"
-                        && let Some(id) = push["call_id"].as_str()
-                        && rings.send((id.to_owned(), at)).is_err()
+                    if let Ok(unilink_protocol::Push::IncomingCall { call_id, .. }) = serde_json::from_str(text.as_str())
+                        && rings.send((call_id, at)).is_err()
                     {
                         break;
                     }

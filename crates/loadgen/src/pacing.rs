@@ -136,8 +136,8 @@ pub fn stamp(origin: Instant) -> u64 {
 
 /// The `candidate` of a relay frame: `t` ns since the shared origin, `n`
 /// the frame's number in its pair (1, 2, …).
-pub fn candidate(t: u64, n: u64) -> String {
-    format!(r#"{{"t":{t},"n":{n}}}"#)
+pub fn candidate(t: u64, n: u64) -> serde_json::Value {
+    serde_json::json!({ "t": t, "n": n })
 }
 
 /// What arrived for one pair: each `n` once, in order, is the expectation.

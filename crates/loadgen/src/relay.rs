@@ -24,6 +24,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+use unilink_protocol::{ClientFrame, ClientMessage};
+
 use crate::Fail;
 use crate::args::Args;
 use crate::fleet::{self, Action, Buffers, CallsApi, Socket};
@@ -189,11 +191,15 @@ async fn send(mut sink: SplitSink<Socket, Message>, origin: Instant, mut pacer: 
     let mut sent = 0u64;
     while pacer.wait().await && !gone.load(Ordering::Relaxed) {
         let n = sent + 1;
-        let frame = format!(
-            r#"{{"type":"ice_candidate","candidate":{}}}"#,
-            candidate(stamp(origin), n)
-        );
-        if sink.send(Message::text(frame)).await.is_err() {
+        let frame = ClientFrame {
+            message: ClientMessage::IceCandidate {
+                candidate: candidate(stamp(origin), n),
+            },
+            cid: None,
+            cseq: None,
+        };
+        let text = serde_json::to_string(&frame).expect("client frames serialize");
+        if sink.send(Message::text(text)).await.is_err() {
             break;
         }
         sent = n;
