@@ -2,12 +2,15 @@
 //!
 //! It terminates HTTP and WebSockets, and talks gRPC to the backend services
 //! through load-balanced channels ([`clients`]). It holds no business rules
-//! and no data of its own.
+//! and no data of its own; it does carry the sockets' frames itself, over
+//! the Redis relay ([`unilink_relay`]), asking signaling only who may join
+//! a call and to change a call's state.
 //!
 //! * [`startup`] — `Application::build(settings)`, port 0 in tests,
 //!   graceful shutdown;
 //! * [`rest`] — the public routes (`/`, `/health`, `/metrics`, …);
-//! * [`ws`] — the WebSockets, each carried as a gRPC stream to signaling;
+//! * [`ws`] — the WebSockets: presence (registered and renewed in batches
+//!   here) and call signaling (the data plane of calls);
 //! * [`error`] — the one mapping of failures to `{"detail": …}` answers.
 
 pub mod clients;
