@@ -273,10 +273,13 @@ impl Session {
         }
     }
 
-    async fn next_event(&mut self) -> Event {
+    /// Boxed per kind: an idle presence socket holds this future all the
+    /// time, and must not carry room for a call socket's (which may read
+    /// a page of frames from Redis).
+    fn next_event(&mut self) -> futures_util::future::LocalBoxFuture<'_, Event> {
         match self {
-            Session::Presence(s) => Event::Push(s.next_push().await),
-            Session::Call(s) => Event::Call(s.next_event().await),
+            Session::Presence(s) => async move { Event::Push(s.next_push().await) }.boxed_local(),
+            Session::Call(s) => async move { Event::Call(s.next_event().await) }.boxed_local(),
         }
     }
 
@@ -497,7 +500,7 @@ async fn run(
                 }
                 None
             }
-            event = session.next_event().boxed_local() => {
+            event = session.next_event() => {
                 let handling = session.on_event(&mut socket, event).boxed_local();
                 if let Step::End(end) = handling.await {
                     break end;
