@@ -247,7 +247,7 @@ def check_k8s(path, flavour):
 
     hpas = by_kind.get("HorizontalPodAutoscaler", {})
     for name in SERVICES:
-        if name in CONNECTION_METRICS:
+        if name in SCALING_METRICS:
             # A KEDA ScaledObject (autoscaling_problems below).
             continue
         hpa = hpas.get(name)
@@ -755,11 +755,15 @@ def budget_selftest(path):
 
 
 # ---------------------------------------------------------- autoscaling --
-# Connection-based autoscaling: KEDA ScaledObjects with the Prometheus
-# scaler. The gauge each service scales on, and where its code exports it.
-CONNECTION_METRICS = {
+# Load-based autoscaling: KEDA ScaledObjects with the Prometheus scaler.
+# The metric each service scales on, and where the code that records it
+# lives: the gateway on its open sockets (a gauge), signaling on the gRPC
+# requests it serves (a counter the gRPC server of crates/grpc records in
+# every backend, so the query must keep signaling's pods only). Since relay
+# v2 signaling holds no stream per socket: it answers unary calls.
+SCALING_METRICS = {
     "gateway": ("websocket_connections", "services/gateway/src"),
-    "signaling": ("signaling_streams", "services/signaling/src"),
+    "signaling": ("grpc_server_handled_total", "crates/grpc/src"),
 }
 # Where Prometheus runs: k8s/base/networkpolicies.yaml lets it scrape from there.
 PROMETHEUS_NAMESPACE = "monitoring"
@@ -771,6 +775,16 @@ SCHEMA_DIR = os.path.join(ROOT, "k8s", "schemas")
 METRIC_MACRO = re.compile(r'metrics::(?:gauge|counter|histogram)!\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"')
 # A metric name directly followed by its label selector, in PromQL.
 PROMQL_SELECTOR = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}')
+# PromQL functions that turn a counter into a rate.
+COUNTER_RATE = re.compile(r'\b(?:rate|irate|increase)\s*\(\s*$')
+
+
+def pins_service(labels, name):
+    """Whether a PromQL label selector keeps the pods of service `name` only:
+    service="name" or job="name" (what the ServiceMonitor of k8s/monitoring
+    sets), or pod=~"name-…"."""
+    return bool(re.search(rf'\b(?:service|job)\s*=\s*"{re.escape(name)}"', labels) or
+                re.search(rf'\bpod\s*=~\s*"{re.escape(name)}-', labels))
 
 
 def exported_metrics(src_dir):
@@ -784,17 +798,18 @@ def exported_metrics(src_dir):
 
 
 def autoscaling_problems(docs):
-    """What is wrong with the connection-based autoscaling of the rendered
-    manifests: one ScaledObject per service in CONNECTION_METRICS, on the
-    gauge that service exports, CPU too, no second autoscaler, and a
-    scale-down that does not flap."""
+    """What is wrong with the load-based autoscaling of the rendered
+    manifests: one ScaledObject per service in SCALING_METRICS, on the
+    metric that service records (a counter through a rate; a metric every
+    service records limited to this one's pods), CPU too, no second
+    autoscaler, and a scale-down that does not flap."""
     out = []
     bad = out.append
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
     hpas = by_kind.get("HorizontalPodAutoscaler", {})
-    for name, (metric, src) in CONNECTION_METRICS.items():
+    for name, (metric, src) in SCALING_METRICS.items():
         exported = exported_metrics(src)
         if metric not in exported:
             bad(f"{src} no longer exports {metric}: the autoscaling of {name} would see nothing")
@@ -805,7 +820,7 @@ def autoscaling_problems(docs):
         so = by_kind.get("ScaledObject", {}).get(name)
         where = f"ScaledObject {name}"
         if so is None:
-            bad(f"{where} missing: {name} must scale on open connections ({metric})")
+            bad(f"{where} missing: {name} must scale on its load ({metric})")
             continue
         s = so.get("spec", {})
         target = s.get("scaleTargetRef", {})
@@ -843,7 +858,16 @@ def autoscaling_problems(docs):
             for m in used - exported:
                 bad(f"{where}: {src} exports no metric {m}")
             namespace = so["metadata"].get("namespace")
+            shared = not src.startswith(f"services/{name}/")
             for m, labels in selectors:
+                if shared and m == metric and not pins_service(labels, name):
+                    bad(f"{where}: every service built on {src} records {m}; the query must keep {name}'s pods "
+                        f'only (service="{name}", job="{name}" or pod=~"{name}-.*"): {query!r}')
+                if m.endswith("_total"):
+                    at = query.find(m)
+                    if not COUNTER_RATE.search(query[:at]):
+                        bad(f"{where}: {m} is a counter: the query must take its rate (rate(…[2m])), "
+                            "its total only grows")
                 ns = re.search(r'\bnamespace\s*=\s*"([^"]*)"', labels)
                 if ns is None:
                     bad(f"{where}: {m} is not limited to one namespace: another environment's pods would count")
@@ -857,8 +881,8 @@ def autoscaling_problems(docs):
             except ValueError:
                 bad(f"{where}: threshold {md.get('threshold')!r} is not a positive number")
             if md.get("ignoreNullValues") != "false":
-                bad(f"{where}: ignoreNullValues must be \"false\": a lost scrape target would read as zero "
-                    "connections and scale the fleet down")
+                bad(f"{where}: ignoreNullValues must be \"false\": a lost scrape target would read as no load "
+                    "and scale the fleet down")
             host = (re.match(r"https?://([^/:]+)", md.get("serverAddress", "")) or [None, ""])[1]
             if host.split(".")[1:2] != [PROMETHEUS_NAMESPACE]:
                 bad(f"{where}: serverAddress {md.get('serverAddress')!r} is not a Service in namespace "
@@ -870,7 +894,7 @@ def autoscaling_problems(docs):
         window = down.get("stabilizationWindowSeconds")
         if window is None or window < MIN_SCALE_DOWN_WINDOW:
             bad(f"{where}: scaleDown stabilizationWindowSeconds {window} < {MIN_SCALE_DOWN_WINDOW}: "
-                "the count would follow every dip, and each removal drains sockets")
+                "the count would follow every dip" + (", and each removal drains sockets" if name == "gateway" else ""))
         if down.get("selectPolicy") == "Disabled":
             bad(f"{where}: scale-down disabled")
         policies = down.get("policies", [])
@@ -923,10 +947,16 @@ def check_crds(path):
     finish(f"vendored CRD schemas ({count} objects)")
 
 
+# What signaling's ScaledObject asked before relay v2: the streams it held,
+# one per gateway socket.
+OLD_SIGNALING_QUERY = 'sum(max by (pod, kind) (signaling_streams{namespace="unilink"}))'
+
+
 def autoscaling_selftest(path):
     """Shows the autoscaling checks can fail: broken variants of the rendered
     production overlay must be refused, the overlay itself accepted, and the
-    real `k8s` command must exit 1 on the signaling metric the old HPA named."""
+    real `k8s` command must exit 1 on the query signaling scaled on before
+    relay v2 (signaling_streams, a gauge no code records any more)."""
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
 
     def find(ds, name):
@@ -958,8 +988,18 @@ def autoscaling_selftest(path):
 
     cases = [
         ("the rendered overlay", lambda ds: None, True, autoscaling_problems),
-        ("signaling scaled on websocket_connections (the old HPA's name)",
-         metric("signaling", "signaling_streams", "websocket_connections"), False, autoscaling_problems),
+        ("signaling scaled on websocket_connections (the gateway's gauge, the old HPA's name)",
+         metric("signaling", "grpc_server_handled_total", "websocket_connections"), False, autoscaling_problems),
+        ("signaling scaled on signaling_streams (gone with relay v2)",
+         lambda ds: prom(ds, "signaling").update(query=OLD_SIGNALING_QUERY), False, autoscaling_problems),
+        ("signaling's gRPC rate over every backend (no service label)",
+         metric("signaling", ',service="signaling"', ""), False, autoscaling_problems),
+        ("signaling's gRPC rate of auth's pods",
+         metric("signaling", 'service="signaling"', 'service="auth"'), False, autoscaling_problems),
+        ("signaling on the gRPC counter itself, not its rate",
+         lambda ds: prom(ds, "signaling").update(
+             query='sum(grpc_server_handled_total{namespace="unilink",service="signaling"})'),
+         False, autoscaling_problems),
         ("gateway scaled on a metric it does not export",
          metric("gateway", "websocket_connections", "websocket_connection"), False, autoscaling_problems),
         ("gateway query over every namespace",
@@ -995,18 +1035,19 @@ def autoscaling_selftest(path):
         one_line = re.sub(r"\s+", " ", re.sub(r"\S*/tmp\S*::", "", found[0])) if found else ""
         detail = f" ({one_line[:200]})" if found else ""
         print(f"  {'ok' if good else 'WRONG'}: {what}: {'accepted' if not found else 'refused'}{detail}")
-    # End to end: the k8s command itself exits 1 on the old signaling metric.
+    # End to end: the k8s command itself exits 1 on signaling's old query.
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump_all(variant(metric("signaling", "signaling_streams", "websocket_connections")), f)
+        yaml.safe_dump_all(variant(lambda ds: prom(ds, "signaling").update(query=OLD_SIGNALING_QUERY)), f)
     try:
         run = subprocess.run([sys.executable, os.path.abspath(__file__), "k8s", f.name, "production"],
                              capture_output=True, text=True)
     finally:
         os.unlink(f.name)
-    e2e = run.returncode == 1 and "signaling_streams" in run.stderr
+    expected = "ScaledObject signaling: crates/grpc/src exports no metric signaling_streams"
+    e2e = run.returncode == 1 and expected in run.stderr
     failures += not e2e
-    print(f"  {'ok' if e2e else 'WRONG'}: `validate_deploy.py k8s` with signaling on websocket_connections "
-          f"exits {run.returncode}")
+    print(f"  {'ok' if e2e else 'WRONG'}: `validate_deploy.py k8s` with signaling on signaling_streams "
+          f"exits {run.returncode}{', saying ' + repr(expected) if e2e else ''}")
     if failures:
         sys.exit(f"autoscaling self-test: {failures} case(s) not as expected")
     print(f"autoscaling self-test: every broken variant refused ({len(cases) + 1} cases)")
