@@ -63,13 +63,15 @@ const FLEET: &[Step] = &[
     ("L", "exit_recvfrom"),
 ];
 
+/// The load generator's publisher (the `redis` crate) writes and reads
+/// with other calls than its WebSocket client: any write, any read.
 const BARE: &[Step] = &[
-    ("L", "enter_sendto"),
+    ("L", "enter_"),
     ("R", "exit_epoll"),
     ("R", "exit_read"),
     ("R", "enter_write"),
     ("L", "exit_epoll"),
-    ("L", "exit_recvfrom"),
+    ("L", "exit_re"),
 ];
 
 /// `comm pid/tid seconds: syscalls:name:` → (pid, µs, name).
