@@ -8,9 +8,10 @@ use crate::server::{CallFrame, Sequenced};
 /// with "seq">`, still read so a rolling deploy loses no buffered frame.
 const FORMAT_V1: &str = "1";
 
-/// A frame for one participant with where it came from.
+/// A frame for one participant with where it came from (`F` is a
+/// reference to the frame when one is written).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
+pub struct Envelope<F = CallFrame> {
     /// The participant who sent it, or `system`.
     pub sender: String,
     /// When it was sent, unix microseconds (relay latency).
@@ -18,10 +19,10 @@ pub struct Envelope {
     /// The sender's trace context (W3C `traceparent`), or empty.
     #[serde(default)]
     pub traceparent: String,
-    pub frame: CallFrame,
+    pub frame: F,
 }
 
-impl Envelope {
+impl<F: Serialize> Envelope<F> {
     /// The JSON the relay script stores after the sequence number it assigns.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("envelopes serialize")

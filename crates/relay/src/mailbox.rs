@@ -379,7 +379,7 @@ impl SignalRelay {
             sender: sender.to_owned(),
             sent_us: now_us(),
             traceparent: traceparent.to_owned(),
-            frame: frame.clone(),
+            frame,
         };
         let mut keys = vec![
             self.redis.key(&seq_key(call, user)),
