@@ -18,8 +18,8 @@
 //!
 //! Asking is what a drain does to every socket: close 1012 ("service
 //! restart"), after which clients reconnect through the load balancer —
-//! a presence socket first hands its user over to signaling, so the user
-//! stays online in between; a call socket's client resumes with
+//! a presence socket's user is left online (its presence is not cleared:
+//! the new socket, or the TTL, takes over); a call socket's client resumes with
 //! `&last_seq=`, so no frame is lost. Presence sockets are asked first (the
 //! oldest first); call sockets only once no presence socket is left, since
 //! they live as long as a call and moving them costs a resume.
