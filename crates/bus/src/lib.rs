@@ -95,7 +95,11 @@ fn builder(settings: &RedisSettings) -> Result<Builder, BusError> {
         .with_performance_config(|p| {
             p.default_command_timeout = COMMAND_TIMEOUT;
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        // At most 1 s between attempts: since relay v2 a frame needs both
+        // the sending gateway's client and the receiving gateway's
+        // subscription back, each on its own timer, and the relay is
+        // promised back within 2 s of Redis (README, "What a replica serves").
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2));
     Ok(builder)
 }
 
