@@ -22,8 +22,13 @@
 //! Between gateways a relayed frame travels over Redis as a [`Relayed`]
 //! message (an [`Envelope`] with its sequence number); user channels carry
 //! pushes and [`Control`] messages.
+//!
+//! The whole protocol for client authors — URLs and tokens, every frame with
+//! an example, `seq`/`cid`/`cseq`/`ack`, resume, frame rate, close codes —
+//! is the [`guide`] (`cargo doc -p unilink-protocol --open`).
 
 mod client;
+pub mod guide;
 mod relay;
 mod server;
 
