@@ -13,6 +13,8 @@
 //!   here) and call signaling (the data plane of calls);
 //! * [`error`] — the one mapping of failures to `{"detail": …}` answers.
 
+#[cfg(test)]
+mod api_docs;
 pub mod clients;
 pub mod error;
 pub mod identity;
