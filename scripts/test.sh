@@ -23,7 +23,7 @@ Before that it makes sure PostgreSQL (TEST_DATABASE_URL) and Redis
 them with apt-get if needed and starts private instances under .dev/ (left
 running afterwards; stop them with `scripts/dev.sh --stop-deps`) — exports
 both URLs for the tests, and drops stale `unilink_test_%` databases left
-over by earlier runs. The fleet fault tests (services/gateway/tests/
+over by earlier runs. The fleet fault tests (services/gateway/tests/fleet/
 fleet_faults.rs) also need redis-server and nginx binaries: installed with
 apt-get when missing.
 

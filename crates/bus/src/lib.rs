@@ -222,6 +222,15 @@ impl Redis {
         pending_of(&self.client, &self.key(stream), group).await
     }
 
+    /// How many entries of `stream` the consumer group `group` has not
+    /// finished with: given but not acknowledged, plus not read yet. `None`
+    /// when Redis cannot tell how many are unread (after deletions).
+    pub async fn backlog(&self, stream: &str, group: &str) -> Result<Option<u64>, BusError> {
+        let stream = self.key(stream);
+        let pending = pending_of(&self.client, &stream, group).await?;
+        Ok(lag_of(&self.client, &stream, group).await?.map(|lag| lag + pending))
+    }
+
     /// `PING` within `timeout`.
     pub async fn ping(&self, timeout: Duration) -> Result<(), BusError> {
         let probe = self.client.ping::<String>(None);
@@ -437,7 +446,8 @@ impl Redis {
         let _ = self.client.quit().await;
     }
 
-    fn settings(&self) -> &RedisSettings {
+    /// The settings this client was made from.
+    pub fn settings(&self) -> &RedisSettings {
         &self.settings
     }
 }
@@ -747,12 +757,7 @@ impl StreamConsumer {
     /// Entries of the stream the group has not read yet (`XINFO GROUPS`
     /// `lag`; `None` when Redis cannot tell, e.g. after deletions).
     pub async fn lag(&self) -> Result<Option<u64>, BusError> {
-        let groups: Vec<HashMap<String, fred::types::Value>> = self.client.xinfo_groups(&self.stream).await?;
-        Ok(groups
-            .iter()
-            .find(|g| g.get("name").and_then(|n| n.as_string()).as_deref() == Some(self.group.as_str()))
-            .and_then(|g| g.get("lag"))
-            .and_then(|lag| lag.as_u64()))
+        lag_of(&self.client, &self.stream, &self.group).await
     }
 
     pub async fn close(&self) {
@@ -770,6 +775,15 @@ fn flatten(entries: Entries) -> Vec<StreamEntry> {
 
 /// `XPENDING` summary: the number of entries delivered to `group` and not
 /// acknowledged (`stream` already prefixed).
+async fn lag_of(client: &Client, stream: &str, group: &str) -> Result<Option<u64>, BusError> {
+    let groups: Vec<HashMap<String, fred::types::Value>> = client.xinfo_groups(stream).await?;
+    Ok(groups
+        .iter()
+        .find(|g| g.get("name").and_then(|n| n.as_string()).as_deref() == Some(group))
+        .and_then(|g| g.get("lag"))
+        .and_then(|lag| lag.as_u64()))
+}
+
 async fn pending_of(client: &Client, stream: &str, group: &str) -> Result<u64, BusError> {
     let summary: fred::types::Value = client.xpending(stream, group, ()).await?;
     Ok(match summary {

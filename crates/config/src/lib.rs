@@ -152,6 +152,12 @@ pub struct RedisSettings {
     pub sentinels: Vec<(String, u16)>,
     /// `REDIS_SENTINEL_MASTER`: the master's name in Sentinel.
     pub sentinel_master: Option<String>,
+    /// `EVENTS_RECLAIM_IDLE_SECONDS`: a stream entry pending this long on
+    /// another consumer (one that died mid-event) is taken over (30).
+    pub stream_reclaim_idle: Duration,
+    /// `EVENTS_MAX_BACKOFF_SECONDS`: the longest wait before a failed event
+    /// is handled again (30; the first retry comes after 0.5 s, doubling).
+    pub stream_max_backoff: Duration,
 }
 
 impl RedisSettings {
@@ -163,6 +169,8 @@ impl RedisSettings {
             ca_file: None,
             sentinels: Vec::new(),
             sentinel_master: None,
+            stream_reclaim_idle: Duration::from_secs(30),
+            stream_max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -357,6 +365,10 @@ pub struct Settings {
     pub rate_limit_auth_address: u32,
     /// `RATE_LIMIT_API`: requests per minute per user elsewhere.
     pub rate_limit_api: u32,
+    /// `RATE_LIMIT_WINDOW_SECONDS`: the length of a rate-limit window (60:
+    /// the limits above are per minute). Windows are aligned to multiples
+    /// of it since the Unix epoch.
+    pub rate_limit_window: Duration,
     /// `OTP_LOCK_SECONDS`: the first lockout after five wrong login codes
     /// (it doubles at every further five, up to 15 minutes).
     pub otp_lock: Duration,
@@ -673,6 +685,8 @@ impl Settings {
                 })
                 .collect::<Result<_, _>>()?,
             sentinel_master: r.opt("REDIS_SENTINEL_MASTER"),
+            stream_reclaim_idle: Duration::from_secs(r.bounded("EVENTS_RECLAIM_IDLE_SECONDS", 30, 1, 3600)?),
+            stream_max_backoff: Duration::from_secs(r.bounded("EVENTS_MAX_BACKOFF_SECONDS", 30, 1, 3600)?),
         };
         if !redis.sentinels.is_empty() && redis.sentinel_master.is_none() {
             return Err(ConfigError::Missing {
@@ -961,6 +975,7 @@ impl Settings {
             rate_limit_auth: r.bounded("RATE_LIMIT_AUTH", 10, 1, 1_000_000)?,
             rate_limit_auth_address: r.bounded("RATE_LIMIT_AUTH_ADDRESS", 300, 1, 1_000_000)?,
             rate_limit_api: r.bounded("RATE_LIMIT_API", 60, 1, 1_000_000)?,
+            rate_limit_window: Duration::from_secs(r.bounded("RATE_LIMIT_WINDOW_SECONDS", 60, 1, 86_400)?),
             otp_lock: Duration::from_secs(r.bounded("OTP_LOCK_SECONDS", 30, 1, 3600)?),
             event_seal_keys: {
                 let keys = r.list("EVENT_SEAL_KEYS", &[])?;
@@ -1027,6 +1042,7 @@ mod tests {
         assert_eq!(s.rate_limit_auth, 10);
         assert_eq!(s.rate_limit_auth_address, 300);
         assert_eq!(s.rate_limit_api, 60);
+        assert_eq!(s.rate_limit_window, Duration::from_secs(60));
         assert!(s.smtp.server.is_none());
         assert_eq!(s.calls.ring_timeout, Duration::from_secs(30));
         assert_eq!(s.calls.max_duration, Duration::from_secs(15 * 60));

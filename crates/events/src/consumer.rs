@@ -3,7 +3,9 @@
 //! Reads a stream through a consumer group and hands each [`Event`] to a
 //! handler; acknowledges only when the handler succeeded. A failed event stays
 //! pending and is retried with exponential backoff (capped); events that a dead
-//! consumer left pending for longer than [`RECLAIM_IDLE`] are taken over.
+//! consumer left pending for longer than `EVENTS_RECLAIM_IDLE_SECONDS`
+//! ([`RedisSettings::stream_reclaim_idle`](unilink_config::RedisSettings))
+//! are taken over.
 //! Handlers must be idempotent (by event id): an event can arrive twice.
 
 use std::collections::HashMap;
@@ -17,13 +19,10 @@ use unilink_bus::{Redis, StreamConsumer, StreamEntry};
 
 use crate::Event;
 
-/// Entries pending this long on another consumer are taken over.
-pub const RECLAIM_IDLE: Duration = Duration::from_secs(30);
 /// How often the pending and lag gauges are read from Redis.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
-/// First retry delay; doubled per failure up to [`MAX_BACKOFF`].
+/// First retry delay; doubled per failure up to `EVENTS_MAX_BACKOFF_SECONDS`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a handler says about an event it could not process.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +77,9 @@ where
         }
     };
     let mut retries: HashMap<String, Retry> = HashMap::new();
-    let mut last_reclaim = Instant::now() - RECLAIM_IDLE;
+    let reclaim_idle = redis.settings().stream_reclaim_idle;
+    let max_backoff = redis.settings().stream_max_backoff;
+    let mut last_reclaim = Instant::now() - reclaim_idle;
     let mut last_gauges = Instant::now() - GAUGES_EVERY;
     while !stop.is_cancelled() {
         let mut batch: Vec<StreamEntry> = Vec::new();
@@ -99,9 +100,9 @@ where
             }
         }
         // 2. Entries a dead consumer left behind.
-        if last_reclaim.elapsed() >= RECLAIM_IDLE / 2 {
+        if last_reclaim.elapsed() >= reclaim_idle / 2 {
             last_reclaim = Instant::now();
-            match consumer.claim_stale(RECLAIM_IDLE, 100).await {
+            match consumer.claim_stale(reclaim_idle, 100).await {
                 Ok(claimed) => {
                     if !claimed.is_empty() {
                         tracing::info!(count = claimed.len(), stream = %subscription.stream, "reclaimed stale entries");
@@ -172,7 +173,7 @@ where
                     retry.attempts += 1;
                     let delay = FIRST_BACKOFF
                         .saturating_mul(2u32.saturating_pow(retry.attempts - 1))
-                        .min(MAX_BACKOFF);
+                        .min(max_backoff);
                     retry.next = Instant::now() + delay;
                     tracing::warn!(entry = %entry.id, attempts = retry.attempts, ?delay, reason, "event failed; will retry");
                     metrics::counter!("events_retried_total", "stream" => subscription.stream.clone()).increment(1);

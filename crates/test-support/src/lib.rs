@@ -7,6 +7,10 @@
 //! * [`settings`] builds [`Settings`] pointing at both, with every listener on
 //!   port 0.
 //! * [`eventually`] polls a condition instead of sleeping for a fixed time.
+//! * With the `fleet` feature: [`fleet`] runs the whole fleet in one test
+//!   process, [`cluster`] runs it as real processes (two replicas of every
+//!   service behind nginx) with faults to inject. Only the gateway's tests
+//!   use them; the feature pulls in every service crate.
 //!
 //! The admin URL comes from `TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), Redis from
@@ -27,6 +31,26 @@ pub fn admin_database_url() -> String {
 /// The Redis URL tests use.
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// `RATE_LIMIT_WINDOW_SECONDS` in the fleet and cluster harnesses: a day,
+/// so a test that counts requests against a limit does not see its window
+/// reset (see [`away_from_a_rate_window_boundary`]).
+pub const RATE_WINDOW_SECONDS: u64 = 86_400;
+
+/// Waits until the next rate-limit window has begun if the current one
+/// (windows of [`RATE_WINDOW_SECONDS`] are aligned to the Unix epoch) ends
+/// within a minute, so a count is not reset mid-test. It waits in one run
+/// in 1,440.
+pub async fn away_from_a_rate_window_boundary() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let left = RATE_WINDOW_SECONDS - now % RATE_WINDOW_SECONDS;
+    if left <= 60 {
+        tokio::time::sleep(Duration::from_secs(left + 1)).await;
+    }
 }
 
 /// A Redis key prefix no other test uses.
@@ -181,7 +205,11 @@ mod tests {
     }
 }
 
+#[cfg(feature = "fleet")]
+pub mod cluster;
 pub mod faults;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod sentry;
 pub mod smtp;
 pub mod stores;

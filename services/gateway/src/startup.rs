@@ -365,7 +365,7 @@ impl Application {
         }
         let edge = web::Data::new(Edge {
             keys,
-            limiter: Arc::new(RateLimiter::new(redis.clone())),
+            limiter: Arc::new(RateLimiter::new(redis.clone(), settings.rate_limit_window)),
             proxies,
             auth_limit: settings.rate_limit_auth,
             auth_address_limit: settings.rate_limit_auth_address,

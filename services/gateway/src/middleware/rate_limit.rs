@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use unilink_bus::Redis;
 
-/// Length of a window.
-pub const WINDOW: Duration = Duration::from_secs(60);
 /// Deadline of the Redis count; beyond it the local window decides.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -36,6 +34,8 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct RateLimiter {
     redis: Redis,
+    /// Length of a window (`RATE_LIMIT_WINDOW_SECONDS`), at least 1 s.
+    window: Duration,
     /// The fallback windows: one per process, shared by every worker's
     /// limiter ([`RateLimiter::with_redis`]), so the replica limits as one.
     local: Arc<Mutex<HashMap<String, (u64, u32)>>>,
@@ -46,9 +46,10 @@ fn now_secs() -> u64 {
 }
 
 impl RateLimiter {
-    pub fn new(redis: Redis) -> RateLimiter {
+    pub fn new(redis: Redis, window: Duration) -> RateLimiter {
         RateLimiter {
             redis,
+            window: window.max(Duration::from_secs(1)),
             local: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -58,6 +59,7 @@ impl RateLimiter {
     pub fn with_redis(&self, redis: Redis) -> RateLimiter {
         RateLimiter {
             redis,
+            window: self.window,
             local: Arc::clone(&self.local),
         }
     }
@@ -69,12 +71,13 @@ impl RateLimiter {
     /// available and refuses what changes state.
     pub async fn hit(&self, scope: &'static str, who: &str, limit: u32, flags: &[String]) -> (Decision, Revocation) {
         let now = now_secs();
-        let window = now / WINDOW.as_secs();
-        let reset = (window + 1) * WINDOW.as_secs() - now;
+        let length = self.window.as_secs();
+        let window = now / length;
+        let reset = (window + 1) * length - now;
         let key = format!("rl:{scope}:{who}:{window}");
         let (count, revocation) = match self
             .redis
-            .incr_window(&key, WINDOW + Duration::from_secs(5), flags, REDIS_TIMEOUT)
+            .incr_window(&key, self.window + Duration::from_secs(5), flags, REDIS_TIMEOUT)
             .await
         {
             Ok((count, flagged)) => (

@@ -1,6 +1,6 @@
 //! Profiles, blocks, reports and discovery through a real gateway.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

@@ -10,8 +10,8 @@
 //! as the clients see them; presence is right again within 30 s. Printed:
 //! the time to a new master, to the first frame relayed on it, to presence.
 
-mod cluster;
-mod common;
+use unilink_test_support::cluster;
+use unilink_test_support::fleet as common;
 
 use std::time::{Duration, Instant};
 

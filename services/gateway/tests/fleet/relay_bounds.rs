@@ -4,7 +4,7 @@
 //! that gets what is left, in order), a resume from `last_seq=0` is served
 //! whole, and before the callee accepts the caller relays at most 64 frames.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

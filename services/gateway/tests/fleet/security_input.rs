@@ -5,7 +5,7 @@
 //! Always a clear 4xx with `{"detail"}` or a closed socket — never a 500,
 //! a hang or a crash.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! from the primary only. The "replica" here is the test database reached
 //! as a role that may only read, with read-only sessions.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

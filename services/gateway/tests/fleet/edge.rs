@@ -1,7 +1,7 @@
 //! The edge protects every route: token attacks, rate limits across
 //! replicas, CORS, request ids, security headers, body limits, JSON errors.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 
@@ -144,12 +144,8 @@ async fn logout_on_one_gateway_holds_on_the_other() {
 #[tokio::test]
 async fn the_auth_rate_limit_is_shared_by_two_gateways() {
     let fleet = Fleet::start().await;
-    // Windows are whole minutes: stay clear of a boundary so the count is not reset mid-test.
-    let into_minute = unilink_tokens::now() % 60;
-    if into_minute > 50 {
-        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
-    }
-    // Requests alternate between the replicas and share one budget of 5 a minute.
+    unilink_test_support::away_from_a_rate_window_boundary().await;
+    // Requests alternate between the replicas and share one budget of 5 a window.
     let a = fleet.gateway(&[("RATE_LIMIT_AUTH", "5")]).await;
     let b = fleet.gateway(&[("RATE_LIMIT_AUTH", "5")]).await;
     let body = json!({"email": "nobody@kiit.ac.in"});
@@ -176,7 +172,7 @@ async fn the_auth_rate_limit_is_shared_by_two_gateways() {
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
     let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry_after));
+    assert!((1..=unilink_test_support::RATE_WINDOW_SECONDS).contains(&retry_after));
     let detail: serde_json::Value = response.json().await.unwrap();
     assert!(detail["detail"].as_str().unwrap().contains("too many requests"));
     // Health and metrics are never limited.
@@ -190,6 +186,7 @@ async fn the_auth_rate_limit_is_shared_by_two_gateways() {
 #[tokio::test]
 async fn rate_limiting_falls_back_to_the_replica_when_redis_is_down() {
     let fleet = Fleet::start().await;
+    unilink_test_support::away_from_a_rate_window_boundary().await;
     let redis = format!("redis://127.0.0.1:{}", unilink_test_support::closed_port());
     // Two workers, a new connection per request: the requests land on both,
     // and the replica still limits as one.

@@ -4,7 +4,7 @@
 //! whichever replica dies and even with none left; only a state change
 //! (`end_call`) waits for a replica. Real processes for the two replicas.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! clients bring that our own never did: a burst of ICE candidates, a flood,
 //! a full logout with sockets open, and a frozen phone.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! wrong tries wherever they are sent, and one user's WebSockets are capped
 //! fleet-wide (`MAX_SOCKETS_PER_USER`), concurrent floods included.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 
@@ -14,19 +14,10 @@ use unilink_test_support::eventually;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// Fixed one-minute windows: keep clear of a boundary so a count is not
-/// reset mid-test.
-async fn away_from_a_window_boundary() {
-    let into_minute = unilink_tokens::now() % 60;
-    if into_minute > 45 {
-        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
-    }
-}
-
 #[tokio::test]
 async fn guesses_at_one_account_share_one_budget_across_both_gateways() {
     let fleet = Fleet::start().await;
-    away_from_a_window_boundary().await;
+    unilink_test_support::away_from_a_rate_window_boundary().await;
     let a = fleet.gateway(&[("RATE_LIMIT_AUTH", "5")]).await;
     let b = fleet.gateway(&[("RATE_LIMIT_AUTH", "5")]).await;
 

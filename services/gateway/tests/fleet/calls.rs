@@ -1,7 +1,7 @@
 //! Calls end to end: two gateways, two signaling replicas, presence sockets,
 //! pushes, the signaling socket relayed across replicas, history.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

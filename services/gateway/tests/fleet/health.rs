@@ -1,7 +1,7 @@
 //! `/health`, `/`, `/metrics` and error answers through a real gateway in
 //! front of the real services.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::{Duration, Instant};
 

@@ -12,7 +12,7 @@
 //!
 //! Needs the service binaries (`cargo build --bins`, or run with `--workspace`).
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -16,8 +16,8 @@
 //! Needs the service binaries (`cargo build --workspace --bins`),
 //! `redis-server` and nginx (scripts/test.sh installs both when missing).
 
-mod cluster;
-mod common;
+use unilink_test_support::cluster;
+use unilink_test_support::fleet as common;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -49,15 +49,6 @@ fn client_from(base: &str, address: &str) -> Gateway {
     gateway
 }
 
-/// Limits count in whole-minute windows: keep clear of a boundary so a
-/// count is not reset mid-test.
-async fn away_from_a_window_boundary() {
-    let into_minute = unilink_tokens::now() % 60;
-    if into_minute > 40 {
-        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
-    }
-}
-
 /// The status of `POST /auth/login` guessing `email`'s password, with a
 /// forged `X-Forwarded-For` when `forged` is given.
 async fn guess(client: &Gateway, email: &str, forged: Option<&str>) -> u16 {
@@ -76,7 +67,7 @@ async fn clients_behind_the_proxy_have_their_own_budgets_and_a_forged_forwarded_
     let cluster = Cluster::start(&PRODUCTION_LIMITS).await;
     let lb = cluster.lb.base();
     let (a, b) = (client_from(&lb, "127.0.0.2"), client_from(&lb, "127.0.0.3"));
-    away_from_a_window_boundary().await;
+    unilink_test_support::away_from_a_rate_window_boundary().await;
 
     // Five guesses at Ada's password from A are answered, the sixth refused.
     for _ in 0..5 {
@@ -116,7 +107,7 @@ async fn clients_behind_the_proxy_have_their_own_budgets_and_a_forged_forwarded_
 async fn one_email_refused_leaves_the_others_at_that_address_their_answers_up_to_its_cap() {
     let cluster = Cluster::start(&PRODUCTION_LIMITS).await;
     let campus = client_from(&cluster.lb.base(), "127.0.0.5");
-    away_from_a_window_boundary().await;
+    unilink_test_support::away_from_a_rate_window_boundary().await;
 
     // Someone behind the campus NAT hammers Ada's account: five guesses are
     // answered, the rest refused…

@@ -1,7 +1,7 @@
 //! How calls end without a hang-up (maximum duration, abandoned, account
 //! closed), the peer-left notice, ICE servers and the admin view of sockets.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 
@@ -215,7 +215,14 @@ async fn presence_follows_sockets_and_ice_servers_carry_turn_credentials() {
     let laptop = online(&gw, &ada_id, &ada).await;
     assert!(available(&ada_id).await);
     phone.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The gateway has finished with the phone's socket (its presence entry
+    // is gone) before the question is asked.
+    eventually("the phone's socket closed", Duration::from_secs(5), || async {
+        let open =
+            unilink_test_support::cluster::metric_sum(&gw.metrics().await, "websocket_connections{kind=\"presence\"}");
+        (open == 1.0).then_some(())
+    })
+    .await;
     assert!(available(&ada_id).await, "still on the laptop");
     laptop.close().await;
     eventually("ada offline", Duration::from_secs(5), || async {

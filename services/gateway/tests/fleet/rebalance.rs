@@ -14,8 +14,8 @@
 //! more moves. Printed: every round, where the clients landed, the time to
 //! balance.
 
-mod cluster;
-mod common;
+use unilink_test_support::cluster;
+use unilink_test_support::fleet as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

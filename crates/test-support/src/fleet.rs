@@ -1,13 +1,11 @@
 //! The whole fleet in one test process: the four backend services on port 0
 //! against one fresh database (each in its own schema), and gateways in front.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
-use unilink_test_support::service::{RunningService, spawn};
-use unilink_test_support::smtp::{ReceivedMail, SmtpSink};
-use unilink_test_support::{TestDatabase, eventually, settings, unique_prefix};
+use crate::service::{RunningService, spawn};
+use crate::smtp::{ReceivedMail, SmtpSink};
+use crate::{TestDatabase, eventually, settings, unique_prefix};
 
 /// Waits (20 s at most) for the `n`-th mail to `address` at `smtp` and returns it.
 pub async fn mail(smtp: &SmtpSink, address: &str, n: usize) -> ReceivedMail {
@@ -22,6 +20,38 @@ pub async fn mail(smtp: &SmtpSink, address: &str, n: usize) -> ReceivedMail {
     .await
 }
 
+/// A Redis client at `url` with key prefix `prefix`.
+pub async fn connect_redis(url: &str, prefix: &str) -> unilink_bus::Redis {
+    let settings = unilink_config::RedisSettings::new(unilink_config::Secret::new(url.to_owned()), prefix);
+    unilink_bus::Redis::connect(&settings).await.expect("a Redis client")
+}
+
+/// Waits (at most `within`) until the consumer group `group` has read and
+/// acknowledged every entry of the event stream of `producer` (e.g. `auth`):
+/// from then on nothing of it is handled again, so what a test saw happen
+/// once stays once.
+pub async fn wait_settled(redis: &unilink_bus::Redis, producer: &str, group: &str, within: Duration) {
+    let stream = format!("events:{producer}");
+    eventually(&format!("{group} done with {stream}"), within, || {
+        let stream = &stream;
+        async move { (redis.backlog(stream, group).await.ok()?? == 0).then_some(()) }
+    })
+    .await;
+}
+
+/// Waits (at most `within`) until a consumer of the group `group` holds an
+/// entry of `producer`'s event stream it has not acknowledged: it has read
+/// the event and not (yet) succeeded with it.
+pub async fn wait_unacknowledged(redis: &unilink_bus::Redis, producer: &str, group: &str, within: Duration) {
+    let stream = format!("events:{producer}");
+    eventually(&format!("an entry of {stream} held by {group}"), within, || {
+        let stream = &stream;
+        async move { (redis.unacknowledged(stream, group).await.ok()? > 0).then_some(()) }
+    })
+    .await;
+}
+
+#[derive(Debug)]
 pub struct Fleet {
     pub db: TestDatabase,
     pub prefix: String,
@@ -45,6 +75,7 @@ impl Fleet {
         let prefix = unique_prefix();
         let smtp = SmtpSink::start().await;
         let port = smtp.port().to_string();
+        let window = crate::RATE_WINDOW_SECONDS.to_string();
         let mut vars = vec![
             ("SMTP_SERVER", "127.0.0.1"),
             ("SMTP_PORT", port.as_str()),
@@ -52,6 +83,7 @@ impl Fleet {
             ("RATE_LIMIT_AUTH", "100000"),
             ("RATE_LIMIT_AUTH_ADDRESS", "100000"),
             ("RATE_LIMIT_API", "100000"),
+            ("RATE_LIMIT_WINDOW_SECONDS", &window),
         ];
         vars.extend_from_slice(extra);
         let s = settings(&db, &prefix, &vars);
@@ -85,15 +117,19 @@ impl Fleet {
         mail(&self.smtp, address, n).await
     }
 
+    /// A client of this fleet's Redis (its key prefix).
+    pub async fn redis(&self) -> unilink_bus::Redis {
+        connect_redis(&crate::redis_url(), &self.prefix).await
+    }
+
     /// The presence registry of this fleet (what gateways write for their sockets).
     pub async fn presence(&self) -> unilink_presence::PresenceRegistry {
-        let redis = unilink_bus::Redis::connect(&unilink_config::RedisSettings::new(
-            unilink_config::Secret::new(unilink_test_support::redis_url()),
-            self.prefix.clone(),
-        ))
-        .await
-        .unwrap();
-        unilink_presence::PresenceRegistry::new(redis, unilink_presence::DEFAULT_TTL)
+        unilink_presence::PresenceRegistry::new(self.redis().await, unilink_presence::DEFAULT_TTL)
+    }
+
+    /// [`wait_settled`] on this fleet's Redis.
+    pub async fn wait_settled(&self, producer: &str, group: &str, within: Duration) {
+        wait_settled(&self.redis().await, producer, group, within).await;
     }
 
     /// Gateway variables pointing at this fleet, then `overrides`.
@@ -102,6 +138,10 @@ impl Fleet {
             ("RATE_LIMIT_AUTH".into(), "100000".into()),
             ("RATE_LIMIT_AUTH_ADDRESS".into(), "100000".into()),
             ("RATE_LIMIT_API".into(), "100000".into()),
+            (
+                "RATE_LIMIT_WINDOW_SECONDS".into(),
+                crate::RATE_WINDOW_SECONDS.to_string(),
+            ),
             ("AUTH_GRPC_URL".into(), self.auth.url()),
             ("PROFILE_GRPC_URL".into(), self.profile.url()),
             ("SIGNALING_GRPC_URL".into(), self.signaling.url()),
@@ -132,6 +172,7 @@ impl Fleet {
     }
 }
 
+#[derive(Debug)]
 pub struct Gateway {
     pub base: String,
     pub http: reqwest::Client,
@@ -353,6 +394,7 @@ impl Gateway {
 }
 
 /// A client WebSocket.
+#[derive(Debug)]
 pub struct Socket {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
@@ -504,6 +546,7 @@ impl Fleet {
 
 /// Two gateways, each in front of its own signaling replica, so the two
 /// users of a call sit on different replicas.
+#[derive(Debug)]
 pub struct TwoSides {
     pub fleet: Fleet,
     pub second_signaling: RunningService,

@@ -10,7 +10,7 @@
 //! reached it whole. (The socket's framing alone is fuzzed in
 //! `src/ws/fuzz_tests.rs`.)
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

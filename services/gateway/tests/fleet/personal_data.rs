@@ -1,6 +1,6 @@
 //! Personal data across services: export everything, delete everything.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 

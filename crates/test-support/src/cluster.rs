@@ -8,28 +8,27 @@
 //! on the ports it had (as a pod behind a stable Service address), so the
 //! other services' address lists stay valid.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use unilink_test_support::faults::{CutProxy, PrivateRedis, SentinelRedis};
-use unilink_test_support::service::{CHILD_STARTUP, ChildService, child_env, wait_serving, workspace_binary};
-use unilink_test_support::smtp::SmtpSink;
-use unilink_test_support::{TestDatabase, closed_port, eventually, unique_prefix};
+use crate::faults::{CutProxy, PrivateRedis, SentinelRedis};
+use crate::service::{CHILD_STARTUP, ChildService, child_env, wait_serving, workspace_binary};
+use crate::smtp::SmtpSink;
+use crate::{TestDatabase, closed_port, eventually, unique_prefix};
 
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::common::Gateway;
+use crate::fleet::Gateway;
 
 /// What each process logs at info: where it listens.
 const LOG_LEVEL: &str = "warn,unilink_grpc::server=info,unilink_gateway::startup=info";
 
 /// One replica of a service: a child process that can be killed, stopped
 /// and started again on the same ports.
+#[derive(Debug)]
 pub struct Replica {
     pub name: String,
     binary: String,
@@ -147,6 +146,11 @@ impl Replica {
         self.wait_ready().await;
     }
 
+    /// The replica's `/metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        Gateway::at(format!("http://{}", self.http)).metrics().await
+    }
+
     /// The process's log so far (JSON lines).
     pub fn logs(&self) -> String {
         self.process.as_ref().map(ChildService::logs).unwrap_or_default()
@@ -154,6 +158,7 @@ impl Replica {
 }
 
 /// nginx in front of the gateways, as the load balancer of a deployment.
+#[derive(Debug)]
 pub struct Nginx {
     dir: std::path::PathBuf,
     child: Child,
@@ -340,6 +345,7 @@ impl Kind {
     }
 }
 
+#[derive(Debug)]
 pub struct Cluster {
     pub db: TestDatabase,
     /// The path from every service to PostgreSQL.
@@ -398,6 +404,7 @@ impl Cluster {
                 ("RATE_LIMIT_AUTH", "100000".to_owned()),
                 ("RATE_LIMIT_AUTH_ADDRESS", "100000".to_owned()),
                 ("RATE_LIMIT_API", "100000".to_owned()),
+                ("RATE_LIMIT_WINDOW_SECONDS", crate::RATE_WINDOW_SECONDS.to_string()),
                 // nginx in front is the proxy whose X-Forwarded-For is believed.
                 ("TRUSTED_PROXIES", "127.0.0.1".to_owned()),
             ]
@@ -470,14 +477,34 @@ impl Cluster {
         }
     }
 
+    /// [`crate::fleet::wait_settled`] on this cluster's Redis (that of
+    /// [`Cluster::start`]; not under Sentinel).
+    pub async fn wait_settled(&self, producer: &str, group: &str, within: Duration) {
+        let url = self.redis.as_ref().expect("a cluster on one Redis").url();
+        let redis = crate::fleet::connect_redis(&url, &self.prefix).await;
+        crate::fleet::wait_settled(&redis, producer, group, within).await;
+        redis.close().await;
+    }
+
     /// Replica `n` (1 or 2) of `kind`.
     pub fn replica(&mut self, kind: Kind, n: usize) -> &mut Replica {
+        let at = self.position(kind, n);
+        &mut self.replicas[at].1
+    }
+
+    fn position(&self, kind: Kind, n: usize) -> usize {
         self.replicas
-            .iter_mut()
-            .filter(|(k, _)| *k == kind)
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, _))| *k == kind)
             .nth(n - 1)
-            .map(|(_, r)| r)
+            .map(|(at, _)| at)
             .expect("replica exists")
+    }
+
+    /// [`Cluster::replica`], to read.
+    pub fn replica_ref(&self, kind: Kind, n: usize) -> &Replica {
+        &self.replicas[self.position(kind, n)].1
     }
 
     /// A client of one gateway, bypassing the balancer.
@@ -494,7 +521,7 @@ impl Cluster {
 
     /// A signed-up, logged-in user through the balancer: (id, access token).
     pub async fn user(&self, name: &str) -> (String, String) {
-        crate::common::user(&self.db, &self.smtp, &self.client, name).await
+        crate::fleet::user(&self.db, &self.smtp, &self.client, name).await
     }
 }
 
@@ -566,12 +593,7 @@ pub async fn call_in_progress(
     cluster: &Cluster,
     (ada_id, ada): (&str, &str),
     (bob_id, bob): (&str, &str),
-) -> (
-    String,
-    crate::common::Socket,
-    crate::common::Socket,
-    crate::common::Socket,
-) {
+) -> (String, crate::fleet::Socket, crate::fleet::Socket, crate::fleet::Socket) {
     let gw = &cluster.client;
     let mut bob_presence = gw.socket(&format!("/calls/ws/{bob_id}"), bob).await;
     bob_presence.send_text("ping").await;
@@ -610,10 +632,11 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 /// keeping each frame until the server's
 /// `ack` and sending it again after a reconnect or a second without the ack
 /// (nothing it sends is lost; the server relays a repeat once).
+#[derive(Debug)]
 pub struct ResumingClient {
     pub path: String,
     token: String,
-    pub socket: crate::common::Socket,
+    pub socket: crate::fleet::Socket,
     pub last_seq: u64,
     pub reconnects: usize,
     cid: String,
@@ -630,7 +653,7 @@ pub struct ResumingClient {
 }
 
 impl ResumingClient {
-    pub fn new(path: String, token: String, socket: crate::common::Socket) -> ResumingClient {
+    pub fn new(path: String, token: String, socket: crate::fleet::Socket) -> ResumingClient {
         ResumingClient {
             path,
             token,
@@ -686,7 +709,7 @@ impl ResumingClient {
             self.resend().await;
         }
         match self.socket.next_within(wait).await {
-            Some(crate::common::Received::Text(text)) => {
+            Some(crate::fleet::Received::Text(text)) => {
                 let frame: Value = serde_json::from_str(&text).unwrap();
                 if frame["type"] == "ack" {
                     let acked = frame["cseq"].as_u64().unwrap();
@@ -702,7 +725,7 @@ impl ResumingClient {
                 }
                 Some(frame)
             }
-            Some(crate::common::Received::Closed(code, reason)) => {
+            Some(crate::fleet::Received::Closed(code, reason)) => {
                 assert!([1006, 1012].contains(&code), "closed {code} {reason}");
                 self.reconnects += 1;
                 let path = format!("{}?last_seq={}", self.path, self.last_seq);

@@ -2,7 +2,7 @@
 //! (SMTP sink), verification, login with the emailed code, refresh rotation,
 //! logout, and every validation failure of the contract.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use common::Fleet;
 use serde_json::json;

@@ -9,7 +9,7 @@
 //! public PEM), with unknown kids, `nbf` in the future, a swapped `sub`,
 //! and tokens of logged-out and deactivated users.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use base64::Engine as _;
 use common::{Fleet, Gateway, Received};

@@ -8,7 +8,7 @@
 //! nothing has changed. Ids sent in bodies or query strings are ignored:
 //! the acting user is always the token's.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use common::{Fleet, Gateway, Received};
 use serde_json::{Value, json};

@@ -4,7 +4,7 @@
 //! answers something other than "no route" or 405), and the document is
 //! public and never rate-limited.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::collections::BTreeSet;
 
@@ -16,7 +16,7 @@ use serde_json::Value;
 /// `/app` is a static page registered by `web_client::configure`, not part
 /// of the API.
 fn registered_routes() -> BTreeSet<(String, String)> {
-    let source = include_str!("../src/rest/mod.rs");
+    let source = include_str!("../../src/rest/mod.rs");
     let body = source
         .split("pub fn configure")
         .nth(1)

@@ -1,7 +1,7 @@
 //! Moderation through a real gateway: the first admin made with the
 //! documented command, reports listed and resolved, a user deactivated.
 
-mod common;
+use unilink_test_support::fleet as common;
 
 use std::time::Duration;
 
