@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/deps.sh"
 
 usage() {
   cat <<'EOF'
-Usage: scripts/e2e.sh [--no-build] [--help]
+Usage: scripts/e2e.sh [--no-build] [--prepare] [--help]
 
 End-to-end test of the reference web client (services/gateway/web) in
 headless Chromium, through the whole fleet:
@@ -50,6 +50,7 @@ excluded; a passing run takes about 25 s) and stops every process it started.
 
 Options:
   --no-build   use the existing target/debug binaries (no cargo build --bins)
+  --prepare    install the missing tools and packages, then exit
   -h, --help   show this help
 
 Environment:
@@ -107,6 +108,10 @@ outside() {
         exit 0
         ;;
       --no-build) build=0 ;;
+      --prepare)
+        ensure_tools
+        exit 0
+        ;;
       *) die "unknown argument '$1' (see --help)" ;;
     esac
     shift

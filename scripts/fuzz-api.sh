@@ -11,7 +11,7 @@ SCHEMATHESIS_VERSION=4.32.5
 
 usage() {
   cat <<'EOF'
-Usage: scripts/fuzz-api.sh [--no-build] [--help]
+Usage: scripts/fuzz-api.sh [--no-build] [--prepare] [--help]
 
 Fuzzes every operation of the gateway's OpenAPI description with
 schemathesis (PyPI, pinned) and fails on any server error (5xx other than
@@ -35,6 +35,7 @@ schemathesis (PyPI, pinned) and fails on any server error (5xx other than
   5. stops everything it started (also on Ctrl-C or failure).
 
 The run is bounded by FUZZ_TIMEOUT seconds (schemathesis alone; default 180).
+With --prepare it only installs schemathesis (step 4's virtualenv) and exits.
 
 Environment (defaults in brackets):
   TEST_DATABASE_URL   admin URL of the PostgreSQL server
@@ -51,6 +52,7 @@ EOF
 }
 
 DO_BUILD=1
+PREPARE=0
 while (($# > 0)); do
   case "$1" in
     -h | --help)
@@ -58,6 +60,7 @@ while (($# > 0)); do
       exit 0
       ;;
     --no-build) DO_BUILD=0 ;;
+    --prepare) PREPARE=1 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -143,6 +146,7 @@ if [[ ! -x "$VENV/bin/st" ]] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q
   "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
     die "pip install schemathesis==$SCHEMATHESIS_VERSION failed"
 fi
+[[ $PREPARE -eq 0 ]] || exit 0
 
 if [[ $DO_BUILD -eq 1 ]]; then
   log "building the binaries (debug)"

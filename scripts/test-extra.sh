@@ -8,8 +8,17 @@
 #      allowed (scripts/fuzz-api.sh).
 # Each can be skipped with UNILINK_SKIP_DEPLOY_VALIDATION=true,
 # UNILINK_SKIP_E2E=true or UNILINK_SKIP_FUZZ=true.
+# With --prepare, each only installs what it needs and exits (scripts/test.sh
+# runs that in the background while it builds and tests).
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"
+
+if [[ "${1:-}" == "--prepare" ]]; then
+  [[ "${UNILINK_SKIP_DEPLOY_VALIDATION:-}" == "true" ]] || "$here/validate-deploy.sh" --prepare
+  [[ "${UNILINK_SKIP_E2E:-}" == "true" ]] || "$here/e2e.sh" --prepare
+  [[ "${UNILINK_SKIP_FUZZ:-}" == "true" ]] || "$here/fuzz-api.sh" --prepare
+  exit 0
+fi
 
 if [[ "${UNILINK_SKIP_DEPLOY_VALIDATION:-}" == "true" ]]; then
   echo "[test-extra] UNILINK_SKIP_DEPLOY_VALIDATION=true: deployment validation skipped" >&2

@@ -131,6 +131,30 @@ print_summary() {
   log "total: $((SECONDS - TOTAL_START))s"
 }
 
+# The extra checks' tools (apt, npm, PyPI) install in the background while
+# the workspace builds and tests: downloads overlap the compiler.
+EXTRA="$ROOT/scripts/test-extra.sh"
+PREPARE_LOG="$ROOT/target/test-extra-prepare.log"
+PREPARE_PID=""
+if [[ -e "$EXTRA" ]]; then
+  mkdir -p "$ROOT/target"
+  bash "$EXTRA" --prepare >"$PREPARE_LOG" 2>&1 &
+  PREPARE_PID=$!
+  log "installing the extra checks' tools in the background (log: $PREPARE_LOG)"
+fi
+# Waits for that; a failure is reported and left to test-extra itself.
+wait_prepared() {
+  [[ -n "$PREPARE_PID" ]] || return 0
+  if wait "$PREPARE_PID"; then
+    log "extra checks' tools ready"
+  else
+    warn "installing the extra checks' tools failed; test-extra tries again. Its log:"
+    cat "$PREPARE_LOG" >&2 || true
+  fi
+  PREPARE_PID=""
+}
+trap '[[ -z "$PREPARE_PID" ]] || kill "$PREPARE_PID" 2>/dev/null || true' EXIT
+
 step "fmt" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets -- -D warnings
 if command -v cargo-nextest >/dev/null 2>&1; then
@@ -140,7 +164,7 @@ else
   step "test" cargo test --workspace "$@"
 fi
 
-EXTRA="$ROOT/scripts/test-extra.sh"
+wait_prepared
 if [[ -x "$EXTRA" ]]; then
   step "test-extra" "$EXTRA"
 elif [[ -e "$EXTRA" ]]; then

@@ -12,7 +12,7 @@ die() {
 
 usage() {
   cat <<'EOF_USAGE'
-Usage: scripts/validate-deploy.sh [--no-install] [--skip-backup] [--help]
+Usage: scripts/validate-deploy.sh [--no-install] [--skip-backup] [--prepare] [--help]
 
 Validates UniLink's deployment artifacts with offline tools, installing the
 missing ones first (PyPI into the current Python or, if that is refused, a
@@ -76,6 +76,7 @@ Runs every check, prints a summary, exits 1 if any failed.
 
 Options:
   --no-install   do not install missing tools (fail instead)
+  --prepare      install the missing tools, then exit (no checks)
   --skip-backup  skip the PostgreSQL round trip
   -h, --help     show this help
 
@@ -87,6 +88,7 @@ EOF_USAGE
 
 INSTALL=1
 BACKUP=1
+PREPARE=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help)
@@ -94,6 +96,7 @@ while [[ $# -gt 0 ]]; do
       exit 0
       ;;
     --no-install) INSTALL=0 ;;
+    --prepare) PREPARE=1 ;;
     --skip-backup) BACKUP=0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -233,6 +236,7 @@ fi
 PYY="$PY"
 "$PY" -c 'import yaml' 2>/dev/null || PYY="$VENV/bin/python"
 log "tools ready in $((SECONDS - START))s"
+[[ $PREPARE -eq 0 ]] || exit 0
 
 # ------------------------------------------------------------------ checks --
 
