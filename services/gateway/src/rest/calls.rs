@@ -42,16 +42,9 @@ pub struct CallJson {
     duration_seconds: i64,
 }
 
-pub fn status_name(status: CallStatus) -> &'static str {
-    match status {
-        CallStatus::Pending => "pending",
-        CallStatus::Ongoing => "ongoing",
-        CallStatus::Completed => "completed",
-        CallStatus::Rejected => "rejected",
-        CallStatus::Missed => "missed",
-        CallStatus::Cancelled => "cancelled",
-        CallStatus::Unspecified => "unknown",
-    }
+/// A call's status as the JSON shows it (`unknown` for none).
+fn status_name(status: CallStatus) -> &'static str {
+    unilink_domain::CallStatus::try_from(status).map_or("unknown", unilink_domain::CallStatus::as_str)
 }
 
 impl From<Call> for CallJson {
