@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tonic::service::Routes;
 use unilink_db::{DbError, Migration};
-use unilink_runtime::{Application, BackendService, Resources, StartupError};
+use unilink_runtime::{Application, BackendService, Built, Resources, StartupError};
 use unilink_test_support::faults::CutProxy;
 use unilink_test_support::{TestDatabase, admin_database_url, closed_port, settings, unique_prefix};
 
@@ -26,8 +26,8 @@ impl BackendService for Marker {
         sql: "CREATE TABLE startup_marker.marker (id integer PRIMARY KEY)",
     }];
 
-    fn routes(_: &Resources) -> Result<Routes, StartupError> {
-        Ok(Routes::default())
+    fn build(_: &Resources) -> Result<Built, StartupError> {
+        Ok(Built::new(Routes::default()))
     }
 }
 
@@ -43,8 +43,8 @@ impl BackendService for EditedMarker {
         sql: "CREATE TABLE startup_marker.marker (id bigint PRIMARY KEY)",
     }];
 
-    fn routes(_: &Resources) -> Result<Routes, StartupError> {
-        Ok(Routes::default())
+    fn build(_: &Resources) -> Result<Built, StartupError> {
+        Ok(Built::new(Routes::default()))
     }
 }
 

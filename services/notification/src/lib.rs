@@ -19,10 +19,8 @@ pub mod repo;
 pub mod service;
 pub mod worker;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use unilink_db::Migration;
-use unilink_runtime::{BackendService, Resources, StartupError};
+use unilink_runtime::{BackendService, Built, Resources, StartupError};
 
 pub use error::NotificationError;
 
@@ -49,20 +47,13 @@ impl BackendService for Notification {
         },
     ];
 
-    fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
-        // Refuse to start on mail settings the worker could not use.
-        worker::EmailWorker::new(resources).map_err(StartupError::Other)?;
+    fn build(resources: &Resources) -> Result<Built, StartupError> {
+        // Refuses to start on mail settings the worker could not use.
+        let email = worker::EmailWorker::new(resources).map_err(StartupError::Other)?;
+        let push = push::PushWorker::new(resources);
         let core = service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
-        Ok(tonic::service::Routes::new(grpc::server(core)))
-    }
-
-    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        let mut workers = vec![push::PushWorker::new(resources).spawn(resources, stop.clone())];
-        match worker::EmailWorker::new(resources) {
-            Ok(worker) => workers.push(worker.spawn(resources, stop)),
-            // `routes` already refused these settings; this is not reached.
-            Err(e) => tracing::error!(error = %e, "email worker not started"),
-        }
-        workers
+        Ok(Built::new(tonic::service::Routes::new(grpc::server(core)))
+            .with_worker(move |stop| push.run(stop))
+            .with_worker(move |stop| email.run(stop)))
     }
 }

@@ -22,7 +22,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
@@ -64,9 +63,9 @@ impl PushWorker {
         }
     }
 
-    /// Starts the consumer loop; it ends soon after `stop` is cancelled.
-    pub fn spawn(self, resources: &Resources, stop: CancellationToken) -> JoinHandle<()> {
-        crate::worker::spawn_consumer(SIGNALING_PRODUCER, resources, stop, move |event| {
+    /// The consumer loop; it ends soon after `stop` is cancelled.
+    pub fn run(self, stop: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        crate::worker::consume(SIGNALING_PRODUCER, self.redis.clone(), stop, move |event| {
             let worker = self.clone();
             async move { worker.handle(event).await }
         })

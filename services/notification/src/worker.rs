@@ -17,7 +17,6 @@
 use std::sync::Arc;
 
 use lettre::message::Mailbox;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use unilink_events::Event;
 use unilink_events::consumer::{HandlerError, Subscription};
@@ -77,9 +76,9 @@ impl EmailWorker {
         })
     }
 
-    /// Starts the consumer loop; it ends soon after `stop` is cancelled.
-    pub fn spawn(self, resources: &Resources, stop: CancellationToken) -> JoinHandle<()> {
-        spawn_consumer(AUTH_PRODUCER, resources, stop, move |event| {
+    /// The consumer loop; it ends soon after `stop` is cancelled.
+    pub fn run(self, stop: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+        consume(AUTH_PRODUCER, self.inner.redis.clone(), stop, move |event| {
             let worker = self.clone();
             async move { worker.handle(event).await }
         })
@@ -262,27 +261,22 @@ fn redact_quoted(text: &str) -> String {
 
 /// Runs `handler` over the events of `producer`'s stream as this service's
 /// consumer group, until `stop` is cancelled (both notification consumers).
-pub(crate) fn spawn_consumer<H, Fut>(
+pub(crate) fn consume<H, Fut>(
     producer: &str,
-    resources: &Resources,
+    redis: unilink_bus::Redis,
     stop: CancellationToken,
     handler: H,
-) -> JoinHandle<()>
+) -> impl Future<Output = ()> + Send + 'static
 where
     H: Fn(Event) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
 {
     let subscription = Subscription {
         stream: unilink_events::stream_of(producer),
         group: GROUP.to_owned(),
         consumer: unilink_runtime::consumer_name(<crate::Notification as BackendService>::NAME),
     };
-    tokio::spawn(unilink_events::consumer::run(
-        resources.redis.clone(),
-        subscription,
-        handler,
-        stop,
-    ))
+    unilink_events::consumer::run(redis, subscription, handler, stop)
 }
 
 #[cfg(test)]
