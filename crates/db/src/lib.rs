@@ -255,6 +255,16 @@ where
     E: From<DbError>,
 {
     let mut client = pool.get().await.map_err(DbError::from)?;
+    transaction_on(&mut client, body).await
+}
+
+/// [`transaction`] on a connection the caller already holds (when it runs
+/// statements outside the transaction on the same connection first).
+pub async fn transaction_on<T, E, F>(client: &mut Client, body: F) -> Result<T, E>
+where
+    F: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+    E: From<DbError>,
+{
     let tx = client.transaction().await.map_err(DbError::from)?;
     let value = body(&tx).await?;
     tx.commit().await.map_err(DbError::from)?;

@@ -68,7 +68,7 @@ impl TryFrom<signaling::CallStatus> for unilink_domain::CallStatus {
 }
 
 #[cfg(test)]
-mod tests {
+mod call_status_tests {
     use super::signaling::CallStatus as Wire;
     use unilink_domain::CallStatus;
 

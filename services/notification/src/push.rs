@@ -83,7 +83,7 @@ impl PushWorker {
         let push = Push::of(&event.event_type, &call)?;
         if is_older_than(event.occurred_at, push.max_age(self.stale_ring), Utc::now()) {
             // Debug only: an outbox replay brings a day of these (the relay logs the replay).
-            tracing::debug!(event_id = %event.id, call_id = %call.call_id, kind = push.kind, occurred_at = %event.occurred_at, "call event too old to push; skipping it");
+            tracing::debug!(event_id = %event.id, call_id = %call.call_id, kind = push.kind(), occurred_at = %event.occurred_at, "call event too old to push; skipping it");
             return Ok(());
         }
         let text = push.body.to_text();
@@ -92,28 +92,30 @@ impl PushWorker {
                 .redis
                 .publish(&push_channel(user), &text)
                 .await
-                .map_err(|e| HandlerError::Retry(format!("publishing {} to {user}: {e}", push.kind)))?;
-            metrics::counter!("notification_pushes_total", "type" => push.kind).increment(1);
-            tracing::debug!(event_id = %event.id, call_id = %call.call_id, user_id = user, kind = push.kind, sockets, "pushed");
+                .map_err(|e| HandlerError::Retry(format!("publishing {} to {user}: {e}", push.kind())))?;
+            metrics::counter!("notification_pushes_total", "type" => push.kind()).increment(1);
+            tracing::debug!(event_id = %event.id, call_id = %call.call_id, user_id = user, kind = push.kind(), sockets, "pushed");
         }
         Ok(())
     }
 }
 
-/// One push: its `type` and what is sent.
+/// One push: what is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Push {
-    pub kind: &'static str,
     pub body: Wire,
 }
 
 impl Push {
-    pub const INCOMING_CALL: &'static str = "incoming_call";
+    /// Its `type`.
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
 
     /// How old its event may be for this push to be sent: `stale_ring` for a
     /// ring, [`STALE_PUSH`] for the rest.
     pub fn max_age(&self, stale_ring: Duration) -> Duration {
-        if self.kind == Push::INCOMING_CALL {
+        if matches!(self.body, Wire::IncomingCall { .. }) {
             stale_ring
         } else {
             STALE_PUSH
@@ -150,10 +152,7 @@ impl Push {
             CALL_ENDED => Wire::CallEnded(change()),
             other => return Err(HandlerError::Reject(format!("unknown call event type {other:?}"))),
         };
-        Ok(Push {
-            kind: body.kind(),
-            body,
-        })
+        Ok(Push { body })
     }
 }
 
@@ -211,7 +210,7 @@ mod tests {
     fn an_ended_call_says_who_ended_it_and_carries_the_call() {
         let c = call(Some("6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1"));
         let push = Push::of(CALL_ENDED, &c).unwrap();
-        assert_eq!(push.kind, "call_ended");
+        assert_eq!(push.kind(), "call_ended");
         assert_eq!(
             serde_json::to_value(&push.body).unwrap(),
             json!({

@@ -142,64 +142,67 @@ impl DeliveryRepository {
             )
             .await
             .map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let row = tx
-            .query_opt(
-                "SELECT status, attempts, last_error FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
-                &[&id],
-            )
-            .await
-            .map_err(DbError::from)?;
-        let Some(row) = row else {
-            return Ok(DeliveryOutcome::InProgress);
-        };
-        let status: String = row.get("status");
-        let attempts: i32 = row.get("attempts");
-        match DeliveryStatus::parse(&status) {
-            Some(DeliveryStatus::Delivered) => return Ok(DeliveryOutcome::AlreadyDelivered),
-            Some(DeliveryStatus::Failed) => {
-                return Ok(DeliveryOutcome::GaveUp {
-                    error: row.get::<_, Option<String>>("last_error").unwrap_or_default(),
-                    attempts,
-                });
-            }
-            _ => {}
-        }
-        let outcome = match send().await {
-            Ok(()) => {
-                tx.execute(
-                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,
-                            last_error = NULL, delivered_at = now()
-                     WHERE event_id = $1",
+        // The row stays locked while this replica sends; an early `Ok` (in
+        // progress elsewhere, settled before) commits nothing.
+        unilink_db::transaction_on(&mut client, async |tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT status, attempts, last_error FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
                     &[&id],
                 )
                 .await
                 .map_err(DbError::from)?;
-                DeliveryOutcome::Delivered
-            }
-            Err(failure) => {
-                let attempts = attempts + 1;
-                let give_up = failure.permanent || attempts >= max_attempts;
-                let status = if give_up { "failed" } else { "pending" };
-                tx.execute(
-                    "UPDATE deliveries SET status = $3, attempts = $4, last_error = $2
-                     WHERE event_id = $1",
-                    &[&id, &failure.error, &status, &attempts],
-                )
-                .await
-                .map_err(DbError::from)?;
-                if give_up {
-                    DeliveryOutcome::GaveUp {
-                        error: failure.error,
+            let Some(row) = row else {
+                return Ok(DeliveryOutcome::InProgress);
+            };
+            let status: String = row.get("status");
+            let attempts: i32 = row.get("attempts");
+            match DeliveryStatus::parse(&status) {
+                Some(DeliveryStatus::Delivered) => return Ok(DeliveryOutcome::AlreadyDelivered),
+                Some(DeliveryStatus::Failed) => {
+                    return Ok(DeliveryOutcome::GaveUp {
+                        error: row.get::<_, Option<String>>("last_error").unwrap_or_default(),
                         attempts,
-                    }
-                } else {
-                    DeliveryOutcome::Failed(failure.error)
+                    });
                 }
+                _ => {}
             }
-        };
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(outcome)
+            let outcome = match send().await {
+                Ok(()) => {
+                    tx.execute(
+                        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,
+                                last_error = NULL, delivered_at = now()
+                         WHERE event_id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(DbError::from)?;
+                    DeliveryOutcome::Delivered
+                }
+                Err(failure) => {
+                    let attempts = attempts + 1;
+                    let give_up = failure.permanent || attempts >= max_attempts;
+                    let status = if give_up { "failed" } else { "pending" };
+                    tx.execute(
+                        "UPDATE deliveries SET status = $3, attempts = $4, last_error = $2
+                         WHERE event_id = $1",
+                        &[&id, &failure.error, &status, &attempts],
+                    )
+                    .await
+                    .map_err(DbError::from)?;
+                    if give_up {
+                        DeliveryOutcome::GaveUp {
+                            error: failure.error,
+                            attempts,
+                        }
+                    } else {
+                        DeliveryOutcome::Failed(failure.error)
+                    }
+                }
+            };
+            Ok(outcome)
+        })
+        .await
     }
 
     /// Records an event that can never be delivered (malformed payload,
