@@ -2,12 +2,14 @@
 //! delivers them (emails over SMTP, pushes to live connections), recording
 //! each in a ledger so nothing is sent twice.
 //!
-//! * [`service`] — the core, [`repo`] — SQL on the `notification` schema,
-//! * [`grpc`] — the `unilink.notification.v1.NotificationService` adapter,
-//! * [`worker`] — the email worker on `events:auth` ([`email`] says what the
-//!   mails say, [`mailer`] sends them over SMTP or, in development, to a folder),
-//! * [`push`] — the push worker on `events:signaling`: call events to the
+//! * [`service`] — the core: the delivery ledger and the emails of
+//!   `events:auth`, sent once each ([`email`] says what the mails say,
+//!   [`mailer`] sends them over SMTP or, in development, to a folder),
+//! * [`push`] — the pushes of `events:signaling`: call events to the
 //!   participants' presence sockets (ephemeral, so not in the ledger),
+//! * [`repo`] — SQL on the `notification` schema,
+//! * [`grpc`] — the `unilink.notification.v1.NotificationService` adapter,
+//! * [`worker`] — the stream adapter: the consumer loops feeding the core,
 //! * [`Notification`] — how the shared runtime starts it.
 
 pub mod email;
@@ -49,11 +51,12 @@ impl BackendService for Notification {
 
     fn build(resources: &Resources) -> Result<Built, StartupError> {
         // Refuses to start on mail settings the worker could not use.
-        let email = worker::EmailWorker::new(resources).map_err(StartupError::Other)?;
-        let push = push::PushWorker::new(resources);
+        let email = service::EmailDelivery::new(resources).map_err(StartupError::Other)?;
+        let push = push::PushDelivery::new(resources);
         let core = service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
+        let (pushes, emails) = (resources.redis.clone(), resources.redis.clone());
         Ok(Built::new(tonic::service::Routes::new(grpc::server(core)))
-            .with_worker(move |stop| push.run(stop))
-            .with_worker(move |stop| email.run(stop)))
+            .with_worker(move |stop| worker::pushes(push, pushes, stop))
+            .with_worker(move |stop| worker::emails(email, emails, stop)))
     }
 }

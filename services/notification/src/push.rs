@@ -1,5 +1,5 @@
-//! The push worker: consumes `events:signaling` (group `notification`) and
-//! tells the participants of a call what happened to it, on their presence
+//! Push delivery: for each event of `events:signaling` ([`crate::worker`]
+//! consumes it as group `notification`), tells the participants of a call what happened to it, on their presence
 //! sockets.
 //!
 //! A push is a Redis `PUBLISH` on [`push_channel`] of each user in
@@ -22,7 +22,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
 use unilink_events::Event;
@@ -33,8 +32,6 @@ use unilink_events::payload::{
 use unilink_protocol::{CallChange, CallView, Push as Wire};
 use unilink_runtime::Resources;
 
-/// The producer whose stream carries the call events.
-pub const SIGNALING_PRODUCER: &str = "signaling";
 /// A ring is not pushed once its event is this old (or older than the ring
 /// timeout, when that is longer).
 pub const STALE_RING: Duration = Duration::from_secs(60);
@@ -46,29 +43,21 @@ pub const STALE_PUSH: Duration = Duration::from_secs(60);
 
 /// Turns call events into pushes to the participants' presence sockets.
 #[derive(Debug, Clone)]
-pub struct PushWorker {
+pub struct PushDelivery {
     redis: Redis,
     /// Age past which a ring is not pushed.
     stale_ring: Duration,
 }
 
-impl PushWorker {
+impl PushDelivery {
     /// Rings are dropped once older than [`STALE_RING`] or the ring timeout,
     /// whichever is longer: a `CALL_RING_TIMEOUT` raised past a minute must
     /// not silence rings that are still ringing.
-    pub fn new(resources: &Resources) -> PushWorker {
-        PushWorker {
+    pub fn new(resources: &Resources) -> PushDelivery {
+        PushDelivery {
             redis: resources.redis.clone(),
             stale_ring: STALE_RING.max(resources.settings.calls.ring_timeout),
         }
-    }
-
-    /// The consumer loop; it ends soon after `stop` is cancelled.
-    pub fn run(self, stop: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
-        crate::worker::consume(SIGNALING_PRODUCER, self.redis.clone(), stop, move |event| {
-            let worker = self.clone();
-            async move { worker.handle(event).await }
-        })
     }
 
     /// Handles one event: pushes it to the participants who did not cause
