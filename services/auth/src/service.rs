@@ -490,6 +490,19 @@ impl AuthService {
         Ok(())
     }
 
+    /// Every access token of `user` is refused by the gateways from now on
+    /// (for as long as any of them can live), `why` being the account's fate.
+    async fn revoke_user_tokens(&self, user: UserId, why: &str) -> Result<(), AuthError> {
+        self.redis
+            .set_with_ttl(
+                &unilink_tokens::revoked_user_key(&user.to_string()),
+                why,
+                self.keys.ttl() + Duration::from_secs(60),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Every access token of `family` is refused by the gateways from now on
     /// (for as long as any of them can live).
     async fn revoke_family_tokens(&self, family: Uuid) -> Result<(), AuthError> {
@@ -519,13 +532,7 @@ impl AuthService {
             };
             outbox::enqueue(tx, &Event::new(USER_DEACTIVATED, json(&payload)?)).await?;
             // Refuse tokens before the commit makes the deactivation visible.
-            self.redis
-                .set_with_ttl(
-                    &unilink_tokens::revoked_user_key(&user.to_string()),
-                    "deactivated",
-                    self.keys.ttl() + Duration::from_secs(60),
-                )
-                .await?;
+            self.revoke_user_tokens(user, "deactivated").await?;
             Ok::<_, AuthError>(account)
         })
         .await?;
@@ -557,13 +564,7 @@ impl AuthService {
                 email: account.email.clone(),
             };
             outbox::enqueue(tx, &Event::new(USER_DELETED, json(&payload)?)).await?;
-            self.redis
-                .set_with_ttl(
-                    &unilink_tokens::revoked_user_key(&user.to_string()),
-                    "deleted",
-                    self.keys.ttl() + Duration::from_secs(60),
-                )
-                .await?;
+            self.revoke_user_tokens(user, "deleted").await?;
             Ok::<_, AuthError>(())
         })
         .await?;

@@ -1,7 +1,8 @@
 //! SQL on the `signaling` schema (the pool's `search_path`).
 //!
 //! Every change of a call's state happens in one transaction that locks the
-//! row, checks the state machine, updates it, frees the participants
+//! row, checks the change against the state machine ([`crate::domain`];
+//! the timers' `status IN (…)` guards come from [`may_take`]), updates it, frees the participants
 //! (`busy_users`) when the call closes and records the `call.*` event in the
 //! outbox — so an event is published if and only if the change committed.
 

@@ -4,7 +4,7 @@
 
 use unilink_domain::{CallId, UserId};
 use unilink_signaling::Signaling;
-use unilink_signaling::domain::{CallAction, CallStatus};
+use unilink_signaling::domain::{Call, CallAction, CallStatus, Change};
 use unilink_signaling::error::SignalingError;
 use unilink_signaling::repo::{CallRepository, NewCall};
 use unilink_test_support::service::spawn;
@@ -19,6 +19,26 @@ fn new_call(initiator: UserId, receiver: UserId) -> NewCall {
         receiver_username: "ben".to_owned(),
         call_token: "tok".to_owned(),
     }
+}
+
+/// What the service asks of `transition`: `action` by `actor`, if allowed.
+fn by(action: CallAction, actor: UserId) -> impl FnOnce(&Call) -> Result<Change, SignalingError> {
+    move |call| {
+        call.change(action, Some(actor))
+            .map_err(|e| SignalingError::WrongState(e.to_string()))
+    }
+}
+
+/// One ring-timeout sweep that takes every pending call, however young.
+async fn ring_out(calls: &CallRepository) -> Vec<(Call, Change)> {
+    calls
+        .close_due(
+            CallAction::RingTimeout,
+            "created_at < now() + make_interval(secs => $1) LIMIT $2",
+            &[&1.0_f64, &10_i64],
+        )
+        .await
+        .expect("sweep")
 }
 
 async fn events(db: &TestDatabase) -> Vec<String> {
@@ -47,39 +67,21 @@ async fn changes_follow_the_machine_and_set_what_they_imply() {
     assert!(matches!(busy, Err(SignalingError::Busy)), "{busy:?}");
 
     let (ongoing, change) = calls
-        .transition(pending.id, |call| {
-            call.change(CallAction::Accept, Some(ben))
-                .map_err(|e| SignalingError::WrongState(e.to_string()))
-        })
+        .transition(pending.id, by(CallAction::Accept, ben))
         .await
         .expect("accept");
     assert_eq!((ongoing.status, change.to), (CallStatus::Ongoing, CallStatus::Ongoing));
     assert!(ongoing.answered_at.is_some() && ongoing.ended_at.is_none());
 
     // A ring timeout never takes an ongoing call, whatever its age.
-    let missed = calls
-        .close_due(
-            CallAction::RingTimeout,
-            "created_at < now() + make_interval(secs => $1) LIMIT $2",
-            &[&1.0_f64, &10_i64],
-        )
-        .await
-        .expect("sweep");
+    let missed = ring_out(&calls).await;
     assert!(missed.is_empty(), "{missed:?}");
 
-    let refused = calls
-        .transition(ongoing.id, |call| {
-            call.change(CallAction::Accept, Some(ben))
-                .map_err(|e| SignalingError::WrongState(e.to_string()))
-        })
-        .await;
+    let refused = calls.transition(ongoing.id, by(CallAction::Accept, ben)).await;
     assert!(matches!(refused, Err(SignalingError::WrongState(_))), "{refused:?}");
 
     let (completed, _) = calls
-        .transition(ongoing.id, |call| {
-            call.change(CallAction::end_by(call.status, false), Some(ben))
-                .map_err(|e| SignalingError::WrongState(e.to_string()))
-        })
+        .transition(ongoing.id, by(CallAction::end_by(CallStatus::Ongoing, false), ben))
         .await
         .expect("hang up");
     assert_eq!(completed.status, CallStatus::Completed);
@@ -87,14 +89,7 @@ async fn changes_follow_the_machine_and_set_what_they_imply() {
 
     // The participants are free again; this one rings out.
     let second = calls.create(&new_call(ben, ana)).await.expect("free again");
-    let missed = calls
-        .close_due(
-            CallAction::RingTimeout,
-            "created_at < now() + make_interval(secs => $1) LIMIT $2",
-            &[&1.0_f64, &10_i64],
-        )
-        .await
-        .expect("sweep");
+    let missed = ring_out(&calls).await;
     assert_eq!(missed.len(), 1);
     let (call, change) = &missed[0];
     assert_eq!((call.id, call.status), (second.id, CallStatus::Missed));
