@@ -9,8 +9,8 @@ use unilink_proto::notification::{
     Delivery as DeliveryMessage, DeliveryStatus as DeliveryStatusMessage, GetDeliveryRequest,
 };
 
+use crate::domain::{Delivery, DeliveryStatus};
 use crate::error::NotificationError;
-use crate::repo::{Delivery, DeliveryStatus};
 use crate::service::DeliveryService;
 
 /// The gRPC face of the core: parses requests, calls it, converts results.

@@ -7,11 +7,13 @@
 //!   [`mailer`] sends them over SMTP or, in development, to a folder),
 //! * [`push`] — the pushes of `events:signaling`: call events to the
 //!   participants' presence sockets (ephemeral, so not in the ledger),
+//! * [`domain`] — the delivery ledger's state machine, pure,
 //! * [`repo`] — SQL on the `notification` schema,
 //! * [`grpc`] — the `unilink.notification.v1.NotificationService` adapter,
 //! * [`worker`] — the stream adapter: the consumer loops feeding the core,
 //! * [`Notification`] — how the shared runtime starts it.
 
+pub mod domain;
 pub mod email;
 pub mod error;
 pub mod grpc;

@@ -32,10 +32,11 @@ use unilink_events::payload::{
 use unilink_events::seal::{self, SealKeys};
 use unilink_runtime::Resources;
 
+use crate::domain::Delivery;
 use crate::email::{self, Email, EmailKind};
 use crate::error::NotificationError;
 use crate::mailer::Mailer;
-use crate::repo::{Delivery, DeliveryOutcome, DeliveryRepository, NewDelivery, SendFailure};
+use crate::repo::{DeliveryOutcome, DeliveryRepository, NewDelivery, SendFailure};
 
 const CHANNEL_EMAIL: &str = "email";
 /// Stream (before the Redis prefix) of the mails given up: `event_id`,
