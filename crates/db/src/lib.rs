@@ -234,6 +234,43 @@ fn pool_for(url: &str, settings: &DatabaseSettings, schema: &str, app: &str, tar
         .map_err(|e| DbError::Config(e.to_string()))
 }
 
+/// Runs `body` in one transaction on a connection from `pool`: commits
+/// when it returns `Ok`, rolls back when it returns `Err` (the transaction
+/// is dropped). Pool, begin and commit failures come back as `E` through
+/// `From<DbError>`, so a core writes only its statements:
+///
+/// ```ignore
+/// let call = unilink_db::transaction(&pool, async |tx| {
+///     let row = tx.query_one("…", &[]).await.map_err(DbError::from)?;
+///     Ok::<_, MyError>(row.get(0))
+/// })
+/// .await?;
+/// ```
+///
+/// To keep what a failing body wrote (a failed-attempt counter, a revoked
+/// token family), return `Ok(Err(e))`: it commits, and the caller flattens.
+pub async fn transaction<T, E, F>(pool: &Pool, body: F) -> Result<T, E>
+where
+    F: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+    E: From<DbError>,
+{
+    let mut client = pool.get().await.map_err(DbError::from)?;
+    transaction_on(&mut client, body).await
+}
+
+/// [`transaction`] on a connection the caller already holds (when it runs
+/// statements outside the transaction on the same connection first).
+pub async fn transaction_on<T, E, F>(client: &mut Client, body: F) -> Result<T, E>
+where
+    F: AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+    E: From<DbError>,
+{
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let value = body(&tx).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(value)
+}
+
 /// Checks out a connection and runs `SELECT 1`, within `timeout`.
 pub async fn ping(pool: &Pool, timeout: Duration) -> Result<(), DbError> {
     let probe = async {

@@ -5,6 +5,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+mod call;
+
+pub use call::{CallStatus, UnknownCallStatus};
+
 /// Why a value was refused. Messages are written for the person who typed it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {

@@ -1,4 +1,4 @@
-//! gRPC plumbing shared by every UniLink service, and the process lifecycle.
+//! gRPC plumbing shared by every UniLink service.
 //!
 //! * [`client`] — channels to another service: client-side load balancing
 //!   over every endpoint (DNS names are re-resolved, so a Kubernetes headless
@@ -10,13 +10,9 @@
 //!   `/metrics`, `/livez` and `/readyz`. Every request gets a span joined to
 //!   the caller's trace, and `grpc_server_handled_total` /
 //!   `grpc_server_handling_seconds` metrics.
-//! * [`process`] — what every `main` does: read settings, set up telemetry,
-//!   run `migrate` or serve until SIGTERM/SIGINT.
 
 pub mod client;
-pub mod process;
 pub mod server;
 
 pub use client::{GrpcChannel, balanced_channel};
-pub use process::shutdown_signal;
 pub use server::{Probe, ServiceHost};

@@ -81,15 +81,16 @@ async fn publisher(client: &Client) -> Result<MultiplexedConnection, Fail> {
 }
 
 /// A message shaped like the relay's (`2|seq|envelope`, the envelope as
-/// the gateways write it), so the sizes match.
-fn payload(seq: u64, from: &str, t: u64) -> String {
+/// the gateways write it), so the sizes match. `from` is the sender as
+/// text and `from_id` the same sender parsed (once, by the caller).
+fn payload(seq: u64, from: &str, from_id: UserId, t: u64) -> String {
     let envelope = Envelope {
         sender: from.to_owned(),
         sent_us: 1_795_000_000_000_000,
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         frame: CallFrame::IceCandidate {
             candidate: candidate(t, seq),
-            from: UserId::parse(from).unwrap_or_default(),
+            from: from_id,
         },
     };
     format!("{}{seq}|{}", Relayed::PREFIX, envelope.to_json())
@@ -197,10 +198,11 @@ async fn measure_on(
     for (index, (mut publisher, from)) in publishers.into_iter().zip(senders.iter().cloned()).enumerate() {
         let channel = names[index].clone();
         let mut pacer = Pacer::new((rate, window), (pairs, index), (start, until), progress[index].clone());
+        let from_id = UserId::parse(&from).unwrap_or_default();
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             while pacer.wait().await {
-                let message = payload(sent + 1, &from, stamp(origin));
+                let message = payload(sent + 1, &from, from_id, stamp(origin));
                 match redis::cmd("PUBLISH")
                     .arg(&channel)
                     .arg(&message)
@@ -239,7 +241,8 @@ mod tests {
 
     #[test]
     fn messages_yield_their_pair_and_stamp() {
-        let text = payload(7, "6f1c1d3e-0a3b-4c5d-8e9f-000000000001", 123_456);
+        let from = "6f1c1d3e-0a3b-4c5d-8e9f-000000000001";
+        let text = payload(7, from, UserId::parse(from).unwrap(), 123_456);
         let value = redis::Value::Array(vec![
             redis::Value::BulkString(b"message".to_vec()),
             redis::Value::BulkString(b"unilink-load:bare:r:3".to_vec()),

@@ -33,6 +33,60 @@ pub use unilink::{
     auth::v1 as auth, notification::v1 as notification, profile::v1 as profile, signaling::v1 as signaling,
 };
 
+/// The domain's call status on the wire and back (`UNSPECIFIED` is no status).
+impl From<unilink_domain::CallStatus> for signaling::CallStatus {
+    fn from(status: unilink_domain::CallStatus) -> Self {
+        use unilink_domain::CallStatus as Domain;
+        match status {
+            Domain::Pending => signaling::CallStatus::Pending,
+            Domain::Ongoing => signaling::CallStatus::Ongoing,
+            Domain::Completed => signaling::CallStatus::Completed,
+            Domain::Rejected => signaling::CallStatus::Rejected,
+            Domain::Missed => signaling::CallStatus::Missed,
+            Domain::Cancelled => signaling::CallStatus::Cancelled,
+        }
+    }
+}
+
+impl TryFrom<signaling::CallStatus> for unilink_domain::CallStatus {
+    type Error = unilink_domain::UnknownCallStatus;
+
+    fn try_from(status: signaling::CallStatus) -> Result<Self, Self::Error> {
+        use unilink_domain::CallStatus as Domain;
+        Ok(match status {
+            signaling::CallStatus::Pending => Domain::Pending,
+            signaling::CallStatus::Ongoing => Domain::Ongoing,
+            signaling::CallStatus::Completed => Domain::Completed,
+            signaling::CallStatus::Rejected => Domain::Rejected,
+            signaling::CallStatus::Missed => Domain::Missed,
+            signaling::CallStatus::Cancelled => Domain::Cancelled,
+            signaling::CallStatus::Unspecified => {
+                return Err(unilink_domain::UnknownCallStatus(status.as_str_name().to_owned()));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod call_status_tests {
+    use super::signaling::CallStatus as Wire;
+    use unilink_domain::CallStatus;
+
+    #[test]
+    fn every_call_status_crosses_the_wire_and_back() {
+        for status in CallStatus::ALL {
+            let wire = Wire::from(status);
+            assert_eq!(CallStatus::try_from(wire), Ok(status));
+            // Names line up: CALL_STATUS_PENDING is `pending`.
+            assert_eq!(
+                wire.as_str_name(),
+                format!("CALL_STATUS_{}", status.as_str().to_uppercase())
+            );
+        }
+        assert!(CallStatus::try_from(Wire::Unspecified).is_err());
+    }
+}
+
 /// Converts between `chrono` and protobuf timestamps without a dependency on chrono here.
 pub use prost_types::Timestamp;
 

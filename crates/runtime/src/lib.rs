@@ -2,11 +2,13 @@
 //! notification), written once.
 //!
 //! A service describes itself with [`BackendService`] (name, schema,
-//! migrations, and how to build its gRPC routes from [`Resources`]);
+//! migrations, and how to build its gRPC routes and background workers from
+//! [`Resources`], once);
 //! [`Application::build`] applies the migrations under the schema's advisory
 //! lock, opens the pool and Redis, binds the listeners (port 0 in tests) and
-//! builds the routes; [`Application::run_until_stopped`] serves until the
-//! shutdown future resolves. [`main`] is a service binary's whole `main`.
+//! builds the service; [`Application::run_until_stopped`] serves until the
+//! shutdown future resolves. [`main`] is a service binary's whole `main`;
+//! [`process`] is the lifecycle every binary shares (the gateway's too).
 //!
 //! Start-up waits for a database that is not there yet (a rolling restart of
 //! the cluster, a managed failover, compose starting everything at once):
@@ -17,18 +19,21 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use unilink_bus::{BusError, Redis};
 use unilink_config::Settings;
 use unilink_db::{DbError, Migration, MigrationReport, PgPool, SqlState};
-use unilink_grpc::process::Command;
 use unilink_grpc::server::PROBE_TIMEOUT;
 use unilink_grpc::{Probe, ServiceHost};
+
+use crate::process::Command;
+
+pub mod process;
 
 /// Why a service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -60,15 +65,49 @@ pub trait BackendService: Send + 'static {
     /// Embedded migrations of [`Self::SCHEMA`], numbered from 1.
     const MIGRATIONS: &'static [Migration];
 
-    /// Builds the gRPC routes over the service's resources.
-    fn routes(resources: &Resources) -> Result<Routes, StartupError>;
+    /// Builds the service once over its resources: its gRPC routes and its
+    /// background tasks (outbox relay, event consumers, timers), which share
+    /// whatever they need with the routes (one core, one pool).
+    fn build(resources: &Resources) -> Result<Built, StartupError>;
+}
 
-    /// Starts the service's background tasks (outbox relay, event consumers,
-    /// timers). Each must end soon after `stop` is cancelled; the runtime
-    /// cancels it when the server has drained and waits for them.
-    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        let _ = (resources, stop);
-        Vec::new()
+/// A background task, started by the runtime when the server starts: it
+/// gets the token that is cancelled once the server has drained, and must
+/// end soon after; the runtime waits for it.
+pub type Worker = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A service as [`BackendService::build`] makes it: routes and workers.
+pub struct Built {
+    routes: Routes,
+    workers: Vec<Worker>,
+}
+
+impl Built {
+    /// A service serving `routes`, with no background task yet.
+    pub fn new(routes: Routes) -> Self {
+        Built {
+            routes,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Adds a background task (see [`Worker`]).
+    pub fn with_worker<F, Fut>(mut self, worker: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.workers.push(Box::new(move |stop| Box::pin(worker(stop))));
+        self
+    }
+}
+
+impl std::fmt::Debug for Built {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Built")
+            .field("routes", &self.routes)
+            .field("workers", &self.workers.len())
+            .finish()
     }
 }
 
@@ -243,13 +282,14 @@ pub fn consumer_name(service: &str) -> String {
 pub struct Application<S> {
     resources: Resources,
     host: ServiceHost,
-    routes: Routes,
+    built: Built,
     service: PhantomData<fn() -> S>,
 }
 
 impl<S: BackendService> Application<S> {
     /// Migrates (waiting for the database with [`StartupRetry::default`]),
-    /// opens the pool and Redis, binds the listeners and builds the routes.
+    /// opens the pool and Redis, binds the listeners and builds the service
+    /// ([`BackendService::build`]); its workers start with the server.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         Self::build_with_retry(settings, StartupRetry::default()).await
     }
@@ -268,11 +308,11 @@ impl<S: BackendService> Application<S> {
             draining: CancellationToken::new(),
             stopped: CancellationToken::new(),
         };
-        let routes = S::routes(&resources)?;
+        let built = S::build(&resources)?;
         Ok(Application {
             resources,
             host,
-            routes,
+            built,
             service: PhantomData,
         })
     }
@@ -299,7 +339,7 @@ impl<S: BackendService> Application<S> {
         let Application {
             resources,
             host,
-            routes,
+            built: Built { routes, workers },
             ..
         } = self;
         let db = resources.db.clone();
@@ -323,7 +363,10 @@ impl<S: BackendService> Application<S> {
             }
         });
         let stop_workers = resources.stopped.clone();
-        let workers = S::spawn_workers(&resources, stop_workers.clone());
+        let workers: Vec<_> = workers
+            .into_iter()
+            .map(|worker| tokio::spawn(worker(stop_workers.clone())))
+            .collect();
         let draining = resources.draining.clone();
         let shutdown = async move {
             shutdown.await;
@@ -345,7 +388,7 @@ impl<S: BackendService> Application<S> {
 
 /// The whole `main` of a backend service binary: `serve` (default) or `migrate`.
 pub async fn main<S: BackendService>(version: &'static str) -> ExitCode {
-    unilink_grpc::process::run(S::NAME, version, |settings, command| async move {
+    process::run(S::NAME, version, |settings, command| async move {
         match command {
             Command::Migrate => migrate_when_reachable::<S>(&settings, StartupRetry::default())
                 .await
@@ -353,7 +396,7 @@ pub async fn main<S: BackendService>(version: &'static str) -> ExitCode {
             Command::Serve => {
                 Application::<S>::build(settings)
                     .await?
-                    .run_until_stopped(unilink_grpc::shutdown_signal())
+                    .run_until_stopped(process::shutdown_signal())
                     .await
             }
         }

@@ -6,13 +6,14 @@
 //! (`TEST_REDIS_URL`); `scripts/test.sh` makes sure both answer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::service::Routes;
 use unilink_db::{DbError, Migration};
-use unilink_runtime::{Application, BackendService, Resources, StartupError};
+use unilink_runtime::{Application, BackendService, Built, Resources, StartupError};
 use unilink_test_support::faults::CutProxy;
-use unilink_test_support::{TestDatabase, admin_database_url, closed_port, settings, unique_prefix};
+use unilink_test_support::{TestDatabase, admin_database_url, closed_port, eventually, settings, unique_prefix};
 
 /// A backend with one table and no routes: enough to run the start-up path.
 struct Marker;
@@ -26,8 +27,8 @@ impl BackendService for Marker {
         sql: "CREATE TABLE startup_marker.marker (id integer PRIMARY KEY)",
     }];
 
-    fn routes(_: &Resources) -> Result<Routes, StartupError> {
-        Ok(Routes::default())
+    fn build(_: &Resources) -> Result<Built, StartupError> {
+        Ok(Built::new(Routes::default()))
     }
 }
 
@@ -43,8 +44,8 @@ impl BackendService for EditedMarker {
         sql: "CREATE TABLE startup_marker.marker (id bigint PRIMARY KEY)",
     }];
 
-    fn routes(_: &Resources) -> Result<Routes, StartupError> {
-        Ok(Routes::default())
+    fn build(_: &Resources) -> Result<Built, StartupError> {
+        Ok(Built::new(Routes::default()))
     }
 }
 
@@ -171,4 +172,55 @@ async fn build_does_not_wait_for_redis() {
     let took = started.elapsed();
     app.expect("start-up goes on while Redis is down");
     assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
+/// Counts what the runtime does with a service's parts.
+static BUILDS: AtomicUsize = AtomicUsize::new(0);
+static WORKER_STARTED: AtomicUsize = AtomicUsize::new(0);
+static WORKER_STOPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// A backend with one worker that records when it starts and stops.
+struct WithWorker;
+
+impl BackendService for WithWorker {
+    const NAME: &'static str = "startup-worker";
+    const SCHEMA: &'static str = "startup_worker";
+    const MIGRATIONS: &'static [Migration] = &[];
+
+    fn build(_: &Resources) -> Result<Built, StartupError> {
+        BUILDS.fetch_add(1, Ordering::SeqCst);
+        Ok(Built::new(Routes::default()).with_worker(|stop| async move {
+            WORKER_STARTED.fetch_add(1, Ordering::SeqCst);
+            stop.cancelled().await;
+            WORKER_STOPPED.fetch_add(1, Ordering::SeqCst);
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_service_is_built_once_and_its_workers_run_with_the_server() {
+    let db = TestDatabase::create().await;
+    let app = Application::<WithWorker>::build(settings(&db, &unique_prefix(), &[]))
+        .await
+        .expect("build");
+    assert_eq!(BUILDS.load(Ordering::SeqCst), 1);
+    assert_eq!(WORKER_STARTED.load(Ordering::SeqCst), 0, "workers wait for the server");
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    eventually("the worker to start", Duration::from_secs(5), || async {
+        (WORKER_STARTED.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(WORKER_STOPPED.load(Ordering::SeqCst), 0);
+    stop.send(()).expect("the server is running");
+    running.await.expect("server task").expect("clean stop");
+    assert_eq!(
+        WORKER_STOPPED.load(Ordering::SeqCst),
+        1,
+        "the worker ended with the server"
+    );
+    assert_eq!(BUILDS.load(Ordering::SeqCst), 1, "nothing was built twice");
 }

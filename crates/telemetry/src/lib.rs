@@ -14,7 +14,7 @@
 //!   `traceparent` propagator is installed globally so gRPC metadata and bus
 //!   messages carry the context ([`inject`], [`extract`]). Export failures
 //!   are dropped quietly and never block a request.
-//! * **Errors** — Sentry when `SENTRY_DSN` is set ([`errors`]): panics and
+//! * **Errors** — Sentry when `SENTRY_DSN` is set ([`mod@sentry`]): panics and
 //!   `error!` events become Sentry events tagged with the request context;
 //!   every event is scrubbed of tokens and passwords ([`scrub`]) before it
 //!   leaves; [`report_client_error`] forwards the web frontend's reports.
@@ -37,11 +37,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use unilink_config::Settings;
 
-pub mod errors;
 pub mod logs;
 pub mod scrub;
+pub mod sentry;
 
-pub use errors::{ClientErrorReport, report_client_error};
+pub use self::sentry::{ClientErrorReport, report_client_error};
 pub use opentelemetry::Context as TraceContext;
 
 /// Failures setting telemetry up; each names the variable at fault.
@@ -59,7 +59,7 @@ pub enum TelemetryError {
 #[must_use = "telemetry stops exporting when the guard is dropped"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    sentry: Option<sentry::ClientInitGuard>,
+    sentry: Option<::sentry::ClientInitGuard>,
 }
 
 impl std::fmt::Debug for TelemetryGuard {
@@ -172,21 +172,21 @@ pub fn init(
             // Parsed here first so a bad DSN is an error naming the variable
             // (the builder method would panic).
             dsn.expose()
-                .parse::<sentry::types::Dsn>()
+                .parse::<::sentry::types::Dsn>()
                 .map_err(|e| TelemetryError::Sentry(e.to_string()))?;
-            let mut options = sentry::ClientOptions::new()
+            let mut options = ::sentry::ClientOptions::new()
                 .dsn(dsn.expose())
                 .release(format!("{service}@{version}"))
                 .environment(settings.environment.as_str())
                 .send_default_pii(false)
                 .server_name(service);
-            options.before_send = Some(std::sync::Arc::new(errors::before_send));
+            options.before_send = Some(std::sync::Arc::new(self::sentry::before_send));
             options.max_breadcrumbs = 0;
-            Some(sentry::init(options))
+            Some(::sentry::init(options))
         }
         None => None,
     };
-    let sentry_layer = sentry.as_ref().map(|_| errors::SentryErrorLayer);
+    let sentry_layer = sentry.as_ref().map(|_| self::sentry::SentryErrorLayer);
 
     // A second init in one process (tests starting several services) keeps the first subscriber.
     // The filter is global, not per layer: callsites it disables (the

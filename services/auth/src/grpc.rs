@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
-use unilink_proto::auth::auth_service_server::{AuthService as AuthApi, AuthServiceServer};
+use unilink_proto::auth::auth_service_server::{AuthService as AuthRpc, AuthServiceServer};
 use unilink_proto::auth::{
     Account as AccountMessage, Ack, DeactivateAccountRequest, DeleteAccountRequest, GetAccountRequest,
     GetVerificationKeysRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
@@ -14,8 +14,14 @@ use crate::error::AuthError;
 use crate::repo::Account;
 use crate::service::{AuthService, LogoutClaims, Registration, Session};
 
-pub fn server(core: AuthService) -> AuthServiceServer<AuthService> {
-    AuthServiceServer::new(core)
+/// The gRPC face of the core: parses requests, calls it, converts results.
+#[derive(Debug, Clone)]
+pub struct AuthApi {
+    core: AuthService,
+}
+
+pub fn server(core: AuthService) -> AuthServiceServer<AuthApi> {
+    AuthServiceServer::new(AuthApi { core })
 }
 
 impl From<Account> for AccountMessage {
@@ -57,17 +63,18 @@ pub const RESEND_MESSAGE: &str =
 pub const OTP_SENT_MESSAGE: &str = "A 6-digit login code has been sent to your email. It is valid for 10 minutes.";
 
 #[tonic::async_trait]
-impl AuthApi for AuthService {
+impl AuthRpc for AuthApi {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn get_account(&self, request: Request<GetAccountRequest>) -> Result<Response<AccountMessage>, Status> {
         let id = UserId::parse(&request.get_ref().user_id).map_err(AuthError::from)?;
-        Ok(Response::new(self.get_account(id).await?.into()))
+        Ok(Response::new(self.core.get_account(id).await?.into()))
     }
 
     #[tracing::instrument(skip_all)]
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<AccountMessage>, Status> {
         let r = request.into_inner();
         let account = self
+            .core
             .register(Registration {
                 email: r.email,
                 username: r.username,
@@ -80,19 +87,21 @@ impl AuthApi for AuthService {
 
     #[tracing::instrument(skip_all)]
     async fn verify_email(&self, request: Request<VerifyEmailRequest>) -> Result<Response<SessionMessage>, Status> {
-        Ok(Response::new(self.verify_email(&request.get_ref().token).await?.into()))
+        Ok(Response::new(
+            self.core.verify_email(&request.get_ref().token).await?.into(),
+        ))
     }
 
     #[tracing::instrument(skip_all)]
     async fn resend_verification(&self, request: Request<ResendVerificationRequest>) -> Result<Response<Ack>, Status> {
-        self.resend_verification(&request.get_ref().email).await?;
+        self.core.resend_verification(&request.get_ref().email).await?;
         Ok(ack(RESEND_MESSAGE))
     }
 
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<Ack>, Status> {
         let r = request.get_ref();
-        self.login(&r.email, &r.password).await?;
+        self.core.login(&r.email, &r.password).await?;
         Ok(ack(OTP_SENT_MESSAGE))
     }
 
@@ -102,13 +111,15 @@ impl AuthApi for AuthService {
         request: Request<VerifyLoginOtpRequest>,
     ) -> Result<Response<SessionMessage>, Status> {
         let r = request.get_ref();
-        Ok(Response::new(self.verify_login_otp(&r.email, &r.otp).await?.into()))
+        Ok(Response::new(
+            self.core.verify_login_otp(&r.email, &r.otp).await?.into(),
+        ))
     }
 
     #[tracing::instrument(skip_all)]
     async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<SessionMessage>, Status> {
         Ok(Response::new(
-            self.refresh(&request.get_ref().refresh_token).await?.into(),
+            self.core.refresh(&request.get_ref().refresh_token).await?.into(),
         ))
     }
 
@@ -116,14 +127,15 @@ impl AuthApi for AuthService {
     async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<Ack>, Status> {
         let r = request.into_inner();
         let user_id = UserId::parse(&r.user_id).map_err(AuthError::from)?;
-        self.logout(LogoutClaims {
-            user_id,
-            token_id: r.token_id,
-            family_id: r.family_id,
-            expires_at: r.expires_at,
-            refresh_token: Some(r.refresh_token).filter(|t| !t.is_empty()),
-        })
-        .await?;
+        self.core
+            .logout(LogoutClaims {
+                user_id,
+                token_id: r.token_id,
+                family_id: r.family_id,
+                expires_at: r.expires_at,
+                refresh_token: Some(r.refresh_token).filter(|t| !t.is_empty()),
+            })
+            .await?;
         Ok(ack("Successfully logged out"))
     }
 
@@ -135,14 +147,14 @@ impl AuthApi for AuthService {
         let r = request.get_ref();
         let admin = UserId::parse(&r.admin_id).map_err(AuthError::from)?;
         let user = UserId::parse(&r.user_id).map_err(AuthError::from)?;
-        Ok(Response::new(self.deactivate(admin, user).await?.into()))
+        Ok(Response::new(self.core.deactivate(admin, user).await?.into()))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn delete_account(&self, request: Request<DeleteAccountRequest>) -> Result<Response<Ack>, Status> {
         let r = request.get_ref();
         let user = UserId::parse(&r.user_id).map_err(AuthError::from)?;
-        self.delete_account(user, &r.password).await?;
+        self.core.delete_account(user, &r.password).await?;
         Ok(ack("Your account and personal data have been deleted"))
     }
 
@@ -150,7 +162,7 @@ impl AuthApi for AuthService {
         &self,
         _request: Request<GetVerificationKeysRequest>,
     ) -> Result<Response<VerificationKeys>, Status> {
-        let keys = self.keys();
+        let keys = self.core.keys();
         Ok(Response::new(VerificationKeys {
             keys: keys
                 .public_keys()

@@ -14,10 +14,8 @@ pub mod grpc;
 pub mod repo;
 pub mod service;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use unilink_db::Migration;
-use unilink_runtime::{BackendService, Resources, StartupError};
+use unilink_runtime::{BackendService, Built, Resources, StartupError};
 
 pub use error::AuthError;
 
@@ -54,17 +52,14 @@ impl BackendService for Auth {
         },
     ];
 
-    fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
+    fn build(resources: &Resources) -> Result<Built, StartupError> {
         let core = service::AuthService::new(
             repo::AccountRepository::new(resources.db.clone()),
             resources.redis.clone(),
             &resources.settings,
         )
         .map_err(|e| StartupError::Other(e.to_string()))?;
-        Ok(tonic::service::Routes::new(grpc::server(core)))
-    }
-
-    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        vec![tokio::spawn(unilink_runtime::outbox_relay::<Auth>(resources).run(stop))]
+        let relay = unilink_runtime::outbox_relay::<Auth>(resources);
+        Ok(Built::new(tonic::service::Routes::new(grpc::server(core))).with_worker(move |stop| relay.run(stop)))
     }
 }

@@ -147,37 +147,38 @@ impl AuthService {
 
         let token = crypto::random_token()?;
         let expires_at = chrono_after(VERIFICATION_TTL);
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let account = match repo::insert_account(
-            &tx,
-            UserId::new(),
-            email.as_str(),
-            username.as_str(),
-            full_name.as_str(),
-            &hash,
-        )
-        .await
-        {
-            Ok(account) => account,
-            Err(e) => {
-                return Err(match repo::taken(&e) {
-                    Some(Taken::Email) => AuthError::EmailTaken,
-                    Some(Taken::Username) => AuthError::UsernameTaken,
-                    None => e.into(),
-                });
-            }
-        };
-        repo::replace_verification_token(&tx, account.id, &crypto::token_hash(&token), expires_at).await?;
-        let registered = UserRegistered {
-            user_id: account.id.to_string(),
-            email: account.email.clone(),
-            username: account.username.clone(),
-            full_name: account.full_name.clone(),
-        };
-        outbox::enqueue(&tx, &Event::new(USER_REGISTERED, json(&registered)?)).await?;
-        self.enqueue_verification(&tx, &account, token, expires_at).await?;
-        tx.commit().await.map_err(DbError::from)?;
+        let account = unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let account = match repo::insert_account(
+                tx,
+                UserId::new(),
+                email.as_str(),
+                username.as_str(),
+                full_name.as_str(),
+                &hash,
+            )
+            .await
+            {
+                Ok(account) => account,
+                Err(e) => {
+                    return Err(match repo::taken(&e) {
+                        Some(Taken::Email) => AuthError::EmailTaken,
+                        Some(Taken::Username) => AuthError::UsernameTaken,
+                        None => e.into(),
+                    });
+                }
+            };
+            repo::replace_verification_token(tx, account.id, &crypto::token_hash(&token), expires_at).await?;
+            let registered = UserRegistered {
+                user_id: account.id.to_string(),
+                email: account.email.clone(),
+                username: account.username.clone(),
+                full_name: account.full_name.clone(),
+            };
+            outbox::enqueue(tx, &Event::new(USER_REGISTERED, json(&registered)?)).await?;
+            self.enqueue_verification(tx, &account, token, expires_at).await?;
+            Ok::<_, AuthError>(account)
+        })
+        .await?;
         tracing::info!(audit = true, action = "user.registered", user_id = %account.id, "account created");
         metrics::counter!("signups_total").increment(1);
         Ok(account)
@@ -211,20 +212,21 @@ impl AuthService {
         if token.is_empty() || token.len() > 256 {
             return Err(AuthError::InvalidVerificationToken);
         }
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let account = repo::use_verification_token(&tx, &crypto::token_hash(token))
-            .await?
-            .ok_or(AuthError::InvalidVerificationToken)?;
-        if !account.is_active {
-            return Err(AuthError::Inactive);
-        }
-        let verified = UserVerified {
-            user_id: account.id.to_string(),
-        };
-        outbox::enqueue(&tx, &Event::new(USER_VERIFIED, json(&verified)?)).await?;
-        let session = self.open_session(&tx, account, None).await?;
-        tx.commit().await.map_err(DbError::from)?;
+        let session = unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let account = repo::use_verification_token(tx, &crypto::token_hash(token))
+                .await?
+                .ok_or(AuthError::InvalidVerificationToken)?;
+            if !account.is_active {
+                return Err(AuthError::Inactive);
+            }
+            let verified = UserVerified {
+                user_id: account.id.to_string(),
+            };
+            outbox::enqueue(tx, &Event::new(USER_VERIFIED, json(&verified)?)).await?;
+            let session = self.open_session(tx, account, None).await?;
+            Ok::<_, AuthError>(session)
+        })
+        .await?;
         tracing::info!(audit = true, action = "user.verified", user_id = %session.account.id, "email verified");
         Ok(session)
     }
@@ -243,11 +245,12 @@ impl AuthService {
         }
         let token = crypto::random_token()?;
         let expires_at = chrono_after(VERIFICATION_TTL);
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        repo::replace_verification_token(&tx, account.id, &crypto::token_hash(&token), expires_at).await?;
-        self.enqueue_verification(&tx, &account, token, expires_at).await?;
-        tx.commit().await.map_err(DbError::from)?;
+        unilink_db::transaction(self.accounts.pool(), async |tx| {
+            repo::replace_verification_token(tx, account.id, &crypto::token_hash(&token), expires_at).await?;
+            self.enqueue_verification(tx, &account, token, expires_at).await?;
+            Ok::<_, AuthError>(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -307,21 +310,22 @@ impl AuthService {
         }
         let otp = crypto::random_otp()?;
         let expires_at = chrono_after(OTP_TTL);
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let code_hash = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), &otp);
-        repo::replace_otp(&tx, account.id, &code_hash, expires_at).await?;
-        let payload = LoginOtpRequested {
-            user_id: account.id.to_string(),
-            email: account.email.clone(),
-            username: account.username.clone(),
-            otp: self
-                .seal
-                .seal(&otp, &seal::context(USER_LOGIN_OTP_REQUESTED, &account.id.to_string()))?,
-            expires_at,
-        };
-        outbox::enqueue(&tx, &Event::new(USER_LOGIN_OTP_REQUESTED, json(&payload)?)).await?;
-        tx.commit().await.map_err(DbError::from)?;
+        unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let code_hash = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), &otp);
+            repo::replace_otp(tx, account.id, &code_hash, expires_at).await?;
+            let payload = LoginOtpRequested {
+                user_id: account.id.to_string(),
+                email: account.email.clone(),
+                username: account.username.clone(),
+                otp: self
+                    .seal
+                    .seal(&otp, &seal::context(USER_LOGIN_OTP_REQUESTED, &account.id.to_string()))?,
+                expires_at,
+            };
+            outbox::enqueue(tx, &Event::new(USER_LOGIN_OTP_REQUESTED, json(&payload)?)).await?;
+            Ok::<_, AuthError>(())
+        })
+        .await?;
         tracing::info!(audit = true, action = "login.password_ok", user_id = %account.id, "login code sent");
         Ok(())
     }
@@ -335,40 +339,46 @@ impl AuthService {
             .find_by_email(email.as_str())
             .await?
             .ok_or(AuthError::InvalidOtp)?;
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let stored = repo::lock_otp(&tx, account.id).await?.ok_or(AuthError::InvalidOtp)?;
-        if let Some(until) = repo::otp_locked_until(&tx, account.id).await? {
-            return Err(AuthError::OtpLocked(seconds_until(until)));
-        }
-        if stored.expires_at <= Utc::now() {
-            return Err(AuthError::InvalidOtp);
-        }
-        let given = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), otp.expose());
-        if !crypto::same_hash(&given, &stored.code_hash) {
-            let attempts = repo::count_failed_otp(&tx, account.id).await?;
-            let lock = otp_lock_for(attempts, self.otp_lock);
-            if let Some(lock) = lock {
-                repo::lock_otp_until(&tx, account.id, chrono_after(lock)).await?;
+        // A wrong code commits its failure (and any lock) before the answer.
+        let outcome = unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let stored = repo::lock_otp(tx, account.id).await?.ok_or(AuthError::InvalidOtp)?;
+            if let Some(until) = repo::otp_locked_until(tx, account.id).await? {
+                return Err(AuthError::OtpLocked(seconds_until(until)));
             }
-            tx.commit().await.map_err(DbError::from)?;
-            if let Some(lock) = lock {
+            if stored.expires_at <= Utc::now() {
+                return Err(AuthError::InvalidOtp);
+            }
+            let given = crypto::otp_hash(&self.otp_secret, &account.id.to_string(), otp.expose());
+            if !crypto::same_hash(&given, &stored.code_hash) {
+                let attempts = repo::count_failed_otp(tx, account.id).await?;
+                let lock = otp_lock_for(attempts, self.otp_lock);
+                if let Some(lock) = lock {
+                    repo::lock_otp_until(tx, account.id, chrono_after(lock)).await?;
+                }
+                return Ok(Err((attempts, lock)));
+            }
+            repo::delete_otp(tx, account.id).await?;
+            repo::clear_otp_failures(tx, account.id).await?;
+            let account = repo::account_in_tx(tx, account.id)
+                .await?
+                .ok_or(AuthError::InvalidOtp)?;
+            if !account.is_active {
+                return Err(AuthError::Inactive);
+            }
+            Ok(Ok(self.open_session(tx, account, None).await?))
+        })
+        .await?;
+        let session = match outcome {
+            Ok(session) => session,
+            Err((attempts, Some(lock))) => {
                 tracing::warn!(audit = true, action = "otp.locked", user_id = %account.id, attempts, seconds = lock.as_secs(), "login codes locked");
                 return Err(AuthError::OtpLocked(lock.as_secs().max(1)));
             }
-            tracing::info!(audit = true, action = "login.otp_failed", user_id = %account.id, attempts, "wrong login code");
-            return Err(AuthError::InvalidOtp);
-        }
-        repo::delete_otp(&tx, account.id).await?;
-        repo::clear_otp_failures(&tx, account.id).await?;
-        let account = repo::account_in_tx(&tx, account.id)
-            .await?
-            .ok_or(AuthError::InvalidOtp)?;
-        if !account.is_active {
-            return Err(AuthError::Inactive);
-        }
-        let session = self.open_session(&tx, account, None).await?;
-        tx.commit().await.map_err(DbError::from)?;
+            Err((attempts, None)) => {
+                tracing::info!(audit = true, action = "login.otp_failed", user_id = %account.id, attempts, "wrong login code");
+                return Err(AuthError::InvalidOtp);
+            }
+        };
         tracing::info!(audit = true, action = "login.succeeded", user_id = %session.account.id, "logged in");
         metrics::counter!("logins_total", "outcome" => "succeeded").increment(1);
         Ok(session)
@@ -378,34 +388,40 @@ impl AuthService {
     /// stolen or replayed: the whole family is revoked.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Session, AuthError> {
         let hash = refresh_token_hash(refresh_token)?;
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let stored = repo::lock_refresh_token(&tx, &hash)
-            .await?
-            .ok_or(AuthError::InvalidRefreshToken)?;
-        if stored.revoked {
-            return Err(AuthError::InvalidRefreshToken);
-        }
-        if stored.used {
-            repo::revoke_family(&tx, stored.family_id).await?;
-            // The thief's access tokens of the family go too, not only its refresh tokens.
-            self.revoke_family_tokens(stored.family_id).await?;
-            tx.commit().await.map_err(DbError::from)?;
-            self.close_session_sockets(stored.user_id, stored.family_id, "session revoked")
-                .await?;
-            tracing::warn!(audit = true, action = "token.reuse_detected", user_id = %stored.user_id, family = %stored.family_id, "refresh token reused; family revoked");
-            return Err(AuthError::RefreshReuse);
-        }
-        if stored.expires_at <= Utc::now() {
-            return Err(AuthError::InvalidRefreshToken);
-        }
-        let account = repo::account_in_tx(&tx, stored.user_id)
-            .await?
-            .filter(|a| a.is_active)
-            .ok_or(AuthError::InvalidRefreshToken)?;
-        repo::mark_refresh_used(&tx, &hash).await?;
-        let session = self.open_session(&tx, account, Some(stored.family_id)).await?;
-        tx.commit().await.map_err(DbError::from)?;
+        // A reused token commits the family's revocation before the answer.
+        let outcome = unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let stored = repo::lock_refresh_token(tx, &hash)
+                .await?
+                .ok_or(AuthError::InvalidRefreshToken)?;
+            if stored.revoked {
+                return Err(AuthError::InvalidRefreshToken);
+            }
+            if stored.used {
+                repo::revoke_family(tx, stored.family_id).await?;
+                // The thief's access tokens of the family go too, not only its refresh tokens.
+                self.revoke_family_tokens(stored.family_id).await?;
+                return Ok(Err(stored));
+            }
+            if stored.expires_at <= Utc::now() {
+                return Err(AuthError::InvalidRefreshToken);
+            }
+            let account = repo::account_in_tx(tx, stored.user_id)
+                .await?
+                .filter(|a| a.is_active)
+                .ok_or(AuthError::InvalidRefreshToken)?;
+            repo::mark_refresh_used(tx, &hash).await?;
+            Ok(Ok(self.open_session(tx, account, Some(stored.family_id)).await?))
+        })
+        .await?;
+        let session = match outcome {
+            Ok(session) => session,
+            Err(stored) => {
+                self.close_session_sockets(stored.user_id, stored.family_id, "session revoked")
+                    .await?;
+                tracing::warn!(audit = true, action = "token.reuse_detected", user_id = %stored.user_id, family = %stored.family_id, "refresh token reused; family revoked");
+                return Err(AuthError::RefreshReuse);
+            }
+        };
         tracing::info!(audit = true, action = "token.refreshed", user_id = %session.account.id, "session refreshed");
         Ok(session)
     }
@@ -426,37 +442,38 @@ impl AuthService {
             return Ok(());
         };
         let hash = refresh_token_hash(refresh_token)?;
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        // Someone else's refresh token is not the caller's to revoke.
-        let stored = repo::lock_refresh_token(&tx, &hash)
-            .await?
-            .filter(|s| s.user_id == claims.user_id)
-            .ok_or(AuthError::InvalidRefreshToken)?;
-        let mut families = vec![stored.family_id];
-        if let Ok(own) = Uuid::parse_str(&claims.family_id)
-            && own != stored.family_id
-        {
-            families.push(own);
-        }
-        for family in &families {
-            repo::revoke_family(&tx, *family).await?;
-        }
-        // Refused at the edge before the commit makes the logout visible.
-        let remaining = claims.expires_at.saturating_sub(unilink_tokens::now());
-        if remaining > 0 {
-            self.redis
-                .set_with_ttl(
-                    &unilink_tokens::revoked_jti_key(&claims.token_id),
-                    "1",
-                    Duration::from_secs(remaining + 5),
-                )
-                .await?;
-        }
-        for family in &families {
-            self.revoke_family_tokens(*family).await?;
-        }
-        tx.commit().await.map_err(DbError::from)?;
+        let families = unilink_db::transaction(self.accounts.pool(), async |tx| {
+            // Someone else's refresh token is not the caller's to revoke.
+            let stored = repo::lock_refresh_token(tx, &hash)
+                .await?
+                .filter(|s| s.user_id == claims.user_id)
+                .ok_or(AuthError::InvalidRefreshToken)?;
+            let mut families = vec![stored.family_id];
+            if let Ok(own) = Uuid::parse_str(&claims.family_id)
+                && own != stored.family_id
+            {
+                families.push(own);
+            }
+            for family in &families {
+                repo::revoke_family(tx, *family).await?;
+            }
+            // Refused at the edge before the commit makes the logout visible.
+            let remaining = claims.expires_at.saturating_sub(unilink_tokens::now());
+            if remaining > 0 {
+                self.redis
+                    .set_with_ttl(
+                        &unilink_tokens::revoked_jti_key(&claims.token_id),
+                        "1",
+                        Duration::from_secs(remaining + 5),
+                    )
+                    .await?;
+            }
+            for family in &families {
+                self.revoke_family_tokens(*family).await?;
+            }
+            Ok::<_, AuthError>(families)
+        })
+        .await?;
         for family in &families {
             self.close_session_sockets(claims.user_id, *family, "logged out")
                 .await?;
@@ -470,6 +487,19 @@ impl AuthService {
     async fn close_session_sockets(&self, user: UserId, family: Uuid, reason: &str) -> Result<(), AuthError> {
         let close = Control::close(CLOSE_POLICY, reason, Some(&family.to_string())).to_text();
         self.redis.publish(&push_channel(&user.to_string()), &close).await?;
+        Ok(())
+    }
+
+    /// Every access token of `user` is refused by the gateways from now on
+    /// (for as long as any of them can live), `why` being the account's fate.
+    async fn revoke_user_tokens(&self, user: UserId, why: &str) -> Result<(), AuthError> {
+        self.redis
+            .set_with_ttl(
+                &unilink_tokens::revoked_user_key(&user.to_string()),
+                why,
+                self.keys.ttl() + Duration::from_secs(60),
+            )
+            .await?;
         Ok(())
     }
 
@@ -494,23 +524,18 @@ impl AuthService {
         if admin_account.role != "admin" || !admin_account.is_active {
             return Err(AuthError::NotAdmin);
         }
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let account = repo::deactivate(&tx, user).await?.ok_or(AuthError::AccountNotFound)?;
-        repo::revoke_all_sessions(&tx, user).await?;
-        let payload = UserRef {
-            user_id: user.to_string(),
-        };
-        outbox::enqueue(&tx, &Event::new(USER_DEACTIVATED, json(&payload)?)).await?;
-        // Refuse tokens before the commit makes the deactivation visible.
-        self.redis
-            .set_with_ttl(
-                &unilink_tokens::revoked_user_key(&user.to_string()),
-                "deactivated",
-                self.keys.ttl() + Duration::from_secs(60),
-            )
-            .await?;
-        tx.commit().await.map_err(DbError::from)?;
+        let account = unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let account = repo::deactivate(tx, user).await?.ok_or(AuthError::AccountNotFound)?;
+            repo::revoke_all_sessions(tx, user).await?;
+            let payload = UserRef {
+                user_id: user.to_string(),
+            };
+            outbox::enqueue(tx, &Event::new(USER_DEACTIVATED, json(&payload)?)).await?;
+            // Refuse tokens before the commit makes the deactivation visible.
+            self.revoke_user_tokens(user, "deactivated").await?;
+            Ok::<_, AuthError>(account)
+        })
+        .await?;
         self.presence.disconnect_all(user).await?;
         tracing::info!(audit = true, action = "admin.deactivate", admin_id = %admin, user_id = %user, "account deactivated");
         Ok(account)
@@ -520,34 +545,29 @@ impl AuthService {
     /// account row (and its tokens and codes) goes; `user.deleted` makes every
     /// other service erase what it holds; access tokens are refused at once.
     pub async fn delete_account(&self, user: UserId, password: &str) -> Result<(), AuthError> {
-        let mut client = self.accounts.pool().get().await.map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let (account, hash) = repo::password_hash(&tx, user)
-            .await?
-            .ok_or(AuthError::AccountNotFound)?;
-        let password = if password.len() > unilink_domain::MAX_PASSWORD_BYTES {
-            ""
-        } else {
-            password
-        };
-        if !self.hasher.verify(password, Some(&hash)).await?.matches {
-            tracing::info!(audit = true, action = "user.delete_refused", user_id = %user, reason = "wrong_password", "account deletion refused");
-            return Err(AuthError::WrongPassword);
-        }
-        repo::delete_account(&tx, user).await?;
-        let payload = UserDeleted {
-            user_id: user.to_string(),
-            email: account.email.clone(),
-        };
-        outbox::enqueue(&tx, &Event::new(USER_DELETED, json(&payload)?)).await?;
-        self.redis
-            .set_with_ttl(
-                &unilink_tokens::revoked_user_key(&user.to_string()),
-                "deleted",
-                self.keys.ttl() + Duration::from_secs(60),
-            )
-            .await?;
-        tx.commit().await.map_err(DbError::from)?;
+        unilink_db::transaction(self.accounts.pool(), async |tx| {
+            let (account, hash) = repo::password_hash(tx, user)
+                .await?
+                .ok_or(AuthError::AccountNotFound)?;
+            let password = if password.len() > unilink_domain::MAX_PASSWORD_BYTES {
+                ""
+            } else {
+                password
+            };
+            if !self.hasher.verify(password, Some(&hash)).await?.matches {
+                tracing::info!(audit = true, action = "user.delete_refused", user_id = %user, reason = "wrong_password", "account deletion refused");
+                return Err(AuthError::WrongPassword);
+            }
+            repo::delete_account(tx, user).await?;
+            let payload = UserDeleted {
+                user_id: user.to_string(),
+                email: account.email.clone(),
+            };
+            outbox::enqueue(tx, &Event::new(USER_DELETED, json(&payload)?)).await?;
+            self.revoke_user_tokens(user, "deleted").await?;
+            Ok::<_, AuthError>(())
+        })
+        .await?;
         self.presence.disconnect_all(user).await?;
         tracing::info!(audit = true, action = "user.deleted", user_id = %user, "account deleted");
         Ok(())

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_config::{DatabaseSettings, Settings};
 use unilink_errors::ErrorCode;
-use unilink_grpc::process::Command;
+use unilink_runtime::process::{self, Command};
 
 use crate::clients::Upstreams;
 use crate::error::ApiError;
@@ -534,7 +534,7 @@ fn http_workers(configured: usize) -> usize {
 
 /// The gateway binary's `main`.
 pub async fn main(version: &'static str) -> ExitCode {
-    unilink_grpc::process::run(crate::SERVICE, version, |settings, command| async move {
+    process::run(crate::SERVICE, version, |settings, command| async move {
         match command {
             Command::Migrate => {
                 tracing::info!("the gateway owns no schema; nothing to migrate");
@@ -543,7 +543,7 @@ pub async fn main(version: &'static str) -> ExitCode {
             Command::Serve => {
                 let app = Application::build(settings).await.map_err(|e| e.to_string())?;
                 tracing::info!(addr = %app.addr(), "gateway listening");
-                app.run_until_stopped(unilink_grpc::shutdown_signal())
+                app.run_until_stopped(process::shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())
             }

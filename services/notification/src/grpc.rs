@@ -2,17 +2,25 @@
 
 use tonic::{Request, Response, Status};
 use unilink_domain::EventId;
-use unilink_proto::notification::notification_service_server::{NotificationService, NotificationServiceServer};
+use unilink_proto::notification::notification_service_server::{
+    NotificationService as NotificationRpc, NotificationServiceServer,
+};
 use unilink_proto::notification::{
     Delivery as DeliveryMessage, DeliveryStatus as DeliveryStatusMessage, GetDeliveryRequest,
 };
 
+use crate::domain::{Delivery, DeliveryStatus};
 use crate::error::NotificationError;
-use crate::repo::{Delivery, DeliveryStatus};
 use crate::service::DeliveryService;
 
-pub fn server(core: DeliveryService) -> NotificationServiceServer<DeliveryService> {
-    NotificationServiceServer::new(core)
+/// The gRPC face of the core: parses requests, calls it, converts results.
+#[derive(Debug, Clone)]
+pub struct NotificationApi {
+    core: DeliveryService,
+}
+
+pub fn server(core: DeliveryService) -> NotificationServiceServer<NotificationApi> {
+    NotificationServiceServer::new(NotificationApi { core })
 }
 
 impl From<Delivery> for DeliveryMessage {
@@ -35,10 +43,10 @@ impl From<Delivery> for DeliveryMessage {
 }
 
 #[tonic::async_trait]
-impl NotificationService for DeliveryService {
+impl NotificationRpc for NotificationApi {
     #[tracing::instrument(skip_all, fields(event_id = %request.get_ref().event_id))]
     async fn get_delivery(&self, request: Request<GetDeliveryRequest>) -> Result<Response<DeliveryMessage>, Status> {
         let id = EventId::parse(&request.get_ref().event_id).map_err(NotificationError::from)?;
-        Ok(Response::new(self.get_delivery(id).await?.into()))
+        Ok(Response::new(self.core.get_delivery(id).await?.into()))
     }
 }

@@ -2,14 +2,18 @@
 //! delivers them (emails over SMTP, pushes to live connections), recording
 //! each in a ledger so nothing is sent twice.
 //!
-//! * [`service`] — the core, [`repo`] — SQL on the `notification` schema,
-//! * [`grpc`] — the `unilink.notification.v1.NotificationService` adapter,
-//! * [`worker`] — the email worker on `events:auth` ([`email`] says what the
-//!   mails say, [`mailer`] sends them over SMTP or, in development, to a folder),
-//! * [`push`] — the push worker on `events:signaling`: call events to the
+//! * [`service`] — the core: the delivery ledger and the emails of
+//!   `events:auth`, sent once each ([`email`] says what the mails say,
+//!   [`mailer`] sends them over SMTP or, in development, to a folder),
+//! * [`push`] — the pushes of `events:signaling`: call events to the
 //!   participants' presence sockets (ephemeral, so not in the ledger),
+//! * [`domain`] — the delivery ledger's state machine, pure,
+//! * [`repo`] — SQL on the `notification` schema,
+//! * [`grpc`] — the `unilink.notification.v1.NotificationService` adapter,
+//! * [`worker`] — the stream adapter: the consumer loops feeding the core,
 //! * [`Notification`] — how the shared runtime starts it.
 
+pub mod domain;
 pub mod email;
 pub mod error;
 pub mod grpc;
@@ -19,10 +23,8 @@ pub mod repo;
 pub mod service;
 pub mod worker;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use unilink_db::Migration;
-use unilink_runtime::{BackendService, Resources, StartupError};
+use unilink_runtime::{BackendService, Built, Resources, StartupError};
 
 pub use error::NotificationError;
 
@@ -49,20 +51,14 @@ impl BackendService for Notification {
         },
     ];
 
-    fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
-        // Refuse to start on mail settings the worker could not use.
-        worker::EmailWorker::new(resources).map_err(StartupError::Other)?;
+    fn build(resources: &Resources) -> Result<Built, StartupError> {
+        // Refuses to start on mail settings the worker could not use.
+        let email = service::EmailDelivery::new(resources).map_err(StartupError::Other)?;
+        let push = push::PushDelivery::new(resources);
         let core = service::DeliveryService::new(repo::DeliveryRepository::new(resources.db.clone()));
-        Ok(tonic::service::Routes::new(grpc::server(core)))
-    }
-
-    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        let mut workers = vec![push::PushWorker::new(resources).spawn(resources, stop.clone())];
-        match worker::EmailWorker::new(resources) {
-            Ok(worker) => workers.push(worker.spawn(resources, stop)),
-            // `routes` already refused these settings; this is not reached.
-            Err(e) => tracing::error!(error = %e, "email worker not started"),
-        }
-        workers
+        let (pushes, emails) = (resources.redis.clone(), resources.redis.clone());
+        Ok(Built::new(tonic::service::Routes::new(grpc::server(core)))
+            .with_worker(move |stop| worker::pushes(push, pushes, stop))
+            .with_worker(move |stop| worker::emails(email, emails, stop)))
     }
 }

@@ -1,5 +1,5 @@
-//! The push worker: consumes `events:signaling` (group `notification`) and
-//! tells the participants of a call what happened to it, on their presence
+//! Push delivery: for each event of `events:signaling` ([`crate::worker`]
+//! consumes it as group `notification`), tells the participants of a call what happened to it, on their presence
 //! sockets.
 //!
 //! A push is a Redis `PUBLISH` on [`push_channel`] of each user in
@@ -22,8 +22,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use unilink_bus::Redis;
 use unilink_domain::{CallId, UserId};
 use unilink_events::Event;
@@ -34,8 +32,6 @@ use unilink_events::payload::{
 use unilink_protocol::{CallChange, CallView, Push as Wire};
 use unilink_runtime::Resources;
 
-/// The producer whose stream carries the call events.
-pub const SIGNALING_PRODUCER: &str = "signaling";
 /// A ring is not pushed once its event is this old (or older than the ring
 /// timeout, when that is longer).
 pub const STALE_RING: Duration = Duration::from_secs(60);
@@ -47,29 +43,21 @@ pub const STALE_PUSH: Duration = Duration::from_secs(60);
 
 /// Turns call events into pushes to the participants' presence sockets.
 #[derive(Debug, Clone)]
-pub struct PushWorker {
+pub struct PushDelivery {
     redis: Redis,
     /// Age past which a ring is not pushed.
     stale_ring: Duration,
 }
 
-impl PushWorker {
+impl PushDelivery {
     /// Rings are dropped once older than [`STALE_RING`] or the ring timeout,
     /// whichever is longer: a `CALL_RING_TIMEOUT` raised past a minute must
     /// not silence rings that are still ringing.
-    pub fn new(resources: &Resources) -> PushWorker {
-        PushWorker {
+    pub fn new(resources: &Resources) -> PushDelivery {
+        PushDelivery {
             redis: resources.redis.clone(),
             stale_ring: STALE_RING.max(resources.settings.calls.ring_timeout),
         }
-    }
-
-    /// Starts the consumer loop; it ends soon after `stop` is cancelled.
-    pub fn spawn(self, resources: &Resources, stop: CancellationToken) -> JoinHandle<()> {
-        crate::worker::spawn_consumer(SIGNALING_PRODUCER, resources, stop, move |event| {
-            let worker = self.clone();
-            async move { worker.handle(event).await }
-        })
     }
 
     /// Handles one event: pushes it to the participants who did not cause
@@ -84,7 +72,7 @@ impl PushWorker {
         let push = Push::of(&event.event_type, &call)?;
         if is_older_than(event.occurred_at, push.max_age(self.stale_ring), Utc::now()) {
             // Debug only: an outbox replay brings a day of these (the relay logs the replay).
-            tracing::debug!(event_id = %event.id, call_id = %call.call_id, kind = push.kind, occurred_at = %event.occurred_at, "call event too old to push; skipping it");
+            tracing::debug!(event_id = %event.id, call_id = %call.call_id, kind = push.kind(), occurred_at = %event.occurred_at, "call event too old to push; skipping it");
             return Ok(());
         }
         let text = push.body.to_text();
@@ -93,28 +81,30 @@ impl PushWorker {
                 .redis
                 .publish(&push_channel(user), &text)
                 .await
-                .map_err(|e| HandlerError::Retry(format!("publishing {} to {user}: {e}", push.kind)))?;
-            metrics::counter!("notification_pushes_total", "type" => push.kind).increment(1);
-            tracing::debug!(event_id = %event.id, call_id = %call.call_id, user_id = user, kind = push.kind, sockets, "pushed");
+                .map_err(|e| HandlerError::Retry(format!("publishing {} to {user}: {e}", push.kind())))?;
+            metrics::counter!("notification_pushes_total", "type" => push.kind()).increment(1);
+            tracing::debug!(event_id = %event.id, call_id = %call.call_id, user_id = user, kind = push.kind(), sockets, "pushed");
         }
         Ok(())
     }
 }
 
-/// One push: its `type` and what is sent.
+/// One push: what is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Push {
-    pub kind: &'static str,
     pub body: Wire,
 }
 
 impl Push {
-    pub const INCOMING_CALL: &'static str = "incoming_call";
+    /// Its `type`.
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
 
     /// How old its event may be for this push to be sent: `stale_ring` for a
     /// ring, [`STALE_PUSH`] for the rest.
     pub fn max_age(&self, stale_ring: Duration) -> Duration {
-        if self.kind == Push::INCOMING_CALL {
+        if matches!(self.body, Wire::IncomingCall { .. }) {
             stale_ring
         } else {
             STALE_PUSH
@@ -151,10 +141,7 @@ impl Push {
             CALL_ENDED => Wire::CallEnded(change()),
             other => return Err(HandlerError::Reject(format!("unknown call event type {other:?}"))),
         };
-        Ok(Push {
-            kind: body.kind(),
-            body,
-        })
+        Ok(Push { body })
     }
 }
 
@@ -212,7 +199,7 @@ mod tests {
     fn an_ended_call_says_who_ended_it_and_carries_the_call() {
         let c = call(Some("6f1c1d3e-0a3b-4c5d-8e9f-0000000000a1"));
         let push = Push::of(CALL_ENDED, &c).unwrap();
-        assert_eq!(push.kind, "call_ended");
+        assert_eq!(push.kind(), "call_ended");
         assert_eq!(
             serde_json::to_value(&push.body).unwrap(),
             json!({

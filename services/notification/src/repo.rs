@@ -1,56 +1,25 @@
 //! SQL on the `notification` schema (the pool's `search_path`).
 
-use chrono::{DateTime, Utc};
 use unilink_db::{DbError, PgPool, Row, Uuid};
 use unilink_domain::EventId;
 
+use crate::domain::{Delivery, DeliveryStatus};
 use crate::error::NotificationError;
 
-/// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub fn parse(value: &str) -> Option<DeliveryStatus> {
-        match value {
-            "pending" => Some(DeliveryStatus::Pending),
-            "delivered" => Some(DeliveryStatus::Delivered),
-            "failed" => Some(DeliveryStatus::Failed),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub event_id: EventId,
-    pub event_type: String,
-    pub channel: String,
-    pub status: DeliveryStatus,
-    pub attempts: i32,
-    pub created_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
-impl Delivery {
-    fn from_row(row: &Row) -> Result<Self, NotificationError> {
-        let event_id = EventId::from(row.get::<_, Uuid>("event_id"));
-        let status: String = row.get("status");
-        Ok(Delivery {
-            event_id,
-            event_type: row.get("event_type"),
-            channel: row.get("channel"),
-            status: DeliveryStatus::parse(&status)
-                .ok_or_else(|| NotificationError::CorruptStatus(event_id.to_string(), status))?,
-            attempts: row.get("attempts"),
-            created_at: row.get("created_at"),
-            delivered_at: row.get("delivered_at"),
-        })
-    }
+/// A delivery as its row holds it.
+fn delivery_from_row(row: &Row) -> Result<Delivery, NotificationError> {
+    let event_id = EventId::from(row.get::<_, Uuid>("event_id"));
+    let status: String = row.get("status");
+    Ok(Delivery {
+        event_id,
+        event_type: row.get("event_type"),
+        channel: row.get("channel"),
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| NotificationError::CorruptStatus(event_id.to_string(), status))?,
+        attempts: row.get("attempts"),
+        created_at: row.get("created_at"),
+        delivered_at: row.get("delivered_at"),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +43,7 @@ impl DeliveryRepository {
             )
             .await
             .map_err(DbError::from)?;
-        row.as_ref().map(Delivery::from_row).transpose()
+        row.as_ref().map(delivery_from_row).transpose()
     }
 }
 
@@ -142,64 +111,67 @@ impl DeliveryRepository {
             )
             .await
             .map_err(DbError::from)?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let row = tx
-            .query_opt(
-                "SELECT status, attempts, last_error FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
-                &[&id],
-            )
-            .await
-            .map_err(DbError::from)?;
-        let Some(row) = row else {
-            return Ok(DeliveryOutcome::InProgress);
-        };
-        let status: String = row.get("status");
-        let attempts: i32 = row.get("attempts");
-        match DeliveryStatus::parse(&status) {
-            Some(DeliveryStatus::Delivered) => return Ok(DeliveryOutcome::AlreadyDelivered),
-            Some(DeliveryStatus::Failed) => {
-                return Ok(DeliveryOutcome::GaveUp {
-                    error: row.get::<_, Option<String>>("last_error").unwrap_or_default(),
-                    attempts,
-                });
-            }
-            _ => {}
-        }
-        let outcome = match send().await {
-            Ok(()) => {
-                tx.execute(
-                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,
-                            last_error = NULL, delivered_at = now()
-                     WHERE event_id = $1",
+        // The row stays locked while this replica sends; an early `Ok` (in
+        // progress elsewhere, settled before) commits nothing.
+        unilink_db::transaction_on(&mut client, async |tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT status, attempts, last_error FROM deliveries WHERE event_id = $1 FOR UPDATE SKIP LOCKED",
                     &[&id],
                 )
                 .await
                 .map_err(DbError::from)?;
-                DeliveryOutcome::Delivered
-            }
-            Err(failure) => {
-                let attempts = attempts + 1;
-                let give_up = failure.permanent || attempts >= max_attempts;
-                let status = if give_up { "failed" } else { "pending" };
-                tx.execute(
-                    "UPDATE deliveries SET status = $3, attempts = $4, last_error = $2
-                     WHERE event_id = $1",
-                    &[&id, &failure.error, &status, &attempts],
-                )
-                .await
-                .map_err(DbError::from)?;
-                if give_up {
-                    DeliveryOutcome::GaveUp {
-                        error: failure.error,
+            let Some(row) = row else {
+                return Ok(DeliveryOutcome::InProgress);
+            };
+            let status: String = row.get("status");
+            let attempts: i32 = row.get("attempts");
+            match DeliveryStatus::parse(&status) {
+                Some(DeliveryStatus::Delivered) => return Ok(DeliveryOutcome::AlreadyDelivered),
+                Some(DeliveryStatus::Failed) => {
+                    return Ok(DeliveryOutcome::GaveUp {
+                        error: row.get::<_, Option<String>>("last_error").unwrap_or_default(),
                         attempts,
-                    }
-                } else {
-                    DeliveryOutcome::Failed(failure.error)
+                    });
                 }
+                _ => {}
             }
-        };
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(outcome)
+            let outcome = match send().await {
+                Ok(()) => {
+                    tx.execute(
+                        "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,
+                                last_error = NULL, delivered_at = now()
+                         WHERE event_id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(DbError::from)?;
+                    DeliveryOutcome::Delivered
+                }
+                Err(failure) => {
+                    let attempts = attempts + 1;
+                    let status = DeliveryStatus::after_failure(failure.permanent, attempts, max_attempts);
+                    let give_up = status.is_final();
+                    tx.execute(
+                        "UPDATE deliveries SET status = $3, attempts = $4, last_error = $2
+                         WHERE event_id = $1",
+                        &[&id, &failure.error, &status.as_str(), &attempts],
+                    )
+                    .await
+                    .map_err(DbError::from)?;
+                    if give_up {
+                        DeliveryOutcome::GaveUp {
+                            error: failure.error,
+                            attempts,
+                        }
+                    } else {
+                        DeliveryOutcome::Failed(failure.error)
+                    }
+                }
+            };
+            Ok(outcome)
+        })
+        .await
     }
 
     /// Records an event that can never be delivered (malformed payload,

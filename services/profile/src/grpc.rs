@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 use unilink_domain::UserId;
-use unilink_proto::profile::profile_service_server::{ProfileService as ProfileApi, ProfileServiceServer};
+use unilink_proto::profile::profile_service_server::{ProfileService as ProfileRpc, ProfileServiceServer};
 use unilink_proto::profile::{
     AvailableUsers, BlockEntry, BlockRequest, CallEligibilityReply, CallEligibilityRequest, GetProfileRequest,
     ListAvailableRequest, ListReportsRequest, Profile as ProfileMessage, ProfileAck, ReportEntry, ReportRequest,
@@ -13,8 +13,14 @@ use crate::error::ProfileError;
 use crate::repo::{CallParties, Report};
 use crate::service::{ProfileService, ProfileView, Update};
 
-pub fn server(core: ProfileService) -> ProfileServiceServer<ProfileService> {
-    ProfileServiceServer::new(core)
+/// The gRPC face of the core: parses requests, calls it, converts results.
+#[derive(Debug, Clone)]
+pub struct ProfileApi {
+    core: ProfileService,
+}
+
+pub fn server(core: ProfileService) -> ProfileServiceServer<ProfileApi> {
+    ProfileServiceServer::new(ProfileApi { core })
 }
 
 impl From<ProfileView> for ProfileMessage {
@@ -74,17 +80,17 @@ fn ack(message: &str) -> Response<ProfileAck> {
 }
 
 #[tonic::async_trait]
-impl ProfileApi for ProfileService {
+impl ProfileRpc for ProfileApi {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileMessage>, Status> {
         let user = id(&request.get_ref().user_id)?;
-        Ok(Response::new(self.get_profile(user).await?.into()))
+        Ok(Response::new(self.core.get_profile(user).await?.into()))
     }
 
     #[tracing::instrument(skip_all)]
     async fn view_profile(&self, request: Request<ViewProfileRequest>) -> Result<Response<ProfileMessage>, Status> {
         let r = request.get_ref();
-        let view = self.view_profile(id(&r.viewer_id)?, id(&r.user_id)?).await?;
+        let view = self.core.view_profile(id(&r.viewer_id)?, id(&r.user_id)?).await?;
         Ok(Response::new(view.into()))
     }
 
@@ -98,41 +104,42 @@ impl ProfileApi for ProfileService {
             clear_profile_picture: r.clear_profile_picture,
         };
         Ok(Response::new(
-            self.update_profile(id(&r.user_id)?, update).await?.into(),
+            self.core.update_profile(id(&r.user_id)?, update).await?.into(),
         ))
     }
 
     #[tracing::instrument(skip_all)]
     async fn block(&self, request: Request<BlockRequest>) -> Result<Response<ProfileAck>, Status> {
         let r = request.get_ref();
-        self.block(id(&r.user_id)?, id(&r.target_id)?).await?;
+        self.core.block(id(&r.user_id)?, id(&r.target_id)?).await?;
         Ok(ack("User blocked"))
     }
 
     #[tracing::instrument(skip_all)]
     async fn unblock(&self, request: Request<BlockRequest>) -> Result<Response<ProfileAck>, Status> {
         let r = request.get_ref();
-        self.unblock(id(&r.user_id)?, id(&r.target_id)?).await?;
+        self.core.unblock(id(&r.user_id)?, id(&r.target_id)?).await?;
         Ok(ack("User unblocked"))
     }
 
     #[tracing::instrument(skip_all)]
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ProfileAck>, Status> {
         let r = request.get_ref();
-        self.report(
-            id(&r.reporter_id)?,
-            id(&r.reported_id)?,
-            &r.reason,
-            r.description.as_deref(),
-        )
-        .await?;
+        self.core
+            .report(
+                id(&r.reporter_id)?,
+                id(&r.reported_id)?,
+                &r.reason,
+                r.description.as_deref(),
+            )
+            .await?;
         Ok(ack("Report submitted; our moderators will review it"))
     }
 
     #[tracing::instrument(skip_all)]
     async fn list_available(&self, request: Request<ListAvailableRequest>) -> Result<Response<AvailableUsers>, Status> {
         let r = request.get_ref();
-        let users = self.list_available(id(&r.user_id)?, r.limit).await?;
+        let users = self.core.list_available(id(&r.user_id)?, r.limit).await?;
         Ok(Response::new(AvailableUsers {
             users: users.into_iter().map(Into::into).collect(),
         }))
@@ -141,7 +148,7 @@ impl ProfileApi for ProfileService {
     #[tracing::instrument(skip_all)]
     async fn list_reports(&self, request: Request<ListReportsRequest>) -> Result<Response<Reports>, Status> {
         let r = request.get_ref();
-        let (reports, total) = self.list_reports(&r.status, r.limit, r.offset).await?;
+        let (reports, total) = self.core.list_reports(&r.status, r.limit, r.offset).await?;
         Ok(Response::new(Reports {
             reports: reports.into_iter().map(Into::into).collect(),
             total: total.max(0) as u64,
@@ -158,13 +165,13 @@ impl ProfileApi for ProfileService {
             })
         })?;
         Ok(Response::new(
-            self.resolve_report(report, id(&r.admin_id)?).await?.into(),
+            self.core.resolve_report(report, id(&r.admin_id)?).await?.into(),
         ))
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn export_user_data(&self, request: Request<GetProfileRequest>) -> Result<Response<UserDataExport>, Status> {
-        let (profile, blocks, reports) = self.export(id(&request.get_ref().user_id)?).await?;
+        let (profile, blocks, reports) = self.core.export(id(&request.get_ref().user_id)?).await?;
         Ok(Response::new(UserDataExport {
             profile: profile.map(Into::into),
             blocks: blocks
@@ -184,7 +191,10 @@ impl ProfileApi for ProfileService {
         request: Request<CallEligibilityRequest>,
     ) -> Result<Response<CallEligibilityReply>, Status> {
         let r = request.get_ref();
-        let parties = self.call_eligibility(id(&r.caller_id)?, id(&r.receiver_id)?).await?;
+        let parties = self
+            .core
+            .call_eligibility(id(&r.caller_id)?, id(&r.receiver_id)?)
+            .await?;
         Ok(Response::new(parties.into()))
     }
 }

@@ -18,11 +18,9 @@ pub mod repo;
 pub mod service;
 pub mod worker;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use unilink_db::Migration;
 use unilink_presence::PresenceRegistry;
-use unilink_runtime::{BackendService, Resources, StartupError};
+use unilink_runtime::{BackendService, Built, Resources, StartupError};
 
 pub use error::ProfileError;
 
@@ -59,16 +57,15 @@ impl BackendService for Profiles {
         },
     ];
 
-    fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
+    fn build(resources: &Resources) -> Result<Built, StartupError> {
         let presence = PresenceRegistry::new(resources.redis.clone(), unilink_presence::DEFAULT_TTL);
         let read = unilink_db::read_pool(&resources.settings.database, &resources.db, Self::SCHEMA, Self::NAME)?;
-        let profiles = repo::ProfileRepository::new(resources.db.clone()).with_read_pool(read);
+        // The worker writes: it keeps the primary-only repository.
+        let writer = repo::ProfileRepository::new(resources.db.clone());
+        let profiles = writer.clone().with_read_pool(read);
         let core = service::ProfileService::new(profiles, presence, resources.redis.clone());
-        Ok(tonic::service::Routes::new(grpc::server(core)))
-    }
-
-    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        let profiles = repo::ProfileRepository::new(resources.db.clone());
-        vec![tokio::spawn(worker::run(resources.redis.clone(), profiles, stop))]
+        let redis = resources.redis.clone();
+        Ok(Built::new(tonic::service::Routes::new(grpc::server(core)))
+            .with_worker(move |stop| worker::run(redis, writer, stop)))
     }
 }

@@ -166,19 +166,19 @@ impl ProfileRepository {
     /// Creates the profile of a new account (a redelivered event changes
     /// nothing, and one for an account erased since creates nothing).
     pub async fn create(&self, user_id: UserId, email: &str, username: &str, full_name: &str) -> Result<(), DbError> {
-        let mut client = self.db.get().await?;
-        let tx = client.transaction().await?;
-        lock_user(&tx, user_id).await?;
-        tx.execute(
-            "INSERT INTO profiles (user_id, email, username, full_name)
-             SELECT $1::uuid, $2::text, $3::text, $4::text
-             WHERE NOT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1::uuid)
-             ON CONFLICT (user_id) DO NOTHING",
-            &[&user_id.as_uuid(), &email, &username, &full_name],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        unilink_db::transaction(&self.db, async |tx| {
+            lock_user(tx, user_id).await?;
+            tx.execute(
+                "INSERT INTO profiles (user_id, email, username, full_name)
+                 SELECT $1::uuid, $2::text, $3::text, $4::text
+                 WHERE NOT EXISTS (SELECT 1 FROM erased_users WHERE user_id = $1::uuid)
+                 ON CONFLICT (user_id) DO NOTHING",
+                &[&user_id.as_uuid(), &email, &username, &full_name],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether the account was erased (`user.deleted` handled).
@@ -417,30 +417,30 @@ impl ProfileRepository {
     /// `user.registered` does not recreate the profile. Idempotent. Returns
     /// the users a removed block involved.
     pub async fn erase(&self, user: UserId) -> Result<Vec<UserId>, DbError> {
-        let mut client = self.db.get().await?;
-        let tx = client.transaction().await?;
-        lock_user(&tx, user).await?;
-        let id = user.as_uuid();
-        tx.execute(
-            "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
-            &[&id],
-        )
-        .await?;
-        let others = tx
-            .query(
-                "DELETE FROM blocks WHERE blocker_id = $1 OR blocked_id = $1
-                 RETURNING CASE WHEN blocker_id = $1 THEN blocked_id ELSE blocker_id END AS other",
+        unilink_db::transaction(&self.db, async |tx| {
+            lock_user(tx, user).await?;
+            let id = user.as_uuid();
+            tx.execute(
+                "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING",
                 &[&id],
             )
             .await?;
-        tx.execute("DELETE FROM reports WHERE reporter_id = $1 OR reported_id = $1", &[&id])
-            .await?;
-        tx.execute("DELETE FROM profiles WHERE user_id = $1", &[&id]).await?;
-        tx.commit().await?;
-        Ok(others
-            .iter()
-            .map(|row| UserId::from(row.get::<_, Uuid>("other")))
-            .collect())
+            let others = tx
+                .query(
+                    "DELETE FROM blocks WHERE blocker_id = $1 OR blocked_id = $1
+                     RETURNING CASE WHEN blocker_id = $1 THEN blocked_id ELSE blocker_id END AS other",
+                    &[&id],
+                )
+                .await?;
+            tx.execute("DELETE FROM reports WHERE reporter_id = $1 OR reported_id = $1", &[&id])
+                .await?;
+            tx.execute("DELETE FROM profiles WHERE user_id = $1", &[&id]).await?;
+            Ok(others
+                .iter()
+                .map(|row| UserId::from(row.get::<_, Uuid>("other")))
+                .collect())
+        })
+        .await
     }
 }
 

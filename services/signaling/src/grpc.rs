@@ -11,31 +11,18 @@ use unilink_proto::signaling::{
 };
 use unilink_relay::CallSockets;
 
+use crate::domain::Call;
 use crate::error::SignalingError;
-use crate::repo::{Call, CallStatus};
 use crate::service::CallService;
 
-/// The gRPC face of the core.
+/// The gRPC face of the core: parses requests, calls it, converts results.
 #[derive(Debug, Clone)]
 pub struct SignalingApi {
-    pub core: CallService,
+    core: CallService,
 }
 
-pub fn server(api: SignalingApi) -> SignalingServiceServer<SignalingApi> {
-    SignalingServiceServer::new(api)
-}
-
-impl From<CallStatus> for CallStatusMessage {
-    fn from(status: CallStatus) -> Self {
-        match status {
-            CallStatus::Pending => CallStatusMessage::Pending,
-            CallStatus::Ongoing => CallStatusMessage::Ongoing,
-            CallStatus::Completed => CallStatusMessage::Completed,
-            CallStatus::Rejected => CallStatusMessage::Rejected,
-            CallStatus::Missed => CallStatusMessage::Missed,
-            CallStatus::Cancelled => CallStatusMessage::Cancelled,
-        }
-    }
+pub fn server(core: CallService) -> SignalingServiceServer<SignalingApi> {
+    SignalingServiceServer::new(SignalingApi { core })
 }
 
 impl From<Call> for CallMessage {

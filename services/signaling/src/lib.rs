@@ -3,7 +3,9 @@
 //! and the WebRTC connection states; the frames themselves travel between
 //! the gateways over Redis ([`unilink_relay`]) and never pass through here.
 //!
-//! * [`service`] — the call rules (state machine, eligibility, history,
+//! * [`domain`] — the call state machine (statuses, actions, transitions)
+//!   and the events announcing changes, pure,
+//! * [`service`] — the call rules (who may act, eligibility, history,
 //!   joining, `call_ended` into both mailboxes), [`repo`] — SQL on the
 //!   `signaling` schema,
 //! * [`timers`] — ring timeout, maximum duration, abandoned calls,
@@ -12,6 +14,7 @@
 //! * [`grpc`] — the `unilink.signaling.v1.SignalingService` adapter,
 //! * [`Signaling`] — how the shared runtime starts it.
 
+pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod ice;
@@ -20,11 +23,9 @@ pub mod service;
 pub mod timers;
 pub mod worker;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use unilink_db::Migration;
 use unilink_presence::PresenceRegistry;
-use unilink_runtime::{BackendService, Resources, StartupError};
+use unilink_runtime::{BackendService, Built, Resources, StartupError};
 
 pub use error::SignalingError;
 
@@ -35,7 +36,7 @@ pub struct Signaling;
 /// `Application::build(settings)` starts the signaling service.
 pub type Application = unilink_runtime::Application<Signaling>;
 
-/// The core as every part of this service sees it.
+/// The core, built once: the gRPC adapter and the workers share it.
 fn core(resources: &Resources) -> Result<service::CallService, StartupError> {
     let upstreams = &resources.settings.upstreams;
     let profiles = unilink_grpc::balanced_channel(
@@ -82,24 +83,14 @@ impl BackendService for Signaling {
         },
     ];
 
-    fn routes(resources: &Resources) -> Result<tonic::service::Routes, StartupError> {
-        Ok(tonic::service::Routes::new(grpc::server(grpc::SignalingApi {
-            core: core(resources)?,
-        })))
-    }
-
-    fn spawn_workers(resources: &Resources, stop: CancellationToken) -> Vec<JoinHandle<()>> {
-        let core = match core(resources) {
-            Ok(core) => core,
-            Err(e) => {
-                tracing::error!(error = %e, "signaling workers not started");
-                return Vec::new();
-            }
-        };
-        vec![
-            tokio::spawn(unilink_runtime::outbox_relay::<Signaling>(resources).run(stop.clone())),
-            tokio::spawn(timers::run(core.clone(), stop.clone())),
-            tokio::spawn(worker::run(resources.redis.clone(), core, stop)),
-        ]
+    fn build(resources: &Resources) -> Result<Built, StartupError> {
+        let core = core(resources)?;
+        let relay = unilink_runtime::outbox_relay::<Signaling>(resources);
+        let (timers, follower) = (core.clone(), core.clone());
+        let redis = resources.redis.clone();
+        Ok(Built::new(tonic::service::Routes::new(grpc::server(core)))
+            .with_worker(move |stop| relay.run(stop))
+            .with_worker(move |stop| timers::run(timers, stop))
+            .with_worker(move |stop| worker::run(redis, follower, stop)))
     }
 }

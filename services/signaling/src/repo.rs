@@ -1,143 +1,44 @@
 //! SQL on the `signaling` schema (the pool's `search_path`).
 //!
 //! Every change of a call's state happens in one transaction that locks the
-//! row, checks the state machine, updates it, frees the participants
+//! row, checks the change against the state machine ([`crate::domain`];
+//! the timers' `status IN (…)` guards come from [`may_take`]), updates it, frees the participants
 //! (`busy_users`) when the call closes and records the `call.*` event in the
 //! outbox — so an event is published if and only if the change committed.
 
 use chrono::{DateTime, Utc};
 use unilink_db::{DbError, PgPool, Row, Transaction, Uuid};
 use unilink_domain::{CallId, UserId};
-use unilink_events::Event;
-use unilink_events::payload::{CALL_ACCEPTED, CALL_ENDED, CALL_INITIATED, CALL_MISSED, CALL_REJECTED, CallEvent};
 
+use crate::domain::{Call, CallAction, CallStatus, Change};
 use crate::error::SignalingError;
 
-/// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallStatus {
-    Pending,
-    Ongoing,
-    Completed,
-    Rejected,
-    Missed,
-    Cancelled,
+/// A call as its row holds it.
+fn call_from_row(row: &Row) -> Result<Call, SignalingError> {
+    let id = CallId::from(row.get::<_, Uuid>("id"));
+    let status: String = row.get("status");
+    Ok(Call {
+        id,
+        initiator_id: UserId::from(row.get::<_, Uuid>("initiator_id")),
+        receiver_id: UserId::from(row.get::<_, Uuid>("receiver_id")),
+        initiator_username: row.get("initiator_username"),
+        receiver_username: row.get("receiver_username"),
+        status: status
+            .parse()
+            .map_err(|_| SignalingError::CorruptStatus(id.to_string(), status))?,
+        call_token: row.get("call_token"),
+        created_at: row.get("created_at"),
+        answered_at: row.get("started_at"),
+        ended_at: row.get("ended_at"),
+        duration_seconds: row.get::<_, Option<i64>>("duration_seconds").unwrap_or(0),
+    })
 }
 
-impl CallStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallStatus::Pending => "pending",
-            CallStatus::Ongoing => "ongoing",
-            CallStatus::Completed => "completed",
-            CallStatus::Rejected => "rejected",
-            CallStatus::Missed => "missed",
-            CallStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<CallStatus> {
-        [
-            CallStatus::Pending,
-            CallStatus::Ongoing,
-            CallStatus::Completed,
-            CallStatus::Rejected,
-            CallStatus::Missed,
-            CallStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == value)
-    }
-
-    /// Pending or ongoing: the participants are busy.
-    pub fn is_open(self) -> bool {
-        matches!(self, CallStatus::Pending | CallStatus::Ongoing)
-    }
-
-    /// The event announcing that a call reached this state.
-    fn event_type(self) -> &'static str {
-        match self {
-            CallStatus::Pending => CALL_INITIATED,
-            CallStatus::Ongoing => CALL_ACCEPTED,
-            CallStatus::Rejected => CALL_REJECTED,
-            CallStatus::Missed => CALL_MISSED,
-            CallStatus::Completed | CallStatus::Cancelled => CALL_ENDED,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub id: CallId,
-    pub initiator_id: UserId,
-    pub receiver_id: UserId,
-    pub initiator_username: String,
-    pub receiver_username: String,
-    pub status: CallStatus,
-    pub call_token: String,
-    /// When the call was placed (the public API's `started_at`).
-    pub created_at: DateTime<Utc>,
-    /// When the receiver accepted it (the `started_at` column, named before
-    /// the public API's `started_at` became the creation time).
-    pub answered_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    /// Whole seconds from acceptance to end; 0 until a call has ended.
-    pub duration_seconds: i64,
-}
-
-impl Call {
-    pub fn is_participant(&self, user: UserId) -> bool {
-        self.initiator_id == user || self.receiver_id == user
-    }
-
-    /// The other participant.
-    pub fn peer_of(&self, user: UserId) -> UserId {
-        if self.initiator_id == user {
-            self.receiver_id
-        } else {
-            self.initiator_id
-        }
-    }
-
-    fn from_row(row: &Row) -> Result<Self, SignalingError> {
-        let id = CallId::from(row.get::<_, Uuid>("id"));
-        let status: String = row.get("status");
-        Ok(Call {
-            id,
-            initiator_id: UserId::from(row.get::<_, Uuid>("initiator_id")),
-            receiver_id: UserId::from(row.get::<_, Uuid>("receiver_id")),
-            initiator_username: row.get("initiator_username"),
-            receiver_username: row.get("receiver_username"),
-            status: CallStatus::parse(&status).ok_or_else(|| SignalingError::CorruptStatus(id.to_string(), status))?,
-            call_token: row.get("call_token"),
-            created_at: row.get("created_at"),
-            answered_at: row.get("started_at"),
-            ended_at: row.get("ended_at"),
-            duration_seconds: row.get::<_, Option<i64>>("duration_seconds").unwrap_or(0),
-        })
-    }
-
-    fn event(&self, actor: Option<UserId>, reason: Option<&str>) -> Event {
-        let payload = CallEvent {
-            call_id: self.id.to_string(),
-            initiator_id: self.initiator_id.to_string(),
-            receiver_id: self.receiver_id.to_string(),
-            initiator_username: self.initiator_username.clone(),
-            receiver_username: self.receiver_username.clone(),
-            status: self.status.as_str().to_owned(),
-            actor_id: actor.map(|a| a.to_string()),
-            reason: reason.map(str::to_owned),
-            call_token: Some(self.call_token.clone()),
-            created_at: Some(self.created_at),
-            answered_at: self.answered_at,
-            ended_at: self.ended_at,
-            duration_seconds: Some(self.duration_seconds),
-        };
-        Event::new(
-            self.status.event_type(),
-            serde_json::to_value(payload).unwrap_or_default(),
-        )
-    }
+/// `status IN (…)` of the statuses `action` may start from: the SQL guard
+/// of a change, built from the state machine rather than written again.
+pub fn may_take(action: CallAction) -> String {
+    let statuses: Vec<String> = action.sources().iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!("status IN ({})", statuses.join(", "))
 }
 
 const COLUMNS: &str = "id, initiator_id, receiver_id, initiator_username, receiver_username, status, call_token, \
@@ -152,16 +53,6 @@ pub struct NewCall {
     pub initiator_username: String,
     pub receiver_username: String,
     pub call_token: String,
-}
-
-/// A change of state asked for by a participant or by the system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
-    pub to: CallStatus,
-    /// The participant who caused it; `None` for the system.
-    pub actor: Option<UserId>,
-    /// Why the system did it.
-    pub reason: Option<&'static str>,
 }
 
 /// A page of history: `(created_at, id)` of the last call shown.
@@ -221,7 +112,7 @@ impl CallRepository {
             .query_opt(&statement, &[&id.as_uuid()])
             .await
             .map_err(DbError::from)?;
-        row.as_ref().map(Call::from_row).transpose()
+        row.as_ref().map(call_from_row).transpose()
     }
 
     /// Creates a pending call; [`SignalingError::Busy`] when either participant
@@ -229,109 +120,114 @@ impl CallRepository {
     /// of two racing calls exactly one commits).
     pub async fn create(&self, call: &NewCall) -> Result<Call, SignalingError> {
         let _timer = unilink_db::QueryTimer::start(SCHEMA, "create_call");
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        // Hot path (every call attempt): statements prepared once per connection.
-        let insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO calls (id, initiator_id, receiver_id, initiator_username, receiver_username, call_token)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-            ))
-            .await
-            .map_err(DbError::from)?;
-        let row = tx
-            .query_one(
-                &insert,
-                &[
-                    &call.id.as_uuid(),
-                    &call.initiator_id.as_uuid(),
-                    &call.receiver_id.as_uuid(),
-                    &call.initiator_username,
-                    &call.receiver_username,
-                    &call.call_token,
-                ],
-            )
-            .await
-            .map_err(DbError::from)?;
-        let created = Call::from_row(&row)?;
-        let busy = tx
-            .prepare_cached("INSERT INTO busy_users (user_id, call_id) VALUES ($1, $3), ($2, $3)")
-            .await
-            .map_err(DbError::from)?;
-        let busy = tx
-            .execute(
-                &busy,
-                &[
-                    &call.initiator_id.as_uuid(),
-                    &call.receiver_id.as_uuid(),
-                    &call.id.as_uuid(),
-                ],
-            )
-            .await
-            .map_err(DbError::from);
-        match busy {
-            Ok(_) => {}
-            Err(e) if e.is_unique_violation() => return Err(SignalingError::Busy),
-            Err(e) => return Err(e.into()),
-        }
-        unilink_events::outbox::enqueue(&tx, &created.event(Some(call.initiator_id), None)).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(created)
+        unilink_db::transaction(&self.db, async |tx| {
+            // Hot path (every call attempt): statements prepared once per connection.
+            let insert = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO calls (id, initiator_id, receiver_id, initiator_username, receiver_username, call_token)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+                ))
+                .await
+                .map_err(DbError::from)?;
+            let row = tx
+                .query_one(
+                    &insert,
+                    &[
+                        &call.id.as_uuid(),
+                        &call.initiator_id.as_uuid(),
+                        &call.receiver_id.as_uuid(),
+                        &call.initiator_username,
+                        &call.receiver_username,
+                        &call.call_token,
+                    ],
+                )
+                .await
+                .map_err(DbError::from)?;
+            let created = call_from_row(&row)?;
+            let busy = tx
+                .prepare_cached("INSERT INTO busy_users (user_id, call_id) VALUES ($1, $3), ($2, $3)")
+                .await
+                .map_err(DbError::from)?;
+            let busy = tx
+                .execute(
+                    &busy,
+                    &[
+                        &call.initiator_id.as_uuid(),
+                        &call.receiver_id.as_uuid(),
+                        &call.id.as_uuid(),
+                    ],
+                )
+                .await
+                .map_err(DbError::from);
+            match busy {
+                Ok(_) => {}
+                Err(e) if e.is_unique_violation() => return Err(SignalingError::Busy),
+                Err(e) => return Err(e.into()),
+            }
+            unilink_events::outbox::enqueue(tx, &created.event(Some(call.initiator_id), None)).await?;
+            Ok(created)
+        })
+        .await
     }
 
-    /// Applies `change` to the call if `allowed` says the current state (and
-    /// actor) permit it; returns the call after the change.
+    /// Applies the change `allowed` makes of the call (checked against the
+    /// state machine, with the actor) and returns the call after it.
     pub async fn transition(
         &self,
         id: CallId,
-        allowed: impl FnOnce(&Call) -> Result<Transition, SignalingError>,
-    ) -> Result<Call, SignalingError> {
+        allowed: impl FnOnce(&Call) -> Result<Change, SignalingError>,
+    ) -> Result<(Call, Change), SignalingError> {
         let _timer = unilink_db::QueryTimer::start(SCHEMA, "transition_call");
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let select = tx
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = $1 FOR UPDATE"))
-            .await
-            .map_err(DbError::from)?;
-        let row = tx.query_opt(&select, &[&id.as_uuid()]).await.map_err(DbError::from)?;
-        let call = row
-            .as_ref()
-            .map(Call::from_row)
-            .transpose()?
-            .ok_or(SignalingError::CallNotFound)?;
-        let change = allowed(&call)?;
-        let changed = apply(&tx, &call, change).await?;
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(changed)
+        unilink_db::transaction(&self.db, async |tx| {
+            let select = tx
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM calls WHERE id = $1 FOR UPDATE"))
+                .await
+                .map_err(DbError::from)?;
+            let row = tx.query_opt(&select, &[&id.as_uuid()]).await.map_err(DbError::from)?;
+            let call = row
+                .as_ref()
+                .map(call_from_row)
+                .transpose()?
+                .ok_or(SignalingError::CallNotFound)?;
+            let change = allowed(&call)?;
+            Ok((apply(tx, &call, change).await?, change))
+        })
+        .await
     }
 
-    /// Applies `change` to every open call matched by `select` (a query on
-    /// `calls` returning its id, with `FOR UPDATE SKIP LOCKED`, so replicas
-    /// running the same timer never process one call twice).
+    /// Applies `action` (by the system) to every call matched by `due` (a
+    /// condition on `calls`, which may end in a `LIMIT`) that the action may
+    /// start from, locking them `FOR UPDATE SKIP LOCKED` so replicas running
+    /// the same timer never process one call twice.
     pub async fn close_due(
         &self,
-        select: &str,
+        action: CallAction,
+        due: &str,
         params: &[&(dyn unilink_db::ToSql + Sync)],
-        change: Transition,
-    ) -> Result<Vec<Call>, SignalingError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(DbError::from)?;
-        let rows = tx
-            .query(
-                &format!("SELECT {COLUMNS} FROM calls WHERE id IN ({select}) FOR UPDATE SKIP LOCKED"),
-                params,
-            )
-            .await
-            .map_err(DbError::from)?;
-        let mut closed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let call = Call::from_row(row)?;
-            if call.status.is_open() {
-                closed.push(apply(&tx, &call, change).await?);
+    ) -> Result<Vec<(Call, Change)>, SignalingError> {
+        unilink_db::transaction(&self.db, async |tx| {
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM calls WHERE id IN (SELECT id FROM calls WHERE {} AND {due}) \
+                         FOR UPDATE SKIP LOCKED",
+                        may_take(action)
+                    ),
+                    params,
+                )
+                .await
+                .map_err(DbError::from)?;
+            let mut closed = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let call = call_from_row(row)?;
+                // Changed since the subquery saw it (accepted, ended): not due any more.
+                if let Ok(change) = call.change(action, None) {
+                    closed.push((apply(tx, &call, change).await?, change));
+                }
             }
-        }
-        tx.commit().await.map_err(DbError::from)?;
-        Ok(closed)
+            Ok(closed)
+        })
+        .await
     }
 
     /// Ongoing calls that started before `cutoff` (candidates for the
@@ -344,7 +240,10 @@ impl CallRepository {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id FROM calls WHERE status = 'ongoing' AND started_at < $1 ORDER BY started_at LIMIT $2",
+                &format!(
+                    "SELECT id FROM calls WHERE {} AND started_at < $1 ORDER BY started_at LIMIT $2",
+                    may_take(CallAction::Abandon)
+                ),
                 &[&cutoff, &limit],
             )
             .await
@@ -366,7 +265,7 @@ impl CallRepository {
             .query_opt(&statement, &[&user.as_uuid(), &status.as_str()])
             .await
             .map_err(DbError::from)?;
-        row.as_ref().map(Call::from_row).transpose()
+        row.as_ref().map(call_from_row).transpose()
     }
 
     /// The user's calls, newest first, after `cursor`.
@@ -389,7 +288,7 @@ impl CallRepository {
             .query(&statement, &[&user.as_uuid(), &created, &id, &limit])
             .await
             .map_err(DbError::from)?;
-        rows.iter().map(Call::from_row).collect()
+        rows.iter().map(call_from_row).collect()
     }
 
     /// The ids of the user's open calls.
@@ -421,18 +320,19 @@ impl CallRepository {
 }
 
 /// Writes one state change, frees the participants when the call closes and
-/// records the event — inside the caller's transaction.
-async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<Call, SignalingError> {
+/// records the event — inside the caller's transaction. Which timestamps the
+/// change sets follows from the status it reaches.
+async fn apply(tx: &Transaction<'_>, call: &Call, change: Change) -> Result<Call, SignalingError> {
     let update = tx
         .prepare_cached(&format!(
             "UPDATE calls SET
                     status = $2,
-                    started_at = CASE WHEN $2 = 'ongoing' THEN now() ELSE started_at END,
-                    ended_at = CASE WHEN $2 IN ('pending', 'ongoing') THEN ended_at ELSE now() END,
+                    started_at = CASE WHEN $5 THEN now() ELSE started_at END,
+                    ended_at = CASE WHEN $6 THEN now() ELSE ended_at END,
                     duration_seconds = CASE
-                        WHEN $2 = 'completed' AND started_at IS NOT NULL
+                        WHEN $7 AND started_at IS NOT NULL
                         THEN GREATEST(0, round(extract(epoch FROM now() - started_at)))::bigint
-                        WHEN $2 IN ('rejected', 'missed', 'cancelled') THEN 0
+                        WHEN $6 AND NOT $7 THEN 0
                         ELSE duration_seconds END,
                     ended_by = $3,
                     end_reason = $4
@@ -441,6 +341,9 @@ async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<
         ))
         .await
         .map_err(DbError::from)?;
+    let answered = change.to == CallStatus::Ongoing;
+    let closed = !change.to.is_open();
+    let completed = change.to == CallStatus::Completed;
     let row = tx
         .query_one(
             &update,
@@ -448,12 +351,15 @@ async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<
                 &call.id.as_uuid(),
                 &change.to.as_str(),
                 &change.actor.map(|a| a.as_uuid()),
-                &change.reason,
+                &change.action.reason(),
+                &answered,
+                &closed,
+                &completed,
             ],
         )
         .await
         .map_err(DbError::from)?;
-    let changed = Call::from_row(&row)?;
+    let changed = call_from_row(&row)?;
     if !changed.status.is_open() {
         let free = tx
             .prepare_cached("DELETE FROM busy_users WHERE call_id = $1")
@@ -461,6 +367,6 @@ async fn apply(tx: &Transaction<'_>, call: &Call, change: Transition) -> Result<
             .map_err(DbError::from)?;
         tx.execute(&free, &[&call.id.as_uuid()]).await.map_err(DbError::from)?;
     }
-    unilink_events::outbox::enqueue(tx, &changed.event(change.actor, change.reason)).await?;
+    unilink_events::outbox::enqueue(tx, &changed.event(change.actor, change.action.reason())).await?;
     Ok(changed)
 }

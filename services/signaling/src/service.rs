@@ -10,9 +10,10 @@ use unilink_proto::profile::profile_service_client::ProfileServiceClient;
 use unilink_protocol::CallFrame;
 use unilink_relay::{CallConnections, CallSockets, SignalRelay};
 
+use crate::domain::{Call, CallAction, CallStatus, Change};
 use crate::error::SignalingError;
 use crate::ice::{IceServer, ice_servers};
-use crate::repo::{Call, CallRepository, CallStatus, Cursor, NewCall, Transition};
+use crate::repo::{CallRepository, Cursor, NewCall};
 
 /// History pages: default and largest size.
 pub const HISTORY_DEFAULT: u32 = 50;
@@ -103,71 +104,60 @@ impl CallService {
     }
 
     pub async fn accept(&self, user: UserId, id: CallId) -> Result<Call, SignalingError> {
-        let call = self
-            .calls
-            .transition(id, |call| {
-                answerable(call, user, "accept")?;
-                Ok(Transition {
-                    to: CallStatus::Ongoing,
-                    actor: Some(user),
-                    reason: None,
-                })
-            })
-            .await?;
+        let (call, _) = self.answer(user, id, CallAction::Accept, "accepted").await?;
         metrics::counter!("calls_accepted_total").increment(1);
         Ok(call)
     }
 
     pub async fn reject(&self, user: UserId, id: CallId) -> Result<Call, SignalingError> {
-        let call = self
-            .calls
-            .transition(id, |call| {
-                answerable(call, user, "reject")?;
-                Ok(Transition {
-                    to: CallStatus::Rejected,
-                    actor: Some(user),
-                    reason: None,
-                })
-            })
-            .await?;
-        self.after_close(&call, Some(user), None).await;
+        let (call, change) = self.answer(user, id, CallAction::Reject, "rejected").await?;
+        self.after_close(&call, &change).await;
         Ok(call)
+    }
+
+    /// Accept and reject: the receiver of a pending call only.
+    async fn answer(
+        &self,
+        user: UserId,
+        id: CallId,
+        action: CallAction,
+        done: &str,
+    ) -> Result<(Call, Change), SignalingError> {
+        self.calls
+            .transition(id, |call| {
+                if !call.is_participant(user) {
+                    return Err(SignalingError::NotParticipant);
+                }
+                if call.receiver_id != user {
+                    return Err(SignalingError::Forbidden("only the receiver can answer this call"));
+                }
+                call.change(action, Some(user))
+                    .map_err(|e| SignalingError::WrongState(format!("call is {}, it cannot be {done}", e.from)))
+            })
+            .await
     }
 
     /// Ends an ongoing call; a pending one is cancelled by its caller or
     /// rejected by its receiver.
     pub async fn end(&self, user: UserId, id: CallId) -> Result<Call, SignalingError> {
-        let call = self
+        let (call, change) = self
             .calls
             .transition(id, |call| {
                 if !call.is_participant(user) {
                     return Err(SignalingError::NotParticipant);
                 }
-                let to = match call.status {
-                    CallStatus::Ongoing => CallStatus::Completed,
-                    CallStatus::Pending if call.initiator_id == user => CallStatus::Cancelled,
-                    CallStatus::Pending => CallStatus::Rejected,
-                    other => {
-                        return Err(SignalingError::WrongState(format!(
-                            "call is already {}",
-                            other.as_str()
-                        )));
-                    }
-                };
-                Ok(Transition {
-                    to,
-                    actor: Some(user),
-                    reason: None,
-                })
+                let action = CallAction::end_by(call.status, call.initiator_id == user);
+                call.change(action, Some(user))
+                    .map_err(|e| SignalingError::WrongState(format!("call is already {}", e.from)))
             })
             .await?;
-        self.after_close(&call, Some(user), None).await;
+        self.after_close(&call, &change).await;
         Ok(call)
     }
 
     /// Every closed call: counted, and both signaling sockets told
     /// (`call_ended`), so they close wherever they are.
-    pub(crate) async fn after_close(&self, call: &Call, actor: Option<UserId>, reason: Option<&str>) {
+    pub(crate) async fn after_close(&self, call: &Call, change: &Change) {
         match call.status {
             CallStatus::Completed => {
                 metrics::counter!("calls_completed_total").increment(1);
@@ -178,16 +168,16 @@ impl CallService {
             CallStatus::Cancelled => metrics::counter!("calls_cancelled_total").increment(1),
             CallStatus::Pending | CallStatus::Ongoing => return,
         }
-        let message = match (actor, reason) {
+        let message = match (change.actor, change.action) {
             (Some(a), _) if a == call.initiator_id => format!("{} ended the call", call.initiator_username),
             (Some(_), _) => format!("{} ended the call", call.receiver_username),
-            (None, Some("ring_timeout")) => "the call was not answered".to_owned(),
-            (None, Some("max_duration")) => "the call reached its maximum duration".to_owned(),
-            (None, Some("abandoned")) => "both participants left the call".to_owned(),
+            (None, CallAction::RingTimeout) => "the call was not answered".to_owned(),
+            (None, CallAction::MaxDuration) => "the call reached its maximum duration".to_owned(),
+            (None, CallAction::Abandon) => "both participants left the call".to_owned(),
             (None, _) => "the call was ended".to_owned(),
         };
         let frame = CallFrame::CallEnded {
-            user_id: actor,
+            user_id: change.actor,
             status: call.status.as_str().to_owned(),
             message,
         };
@@ -313,43 +303,18 @@ impl CallService {
             let closed = self
                 .calls
                 .transition(id, |call| {
-                    let to = match call.status {
-                        CallStatus::Ongoing => CallStatus::Completed,
-                        CallStatus::Pending => CallStatus::Cancelled,
-                        _ => return Err(SignalingError::WrongState("closed".to_owned())),
-                    };
-                    Ok(Transition {
-                        to,
-                        actor: None,
-                        reason: Some("account_closed"),
-                    })
+                    call.change(CallAction::CloseAccount, None)
+                        .map_err(|_| SignalingError::WrongState("closed".to_owned()))
                 })
                 .await;
             match closed {
-                Ok(call) => self.after_close(&call, None, Some("account_closed")).await,
+                Ok((call, change)) => self.after_close(&call, &change).await,
                 Err(SignalingError::WrongState(_) | SignalingError::CallNotFound) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(())
     }
-}
-
-/// Accept and reject: the receiver of a pending call only.
-fn answerable(call: &Call, user: UserId, action: &str) -> Result<(), SignalingError> {
-    if !call.is_participant(user) {
-        return Err(SignalingError::NotParticipant);
-    }
-    if call.receiver_id != user {
-        return Err(SignalingError::Forbidden("only the receiver can answer this call"));
-    }
-    if call.status != CallStatus::Pending {
-        return Err(SignalingError::WrongState(format!(
-            "call is {}, it cannot be {action}ed",
-            call.status.as_str()
-        )));
-    }
-    Ok(())
 }
 
 /// 32 random bytes, base64url: the call's token.

@@ -14,8 +14,8 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use unilink_db::Uuid;
 
+use crate::domain::CallAction;
 use crate::error::SignalingError;
-use crate::repo::{CallStatus, Transition};
 use crate::service::CallService;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -35,42 +35,26 @@ pub async fn run(core: CallService, stop: CancellationToken) {
     }
 }
 
-fn system(to: CallStatus, reason: &'static str) -> Transition {
-    Transition {
-        to,
-        actor: None,
-        reason: Some(reason),
-    }
-}
-
 /// One pass over the three limits; returns how many calls it closed.
 pub async fn sweep(core: &CallService) -> Result<usize, SignalingError> {
     let settings = &core.settings;
-    let mut closed = Vec::new();
-    let missed = system(CallStatus::Missed, "ring_timeout");
-    for call in core
+    let mut closed = core
         .calls
         .close_due(
-            "SELECT id FROM calls WHERE status = 'pending' AND created_at < now() - make_interval(secs => $1) LIMIT $2",
+            CallAction::RingTimeout,
+            "created_at < now() - make_interval(secs => $1) LIMIT $2",
             &[&settings.ring_timeout.as_secs_f64(), &BATCH],
-            missed,
         )
-        .await?
-    {
-        closed.push((call, missed));
-    }
-    let too_long = system(CallStatus::Completed, "max_duration");
-    for call in core
-        .calls
-        .close_due(
-            "SELECT id FROM calls WHERE status = 'ongoing' AND started_at < now() - make_interval(secs => $1) LIMIT $2",
-            &[&settings.max_duration.as_secs_f64(), &BATCH],
-            too_long,
-        )
-        .await?
-    {
-        closed.push((call, too_long));
-    }
+        .await?;
+    closed.extend(
+        core.calls
+            .close_due(
+                CallAction::MaxDuration,
+                "started_at < now() - make_interval(secs => $1) LIMIT $2",
+                &[&settings.max_duration.as_secs_f64(), &BATCH],
+            )
+            .await?,
+    );
     let grace = chrono::Duration::from_std(settings.disconnect_grace).unwrap_or_default();
     let candidates = core.calls.ongoing_started_before(Utc::now() - grace, BATCH).await?;
     if !candidates.is_empty() {
@@ -82,23 +66,16 @@ pub async fn sweep(core: &CallService) -> Result<usize, SignalingError> {
             .map(|(c, _)| c.as_uuid())
             .collect();
         if !abandoned.is_empty() {
-            let left = system(CallStatus::Completed, "abandoned");
-            for call in core
-                .calls
-                .close_due(
-                    "SELECT id FROM calls WHERE id = ANY($1) AND status = 'ongoing'",
-                    &[&abandoned],
-                    left,
-                )
-                .await?
-            {
-                closed.push((call, left));
-            }
+            closed.extend(
+                core.calls
+                    .close_due(CallAction::Abandon, "id = ANY($1)", &[&abandoned])
+                    .await?,
+            );
         }
     }
     for (call, change) in &closed {
-        tracing::info!(call_id = %call.id, status = call.status.as_str(), reason = change.reason, "call closed by timer");
-        core.after_close(call, None, change.reason).await;
+        tracing::info!(call_id = %call.id, status = call.status.as_str(), reason = change.action.reason(), "call closed by timer");
+        core.after_close(call, change).await;
     }
     Ok(closed.len())
 }

@@ -1,17 +1,17 @@
 //! `/admin/*`: moderation, for tokens with `role = admin` only (403 otherwise).
 
 use actix_web::{HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use unilink_errors::ErrorCode;
 use unilink_proto::auth::auth_service_client::AuthServiceClient;
 use unilink_proto::auth::{DeactivateAccountRequest, GetAccountRequest};
 use unilink_proto::profile::profile_service_client::ProfileServiceClient;
-use unilink_proto::profile::{ListReportsRequest, ReportEntry, ResolveReportRequest};
+use unilink_proto::profile::{ListReportsRequest, ResolveReportRequest};
 
 use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::{Authenticated, Identity};
-use crate::rest::users::{UserJson, rfc3339};
+use crate::rest::views::{ReportJson, UserJson};
 
 /// The caller, if they are an administrator now: the token must say so,
 /// and auth must still say so (a demotion or deactivation takes effect at
@@ -31,35 +31,6 @@ pub async fn admin(upstreams: &Upstreams, caller: Authenticated) -> Result<Ident
         return Err(refused());
     }
     Ok(caller.0)
-}
-
-#[derive(Debug, Serialize)]
-pub struct ReportJson {
-    id: String,
-    reporter_id: String,
-    reported_id: String,
-    reason: String,
-    description: Option<String>,
-    status: String,
-    created_at: Option<String>,
-    resolved_at: Option<String>,
-    resolved_by: Option<String>,
-}
-
-impl From<ReportEntry> for ReportJson {
-    fn from(r: ReportEntry) -> Self {
-        ReportJson {
-            created_at: rfc3339(r.created_at.as_ref()),
-            resolved_at: rfc3339(r.resolved_at.as_ref()),
-            id: r.id,
-            reporter_id: r.reporter_id,
-            reported_id: r.reported_id,
-            reason: r.reason,
-            description: r.description,
-            status: r.status,
-            resolved_by: r.resolved_by,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use unilink_proto::auth::{
 use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
-use crate::rest::users::UserJson;
+use crate::rest::views::UserJson;
 
 fn auth(upstreams: &Upstreams) -> AuthServiceClient<unilink_grpc::GrpcChannel> {
     AuthServiceClient::new(upstreams.auth.clone())

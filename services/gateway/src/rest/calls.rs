@@ -2,76 +2,23 @@
 //! signaling service. The acting user is always the verified token's.
 
 use actix_web::{HttpResponse, web};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use unilink_domain::{CallId, UserId};
 use unilink_errors::ErrorCode;
 use unilink_grpc::GrpcChannel;
 use unilink_proto::signaling::signaling_service_client::SignalingServiceClient;
 use unilink_proto::signaling::{
-    ActiveConnectionsRequest, Call, CallConnections, CallRequest, CallStatus, HistoryRequest, InitiateRequest,
-    MaybeCall, UserRequest,
+    ActiveConnectionsRequest, Call, CallConnections, CallRequest, HistoryRequest, InitiateRequest, MaybeCall,
+    UserRequest,
 };
 
 use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
-use crate::rest::users::rfc3339;
+use crate::rest::views::CallJson;
 
 fn signaling(upstreams: &Upstreams) -> SignalingServiceClient<GrpcChannel> {
     SignalingServiceClient::new(upstreams.signaling.clone())
-}
-
-/// The call JSON of the public API, as the original frontend reads it:
-/// `started_at` is when the call was placed (never null), `duration_seconds`
-/// an integer (0 until the call has ended), `call_token` always present.
-/// `answered_at` is when the receiver accepted. Only participants ever get a
-/// call.
-#[derive(Debug, Serialize)]
-pub struct CallJson {
-    id: String,
-    initiator_id: String,
-    receiver_id: String,
-    initiator_username: String,
-    receiver_username: String,
-    status: &'static str,
-    call_token: String,
-    created_at: Option<String>,
-    started_at: Option<String>,
-    answered_at: Option<String>,
-    ended_at: Option<String>,
-    duration_seconds: i64,
-}
-
-pub fn status_name(status: CallStatus) -> &'static str {
-    match status {
-        CallStatus::Pending => "pending",
-        CallStatus::Ongoing => "ongoing",
-        CallStatus::Completed => "completed",
-        CallStatus::Rejected => "rejected",
-        CallStatus::Missed => "missed",
-        CallStatus::Cancelled => "cancelled",
-        CallStatus::Unspecified => "unknown",
-    }
-}
-
-impl From<Call> for CallJson {
-    fn from(c: Call) -> Self {
-        let status = c.status();
-        CallJson {
-            status: status_name(status),
-            call_token: c.call_token,
-            created_at: rfc3339(c.created_at.as_ref()),
-            started_at: rfc3339(c.created_at.as_ref()),
-            answered_at: rfc3339(c.answered_at.as_ref()),
-            ended_at: rfc3339(c.ended_at.as_ref()),
-            id: c.id,
-            initiator_id: c.initiator_id,
-            receiver_id: c.receiver_id,
-            initiator_username: c.initiator_username,
-            receiver_username: c.receiver_username,
-            duration_seconds: c.duration_seconds,
-        }
-    }
 }
 
 fn call_json(call: Call) -> HttpResponse {

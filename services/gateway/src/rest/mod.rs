@@ -8,6 +8,7 @@ pub mod health;
 pub mod index;
 pub mod openapi;
 pub mod users;
+pub mod views;
 pub mod web_client;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};

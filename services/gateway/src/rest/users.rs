@@ -8,70 +8,17 @@ use serde_json::Value;
 use unilink_domain::UserId;
 use unilink_errors::ErrorCode;
 use unilink_grpc::GrpcChannel;
+use unilink_proto::auth::GetAccountRequest;
 use unilink_proto::auth::auth_service_client::AuthServiceClient;
-use unilink_proto::auth::{Account, GetAccountRequest};
 use unilink_proto::profile::profile_service_client::ProfileServiceClient;
 use unilink_proto::profile::{
-    BlockRequest, GetProfileRequest, ListAvailableRequest, Profile, ReportRequest, UpdateProfileRequest,
-    ViewProfileRequest,
+    BlockRequest, GetProfileRequest, ListAvailableRequest, ReportRequest, UpdateProfileRequest, ViewProfileRequest,
 };
 
 use crate::clients::Upstreams;
 use crate::error::ApiError;
 use crate::identity::Authenticated;
-
-#[derive(Debug, Serialize)]
-pub struct UserJson {
-    pub id: String,
-    pub email: String,
-    pub username: String,
-    pub full_name: String,
-    pub profile_picture: Option<String>,
-    pub bio: Option<String>,
-    pub is_verified: bool,
-    pub is_online: bool,
-    pub created_at: Option<String>,
-}
-
-/// RFC 3339 in UTC with a `Z`, as the contract asks.
-pub fn rfc3339(ts: Option<&unilink_proto::Timestamp>) -> Option<String> {
-    ts.and_then(unilink_proto::from_timestamp)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
-}
-
-impl UserJson {
-    /// From auth's account (the profile service adds picture and bio later).
-    pub fn from_account(account: Account, is_online: bool) -> UserJson {
-        UserJson {
-            created_at: rfc3339(account.created_at.as_ref()),
-            id: account.id,
-            email: account.email,
-            username: account.username,
-            full_name: account.full_name,
-            profile_picture: None,
-            bio: None,
-            is_verified: account.is_verified,
-            is_online,
-        }
-    }
-}
-
-impl UserJson {
-    /// From the profile service's view (which carries live presence).
-    pub fn from_profile(p: Profile) -> UserJson {
-        UserJson {
-            created_at: rfc3339(p.created_at.as_ref()),
-            id: p.user_id,
-            email: p.email,
-            username: p.username,
-            full_name: p.full_name,
-            profile_picture: p.profile_picture,
-            bio: p.bio,
-            is_verified: p.is_verified,
-            is_online: p.is_online,
-        }
-    }
-}
+use crate::rest::views::{CallJson, ReportJson, UserJson, rfc3339};
 
 fn profiles(upstreams: &Upstreams) -> ProfileServiceClient<GrpcChannel> {
     ProfileServiceClient::new(upstreams.profile.clone())
@@ -301,13 +248,13 @@ pub async fn export(upstreams: web::Data<Upstreams>, caller: Authenticated) -> R
     );
     let account = account?.into_inner();
     let data = data?.into_inner();
-    let calls: Vec<crate::rest::calls::CallJson> = calls?.into_inner().calls.into_iter().map(Into::into).collect();
+    let calls: Vec<CallJson> = calls?.into_inner().calls.into_iter().map(Into::into).collect();
     let blocks: Vec<Value> = data
         .blocks
         .into_iter()
         .map(|b| serde_json::json!({ "blocked_id": b.blocked_id, "created_at": rfc3339(b.created_at.as_ref()) }))
         .collect();
-    let reports: Vec<crate::rest::admin::ReportJson> = data.reports.into_iter().map(Into::into).collect();
+    let reports: Vec<ReportJson> = data.reports.into_iter().map(Into::into).collect();
     Ok(HttpResponse::Ok()
         .insert_header(("Content-Disposition", "attachment; filename=\"unilink-data.json\""))
         .json(serde_json::json!({

@@ -387,12 +387,14 @@ impl CallSession {
     }
 
     async fn handle(&mut self, socket: &mut WebSocket, raw: &str) -> Result<(), End> {
-        let frame = match ClientFrame::parse(raw) {
+        let mut frame = match ClientFrame::parse(raw) {
             Ok(frame) => frame,
             Err(e) => return reply(socket, &CallFrame::error(e.to_string())).await,
         };
-        let ClientFrame { message, cid, cseq } = frame;
-        let numbered = cid.as_deref().zip(cseq);
+        // The message is taken out (a unit variant left behind) so the
+        // numbering can borrow the frame's `cid` without a copy.
+        let message = std::mem::replace(&mut frame.message, ClientMessage::Ping);
+        let numbered = frame.numbered();
         let me = self.user;
         match message {
             ClientMessage::Ping => {

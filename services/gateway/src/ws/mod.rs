@@ -287,7 +287,8 @@ impl Session {
         match (self, event) {
             (Session::Presence(s), Event::Push(push)) => s.on_push(socket, push).await,
             (Session::Call(s), Event::Call(event)) => s.on_event(socket, event).await,
-            _ => Step::Go,
+            // Never: `next_event` wakes a session with its own kind's event.
+            (Session::Presence(_), Event::Call(_)) | (Session::Call(_), Event::Push(_)) => Step::Go,
         }
     }
 
