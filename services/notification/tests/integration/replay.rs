@@ -3,7 +3,7 @@
 //! the stream lost, and the delivery ledger keeps a mail that was already
 //! sent from going out twice.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

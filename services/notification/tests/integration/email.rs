@@ -3,11 +3,11 @@
 //! real SMTP server (the test-support sink) receiving the mails. Tokens and
 //! codes are read out of the delivered mail, never from the database.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{Harness, random_token, verification_event};
+use common::{Harness, Ledger, random_token, verification_event};
 
 use chrono::Utc;
 use unilink_events::Event;
@@ -19,43 +19,12 @@ const FRONTEND_URL: &str = "https://app.unilink.test";
 const WAIT: Duration = Duration::from_secs(10);
 
 impl Harness {
-    async fn ledger(&self, event: &Event) -> Option<Ledger> {
-        let row = self
-            .db
-            .client()
-            .await
-            .query_opt(
-                "SELECT status, attempts, last_error, delivered_at IS NOT NULL AS has_delivered_at, recipient
-                 FROM notification.deliveries WHERE event_id = $1",
-                &[&event.id.as_uuid()],
-            )
-            .await
-            .expect("query the ledger")?;
-        Some(Ledger {
-            status: row.get("status"),
-            attempts: row.get("attempts"),
-            last_error: row.get("last_error"),
-            has_delivered_at: row.get("has_delivered_at"),
-            recipient: row.get("recipient"),
-        })
-    }
-
     async fn ledger_delivered(&self, event: &Event) -> Ledger {
         eventually("the ledger to say delivered", WAIT, || async {
             self.ledger(event).await.filter(|l| l.status == "delivered")
         })
         .await
     }
-}
-
-#[derive(Debug)]
-#[allow(dead_code)]
-struct Ledger {
-    status: String,
-    attempts: i32,
-    last_error: Option<String>,
-    has_delivered_at: bool,
-    recipient: Option<String>,
 }
 
 fn otp_event(email: &str, otp: &str) -> Event {

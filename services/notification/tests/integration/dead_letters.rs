@@ -5,7 +5,7 @@
 //! arrive sealed and are opened, and production mail refuses a server
 //! without TLS.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -23,21 +23,6 @@ use unilink_test_support::smtp::SmtpSink;
 const WAIT: Duration = Duration::from_secs(15);
 
 impl Harness {
-    /// (status, attempts, last_error) of the event's ledger row.
-    async fn ledger(&self, event: &Event) -> Option<(String, i32, Option<String>)> {
-        let row = self
-            .db
-            .client()
-            .await
-            .query_opt(
-                "SELECT status, attempts, last_error FROM notification.deliveries WHERE event_id = $1",
-                &[&event.id.as_uuid()],
-            )
-            .await
-            .expect("query the ledger")?;
-        Some((row.get(0), row.get(1), row.get(2)))
-    }
-
     /// Every entry of the dead-letter stream, oldest first (read through a
     /// group of its own, from the start).
     async fn dead_letters(&self) -> Vec<StreamEntry> {
@@ -111,15 +96,15 @@ async fn a_mail_refused_for_good_is_dead_lettered_at_once_and_the_stream_goes_on
     let everything = format!("{:?}", letter.fields);
     assert!(!everything.contains(code), "no code in the dead letters: {everything}");
     assert!(!everything.contains("bounce@"), "no address in the dead letters");
-    let (status, attempts, error) = h.ledger(&event).await.unwrap();
-    assert_eq!((status.as_str(), attempts), ("failed", 1));
-    assert!(error.unwrap().contains("No such user"));
+    let ledger = h.ledger(&event).await.unwrap();
+    assert_eq!((ledger.status.as_str(), ledger.attempts), ("failed", 1));
+    assert!(ledger.last_error.unwrap().contains("No such user"));
     assert!(sink.messages_to("bounce@kiit.ac.in").is_empty());
 
     // Redelivered (e.g. taken over from a dead replica): not tried again.
     h.append(&event).await;
     h.flush(&sink).await;
-    assert_eq!(h.ledger(&event).await.unwrap().1, 1);
+    assert_eq!(h.ledger(&event).await.unwrap().attempts, 1);
     service.stop().await.unwrap();
 }
 
@@ -135,12 +120,12 @@ async fn temporary_failures_give_up_after_email_max_attempts() {
     let letter = h.dead_letter_of(&event).await;
     assert_eq!(letter.fields["attempts"], "3");
     assert!(letter.fields["reason"].contains("451"), "{:?}", letter.fields);
-    let (status, attempts, _) = h.ledger(&event).await.unwrap();
-    assert_eq!((status.as_str(), attempts), ("failed", 3));
+    let ledger = h.ledger(&event).await.unwrap();
+    assert_eq!((ledger.status.as_str(), ledger.attempts), ("failed", 3));
     // It is not retried any more.
     h.flush(&sink).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(h.ledger(&event).await.unwrap().1, 3);
+    assert_eq!(h.ledger(&event).await.unwrap().attempts, 3);
     let count = h
         .dead_letters()
         .await
@@ -170,7 +155,7 @@ async fn a_code_that_expired_before_it_could_go_is_not_sent() {
     );
     let letter = h.dead_letter_of(&event).await;
     assert!(letter.fields["reason"].contains("expired"), "{:?}", letter.fields);
-    assert_eq!(h.ledger(&event).await.unwrap().0, "failed");
+    assert_eq!(h.ledger(&event).await.unwrap().status, "failed");
     service.stop().await.unwrap();
 }
 

@@ -3,7 +3,7 @@
 //! `events:auth` as its outbox relay does, consumed by the profile worker —
 //! and blocks through the service's own `Block` RPC.
 
-mod common;
+use crate::common;
 
 use common::{Harness, WAIT};
 use unilink_events::payload::{USER_DEACTIVATED, USER_DELETED, USER_REGISTERED, USER_VERIFIED};

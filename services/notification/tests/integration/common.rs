@@ -1,7 +1,5 @@
 //! Events the notification tests append, as auth's outbox relay writes them.
 
-#![allow(dead_code)]
-
 use chrono::Utc;
 use unilink_bus::Redis;
 use unilink_config::Settings;
@@ -42,6 +40,28 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The event's row in the delivery ledger.
+    pub async fn ledger(&self, event: &Event) -> Option<Ledger> {
+        let row = self
+            .db
+            .client()
+            .await
+            .query_opt(
+                "SELECT status, attempts, last_error, delivered_at IS NOT NULL AS has_delivered_at, recipient
+                 FROM notification.deliveries WHERE event_id = $1",
+                &[&event.id.as_uuid()],
+            )
+            .await
+            .expect("query the ledger")?;
+        Some(Ledger {
+            status: row.get("status"),
+            attempts: row.get("attempts"),
+            last_error: row.get("last_error"),
+            has_delivered_at: row.get("has_delivered_at"),
+            recipient: row.get("recipient"),
+        })
+    }
+
     pub async fn new() -> Harness {
         let db = TestDatabase::create().await;
         let prefix = unique_prefix();
@@ -89,4 +109,14 @@ impl Harness {
         assert_eq!(sink.messages_to(&marker).len(), 1);
         mails
     }
+}
+
+/// A row of notification's delivery ledger.
+#[derive(Debug)]
+pub struct Ledger {
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub has_delivered_at: bool,
+    pub recipient: Option<String>,
 }

@@ -3,7 +3,7 @@
 //! event worker — is seen by the other's next read, with no wait: the reads
 //! below are not retried.
 
-mod common;
+use crate::common;
 
 use common::Harness;
 use tonic::Code;

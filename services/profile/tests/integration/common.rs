@@ -3,8 +3,6 @@
 //! events appended to `events:auth` as its outbox relay does, consumed by
 //! the profile worker.
 
-#![allow(dead_code)] // Each test binary uses its own part.
-
 use std::time::Duration;
 
 use tonic::transport::Channel;
