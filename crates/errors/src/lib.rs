@@ -107,6 +107,18 @@ impl ErrorCode {
         }
     }
 
+    /// The code for the status of a call this service made to another one.
+    /// Like [`ErrorCode::from_grpc`], except that `Unknown` is
+    /// `Unavailable`: our services never answer it themselves, it is
+    /// tonic's report of a connection that broke mid-call (a replica died
+    /// or restarted), an outage to retry rather than a bug.
+    pub const fn from_upstream(code: tonic::Code) -> ErrorCode {
+        match code {
+            tonic::Code::Unknown => ErrorCode::Unavailable,
+            other => ErrorCode::from_grpc(other),
+        }
+    }
+
     /// Whether the message may be shown to a client. Internal details of
     /// server-side failures are logged, never sent.
     pub const fn is_client_error(self) -> bool {
@@ -171,6 +183,15 @@ mod tests {
     fn every_code_round_trips_through_grpc() {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_grpc(code.grpc_code()), code, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_broken_upstream_connection_is_an_outage_and_everything_else_maps_as_received() {
+        assert_eq!(ErrorCode::from_grpc(tonic::Code::Unknown), ErrorCode::Internal);
+        assert_eq!(ErrorCode::from_upstream(tonic::Code::Unknown), ErrorCode::Unavailable);
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_upstream(code.grpc_code()), code, "{code}");
         }
     }
 

@@ -32,13 +32,7 @@ impl From<tonic::Status> for ApiError {
     /// Maps a backend's gRPC status through the table; messages of server-side
     /// failures are replaced (they were already logged where they happened).
     fn from(status: tonic::Status) -> Self {
-        let code = match status.code() {
-            // Our services never answer UNKNOWN themselves: it is tonic's
-            // report of a connection that broke mid-call (a replica died) —
-            // an outage, not a bug.
-            tonic::Code::Unknown => ErrorCode::Unavailable,
-            other => ErrorCode::from_grpc(other),
-        };
+        let code = ErrorCode::from_upstream(status.code());
         let detail = if code.is_client_error() {
             status.message().to_owned()
         } else {

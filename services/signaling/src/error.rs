@@ -45,7 +45,7 @@ impl HasErrorCode for SignalingError {
             SignalingError::NotParticipant | SignalingError::Forbidden(_) => ErrorCode::Forbidden,
             SignalingError::Busy | SignalingError::WrongState(_) => ErrorCode::Conflict,
             SignalingError::CorruptStatus(..) | SignalingError::Internal(_) => ErrorCode::Internal,
-            SignalingError::Profiles(status) => match ErrorCode::from_grpc(status.code()) {
+            SignalingError::Profiles(status) => match ErrorCode::from_upstream(status.code()) {
                 code @ (ErrorCode::Unavailable | ErrorCode::Timeout) => code,
                 _ => ErrorCode::Internal,
             },
