@@ -1016,6 +1016,14 @@ async fn a_rolling_restart_of_every_service_under_50_users_fails_no_request_and_
         "rolling restart of 10 replicas in {rolled:?} under {} users: {t:?}",
         2 * PAIRS
     );
+    if !t.failed.is_empty() {
+        // What the replicas said about it.
+        for (_, replica) in &cluster.replicas {
+            for line in replica.logs().lines().filter(|l| l.contains("\"ERROR\"")) {
+                eprintln!("{}: {line}", replica.name);
+            }
+        }
+    }
     assert!(
         t.failed.is_empty(),
         "requests failed beyond the client's retry: {:?}",
