@@ -81,16 +81,15 @@ async fn publisher(client: &Client) -> Result<MultiplexedConnection, Fail> {
 }
 
 /// A message shaped like the relay's (`2|seq|envelope`, the envelope as
-/// the gateways write it), so the sizes match. `from` is the sender as
-/// text and `from_id` the same sender parsed (once, by the caller).
-fn payload(seq: u64, from: &str, from_id: UserId, t: u64) -> String {
+/// the gateways write it), so the sizes match.
+fn payload(seq: u64, from: UserId, t: u64) -> String {
     let envelope = Envelope {
-        sender: from.to_owned(),
+        sender: from.to_string(),
         sent_us: 1_795_000_000_000_000,
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         frame: CallFrame::IceCandidate {
             candidate: candidate(t, seq),
-            from: from_id,
+            from,
         },
     };
     format!("{}{seq}|{}", Relayed::PREFIX, envelope.to_json())
@@ -127,7 +126,7 @@ fn parse_message(message: &Msg, prefix: &str) -> Option<(usize, u64, u64)> {
 /// drains for up to `drain`.
 pub async fn measure(
     url: &str,
-    senders: &[String],
+    senders: &[UserId],
     (rate, window): (u64, u64),
     seconds: u64,
     drain: Duration,
@@ -139,7 +138,7 @@ pub async fn measure(
 async fn measure_on(
     prefix: &str,
     url: &str,
-    senders: &[String],
+    senders: &[UserId],
     (rate, window): (u64, u64),
     seconds: u64,
     drain: Duration,
@@ -195,14 +194,13 @@ async fn measure_on(
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let mut tasks = Vec::with_capacity(pairs);
-    for (index, (mut publisher, from)) in publishers.into_iter().zip(senders.iter().cloned()).enumerate() {
+    for (index, (mut publisher, from)) in publishers.into_iter().zip(senders.iter().copied()).enumerate() {
         let channel = names[index].clone();
         let mut pacer = Pacer::new((rate, window), (pairs, index), (start, until), progress[index].clone());
-        let from_id = UserId::parse(&from).unwrap_or_default();
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             while pacer.wait().await {
-                let message = payload(sent + 1, &from, from_id, stamp(origin));
+                let message = payload(sent + 1, from, stamp(origin));
                 match redis::cmd("PUBLISH")
                     .arg(&channel)
                     .arg(&message)
@@ -241,8 +239,8 @@ mod tests {
 
     #[test]
     fn messages_yield_their_pair_and_stamp() {
-        let from = "6f1c1d3e-0a3b-4c5d-8e9f-000000000001";
-        let text = payload(7, from, UserId::parse(from).unwrap(), 123_456);
+        let from = UserId::parse("6f1c1d3e-0a3b-4c5d-8e9f-000000000001").unwrap();
+        let text = payload(7, from, 123_456);
         let value = redis::Value::Array(vec![
             redis::Value::BulkString(b"message".to_vec()),
             redis::Value::BulkString(b"unilink-load:bare:r:3".to_vec()),
@@ -266,7 +264,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn measures_against_a_real_redis() {
         let url = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        let senders: Vec<String> = (1..=2).map(|i| format!("6f1c1d3e-0a3b-4c5d-8e9f-{i:012}")).collect();
+        let senders: Vec<UserId> = (1..=2)
+            .map(|i| UserId::parse(&format!("6f1c1d3e-0a3b-4c5d-8e9f-{i:012}")).unwrap())
+            .collect();
         let run = measure_on(
             "unilink-load:bare-test",
             &url,

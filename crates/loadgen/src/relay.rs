@@ -355,7 +355,11 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
 
     let bare_tally = match &bare {
         Some(url) => {
-            let senders: Vec<String> = callers.iter().take(pairs).map(|u| u.id.clone()).collect();
+            let senders = callers
+                .iter()
+                .take(pairs)
+                .map(|u| unilink_domain::UserId::parse(&u.id).map_err(|e| format!("user id {:?}: {e}", u.id)))
+                .collect::<Result<Vec<_>, _>>()?;
             Some(crate::bare_redis::measure(url, &senders, (rate, window), seconds, DRAIN).await?)
         }
         None => None,

@@ -281,14 +281,7 @@ impl ChildFleet {
     }
 
     async fn metrics(&self, http: SocketAddr) -> String {
-        self.http
-            .get(format!("http://{http}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        common::Gateway::at(format!("http://{http}")).metrics().await
     }
 }
 
